@@ -1,0 +1,12 @@
+"""Errors that reach the user as one line.
+
+`UsageError` is the user's mistake (bad config, rule pack, argument): exit 2.
+Anything else that escapes a command is a runtime failure: exit 1.
+"""
+from __future__ import annotations
+
+
+class UsageError(Exception):
+    """A mistake in what the user gave us; the message names the file, key or rule."""
+
+    exit_status = 2

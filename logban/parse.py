@@ -1,0 +1,497 @@
+"""Where a log line becomes an offence.
+
+Pure: bytes in, `Offence` records out, no I/O. The parser works on chunks of
+whole lines: it first looks for the rules' literal hints in the whole chunk
+(one C-level scan), then parses the header and runs the anchored rule patterns
+only on the lines that have a hint. Everything runs on bytes, so invalid UTF-8
+and NUL bytes are just bytes; every line is cut at `max_line` and every rule
+match has a time limit, so no line can stall the parser.
+"""
+from __future__ import annotations
+
+import calendar
+import ipaddress
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from .rules import Rule, RuleSet
+
+_MONTHS = {m.encode(): i for i, m in enumerate(
+    ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
+
+# Syslog header, RFC 3164 or ISO 8601 stamp (rsyslog high precision, journald
+# short-iso), host, then the tag. The header is written by syslog, before any
+# text the client chose, so the standard `re` is safe (and fast) here.
+_SYSLOG = re.compile(
+    rb"(?:<\d{1,3}>)?"
+    rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-3]\d [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
+    rb"|(?P<iso>\d{4}-\d\d-\d\d[T ][0-2]\d:[0-5]\d:[0-6]\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?))"
+    rb" (?P<host>[^ ]{1,255}) (?:(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: )?")
+_RFC5424 = re.compile(
+    rb"<\d{1,3}>1 (?P<iso>\S{1,64}) (?P<host>\S{1,255}) (?P<app>\S{1,48}) (?P<pid>\S{1,128}) \S{1,32} "
+    rb"(?:-|(?:\[(?:[^\]\\]|\\.){0,4096}\])+) ?(?:\xef\xbb\xbf)?")
+_TAI64N = re.compile(rb"@(4[0-9a-f]{15})([0-9a-f]{8}) ")
+_TAG = re.compile(rb"(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: ")
+_SPLOGGER = re.compile(rb"\d{9,11}\.\d{6} ")
+
+SUSPICIOUS = re.compile(rb"(?i)reject|denied|fail|warning|blocked|listed|attack|illegal|refused")
+
+_LIMIT = 200_000          # entries kept in each correlation or cache table
+
+
+@dataclass(slots=True)
+class Offence:
+    time: float           # seconds since the epoch, UTC
+    ip: str               # canonical address
+    mta: str              # the rule pack
+    rule: str
+    kind: str
+    score: float
+    file: str
+    line: int             # 1-based line number in `file`
+    raw: bytes = b""      # the log line (cut at max_line)
+
+    @property
+    def iso_time(self) -> str:
+        return iso(self.time)
+
+
+def iso(t: float) -> str:
+    d = datetime.fromtimestamp(t, timezone.utc)
+    return d.strftime("%Y-%m-%dT%H:%M:%S") + (f".{d.microsecond:06d}" if d.microsecond else "") + "Z"
+
+
+@dataclass
+class ParseStats:
+    lines: int = 0                 # lines in the input
+    candidates: int = 0            # lines with a hint, on which rules ran
+    offences: int = 0
+    no_header: int = 0             # candidate lines whose header was not understood
+    bad_address: int = 0           # a rule matched, but its address field was no address
+    timeouts: int = 0              # rule matches stopped by the time limit
+    truncated: int = 0             # lines longer than max_line
+    unresolved: int = 0            # keyed offences whose key never met an address
+    hits: Counter = field(default_factory=Counter)   # rule id -> matches (links too)
+
+
+def canonical_ip(raw: str) -> str | None:
+    """The contract's spelling: IPv6 compressed lower case, IPv4-mapped as IPv4, no zone."""
+    s = raw.split("%", 1)[0]
+    if s[:5].lower() == "ipv6:":
+        s = s[5:]
+    try:
+        a = ipaddress.ip_address(s)
+    except ValueError:
+        return None
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    return str(a)
+
+
+class Clock:
+    """Turns header stamps into epoch seconds; infers the year RFC 3164 leaves out."""
+
+    def __init__(self, tz: str | None = None, reference: float | None = None) -> None:
+        self.zone = ZoneInfo(tz) if tz else None
+        self.reference = reference if reference is not None else time.time()
+        self._cache: dict[bytes, float | None] = {}
+
+    def set_reference(self, reference: float) -> None:
+        self.reference = reference
+        self._cache.clear()
+
+    def _local(self, y: int, mo: int, d: int, h: int, mi: int, s: float) -> float:
+        if self.zone is None:
+            return time.mktime((y, mo, d, h, mi, int(s), 0, 0, -1)) + (s - int(s))
+        return datetime(y, mo, d, h, mi, int(s), int((s - int(s)) * 1e6), tzinfo=self.zone).timestamp()
+
+    def bsd(self, minute: bytes, sec: bytes) -> float | None:
+        """`minute` is "Mmm dd hh:mm" (time zone changes fall on whole minutes)."""
+        t = self._cache.get(minute)
+        if t is None:
+            if minute in self._cache:
+                return None
+            t = self._bsd(minute)
+            if len(self._cache) > _LIMIT:
+                self._cache.clear()
+            self._cache[minute] = t
+            if t is None:
+                return None
+        return t + min(int(sec), 59)
+
+    def _bsd(self, stamp: bytes) -> float | None:
+        mo = _MONTHS[stamp[:3]]
+        d, h, mi, s = int(stamp[4:6]), int(stamp[7:9]), int(stamp[10:12]), 0
+        ref_year = time.gmtime(self.reference).tm_year
+        # A line stamped more than two days after the reference is from the year
+        # before: December lines read in January, or a log read long after.
+        for y in (ref_year, ref_year - 1, ref_year - 2, ref_year - 3, ref_year - 4):
+            try:
+                t = self._local(y, mo, d, h, mi, s)
+            except (ValueError, OverflowError):
+                continue                     # 29 February of a common year
+            if t <= self.reference + 2 * 86400:
+                return t
+        return None
+
+    def iso(self, stamp: bytes) -> float | None:
+        text = stamp.decode("ascii").replace(",", ".").replace(" ", "T")
+        head, sep, frac = text[:19], text[19:20], ""
+        rest = text[19:]
+        if sep == ".":
+            digits = rest[1:]
+            end = next((i for i, c in enumerate(digits) if not c.isdigit()), len(digits))
+            frac, rest = digits[:end], digits[end:]
+        try:
+            d = datetime.fromisoformat(head + (f".{frac[:6].ljust(6, '0')}" if frac else ""))
+        except ValueError:
+            return None
+        if rest in ("", "-"):
+            if self.zone is None:
+                return time.mktime(d.timetuple()) + d.microsecond / 1e6
+            return d.replace(tzinfo=self.zone).timestamp()
+        if rest == "Z":
+            return calendar.timegm(d.timetuple()) + d.microsecond / 1e6
+        m = re.fullmatch(r"([+-])(\d\d):?(\d\d)", rest)
+        if not m:
+            return None
+        off = (int(m.group(2)) * 3600 + int(m.group(3)) * 60) * (1 if m.group(1) == "+" else -1)
+        return calendar.timegm(d.timetuple()) + d.microsecond / 1e6 - off
+
+    @staticmethod
+    def tai64n(secs_hex: bytes, nanos_hex: bytes) -> float:
+        # daemontools writes 2^62 + 10 + Unix time (it ignores leap seconds).
+        return int(secs_hex, 16) - (1 << 62) - 10 + int(nanos_hex, 16) / 1e9
+
+
+@dataclass(slots=True)
+class Header:
+    time: float
+    host: bytes
+    program: str
+    pid: bytes
+    start: int            # where the message begins in the line
+
+
+_PROGRAMS: dict[bytes, str] = {}
+
+
+def _program(raw: bytes) -> str:
+    got = _PROGRAMS.get(raw)
+    if got is None:
+        got = raw.decode("ascii")
+        if len(_PROGRAMS) < 10_000:
+            _PROGRAMS[raw] = got
+    return got
+
+
+def parse_header(line: bytes, clock: Clock) -> Header | None:
+    """The stamp, host, program and pid of a log line, and where its message begins."""
+    c = line[:1]
+    if c == b"@":
+        m = _TAI64N.match(line)
+        if not m:
+            return None
+        t, host, pos = Clock.tai64n(m.group(1), m.group(2)), b"", m.end()
+        program, pid = "", b""
+        tag = _TAG.match(line, pos)
+        if tag:
+            program, pid, pos = tag.group("prog").decode("ascii"), tag.group("pid") or b"", tag.end()
+    elif c == b"<" and (m5 := _RFC5424.match(line)):
+        t = clock.iso(m5.group("iso"))
+        if t is None:
+            return None
+        app, pid = m5.group("app"), m5.group("pid")
+        return Header(t, m5.group("host"), "" if app == b"-" else app.decode("ascii", "replace"),
+                      b"" if pid == b"-" else pid, m5.end())
+    else:
+        m = _SYSLOG.match(line)
+        if not m:
+            return None
+        minute, sec, stamp, host, prog, pid = m.groups()
+        t = clock.bsd(minute, sec) if minute else clock.iso(stamp)
+        if t is None:
+            return None
+        pos = m.end()
+        program = _program(prog) if prog else ""
+        pid = pid or b""
+    if line[pos:pos + 1].isdigit() and (sp := _SPLOGGER.match(line, pos)):
+        # splogger: "qmail: 1668902400.123456 tcpserver: pid 5 ..."
+        pos = sp.end()
+        inner = _TAG.match(line, pos)
+        if inner:
+            program, pid, pos = inner.group("prog").decode("ascii"), inner.group("pid") or pid, inner.end()
+        else:
+            program = ""
+    return Header(t, host, program, pid, pos)
+
+
+class Parser:
+    """Turns chunks of log lines into offences, keeping the state correlation needs."""
+
+    def __init__(self, rules: RuleSet, *, clock: Clock | None = None, max_line: int = 8192,
+                 match_timeout: float = 0.05, any_program: bool = False,
+                 collect_suspicious: int = 0) -> None:
+        self.rules = rules
+        self.clock = clock or Clock()
+        self.max_line = max_line
+        self.timeout = match_timeout
+        self.any_program = any_program          # --mta: the user named the pack
+        self.stats = ParseStats()
+        self.file = "-"
+        self.suspicious: list[tuple[str, int, bytes]] = []
+        self._suspicious_max = collect_suspicious
+        self._links: dict[tuple, str] = {}
+        self._pending: dict[tuple, list[Offence]] = {}
+        self._pending_n = 0
+        self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
+        self._ip_cache: dict[bytes, str | None] = {}
+        self._applies: dict[str, frozenset[int]] = {}
+        self._build_prefilter(rules.rules)
+
+    # ---- pre-filter -------------------------------------------------------
+    def _build_prefilter(self, rules: list[Rule]) -> None:
+        def merge(hints: dict[bytes, list[Rule]], covers) -> dict[bytes, list[Rule]]:
+            out: dict[bytes, list[Rule]] = {}
+            for h in sorted(hints, key=len):
+                home = next((k for k in out if covers(k, h)), h)
+                out.setdefault(home, []).extend(hints[h])
+            return out
+
+        leads: dict[bytes, list[Rule]] = {}
+        finds: dict[bytes, list[Rule]] = {}
+        for r in rules:
+            (leads if r.lead else finds).setdefault(r.hint, []).append(r)
+        leads = merge(leads, lambda short, long: long.startswith(short))
+        finds = merge(finds, lambda short, long: short in long)
+        self._hint_rules: list[list[Rule]] = []
+        # ": lead" -> hint id. No capturing groups: they make `re` three times slower here.
+        # No lead is a prefix of another, so at most one matches at any position.
+        self._lead_ids: dict[bytes, int] = {}
+        for h, rs in leads.items():
+            self._lead_ids[b": " + h] = len(self._hint_rules)
+            self._hint_rules.append(rs)
+        self._fast = (re.compile(b"|".join(re.escape(h) for h in self._lead_ids))
+                      if self._lead_ids else None)
+        self._finds: list[tuple[bytes, int]] = []
+        for h, rs in finds.items():
+            self._finds.append((h, len(self._hint_rules)))
+            self._hint_rules.append(rs)
+        self._lead_finds = [(h[2:], i) for h, i in self._lead_ids.items()]
+        self._combo: dict[tuple[int, ...], list[Rule]] = {}
+
+    def _hits(self, chunk: bytes) -> dict[int, list[int]]:
+        """Line start -> ids of the hints found on that line."""
+        cand: dict[int, list[int]] = {}
+        if self._fast is not None:
+            if chunk[:1] == b"<" and _RFC5424.match(chunk):
+                # RFC 5424 puts no ": " before the message: look for leads anywhere.
+                self._find_into(chunk, self._lead_finds, cand)
+            else:
+                ids = self._lead_ids
+                rfind = chunk.rfind
+                for m in self._fast.finditer(chunk):
+                    ls = rfind(b"\n", 0, m.start()) + 1
+                    hid = ids[m.group()]
+                    got = cand.get(ls)
+                    if got is None:
+                        cand[ls] = [hid]
+                    elif hid not in got:
+                        got.append(hid)
+        self._find_into(chunk, self._finds, cand)
+        return cand
+
+    @staticmethod
+    def _find_into(chunk: bytes, finds: list[tuple[bytes, int]], cand: dict[int, list[int]]) -> None:
+        find, rfind = chunk.find, chunk.rfind
+        for h, hid in finds:
+            i = find(h)
+            while i >= 0:
+                ls = rfind(b"\n", 0, i) + 1
+                got = cand.setdefault(ls, [])
+                if hid not in got:
+                    got.append(hid)
+                nl = find(b"\n", i)
+                if nl < 0:
+                    break
+                i = find(h, nl + 1)
+
+    def _rules_for(self, ids: list[int]) -> list[Rule]:
+        if len(ids) == 1:
+            return self._hint_rules[ids[0]]
+        key = tuple(sorted(ids))
+        rs = self._combo.get(key)
+        if rs is None:
+            rs = sorted({r.order: r for i in key for r in self._hint_rules[i]}.values(), key=lambda r: r.order)
+            self._combo[key] = rs
+        return rs
+
+    def _allowed(self, program: str) -> frozenset[int]:
+        got = self._applies.get(program)
+        if got is None:
+            got = frozenset(r.order for r in self.rules.rules if self.any_program or r.applies_to(program))
+            if len(self._applies) > 10_000:
+                self._applies.clear()
+            self._applies[program] = got
+        return got
+
+    # ---- lines ------------------------------------------------------------
+    def feed(self, chunk: bytes, lines_before: int) -> list[Offence]:
+        """Offences in `chunk` (whole lines); `lines_before` lines of the file precede it."""
+        n_lines = chunk.count(b"\n")
+        if chunk and not chunk.endswith(b"\n"):
+            n_lines += 1
+        self.stats.lines += n_lines
+        out: list[Offence] = []
+        cand = self._hits(chunk)
+        pos, lineno = 0, lines_before
+        count, find = chunk.count, chunk.find
+        matched: set[int] = set()
+        for ls in sorted(cand):
+            lineno += count(b"\n", pos, ls)
+            pos = ls
+            le = find(b"\n", ls)
+            if le < 0:
+                le = len(chunk)
+            if le - ls > self.max_line:
+                le = ls + self.max_line
+                self.stats.truncated += 1
+            line = chunk[ls:le]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            self.stats.candidates += 1
+            if self._line(line, lineno + 1, self._rules_for(cand[ls]), out):
+                matched.add(ls)
+        if self._suspicious_max:
+            self._collect_suspicious(chunk, lines_before, matched)
+        self.stats.offences += len(out)
+        return out
+
+    def _line(self, line: bytes, lineno: int, rules: list[Rule], out: list[Offence]) -> bool:
+        h = parse_header(line, self.clock)
+        if h is None:
+            self.stats.no_header += 1
+            return False
+        allowed = self._allowed(h.program)
+        best: Rule | None = None
+        best_m = None
+        took = False
+        for r in rules:
+            if r.order not in allowed or (r.needle and r.needle not in line):
+                continue
+            try:
+                m = r.regex.match(line, h.start, timeout=self.timeout)
+            except TimeoutError:
+                self.stats.timeouts += 1
+                continue
+            if m is None:
+                continue
+            self.stats.hits[r.id] += 1
+            took = True
+            if r.link:
+                self._link(r, m, h, out)
+            elif best is None or r.score > best.score:
+                best, best_m = r, m
+        if best is not None:
+            self._offence(best, best_m, h, line, lineno, out)
+        return took
+
+    def _ip(self, m) -> str | None:
+        raw = m.group("ip")
+        ip = self._ip_cache.get(raw)
+        if ip is None:
+            ip = canonical_ip(raw.decode("ascii", "replace"))
+            if ip is None:
+                self.stats.bad_address += 1
+                return None
+            if len(self._ip_cache) > _LIMIT:
+                self._ip_cache.clear()
+            self._ip_cache[raw] = ip
+        return ip
+
+    @staticmethod
+    def _key(r: Rule, m, h: Header) -> tuple:
+        return (h.host, r.pack, h.pid if r.key == "pid" else m.group("key"))
+
+    def _offence(self, r: Rule, m, h: Header, line: bytes, lineno: int, out: list[Offence]) -> None:
+        if r.key is None or "ip" in r.regex.groupindex:
+            ip = self._ip(m)
+            if ip is not None:
+                out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line))
+            return
+        key = self._key(r, m, h)
+        ip = self._links.get(key)
+        o = Offence(h.time, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line)
+        if ip is not None:
+            out.append(o)
+        elif r.pack in self._earlier:
+            self._pending.setdefault(key, []).append(o)
+            self._pending_n += 1
+            while self._pending_n > _LIMIT:
+                old = self._pending.pop(next(iter(self._pending)))
+                self._pending_n -= len(old)
+                self.stats.unresolved += len(old)
+        else:
+            self.stats.unresolved += 1
+
+    def _link(self, r: Rule, m, h: Header, out: list[Offence]) -> None:
+        ip = self._ip(m)
+        if ip is None:
+            return
+        key = self._key(r, m, h)
+        self._links.pop(key, None)
+        self._links[key] = ip
+        if len(self._links) > _LIMIT:
+            del self._links[next(iter(self._links))]
+        if r.resolves == "earlier":
+            for o in self._pending.pop(key, ()):
+                o.ip = ip
+                out.append(o)
+                self._pending_n -= 1
+
+    def finish(self) -> None:
+        """End of input: keyed offences still waiting for an address are given up."""
+        self.stats.unresolved += self._pending_n
+        self._pending.clear()
+        self._pending_n = 0
+
+    def _collect_suspicious(self, chunk: bytes, lines_before: int, matched: set[int]) -> None:
+        pos, lineno, seen = 0, lines_before, set()
+        for m in SUSPICIOUS.finditer(chunk):
+            ls = chunk.rfind(b"\n", 0, m.start()) + 1
+            if ls in matched or ls in seen:
+                continue
+            seen.add(ls)
+            if len(self.suspicious) >= self._suspicious_max:
+                return
+            lineno += chunk.count(b"\n", pos, ls)
+            pos = ls
+            le = chunk.find(b"\n", ls)
+            self.suspicious.append((self.file, lineno + 1, chunk[ls:le if le >= 0 else len(chunk)][:self.max_line]))
+
+    def try_line(self, line: bytes) -> list[tuple[Rule, str | None, str | None]]:
+        """Every rule that takes `line`, pre-filter included, with the address and key it read."""
+        cand = self._hits(line)
+        h = parse_header(line, self.clock) if cand else None
+        if h is None:
+            return []
+        allowed = self._allowed(h.program)
+        out = []
+        for r in self._rules_for(next(iter(cand.values()))):
+            if r.order in allowed and not (r.needle and r.needle not in line):
+                m = r.regex.match(line, h.start, timeout=self.timeout)
+                if m is not None:
+                    ip = canonical_ip(m.group("ip").decode("ascii", "replace")) if "ip" in r.regex.groupindex else None
+                    key = None if r.key is None else self._key(r, m, h)[2].decode("ascii", "replace")
+                    out.append((r, ip, key))
+        return out
+
+    def parse_lines(self, data: bytes) -> list[Offence]:
+        """Convenience for whole inputs held in memory (tests, rule tests)."""
+        out = self.feed(data, 0)
+        self.finish()
+        return out

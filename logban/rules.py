@@ -1,0 +1,459 @@
+"""Rule packs: TOML data in `rules/` that say which message shapes are offences.
+
+A rule is matched *anchored at the start of the message* (the text after the
+syslog tag `program[pid]: `), never searched for anywhere in the line: what an
+attacker writes (HELO, sender, recipient, user name) comes after the MTA's own
+client field, so an anchored pattern cannot be steered to an address inside it.
+
+Every rule also yields a literal *hint* that each line it can match contains;
+the parser looks for hints in whole chunks first and runs rules only on the
+few lines that have one (most mail log lines are benign).
+"""
+from __future__ import annotations
+
+import fnmatch
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import regex
+
+from .errors import UsageError
+
+KINDS = frozenset({
+    "relay_denied", "unknown_user", "dnsbl", "bad_helo", "bad_sender", "auth_failed",
+    "pregreet", "protocol_abuse", "client_rejected", "virus",
+})
+
+# The client address: IPv4, IPv6 in any spelling (zone id allowed), sendmail's
+# "IPv6:" prefix outside the group. Length-bounded so no input makes it slow.
+IP_PATTERN = (r"(?:IPv6:)?(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
+              r"|[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{1,60}(?:%[0-9A-Za-z._-]{1,32})?)")
+
+HINT_MAX = 16          # longer hints only make the chunk pre-filter slower
+HINT_MIN = 3
+PACK_KEYS = {"name", "description", "programs"}
+RULE_KEYS = {"id", "kind", "score", "match", "programs", "hint", "untagged", "key",
+             "tests", "description", "disabled"}
+LINK_KEYS = {"id", "match", "programs", "hint", "untagged", "key", "resolves", "tests",
+             "description", "disabled"}
+TEST_KEYS = {"line", "ip", "key", "none"}
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTest:
+    """A sample line a rule must turn into `ip` (and/or `key`); with neither, must not match."""
+    line: str
+    ip: str | None
+    key: str | None = None
+
+
+@dataclass(slots=True)
+class Rule:
+    id: str
+    pack: str
+    source: str
+    pattern: str
+    regex: regex.Pattern
+    programs: tuple[str, ...]
+    hint: bytes
+    lead: bool                    # hint stands right after ": " (fast pre-filter)
+    needle: bytes = b""           # longest literal every match has: checked before the regex
+    kind: str = ""
+    score: float = 0.0
+    untagged: bool = False        # may match lines without a syslog tag
+    key: str | None = None        # None, "pid" (syslog pid) or "group" (?P<key>)
+    link: bool = False            # maps key -> address, is no offence itself
+    resolves: str = "later"       # a link resolves keys seen "earlier" or "later"
+    tests: tuple[RuleTest, ...] = ()
+    order: int = 0
+
+    def applies_to(self, program: str) -> bool:
+        if not program:
+            return self.untagged
+        return any(fnmatch.fnmatchcase(program, p) for p in self.programs)
+
+
+@dataclass
+class RuleSet:
+    rules: list[Rule]
+    inactive: list[str] = field(default_factory=list)   # rule ids needing config
+
+    def by_id(self, rule_id: str) -> Rule | None:
+        return next((r for r in self.rules if r.id == rule_id), None)
+
+    @property
+    def packs(self) -> list[str]:
+        return sorted({r.pack for r in self.rules})
+
+
+def shipped_rules_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    for cand in (here / "rules", here.parent / "rules"):
+        if cand.is_dir():
+            return cand
+    raise UsageError(f"shipped rule packs not found next to {here}")
+
+
+def _bad(source: str, rule_id: str | None, msg: str) -> UsageError:
+    where = f"{source}: rule {rule_id}" if rule_id else source
+    return UsageError(f"{where}: {msg}")
+
+
+def expand(pattern: str, own_names: tuple[str, ...], macros: dict[str, str] | None = None) -> str | None:
+    """Expand the pack's macros, then {{IP}} and {{OWN}}; None when {{OWN}} has nothing to name."""
+    out = pattern
+    for _ in range(8):                      # macros may use macros, a few levels deep
+        before = out
+        for name, body in (macros or {}).items():
+            out = out.replace("{{" + name + "}}", body)
+        if out == before:
+            break
+    out = out.replace("{{IP}}", IP_PATTERN)
+    if "{{OWN}}" in out:
+        if not own_names:
+            return None
+        alts = "|".join(regex.escape(n) for n in sorted(own_names, key=len, reverse=True))
+        out = out.replace("{{OWN}}", f"(?i:{alts})")
+    return out
+
+
+# ---- literal hints -------------------------------------------------------
+
+def literal_runs(src: str, tagged: bool) -> list[tuple[str, bool]] | None:
+    """Literal text every match must contain, as (run, preceded_by_colon_space).
+
+    Only text at nesting depth 0 counts. None when the pattern has a top-level
+    alternation or a global flag that changes what literal text means.
+    """
+    runs: list[tuple[str, bool]] = []
+    cur: list[str] = []
+    cur_led = led = tagged
+    i, n = 0, len(src)
+
+    def close() -> None:
+        nonlocal cur, led
+        if cur:
+            text = "".join(cur)
+            runs.append((text, cur_led))
+            led = text.endswith(": ")
+        cur = []
+
+    def add(ch: str) -> None:
+        nonlocal cur_led
+        if not cur:
+            cur_led = led
+        cur.append(ch)
+
+    def skip_quant(j: int) -> tuple[int, bool]:
+        """Skip a quantifier at j; return (next index, whether it allows zero)."""
+        if j < n and src[j] in "*?":
+            optional = True
+            j += 1
+        elif j < n and src[j] == "+":
+            optional = False
+            j += 1
+        elif j < n and src[j] == "{":
+            m = regex.match(r"\{(\d*)(?:,(\d*))?\}", src[j:])
+            if not m:
+                return j, False
+            optional = (m.group(1) or "0") == "0"
+            j += m.end()
+        else:
+            return j, False
+        if j < n and src[j] in "?+":
+            j += 1
+        return j, optional
+
+    while i < n:
+        c = src[i]
+        if c == "(":
+            depth, j = 1, i + 1
+            while j < n and depth:
+                if src[j] == "\\":
+                    j += 2
+                    continue
+                if src[j] == "[":
+                    j = _class_end(src, j)
+                    continue
+                depth += {"(": 1, ")": -1}.get(src[j], 0)
+                j += 1
+            content = src[i + 1:j - 1]
+            if regex.fullmatch(r"\?[a-zA-Z]+", content):
+                if set(content) & set("ixX"):
+                    return None
+                i = j
+                continue
+            if content[:2] in ("?=", "?!") or content[:3] in ("?<=", "?<!"):
+                i = j                     # zero width: the run goes on
+                continue
+            close()
+            i, optional = skip_quant(j)
+            ends_colon = content.endswith(": ") or content.endswith(":\\ ")
+            led = ends_colon and (led or not optional)
+            continue
+        if c == "|":
+            return None
+        if c == "[":
+            close()
+            i, _ = skip_quant(_class_end(src, i))
+            led = False
+            continue
+        if c == "\\" and i + 1 < n:
+            nxt = src[i + 1]
+            if nxt.isalnum():
+                close()
+                i, _ = skip_quant(i + 2)
+                led = False
+                continue
+            lit, j = nxt, i + 2
+        elif c in ".^$":
+            close()
+            i, _ = skip_quant(i + 1)
+            led = False
+            continue
+        else:
+            lit, j = c, i + 1
+        j2, optional = skip_quant(j)
+        if j2 == j:
+            add(lit)
+        else:
+            if not optional:
+                add(lit)
+            close()
+            led = False
+        i = j2
+    close()
+    return runs
+
+
+def _class_end(src: str, i: int) -> int:
+    j = i + 1
+    if j < len(src) and src[j] == "^":
+        j += 1
+    if j < len(src) and src[j] == "]":
+        j += 1
+    while j < len(src) and src[j] != "]":
+        j += 2 if src[j] == "\\" else 1
+    return j + 1
+
+
+def derive_hint(src: str, tagged: bool) -> tuple[str, bool] | None:
+    """The hint for a pattern: (text, is_lead) or None when there is none."""
+    runs = literal_runs(src, tagged)
+    if not runs:
+        return None
+    for text, led in runs:
+        if not led and ": " in text:
+            text, led = text.split(": ", 1)[1], True
+        if led and len(text[:HINT_MAX]) >= HINT_MIN:
+            return text[:HINT_MAX], True
+    best = max((t for t, _ in runs), key=len)
+    return (best, False) if len(best) >= HINT_MIN + 1 else None
+
+
+# ---- lint ------------------------------------------------------------------
+
+_CATCH_ALL = regex.compile(r"(?<!\\)(?:\\\\)*(?:\.|\[\\s\\S\]|\[\\S\\s\]|\[\\w\\W\]|\[\\d\\D\])"
+                           r"(?:[*+]|\{\d*,\d*\})")
+_LOOKAROUND = regex.compile(r"\(\?<?[=!](?P<b>(?:[^()\\]|\\.|\((?&b)\))*)\)")
+
+
+def lint_pattern(src: str) -> str | None:
+    """Why a pattern is unsafe, or None.
+
+    A `.*`-like catch-all before the address group lets a match run over text
+    the client wrote and take an address from it, unless the pattern is
+    anchored at the end of the line with no catch-all after the address
+    (then the address is taken from the MTA's own trailing field).
+    """
+    src = _LOOKAROUND.sub("", src)        # zero width: consumes nothing before the address
+    at = src.find("(?P<ip>")
+    if at < 0:
+        return None
+    if not _CATCH_ALL.search(src[:at]):
+        return None
+    tail = src[at:]
+    if src.endswith("$") and not src.endswith("\\$") and not _CATCH_ALL.search(tail):
+        return None
+    return "greedy catch-all (.* or .+) before the address group; match the fields before the address exactly, or anchor the pattern at the line end with $"
+
+
+# ---- loading ---------------------------------------------------------------
+
+def _check_keys(table: dict, allowed: set[str], source: str, rule_id: str | None, what: str) -> None:
+    for k in table:
+        if k not in allowed:
+            raise _bad(source, rule_id, f"unknown key {k!r} in {what} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _str_list(v, source: str, rule_id: str | None, key: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
+        raise _bad(source, rule_id, f"{key} must be a list of non-empty strings")
+    return tuple(v)
+
+
+def _parse_tests(v, source: str, rule_id: str) -> tuple[RuleTest, ...]:
+    if not isinstance(v, list):
+        raise _bad(source, rule_id, "tests must be a list of tables {line = ..., ip = ...}")
+    out = []
+    for t in v:
+        if not isinstance(t, dict) or not isinstance(t.get("line"), str):
+            raise _bad(source, rule_id, "each test needs line = \"...\"")
+        _check_keys(t, TEST_KEYS, source, rule_id, "test")
+        ip, key = t.get("ip"), t.get("key")
+        if t.get("none") is True and ip is None and key is None:
+            out.append(RuleTest(t["line"], None))
+        elif isinstance(ip, str) or isinstance(key, str):
+            out.append(RuleTest(t["line"], ip, key))
+        else:
+            raise _bad(source, rule_id, "each test needs ip = \"...\", key = \"...\" or none = true")
+    return tuple(out)
+
+
+def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...],
+           source: str, own_names: tuple[str, ...], macros: dict[str, str]) -> Rule | None:
+    rid = entry.get("id")
+    if not isinstance(rid, str) or not regex.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", rid):
+        raise _bad(source, None, f"{'link' if link else 'rule'} without a valid id (letters, digits, . _ -): {rid!r}")
+    _check_keys(entry, LINK_KEYS if link else RULE_KEYS, source, rid, "link" if link else "rule")
+    src = entry.get("match")
+    if not isinstance(src, str) or not src:
+        raise _bad(source, rid, "match must be a non-empty regular expression")
+    kind, score = "", 0.0
+    if not link:
+        kind = entry.get("kind")
+        if kind not in KINDS:
+            raise _bad(source, rid, f"unknown kind {kind!r} (one of: {', '.join(sorted(KINDS))})")
+        score = entry.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not score > 0:
+            raise _bad(source, rid, "score must be a number above 0")
+    programs = _str_list(entry.get("programs", list(pack_programs)), source, rid, "programs")
+    untagged = entry.get("untagged", False)
+    if not isinstance(untagged, bool):
+        raise _bad(source, rid, "untagged must be true or false")
+    expanded = expand(src, own_names, macros)
+    if expanded is None:
+        return None
+    try:
+        rx = regex.compile(expanded.encode())
+    except regex.error as e:
+        raise _bad(source, rid, f"bad regular expression: {e}") from None
+    if expanded.count("(?P<ip>") > 1:
+        raise _bad(source, rid, "more than one address group (?P<ip>...)")
+    has_ip = "ip" in rx.groupindex
+    key = entry.get("key")
+    if key not in (None, "pid"):
+        raise _bad(source, rid, "key must be \"pid\" (the syslog pid) or left out (a (?P<key>...) group)")
+    if key is None and "key" in rx.groupindex:
+        key = "group"
+    if link and not (has_ip and key):
+        raise _bad(source, rid, "a link needs an address group (?P<ip>...) and a key (key = \"pid\" or (?P<key>...))")
+    if not link and not has_ip and not key:
+        raise _bad(source, rid, "no address group: use {{IP}} or (?P<ip>...) for the client address, or a key to correlate")
+    resolves = entry.get("resolves", "later")
+    if resolves not in ("earlier", "later"):
+        raise _bad(source, rid, "resolves must be \"earlier\" or \"later\"")
+    hint = entry.get("hint")
+    if hint is not None:
+        if not isinstance(hint, str) or len(hint) < HINT_MIN:
+            raise _bad(source, rid, f"hint must be a literal of at least {HINT_MIN} characters")
+        lead = False
+    else:
+        derived = derive_hint(expanded, tagged=not untagged)
+        if derived is None:
+            raise _bad(source, rid, "no literal text in the pattern for the pre-filter; give hint = \"text every matching line contains\"")
+        hint, lead = derived
+    runs = literal_runs(expanded, tagged=False) or []
+    needle = max((t for t, _ in runs), key=len, default="")
+    return Rule(id=rid, pack=pack, source=source, pattern=src, regex=rx, programs=programs,
+                hint=hint.encode(), lead=lead, needle=needle.encode() if len(needle) > len(hint) else b"", kind=kind, score=float(score), untagged=untagged,
+                key=key, link=link, resolves=resolves,
+                tests=_parse_tests(entry.get("tests", []), source, rid))
+
+
+def load_pack(path: Path, own_names: tuple[str, ...] = ()) -> tuple[list[Rule], list[str], set[str]]:
+    """Rules of one pack file, ids inactive for lack of config, ids disabled in it."""
+    source = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise _bad(source, None, f"not valid TOML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise _bad(source, None, f"cannot read: {e}") from None
+    _check_keys(data, {"pack", "macros", "rule", "link"}, source, None, "pack file")
+    macros = data.get("macros", {})
+    if not isinstance(macros, dict) or not all(
+            isinstance(v, str) and regex.fullmatch(r"[A-Z][A-Z0-9_]*", k) for k, v in macros.items()):
+        raise _bad(source, None, "[macros] maps UPPER_CASE names to pattern text")
+    head = data.get("pack", {})
+    if not isinstance(head, dict):
+        raise _bad(source, None, "[pack] must be a table")
+    _check_keys(head, PACK_KEYS, source, None, "[pack]")
+    name = head.get("name", path.stem)
+    if not isinstance(name, str) or not name:
+        raise _bad(source, None, "[pack] name must be a non-empty string")
+    programs = _str_list(head.get("programs", []), source, None, "[pack] programs")
+    rules, inactive, disabled = [], [], set()
+    for link, entries in ((False, data.get("rule", [])), (True, data.get("link", []))):
+        if not isinstance(entries, list):
+            raise _bad(source, None, "[[rule]] and [[link]] must be arrays of tables")
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise _bad(source, None, "[[rule]] and [[link]] entries must be tables")
+            if entry.get("disabled") is True:
+                disabled.add(entry.get("id", ""))
+                if set(entry) <= {"id", "disabled"}:
+                    continue          # a bare {id, disabled} just switches a shipped rule off
+            r = _build(entry, link=link, pack=name, pack_programs=programs,
+                       source=source, own_names=own_names, macros=macros)
+            if r is None:
+                inactive.append(entry["id"])
+            elif r.id not in disabled:
+                rules.append(r)
+    return rules, inactive, disabled
+
+
+def _pack_files(d: Path) -> list[Path]:
+    if not d.is_dir():
+        raise UsageError(f"{d}: rule pack directory does not exist")
+    return sorted(d.glob("*.toml"))
+
+
+def load_rules(extra_dirs: list[Path] = (), *, disable: tuple[str, ...] = (),
+               own_names: tuple[str, ...] = (), shipped: bool = True,
+               only_packs: tuple[str, ...] = ()) -> RuleSet:
+    """Shipped packs, then users' packs: a user rule with a shipped id replaces it.
+
+    Two rules with one id within the shipped packs, or within the user's, is an error.
+    """
+    layers = ([_pack_files(shipped_rules_dir())] if shipped else []) + [_pack_files(Path(d)) for d in extra_dirs]
+    merged: dict[str, Rule] = {}
+    inactive: list[str] = []
+    user_disabled: set[str] = set()
+    for depth, files in enumerate(layers):
+        seen: dict[str, str] = {}
+        for f in files:
+            rules, inact, dis = load_pack(f, own_names)
+            inactive += inact
+            user_disabled |= dis
+            for r in rules:
+                if r.id in seen:
+                    raise _bad(str(f), r.id, f"duplicate id (also in {seen[r.id]})")
+                seen[r.id] = str(f)
+                merged[r.id] = r
+            for rid in inact:
+                seen.setdefault(rid, str(f))
+        if depth == 0 and not files and shipped:
+            raise UsageError(f"{shipped_rules_dir()}: no rule packs (*.toml)")
+    known = set(merged) | set(inactive) | user_disabled
+    for rid in disable:
+        if rid not in known:
+            raise UsageError(f"disable: no rule with id {rid!r}")
+    out = [r for rid, r in merged.items() if rid not in disable and rid not in user_disabled
+           and (not only_packs or r.pack in only_packs)]
+    if only_packs and not out:
+        raise UsageError(f"--mta: no rule pack named {', '.join(only_packs)} (have: {', '.join(sorted({r.pack for r in merged.values()}))})")
+    for i, r in enumerate(out):
+        r.order = i
+    return RuleSet(out, inactive)
