@@ -1,0 +1,230 @@
+"""The parser: headers, time stamps, addresses, correlation, and hostile input."""
+import calendar
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from logban.parse import Clock, Parser, canonical_ip, iso, parse_header
+from logban.rules import load_rules
+
+RULES = load_rules(own_names=("mx.example.com", "192.0.2.25"))
+REF = calendar.timegm((2026, 11, 22, 12, 0, 0))
+
+
+def parser(**kw) -> Parser:
+    return Parser(RULES, clock=Clock("UTC", reference=REF), **kw)
+
+
+def offences(text: str | bytes, **kw):
+    data = text.encode() if isinstance(text, str) else text
+    return parser(**kw).parse_lines(data)
+
+
+# ---- addresses -----------------------------------------------------------
+
+@pytest.mark.parametrize("raw, want", [
+    ("192.0.2.1", "192.0.2.1"),
+    ("2001:DB8:0:0:0:0:0:1", "2001:db8::1"),
+    ("2001:0db8:0000:0001:0000:0000:0000:0009", "2001:db8:0:1::9"),
+    ("::ffff:192.0.2.77", "192.0.2.77"),
+    ("::FFFF:C000:024D", "192.0.2.77"),
+    ("2001:db8::5%eth0", "2001:db8::5"),
+    ("IPv6:2001:db8::110", "2001:db8::110"),
+    ("192.0.2.256", None),
+    ("01.2.3.4", None),
+    ("unknown", None),
+])
+def test_canonical_ip(raw, want):
+    assert canonical_ip(raw) == want
+
+
+# ---- time stamps ---------------------------------------------------------
+
+def utc(y, mo, d, h, mi, s, frac=0.0):
+    return calendar.timegm((y, mo, d, h, mi, s)) + frac
+
+
+def test_rfc3164_year_is_inferred_from_the_reference():
+    jan = Clock("UTC", reference=utc(2027, 1, 5, 0, 0, 0))
+    assert parse_header(b"Dec 31 23:59:59 h postfix/smtpd[1]: x", jan).time == utc(2026, 12, 31, 23, 59, 59)
+    assert parse_header(b"Jan  4 10:00:00 h postfix/smtpd[1]: x", jan).time == utc(2027, 1, 4, 10, 0, 0)
+    # Out of order lines keep their own year.
+    assert parse_header(b"Dec 30 08:00:00 h postfix/smtpd[1]: x", jan).time == utc(2026, 12, 30, 8, 0, 0)
+
+
+def test_rfc3164_in_a_configured_zone_across_dst():
+    berlin = Clock("Europe/Berlin", reference=utc(2026, 11, 1, 0, 0, 0))
+    assert parse_header(b"Jul  1 12:00:00 h p[1]: x", berlin).time == utc(2026, 7, 1, 10, 0, 0)
+    assert parse_header(b"Mar 29 03:30:00 h p[1]: x", berlin).time == utc(2026, 3, 29, 1, 30, 0)
+    assert parse_header(b"Mar 29 01:30:00 h p[1]: x", berlin).time == utc(2026, 3, 29, 0, 30, 0)
+
+
+@pytest.mark.parametrize("line, want", [
+    (b"2026-11-20T06:00:01.223456+01:00 mx p[1]: x", utc(2026, 11, 20, 5, 0, 1, 0.223456)),
+    (b"2026-11-20T05:00:02Z mx p[1]: x", utc(2026, 11, 20, 5, 0, 2)),
+    (b"2026-11-20T05:00:02-0300 mx p[1]: x", utc(2026, 11, 20, 8, 0, 2)),
+    (b"<22>1 2026-11-20T05:00:03.5Z mx postfix/postscreen 802 - - x", utc(2026, 11, 20, 5, 0, 3, 0.5)),
+    (b"<22>1 2026-11-20T05:00:03.5Z mx app - ID47 [ex@1 a=\"b\\]\"] x", utc(2026, 11, 20, 5, 0, 3, 0.5)),
+])
+def test_iso_and_rfc5424_stamps(line, want):
+    h = parse_header(line, Clock("UTC", reference=REF))
+    assert h is not None and h.time == pytest.approx(want) and line[h.start:] == b"x"
+
+
+def test_tai64n_stamp_and_untagged_message():
+    label = (1 << 62) + 10 + int(utc(2026, 11, 20, 4, 0, 0))
+    line = b"@%016x%08x CHKUSER rejected rcpt: x" % (label, 500_000_000)
+    h = parse_header(line, Clock())
+    assert h.time == pytest.approx(utc(2026, 11, 20, 4, 0, 0, 0.5))
+    assert h.program == "" and line[h.start:].startswith(b"CHKUSER")
+
+
+def test_splogger_stamp_and_inner_tag():
+    h = parse_header(b"Nov 20 05:01:00 mx smtpd: 1795150860.123456 tcpserver: pid 7 from 192.0.2.1", Clock("UTC", reference=REF))
+    assert h.program == "tcpserver" and h.host == b"mx"
+
+
+def test_iso_output_is_utc_with_z():
+    assert iso(utc(2026, 11, 20, 5, 0, 3, 0.5)) == "2026-11-20T05:00:03.500000Z"
+    assert iso(utc(2026, 11, 20, 5, 0, 3)) == "2026-11-20T05:00:03Z"
+
+
+# ---- correlation ---------------------------------------------------------
+
+def test_sendmail_user_unknown_is_tied_to_the_later_relay_line():
+    p = parser()
+    first = p.feed(b"Nov 20 03:02:00 mx sm-mta[5]: 4AK30000000004: <nobody@example.com>... User unknown\n", 0)
+    assert first == []                         # waits for the session's relay= line
+    other = p.feed(b"Nov 20 03:02:01 mx sm-mta[6]: 4AK30000000009: from=<a@example.org>, size=1, class=0, nrcpts=1, proto=ESMTP, daemon=MTA, relay=[198.51.100.2]\n", 1)
+    assert other == []
+    got = p.feed(b"Nov 20 03:02:02 mx sm-mta[5]: 4AK30000000004: from=<x@example.biz>, size=0, class=0, nrcpts=0, proto=ESMTP, daemon=MTA, relay=[198.51.100.120]\n", 2)
+    assert [(o.ip, o.kind, o.line) for o in got] == [("198.51.100.120", "unknown_user", 1)]
+
+
+def test_qmail_pid_links_only_later_lines_of_that_connection():
+    text = ("Nov 20 05:02:01 mx qmail-smtpd[4731]: 553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\n"
+            "Nov 20 05:02:02 mx tcpserver[1]: pid 4731 from 198.51.100.150\n"
+            "Nov 20 05:02:03 mx qmail-smtpd[4731]: 553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\n"
+            "Nov 20 05:02:04 mx tcpserver[1]: pid 4731 from 198.51.100.151\n"
+            "Nov 20 05:02:05 mx qmail-smtpd[4731]: 553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\n")
+    p = parser()
+    got = p.parse_lines(text.encode())
+    assert [(o.ip, o.line) for o in got] == [("198.51.100.150", 3), ("198.51.100.151", 5)]
+    assert p.stats.unresolved == 1
+
+
+def test_line_numbers_across_chunks_and_crlf():
+    p = parser()
+    a = b"Nov 20 00:00:00 mx x[1]: benign\r\nNov 20 00:00:01 mx postfix/smtpd[2]: lost connection after AUTH from unknown[192.0.2.9]\r\n"
+    b = b"Nov 20 00:00:02 mx x[1]: benign\nNov 20 00:00:03 mx postfix/smtpd[2]: lost connection after AUTH from unknown[192.0.2.10]"
+    got = p.feed(a, 0) + p.feed(b, 2)
+    assert [(o.ip, o.line) for o in got] == [("192.0.2.9", 2), ("192.0.2.10", 4)]
+    assert p.stats.lines == 4
+
+
+def test_highest_scoring_rule_wins_on_a_line():
+    line = ("Nov 20 01:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.5]: 454 4.7.1 <x@example.net>: "
+            "Relay access denied; from=<a@b> to=<x@example.net> proto=ESMTP helo=<MX.example.com>")
+    assert [(o.rule, o.kind) for o in offences(line)] == [("postfix-helo-is-us", "bad_helo")]
+    accepted = "Nov 20 01:00:00 mx postfix/smtpd[1]: NOQUEUE: warn: EHLO from unknown[192.0.2.6]: x; proto=ESMTP helo=<[192.0.2.25]>"
+    assert [(o.ip, o.kind) for o in offences(accepted)] == [("192.0.2.6", "bad_helo")]
+
+
+def test_program_must_belong_to_the_pack_unless_mta_is_forced():
+    line = "Nov 20 01:00:00 mx exim[1]: lost connection after AUTH from unknown[192.0.2.5]"
+    assert offences(line) == []
+    assert [o.ip for o in offences(line, any_program=True)] == ["192.0.2.5"]
+
+
+# ---- hostile input -------------------------------------------------------
+
+REAL = "192.0.2.1"
+TEMPLATES = [
+    "Nov 20 01:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.1]: 454 4.7.1 <{x}>: Relay access denied; from=<{x}> to=<{x}> proto=ESMTP helo=<{x}>",
+    "Nov 20 01:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.1]: 550 5.1.1 <{x}>: Recipient address rejected: User unknown in local recipient table; from=<{x}> to=<{x}> proto=ESMTP helo=<{x}>",
+    "Nov 20 01:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: EHLO from unknown[192.0.2.1]: 504 5.5.2 <{x}>: Helo command rejected: need fully-qualified hostname; proto=ESMTP helo=<{x}>",
+    "Nov 20 01:00:00 mx postfix/smtpd[1]: NOQUEUE: warn: RCPT from unknown[192.0.2.1]: {x}; from=<{x}> to=<{x}> proto=ESMTP helo=<mx.example.com>",
+    "Nov 20 01:00:00 mx postfix/submission/smtpd[1]: warning: unknown[192.0.2.1]: SASL LOGIN authentication failed: (reason unavailable), sasl_username={x}",
+    "Nov 20 01:00:00 mx postfix/smtpd[1]: warning: non-SMTP command from unknown[192.0.2.1]: {x}",
+    "Nov 20 01:00:00 mx postfix/smtpd[1]: improper command pipelining after CONNECT from unknown[192.0.2.1]: {x}",
+    "Nov 20 01:00:00 mx postfix/postscreen[1]: PREGREET 11 after 0.1 from [192.0.2.1]:4000: {x}",
+    "Nov 20 01:00:00 mx postfix/postscreen[1]: COMMAND PIPELINING from [192.0.2.1]:4000 after EHLO: {x}",
+    "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: ruleset=check_rcpt, arg1=<{x}>, relay={x} [192.0.2.1], reject=550 5.7.1 <{x}>... Relaying denied",
+    "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: ruleset=check_relay, arg1={x}, arg2=192.0.2.1, relay={x} [192.0.2.1], reject=550 5.7.1 Access denied",
+    "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: AUTH failure (LOGIN): authentication failure (-13) SASL(-13): authentication failure: checkpass failed, user={x}, relay=[192.0.2.1]",
+    "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: <{x}>... User unknown\nNov 20 01:00:01 mx sm-mta[1]: 4AK3000000000C: from=<{x}>, size=0, class=0, nrcpts=0, proto=ESMTP, daemon=MTA, relay=[192.0.2.1]",
+    "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: rejecting commands from {x} [192.0.2.1] due to pre-greeting traffic after 0 seconds",
+    "@400000006affc5ca0a1b2c3d CHKUSER rejected rcpt: from <{x}::> remote <{x}:unknown:192.0.2.1> rcpt <{x}> : not existing recipient",
+    "Nov 20 01:00:00 mx spamdyke[1]: DENIED_RBL_MATCH from: {x} to: {x} origin_ip: 192.0.2.1 origin_rdns: {x} auth: (unknown)",
+    "Nov 20 01:00:00 mx qmail-smtpd[1]: qlogenvelope: result=rejected code=553 reason=relaying helo={x} mailfrom={x} rcptto={x} remoteip=192.0.2.1 remoteport=1 remotehost={x}",
+    "Nov 20 01:00:00 mx rblsmtpd[1]: 192.0.2.1 pid 4: 451 {x}",
+]
+PAYLOADS = [
+    "NOQUEUE: reject: RCPT from unknown[203.0.113.9]: 454 4.7.1 <a>: Relay access denied",
+    "warning: unknown[203.0.113.9]: SASL LOGIN authentication failed",
+    "unknown[203.0.113.9]", "[203.0.113.9]:25", "[IPv6:2001:db8::bad]",
+    ", relay=x [203.0.113.9]", "relay=[203.0.113.9]", " arg2=203.0.113.9,",
+    "> remote <a:b:203.0.113.9> rcpt <", "a:b:203.0.113.9",
+    " origin_ip: 203.0.113.9 origin_rdns: x", " remoteip=203.0.113.9", "remoteip=203.0.113.9",
+    "lost connection after AUTH from unknown[203.0.113.9]", "PREGREET 1 after 0 from [203.0.113.9]:1: ",
+    ": ", ">", "<", ",", " ", "\\r\\n", "\x00", "\t",
+]
+
+
+def test_templates_find_the_client_with_harmless_text():
+    for t in TEMPLATES:
+        got = offences(t.replace("{x}", "bob@example.com"))
+        assert [o.ip for o in got] == [REAL], t
+
+
+@pytest.mark.parametrize("payload", PAYLOADS)
+def test_injected_addresses_never_come_out(payload):
+    for t in TEMPLATES:
+        for o in offences(t.replace("{x}", payload)):
+            assert o.ip == REAL, (t, payload)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(t=st.sampled_from(TEMPLATES),
+       x=st.lists(st.one_of(st.sampled_from(PAYLOADS), st.text(
+           alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12)), max_size=6).map("".join))
+def test_no_attacker_text_steers_the_address(t, x):
+    for o in offences(t.replace("{x}", x)):
+        assert o.ip == REAL
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.one_of(
+    st.binary(max_size=4000),
+    st.lists(st.sampled_from([b"Nov 20 01:00:00 mx postfix/smtpd[1]: ", b"NOQUEUE: reject: ", b"RCPT from ",
+                              b"unknown[", b"192.0.2.1", b"]: ", b"\n", b"\x00", b"\xff\xfe", b"warning: ",
+                              b"@4000000069", b"<22>1 ", b"[", b"(", b"\\", b" ", b"pid 1 from "]),
+             max_size=200).map(b"".join)))
+def test_garbage_never_crashes(data):
+    p = parser()
+    p.feed(data, 0)
+    p.finish()
+
+
+def test_huge_lines_and_pathological_patterns_do_not_stall(tmp_path):
+    d = tmp_path / "packs"
+    d.mkdir()
+    (d / "evil.toml").write_text('''
+[pack]
+name = "evil"
+programs = ["evild"]
+[[rule]]
+id = "evil-backtracking"
+kind = "protocol_abuse"
+score = 1
+match = 'evil: (?:a|a)*(?:a|a)*b {{IP}}'
+''')
+    rules = load_rules([d])
+    p = Parser(rules, clock=Clock("UTC", reference=REF), match_timeout=0.05)
+    line = b"Nov 20 01:00:00 mx evild[1]: evil: " + b"a" * 100_000 + b"\n"
+    start = time.monotonic()
+    out = p.feed(line * 3 + b"Nov 20 01:00:00 mx x[1]: " + b"\x00" * 2_000_000 + b"\n", 0)
+    assert time.monotonic() - start < 5
+    assert out == [] and p.stats.timeouts == 3 and p.stats.truncated == 3 and p.stats.lines == 4

@@ -1,0 +1,132 @@
+"""Rule packs: loading, validation, overrides, hints and the linter."""
+from pathlib import Path
+
+import pytest
+
+from logban.cli import check_rules
+from logban.errors import UsageError
+from logban.rules import derive_hint, lint_pattern, load_rules, literal_runs
+
+GOOD = '''
+[pack]
+name = "mine"
+programs = ["myd"]
+
+[[rule]]
+id = "mine-bad"
+kind = "client_rejected"
+score = 1
+match = 'rejected client {{IP}}$'
+tests = [{ line = "Nov 20 10:00:00 h myd[1]: rejected client 192.0.2.1", ip = "192.0.2.1" }]
+'''
+
+
+def write_pack(tmp_path: Path, text: str, name: str = "mine.toml") -> Path:
+    d = tmp_path / "packs"
+    d.mkdir(exist_ok=True)
+    (d / name).write_text(text)
+    return d
+
+
+def test_shipped_packs_load_and_pass_their_own_tests():
+    rules = load_rules()
+    assert {"postfix", "sendmail", "qmail"} <= set(rules.packs)
+    problems, n = check_rules(rules)
+    assert problems == []
+    assert n >= 60
+    # The own-HELO rule waits for configuration.
+    assert "postfix-helo-is-us" in rules.inactive
+    with_own = load_rules(own_names=("mx.example.com",))
+    assert with_own.by_id("postfix-helo-is-us") is not None
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("match = 'rejected client (?P<ip>[0-9.+)'", "bad regular expression"),
+    ("match = 'rejected client [0-9.]+'", "no address group"),
+    ("kind = \"spam\"", "unknown kind 'spam'"),
+    ("colour = \"red\"", "unknown key 'colour'"),
+    ("score = 0", "score must be a number above 0"),
+    ("match = '(?:a|b){{IP}}'", "no literal text"),
+])
+def test_bad_rule_is_refused_with_file_and_rule_id(tmp_path, bad, message):
+    key = bad.split(" =")[0]
+    lines = [ln for ln in GOOD.splitlines() if not ln.startswith(key + " =")]
+    text = "\n".join(lines).replace('score = 1', 'score = 1\n' + bad)
+    d = write_pack(tmp_path, text)
+    with pytest.raises(UsageError) as e:
+        load_rules([d])
+    assert "mine.toml" in str(e.value) and "mine-bad" in str(e.value) and message in str(e.value)
+
+
+def test_duplicate_id_within_user_packs_is_refused(tmp_path):
+    d = write_pack(tmp_path, GOOD)
+    (d / "other.toml").write_text(GOOD)
+    with pytest.raises(UsageError, match="duplicate id"):
+        load_rules([d])
+
+
+def test_user_pack_overrides_and_disables_shipped_rules_by_id(tmp_path):
+    override = '''
+[pack]
+name = "postfix"
+programs = ["postfix*/smtpd"]
+
+[[rule]]
+id = "postfix-relay-denied"
+kind = "relay_denied"
+score = 4
+match = '(?:NOQUEUE|\\w+): reject: RCPT from [^\\s\\[\\]]{0,255}\\[{{IP}}\\]: \\d{3} [^;]{0,300}Relay access denied'
+
+[[rule]]
+id = "postscreen-pregreet"
+disabled = true
+'''
+    d = write_pack(tmp_path, override, "local.toml")
+    rules = load_rules([d])
+    r = rules.by_id("postfix-relay-denied")
+    assert r.score == 4 and r.source.endswith("local.toml")
+    assert rules.by_id("postscreen-pregreet") is None
+    assert rules.by_id("postscreen-dnsbl") is not None
+
+
+def test_disable_from_config_must_name_a_rule():
+    assert load_rules(disable=("postscreen-pregreet",)).by_id("postscreen-pregreet") is None
+    with pytest.raises(UsageError, match="no rule with id 'postscreen-pregret'"):
+        load_rules(disable=("postscreen-pregret",))
+
+
+def test_linter_rejects_catch_all_before_the_address():
+    assert lint_pattern(r"reject: .* from \[(?P<ip>[0-9.]+)\]") is not None
+    assert lint_pattern(r"reject: .{0,400}? from \[(?P<ip>[0-9.]+)\]") is not None
+    assert lint_pattern(r"reject: RCPT from \[(?P<ip>[0-9.]+)\]: .*") is None
+    # Anchored at the end: the address is the MTA's own trailing field.
+    assert lint_pattern(r"AUTH failure: .{0,2000}, relay=\[(?P<ip>[0-9.]+)\]$") is None
+    assert lint_pattern(r"AUTH failure: .{0,2000}, relay=\[(?P<ip>[0-9.]+)\].*$") is not None
+    # A look-ahead consumes nothing.
+    assert lint_pattern(r"(?!.* x=.* x=)res x=(?P<ip>[0-9.]+)") is None
+
+
+def test_rules_check_reports_failing_rule_tests(tmp_path):
+    text = GOOD.replace('ip = "192.0.2.1"', 'ip = "192.0.2.2"')
+    d = write_pack(tmp_path, text)
+    problems, _ = check_rules(load_rules([d], shipped=False))
+    assert len(problems) == 1 and "mine-bad" in problems[0] and "192.0.2.2" in problems[0]
+
+
+@pytest.mark.parametrize("pattern, tagged, hint", [
+    ("NOQUEUE: reject: RCPT", True, ("NOQUEUE: reject:", True)),   # cut at 16
+    ("(?:NOQUEUE|\\w+): reject: RCPT from", True, ("reject: RCPT fro", True)),
+    ("(?:NOQUEUE: )?lost connection after", True, ("lost connection ", True)),
+    ("(?:NOQUEUE: )?lost connection after", False, ("lost connection after", False)),
+    ("(?:x )?lost connection after", True, ("lost connection after", False)),
+    ("\\d+ did not issue MAIL", True, (" did not issue MAIL", False)),
+    ("ab?cdef", True, ("cdef", False)),
+    ("a|b", True, None),
+    ("(?i)hello there", True, None),
+])
+def test_hint_derivation(pattern, tagged, hint):
+    assert derive_hint(pattern, tagged) == hint
+
+
+def test_literal_runs_skip_groups_and_classes():
+    assert literal_runs(r"ab[cd]ef(?:gh)ij\.k", True) == [("ab", True), ("ef", False), ("ij.k", False)]
