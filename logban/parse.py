@@ -288,7 +288,7 @@ class Parser:
         """Line start -> ids of the hints found on that line."""
         cand: dict[int, list[int]] = {}
         if self._fast is not None:
-            if chunk[:1] == b"<" and _RFC5424.match(chunk):
+            if chunk[:1] == b"<" or b"\n<" in chunk:
                 # RFC 5424 puts no ": " before the message: look for leads anywhere.
                 self._find_into(chunk, self._lead_finds, cand)
             else:

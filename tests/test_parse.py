@@ -169,6 +169,11 @@ PAYLOADS = [
     "> remote <a:b:203.0.113.9> rcpt <", "a:b:203.0.113.9",
     " origin_ip: 203.0.113.9 origin_rdns: x", " remoteip=203.0.113.9", "remoteip=203.0.113.9",
     "lost connection after AUTH from unknown[203.0.113.9]", "PREGREET 1 after 0 from [203.0.113.9]:1: ",
+    # text that imitates the rest of the line after a fake address
+    "x:y:203.0.113.9> rcpt <b> : not existing recipient",
+    "a> remote <x:y:203.0.113.9> rcpt <b> : not existing recipient",
+    "x origin_ip: 203.0.113.9 origin_rdns: y auth: (unknown)",
+    "x, relay=[203.0.113.9]", "x remoteip=203.0.113.9 remoteport=1",
     ": ", ">", "<", ",", " ", "\\r\\n", "\x00", "\t",
 ]
 

@@ -1,0 +1,147 @@
+"""End to end: the real `logban` process on the sample logs, as a user runs it."""
+import bz2
+import gzip
+import lzma
+import json
+import re
+
+from conftest import SAMPLES
+
+EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
+EVENT_KEYS = {"time", "ip", "mta", "rule", "kind", "score", "file", "line"}
+
+
+def events(stdout: bytes) -> list[dict]:
+    return [json.loads(x) for x in stdout.decode().splitlines()]
+
+
+def test_scan_events_match_the_expectation_file(logban):
+    r = logban("scan", "--events", "samples/logs")
+    assert r.returncode == 0, r.stderr
+    got = events(r.stdout)
+    assert all(set(e) == EVENT_KEYS for e in got)
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{6})?Z", e["time"]) for e in got)
+    seen = sorted((e["file"].removeprefix("samples/logs/"), e["line"], e["ip"], e["kind"], e["rule"]) for e in got)
+    want = sorted((x["file"], x["line"], x["ip"], x["kind"], x["rule"]) for x in EXPECTED)
+    assert seen == want
+    # Oldest first: the rotated .2.gz is read before .1 and the live file.
+    files = [e["file"] for e in got if "/postfix/" in e["file"]]
+    assert files.index("samples/logs/postfix/mail.log.2.gz") < files.index("samples/logs/postfix/mail.log.1") \
+        < files.index("samples/logs/postfix/mail.log")
+
+
+def test_scan_json_report(logban):
+    r = logban("scan", "--json", "--top", "3", "samples/logs")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["offences"] == len(EXPECTED) == sum(rep["by_kind"].values())
+    assert rep["by_kind"]["unknown_user"] == sum(1 for x in EXPECTED if x["kind"] == "unknown_user")
+    assert [t["ip"] for t in rep["top"]][0] == "192.0.2.70" and rep["top"][0]["count"] == 4
+    assert rep["skipped"]["unresolved"] == 2
+    opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
+    total = 0
+    for f in (SAMPLES / "logs").rglob("*"):
+        if f.is_file():
+            with opener.get(f.suffix, open)(f, "rb") as fh:
+                total += fh.read().count(b"\n")
+    assert rep["lines"] == total
+
+
+def test_scan_human_report(logban):
+    r = logban("scan", "samples/logs/postfix")
+    assert r.returncode == 0
+    out = r.stdout.decode()
+    assert "Scanned 3 file(s)" in out and "By kind:" in out and "Top 10 offenders:" in out
+    assert re.search(r"unknown_user\s+4\s+\d+\.\d%", out)
+    assert "192.0.2.70" in out
+
+
+def test_scan_stdin_and_forced_mta(logban):
+    line = b"Nov 20 01:00:00 mx postfix/smtpd[1]: lost connection after AUTH from unknown[192.0.2.5]\n"
+    r = logban("scan", "--events", "-", stdin=line)
+    assert [(e["ip"], e["file"], e["line"]) for e in events(r.stdout)] == [("192.0.2.5", "-", 1)]
+    custom = line.replace(b"postfix/smtpd", b"my-postfix-smtpd")
+    assert events(logban("scan", "--events", "-", stdin=custom).stdout) == []
+    forced = events(logban("scan", "--events", "--mta", "postfix", "-", stdin=custom).stdout)
+    assert [e["mta"] for e in forced] == ["postfix"]
+    r = logban("scan", "--mta", "exim", "-", stdin=line)
+    assert r.returncode == 2 and b"no rule pack named exim" in r.stderr
+
+
+def one_line_error(r) -> str:
+    err = r.stderr.decode()
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+def test_bad_usage_exits_2_with_one_line(logban, tmp_path):
+    r = logban("scan")
+    assert r.returncode == 2 and "PATH" in one_line_error(r)
+    r = logban("scan", str(tmp_path / "missing.log"))
+    assert r.returncode == 2 and "no such file" in one_line_error(r)
+    r = logban("frobnicate")
+    assert r.returncode == 2 and "invalid choice" in one_line_error(r)
+    cfg = tmp_path / "logban.toml"
+    cfg.write_text("[parse]\nmax_line = 1\n")
+    r = logban("-c", str(cfg), "scan", "samples/logs")
+    assert r.returncode == 2 and "parse.max_line" in one_line_error(r)
+
+
+def test_bad_rule_pack_in_config_names_file_and_rule(logban, tmp_path):
+    packs = tmp_path / "rules.d"
+    packs.mkdir()
+    (packs / "local.toml").write_text("[[rule]]\nid = \"local-x\"\nkind = \"relay_denied\"\nscore = 1\nmatch = 'relay (?P<ip>[0-9.]+'\n")
+    cfg = tmp_path / "logban.toml"
+    cfg.write_text(f"[rules]\ndirs = [\"{packs}\"]\n")
+    r = logban("-c", str(cfg), "scan", "samples/logs")
+    err = one_line_error(r)
+    assert r.returncode == 2 and "local.toml" in err and "local-x" in err and "bad regular expression" in err
+    r = logban("rules", "check", str(packs))
+    assert r.returncode == 2 and "local-x" in one_line_error(r)
+
+
+def test_rules_check(logban, tmp_path):
+    r = logban("rules", "check")
+    assert r.returncode == 0 and b"OK" in r.stdout
+    packs = tmp_path / "rules.d"
+    packs.mkdir()
+    (packs / "greedy.toml").write_text(
+        "[pack]\nprograms = [\"x\"]\n[[rule]]\nid = \"greedy\"\nkind = \"relay_denied\"\nscore = 1\n"
+        "match = 'reject: .* from \\[{{IP}}\\]: denied'\n")
+    r = logban("rules", "check", str(packs))
+    assert r.returncode == 2 and b"greedy: greedy catch-all" in r.stderr
+
+
+def test_test_rules_shows_hits_and_unmatched_suspects(logban, tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_text(
+        "Nov 20 01:00:00 mx postfix/smtpd[1]: lost connection after AUTH from unknown[192.0.2.5]\n"
+        "Nov 20 01:00:01 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.6]: 550 5.7.1 <a@b>: Recipient address rejected: Greylisted by policy; from=<x> to=<a@b> proto=ESMTP helo=<h>\n"
+        "Nov 20 01:00:02 mx postfix/smtpd[1]: connect from unknown[192.0.2.7]\n")
+    r = logban("test-rules", str(log))
+    out = r.stdout.decode()
+    assert r.returncode == 0
+    assert re.search(r"postfix-lost-after-auth\s+1\s+auth_failed", out)
+    assert "Suspicious lines no rule took" in out and "Greylisted by policy" in out
+    assert "connect from unknown[192.0.2.7]" not in out
+    r = logban("test-rules", "--rule", "postfix-lost-early", str(log))
+    assert "postfix-lost-after-auth" not in r.stdout.decode()
+
+
+def test_a_broken_compressed_file_is_reported_and_the_rest_scanned(logban, tmp_path):
+    good = b"Nov 20 01:00:00 mx postfix/smtpd[1]: lost connection after AUTH from unknown[192.0.2.5]\n"
+    (tmp_path / "mail.log.1.gz").write_bytes(gzip.compress(good * 1000)[:-40])
+    (tmp_path / "mail.log").write_bytes(good)
+    r = logban("scan", "--json", str(tmp_path))
+    rep = json.loads(r.stdout)
+    assert r.returncode == 1 and rep["failed"] == [str(tmp_path / "mail.log.1.gz")]
+    assert rep["offences"] >= 1 and b"mail.log.1.gz" in r.stderr
+
+
+def test_events_into_a_closed_pipe_is_not_an_error(logban):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    p = subprocess.run(f"{sys.executable} -m logban scan --events samples/logs | head -1", shell=True,
+                       capture_output=True, cwd=ROOT)
+    assert p.returncode == 0 and b"Traceback" not in p.stderr and p.stdout.count(b"\n") == 1

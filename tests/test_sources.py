@@ -1,0 +1,52 @@
+"""Sources: reading order of rotated sets, compression, bounded chunks."""
+import bz2
+import gzip
+import io
+import lzma
+
+import pytest
+
+from logban.errors import UsageError
+from logban.sources import chunks, expand, open_source
+
+
+def test_rotated_sets_are_read_oldest_first(tmp_path):
+    names = ["mail.log", "mail.log.1", "mail.log.2.gz", "mail.log.10.xz", "maillog-20261120.bz2",
+             "maillog-20261119", "maillog", "notes.md", ".hidden", "expected.json"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    got = [s.path.name for s in expand([str(tmp_path)])]
+    assert got == ["mail.log.10.xz", "mail.log.2.gz", "mail.log.1", "mail.log",
+                   "maillog-20261119", "maillog-20261120.bz2", "maillog"]
+
+
+def test_stdin_and_missing_paths(tmp_path):
+    assert [s.name for s in expand(["-"])] == ["-"]
+    with pytest.raises(UsageError, match="no such file"):
+        expand([str(tmp_path / "nope.log")])
+
+
+@pytest.mark.parametrize("compress, name", [
+    (gzip.compress, "a.gz"), (bz2.compress, "a.bz2"), (lzma.compress, "a.xz"), (lambda b: b, "a"),
+    (gzip.compress, "misnamed.log"),
+])
+def test_compression_is_recognised_by_content(tmp_path, compress, name):
+    data = b"line one\nline two\n" * 1000
+    (tmp_path / name).write_bytes(compress(data))
+    [src] = expand([str(tmp_path / name)])
+    with open_source(src) as f:
+        assert b"".join(chunks(f, 8192, size=4096)) == data
+
+
+def test_chunks_hold_whole_lines_and_cut_long_ones():
+    data = b"a\n" + b"x" * 50_000 + b"\nb\nc"
+    got = list(chunks(io.BytesIO(data), max_line=1000, size=777))
+    joined = b"".join(got)
+    assert joined == b"a\n" + b"x" * 1000 + b"\nb\nc"
+    assert all(c.endswith(b"\n") for c in got[:-1])
+
+
+def test_a_line_split_across_reads_is_whole():
+    data = b"first line\nsecond line\n"
+    got = list(chunks(io.BytesIO(data), max_line=100, size=5))
+    assert b"".join(got) == data and all(c.endswith(b"\n") for c in got)
