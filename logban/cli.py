@@ -145,7 +145,6 @@ def cmd_test_rules(args, cfg: Config) -> int:
         if r is None:
             raise UsageError(f"--rule: no active rule with id {args.rule!r}")
         rules = RuleSet([r])
-        r.order = 0
     parser = _parser(cfg, rules, args.mta, collect_suspicious=args.unmatched)
     samples: dict[str, list[Offence]] = {}
 
@@ -182,9 +181,7 @@ def check_rules(rules: RuleSet) -> tuple[list[str], int]:
         why = lint_pattern(r.regex.pattern.decode())
         if why:
             problems.append(f"{r.source}: rule {r.id}: {why}")
-        alone = RuleSet([r])
-        order, r.order = r.order, 0
-        parser = Parser(alone, clock=ref)
+        parser = Parser(RuleSet([r]), clock=ref)
         for t in r.tests:
             n_tests += 1
             got = [(ip, key) for _, ip, key in parser.try_line(t.line.encode())]
@@ -195,7 +192,6 @@ def check_rules(rules: RuleSet) -> tuple[list[str], int]:
             elif not any((t.ip is None or ip == t.ip) and (t.key is None or key == t.key) for ip, key in got):
                 seen = f"took {got}" if got else "no match"
                 problems.append(f"{r.source}: rule {r.id}: test wants {want}, {seen}: {t.line[:120]}")
-        r.order = order
     return problems, n_tests
 
 
