@@ -55,7 +55,7 @@ def generate(lines: int, seed: int, offenders: int, out) -> None:
     t = datetime(2026, 11, 20, 0, 0, 0)
     step = timedelta(seconds=86400 / lines)
     write = out.write
-    for i in range(lines):
+    for _ in range(lines):
         t += step
         if rng.random() < 0.2:
             tmpl, ip, name = rng.choice(OFFENCES), rng.choice(pool), "unknown"

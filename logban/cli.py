@@ -22,6 +22,12 @@ class _Args(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Args(prog="logban", description="Ban hostile mail clients found in Postfix, sendmail and qmail logs.")
     ap.add_argument("--version", action="version", version=f"logban {__version__}")
@@ -36,15 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
     out = sc.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON report")
     out.add_argument("--events", action="store_true", help="one JSON object per offence")
-    sc.add_argument("--top", type=int, default=10, metavar="N", help="offenders listed (default 10)")
+    sc.add_argument("--top", type=_count, default=10, metavar="N", help="offenders listed (default 10)")
     sc.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
 
     tr = sub.add_parser("test-rules", help="show what the rules make of a log file")
     tr.add_argument("file", metavar="FILE")
     tr.add_argument("--rule", metavar="ID", help="only this rule")
     tr.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack")
-    tr.add_argument("--samples", type=int, default=3, metavar="N", help="matched lines shown per rule (default 3)")
-    tr.add_argument("--unmatched", type=int, default=20, metavar="N", help="suspicious unmatched lines shown (default 20)")
+    tr.add_argument("--samples", type=_count, default=3, metavar="N", help="matched lines shown per rule (default 3)")
+    tr.add_argument("--unmatched", type=_count, default=20, metavar="N", help="suspicious unmatched lines shown (default 20)")
 
     rp = sub.add_parser("rules", help="rule pack tools")
     rsub = rp.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND", parser_class=_Args)
@@ -218,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args, cfg)
     except UsageError as e:
         print(f"logban: {e}", file=sys.stderr)
-        return 2
+        return e.exit_status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -93,7 +93,8 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
         w = max(len(k) for k in s.by_kind)
         for kind, n in s.by_kind.most_common():
             out.append(f"  {kind:<{w}}  {n:>9,}  {100 * n / total:5.1f}%")
-        rows = s.top(top)
+    rows = s.top(top)
+    if rows:
         out += ["", f"Top {len(rows)} offenders:"]
         wip = max(len(ip) for ip, _ in rows)
         out.append(f"  {'address':<{wip}}  {'count':>7}  {'first seen (UTC)':<19}  {'last seen (UTC)':<19}  kinds")

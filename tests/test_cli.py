@@ -79,6 +79,10 @@ def test_bad_usage_exits_2_with_one_line(logban, tmp_path):
     assert r.returncode == 2 and "PATH" in one_line_error(r)
     r = logban("scan", str(tmp_path / "missing.log"))
     assert r.returncode == 2 and "no such file" in one_line_error(r)
+    r = logban("scan", "--top", "-3", "samples/logs")
+    assert r.returncode == 2 and "--top" in one_line_error(r)
+    r = logban("scan", "--top", "0", "samples/logs/sendmail")
+    assert r.returncode == 0 and b"By kind:" in r.stdout and b"offenders" not in r.stdout
     r = logban("frobnicate")
     assert r.returncode == 2 and "invalid choice" in one_line_error(r)
     cfg = tmp_path / "logban.toml"
