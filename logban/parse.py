@@ -350,6 +350,7 @@ class Parser:
         cand = self._hits(chunk)
         pos, lineno = 0, lines_before
         count, find = chunk.count, chunk.find
+        handle, rules_for, max_line = self._line, self._rules_for, self.max_line
         matched: set[int] = set()
         for ls in sorted(cand):
             lineno += count(b"\n", pos, ls)
@@ -357,14 +358,14 @@ class Parser:
             le = find(b"\n", ls)
             if le < 0:
                 le = len(chunk)
-            if le - ls > self.max_line:
-                le = ls + self.max_line
+            if le - ls > max_line:
+                le = ls + max_line
                 self.stats.truncated += 1
             line = chunk[ls:le]
             if line.endswith(b"\r"):
                 line = line[:-1]
             self.stats.candidates += 1
-            if self._line(line, lineno + 1, self._rules_for(cand[ls]), out):
+            if handle(line, lineno + 1, rules_for(cand[ls]), out):
                 matched.add(ls)
         if self._suspicious_max:
             self._collect_suspicious(chunk, lines_before, matched)
@@ -376,7 +377,8 @@ class Parser:
         if h is None:
             self.stats.no_header += 1
             return False
-        allowed = self._allowed(h.program)
+        allowed = self._applies.get(h.program) or self._allowed(h.program)
+        hits, timeout = self.stats.hits, self.timeout
         best: Rule | None = None
         best_m = None
         took = False
@@ -384,13 +386,13 @@ class Parser:
             if r.order not in allowed or (r.needle and r.needle not in line):
                 continue
             try:
-                m = r.regex.match(line, h.start, timeout=self.timeout)
+                m = r.regex.match(line, h.start, timeout=timeout)
             except TimeoutError:
                 self.stats.timeouts += 1
                 continue
             if m is None:
                 continue
-            self.stats.hits[r.id] += 1
+            hits[r.id] += 1
             took = True
             if r.link:
                 self._link(r, m, h, out)
@@ -418,7 +420,7 @@ class Parser:
         return (h.host, r.pack, h.pid if r.key == "pid" else m.group("key"))
 
     def _offence(self, r: Rule, m, h: Header, line: bytes, lineno: int, out: list[Offence]) -> None:
-        if r.key is None or "ip" in r.regex.groupindex:
+        if r.key is None or r.has_ip:
             ip = self._ip(m)
             if ip is not None:
                 out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line))
@@ -485,7 +487,7 @@ class Parser:
             if r.order in allowed and not (r.needle and r.needle not in line):
                 m = r.regex.match(line, h.start, timeout=self.timeout)
                 if m is not None:
-                    ip = canonical_ip(m.group("ip").decode("ascii", "replace")) if "ip" in r.regex.groupindex else None
+                    ip = canonical_ip(m.group("ip").decode("ascii", "replace")) if r.has_ip else None
                     key = None if r.key is None else self._key(r, m, h)[2].decode("ascii", "replace")
                     out.append((r, ip, key))
         return out

@@ -64,6 +64,7 @@ class Rule:
     untagged: bool = False        # may match lines without a syslog tag
     key: str | None = None        # None, "pid" (syslog pid) or "group" (?P<key>)
     link: bool = False            # maps key -> address, is no offence itself
+    has_ip: bool = True           # the pattern has the address group
     resolves: str = "later"       # a link resolves keys seen "earlier" or "later"
     tests: tuple[RuleTest, ...] = ()
     order: int = 0
@@ -368,7 +369,7 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
     needle = max((t for t, _ in runs), key=len, default="")
     return Rule(id=rid, pack=pack, source=source, pattern=src, regex=rx, programs=programs,
                 hint=hint.encode(), lead=lead, needle=needle.encode() if len(needle) > len(hint) else b"", kind=kind, score=float(score), untagged=untagged,
-                key=key, link=link, resolves=resolves,
+                key=key, link=link, has_ip=has_ip, resolves=resolves,
                 tests=_parse_tests(entry.get("tests", []), source, rid))
 
 
