@@ -14,7 +14,7 @@ from .errors import UsageError
 from .parse import Clock, Offence, Parser
 from .report import ScanSummary, as_json, event, human
 from .rules import RuleSet, lint_pattern, load_rules
-from .sources import Source, chunks, expand, open_source
+from .sources import READ_ERRORS, Source, chunks, expand, open_source
 
 
 class _Args(argparse.ArgumentParser):
@@ -112,7 +112,7 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
             finally:
                 if src.path is not None:
                     stream.close()
-        except (OSError, EOFError, ValueError) as e:     # unreadable, or a broken .gz/.bz2/.xz
+        except READ_ERRORS as e:
             print(f"logban: {src.name}: {e} (read {lines:,} lines)", file=sys.stderr)
             failed.append(src.name)
     parser.finish()

@@ -11,6 +11,7 @@ import gzip
 import lzma
 import os
 import sys
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,8 @@ import regex
 from .errors import UsageError
 
 CHUNK = 1 << 20
+# What a missing, unreadable, truncated or corrupt file raises while it is read.
+READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
 # mail.log, mail.log.1, mail.log.2.gz, maillog-20261120, maillog-20261120.xz

@@ -5,6 +5,8 @@ import lzma
 import json
 import re
 
+import pytest
+
 from conftest import SAMPLES
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
@@ -132,14 +134,20 @@ def test_test_rules_shows_hits_and_unmatched_suspects(logban, tmp_path):
     assert "postfix-lost-after-auth" not in r.stdout.decode()
 
 
-def test_a_broken_compressed_file_is_reported_and_the_rest_scanned(logban, tmp_path):
+@pytest.mark.parametrize("suffix, compress, damage", [
+    (".gz", gzip.compress, lambda b: b[:-40]),
+    (".bz2", bz2.compress, lambda b: b[:len(b) // 2]),
+    (".xz", lzma.compress, lambda b: b[:60] + b"\x00" * 40 + b[100:]),
+])
+def test_a_broken_compressed_file_is_reported_and_the_rest_scanned(logban, tmp_path, suffix, compress, damage):
     good = b"Nov 20 01:00:00 mx postfix/smtpd[1]: lost connection after AUTH from unknown[192.0.2.5]\n"
-    (tmp_path / "mail.log.1.gz").write_bytes(gzip.compress(good * 1000)[:-40])
+    broken = tmp_path / f"mail.log.1{suffix}"
+    broken.write_bytes(damage(compress(good * 1000)))
     (tmp_path / "mail.log").write_bytes(good)
     r = logban("scan", "--json", str(tmp_path))
     rep = json.loads(r.stdout)
-    assert r.returncode == 1 and rep["failed"] == [str(tmp_path / "mail.log.1.gz")]
-    assert rep["offences"] >= 1 and b"mail.log.1.gz" in r.stderr
+    assert r.returncode == 1 and rep["failed"] == [str(broken)]
+    assert rep["offences"] >= 1 and broken.name.encode() in r.stderr and b"Traceback" not in r.stderr
 
 
 def test_events_into_a_closed_pipe_is_not_an_error(logban):
