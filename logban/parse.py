@@ -377,7 +377,7 @@ class Parser:
         if h is None:
             self.stats.no_header += 1
             return False
-        allowed = self._applies.get(h.program) or self._allowed(h.program)
+        allowed = self._allowed(h.program)
         hits, timeout = self.stats.hits, self.timeout
         best: Rule | None = None
         best_m = None
