@@ -2,19 +2,28 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import os
+import socket
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
+from .allow import AllowList, Resolver
 from .config import Config, load_config
+from .engine import Engine
 from .errors import UsageError
-from .parse import Clock, Offence, Parser
-from .report import ScanSummary, as_json, event, human
+from .parse import Clock, Offence, Parser, canonical_ip, iso
+from .report import (ScanSummary, as_json, ban_json, bans_table, event, human, show_human, stats_human,
+                     stats_json)
 from .rules import RuleSet, lint_pattern, load_rules
+from .score import Decision, Scorer
 from .sources import READ_ERRORS, Source, chunks, expand, open_source
+from .store import Store, StoreError, kind_names
+from .units import format_duration, parse_duration
 
 
 class _Args(argparse.ArgumentParser):
@@ -44,6 +53,34 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--events", action="store_true", help="one JSON object per offence")
     sc.add_argument("--top", type=_count, default=10, metavar="N", help="offenders listed (default 10)")
     sc.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+    sc.add_argument("--apply", action="store_true",
+                    help="score the offences by their log time and record offences and bans in the store")
+    sc.add_argument("--dry-run", action="store_true", help="with --apply: bans are recorded as dry-run, never enforced")
+    sc.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
+
+    ls = sub.add_parser("list", help="active bans (--all: history too)")
+    ls.add_argument("--all", action="store_true", help="every ban, released ones too")
+    ls.add_argument("--json", action="store_true", help="a JSON array")
+
+    bn = sub.add_parser("ban", help="ban an address or network by hand")
+    bn.add_argument("target", metavar="TARGET", help="address or CIDR")
+    bn.add_argument("--for", dest="duration", metavar="DURATION",
+                    help="how long (90s, 10m, 12h, 3d, 2w, or permanent; default: ban.durations.manual)")
+    bn.add_argument("--reason", default="", metavar="TEXT", help="why, for the record")
+    bn.add_argument("--dry-run", action="store_true", help="record as dry-run, never enforce")
+
+    ub = sub.add_parser("unban", help="lift bans and clear the score of addresses or networks")
+    ub.add_argument("targets", nargs="+", metavar="TARGET", help="address or CIDR (a network ban covering it is lifted)")
+
+    sh = sub.add_parser("show", help="what logban knows about an address or network: score, offences, bans, why")
+    sh.add_argument("target", metavar="TARGET")
+    sh.add_argument("--json", action="store_true")
+    sh.add_argument("--offences", type=_count, default=20, metavar="N", help="recent offences shown (default 20)")
+
+    st = sub.add_parser("stats", help="offences and bans by kind, top offenders")
+    st.add_argument("--since", metavar="DURATION", help="only the last DURATION (like 24h, 7d)")
+    st.add_argument("--json", action="store_true")
+    st.add_argument("--top", type=_count, default=10, metavar="N", help="offenders listed (default 10)")
 
     tr = sub.add_parser("test-rules", help="show what the rules make of a log file")
     tr.add_argument("file", metavar="FILE")
@@ -119,29 +156,202 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
     return failed
 
 
+def _store(args, cfg: Config) -> Store:
+    return Store(args.db or cfg.database)
+
+
+def _node(args, cfg: Config) -> str:
+    return getattr(args, "node", None) or cfg.node or socket.gethostname()
+
+
+def _check_rule_durations(cfg: Config, rules: RuleSet) -> None:
+    for rid in cfg.policy.rule_durations:
+        if rules.by_id(rid) is None:
+            raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
+
+
+def _engine(args, cfg: Config, store: Store) -> Engine:
+    allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+    resolver = Resolver(cfg.allow.resolve_timeout) if cfg.allow.resolve else None
+    return Engine(store, cfg.policy, allow, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run,
+                  resolver=resolver)
+
+
 def cmd_scan(args, cfg: Config) -> int:
+    if (args.dry_run or args.node) and not args.apply:
+        raise UsageError("--dry-run and --node go with --apply")
     rules = _ruleset(cfg, args.mta)
     parser = _parser(cfg, rules, args.mta)
     sources = expand(args.paths)
     summary = ScanSummary(files=[s.name for s in sources])
+    sinks: list[Callable[[list[Offence]], None]] = []
     if args.events:
         write = sys.stdout.write
-
-        def sink(offs: list[Offence]) -> None:
-            write("".join(event(o) + "\n" for o in offs))
+        sinks.append(lambda offs: write("".join(event(o) + "\n" for o in offs)))
     else:
-        sink = summary.add
+        sinks.append(summary.add)
+    engine = None
+    if args.apply:
+        _check_rule_durations(cfg, rules)
+        engine = _engine(args, cfg, _store(args, cfg))
+        sinks.append(engine.add)
+    sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
     summary.failed = feed_sources(sources, parser, sink, progress)
+    if engine is not None:
+        engine.close()
+        engine.store.prune(time.time(), cfg.retention)
     progress.done()
     summary.seconds = time.perf_counter() - t0
     if args.json:
-        import json
-        print(json.dumps(as_json(summary, parser.stats, args.top), indent=2))
+        rep = as_json(summary, parser.stats, args.top)
+        if engine is not None:
+            rep["applied"] = applied_json(engine)
+        print(json.dumps(rep, indent=2))
     elif not args.events:
         print(human(summary, parser.stats, args.top))
+        if engine is not None:
+            print("\n" + applied_human(engine))
     return 1 if summary.failed else 0
+
+
+def applied_json(engine: Engine) -> dict:
+    es, ss = engine.stats, engine.scorer.stats
+    return {"database": engine.store.url, "dry_run": engine.dry_run, "offences": es.offences,
+            "bans": es.bans, "network_bans": es.network_bans, "escalated": es.escalated,
+            "already_expired": es.expired_on_arrival, "allowed": ss.allowed, "while_banned": ss.while_banned,
+            "evicted": ss.evicted, "released_by_allow_list": es.released_allow}
+
+
+def applied_human(engine: Engine) -> str:
+    a = applied_json(engine)
+    out = [f"Recorded in {Store.where(a['database'])}: {a['offences']:,} offences, {a['bans']:,} ban(s)"
+           + (" (dry run: never enforced)" if a["dry_run"] else "") + "."]
+    extra = [f"{a[k]:,} {what}" for k, what in (
+        ("network_bans", "network bans"), ("escalated", "escalated"),
+        ("already_expired", "already over by now (recorded as expired)"),
+        ("allowed", "offences from allow-listed clients"), ("while_banned", "offences while banned"),
+        ("released_by_allow_list", "bans released: allow-listed now")) if a[k]]
+    if extra:
+        out.append("  " + "; ".join(extra))
+    return "\n".join(out)
+
+
+def parse_target(text: str, what: str = "target") -> str:
+    """An address or network as the store spells it; a malformed one is the user's mistake."""
+    t = text.strip()
+    try:
+        if "/" in t:
+            net = ipaddress.ip_network(t.removeprefix("IPv6:"), strict=False)
+            if net.version == 6 and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
+                net = ipaddress.ip_network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+            if net.prefixlen == net.max_prefixlen:
+                return str(net.network_address)
+            return str(net)
+    except ValueError:
+        raise UsageError(f"{what} {text!r}: not an address or network (like 192.0.2.7, 198.51.100.0/24, 2001:db8::/64)") from None
+    ip = canonical_ip(t)
+    if ip is None:
+        raise UsageError(f"{what} {text!r}: not an address or network (like 192.0.2.7, 198.51.100.0/24, 2001:db8::/64)")
+    return ip
+
+
+def _related(target: str, candidates) -> list[str]:
+    """Of `candidates`, those that cover `target` or lie inside it."""
+    net = ipaddress.ip_network(target)
+    out = []
+    for c in candidates:
+        n = ipaddress.ip_network(c)
+        if n.version == net.version and (net.subnet_of(n) or n.subnet_of(net)):
+            out.append(c)
+    return out
+
+
+def cmd_list(args, cfg: Config) -> int:
+    store = _store(args, cfg)
+    now = time.time()
+    bans = store.bans() if args.all else store.active_bans(now)
+    if args.json:
+        print(json.dumps([ban_json(b) for b in bans], indent=2))
+    else:
+        print(bans_table(bans, now, args.all))
+    return 0
+
+
+def cmd_ban(args, cfg: Config) -> int:
+    target = parse_target(args.target)
+    if args.duration is None:
+        duration = cfg.policy.base_duration("manual")
+    elif args.duration.strip() == "permanent":
+        duration = None
+    else:
+        duration = parse_duration(args.duration, "--for")
+        if duration <= 0:
+            raise UsageError(f"--for: {args.duration!r} must be above zero")
+    allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+    if allow.target_allowed(target):
+        raise UsageError(f"{target} is allow-listed (allow.addresses, loopback or this host's own address): not banned")
+    store = _store(args, cfg)
+    now = time.time()
+    scorer = Scorer(cfg.policy, allow)
+    scorer.history = store.history()
+    _, count, _ = scorer.duration(target, "manual", "", now)
+    reason = args.reason or "banned by hand"
+    d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
+    store.ban(d, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run, now=now)
+    print(f"banned {target} for {format_duration(duration)}" + (" (dry run)" if cfg.dry_run or args.dry_run else ""))
+    return 0
+
+
+def cmd_unban(args, cfg: Config) -> int:
+    targets = [parse_target(t) for t in args.targets]      # all checked before anything changes
+    store = _store(args, cfg)
+    now = time.time()
+    active = {b.target for b in store.active_bans(now)}
+    policy = cfg.policy
+    for t in targets:
+        hit = _related(t, active)
+        scored = Scorer(policy).target_of(t)[0] if "/" not in t else t
+        done = store.release(dict.fromkeys([*hit, t, scored]), "unban", now)
+        lifted = [x for x in hit if done.get(x)]
+        if lifted:
+            print(f"unbanned {t}: lifted {', '.join(lifted)}; score cleared")
+        else:
+            print(f"{t}: not banned; score cleared")
+    return 0
+
+
+def cmd_show(args, cfg: Config) -> int:
+    target = parse_target(args.target)
+    store = _store(args, cfg)
+    now = time.time()
+    scored = Scorer(cfg.policy).target_of(target)[0] if "/" not in target else target
+    every = store.bans()
+    related = set(_related(target, {b.target for b in every}))
+    bans = [b for b in every if b.target in related]
+    off = store.offender(scored)
+    ips = [target] if "/" not in target else []
+    total, recent = store.offences_of([scored, target], ips, args.offences)
+    active = [b for b in bans if b.released is None and (b.expires is None or b.expires > now)]
+    data = {
+        "target": target, "scored_as": scored, "banned": bool(active),
+        "offender": None if off is None else {
+            "score": off.score, "score_time": iso(off.score_time) if off.score_time else None,
+            "first_seen": iso(off.first_seen), "last_seen": iso(off.last_seen), "offences": off.offences,
+            "kinds": kind_names(off.kinds), "name": off.name,
+            "reset_at": iso(off.reset_at) if off.reset_at else None},
+        "bans": [ban_json(b) for b in bans],
+        "offences": {"total": total, "recent": [
+            {"time": iso(r.time), "ip": r.ip, "mta": r.mta, "rule": r.rule, "kind": r.kind, "score": r.score,
+             "node": r.node, "file": r.file, "line": r.line, "text": r.text} for r in recent]},
+        "threshold": cfg.policy.threshold,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(show_human(data, bans, now))
+    return 0
 
 
 def cmd_test_rules(args, cfg: Config) -> int:
@@ -179,6 +389,17 @@ def cmd_test_rules(args, cfg: Config) -> int:
     return 1 if failed else 0
 
 
+def cmd_stats(args, cfg: Config) -> int:
+    since = parse_duration(args.since, "--since") if args.since else None
+    now = time.time()
+    s = _store(args, cfg).stats(now - since if since is not None else None, now, args.top)
+    if args.json:
+        print(json.dumps(stats_json(s), indent=2))
+    else:
+        print(stats_human(s, args.since))
+    return 0
+
+
 def check_rules(rules: RuleSet) -> tuple[list[str], int]:
     """Lint every rule and run its tests: (problems, tests run)."""
     problems, n_tests = [], 0
@@ -214,7 +435,8 @@ def cmd_rules_check(args, cfg: Config) -> int:
     return 2 if problems else 0
 
 
-COMMANDS = {"scan": cmd_scan, "test-rules": cmd_test_rules, "rules": cmd_rules_check}
+COMMANDS = {"scan": cmd_scan, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
+            "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,6 +447,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"logban: {e}", file=sys.stderr)
         return e.exit_status
+    except StoreError as e:
+        print(f"logban: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

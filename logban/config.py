@@ -8,27 +8,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import regex
 
+from .allow import check_name_pattern, parse_network
 from .errors import UsageError
+from .score import DEFAULT_DURATIONS, Policy
+from .units import parse_duration
 
 DEFAULT_PATH = Path("/etc/logban/logban.toml")
-
-_DURATION = regex.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str, what: str = "duration") -> float:
-    """`90s`, `10m`, `12h`, `3d`, `2w`, or combinations like `1h30m`, in seconds."""
-    t = text.strip()
-    pos, total = 0, 0.0
-    for m in _DURATION.finditer(t):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * _UNIT[m.group(2)]
-        pos = m.end()
-    if not t or pos != len(t):
-        raise UsageError(f"{what}: {text!r} is not a duration (like 90s, 10m, 12h, 3d, 2w)")
-    return total
-
 
 @dataclass
 class ParseConfig:
@@ -39,11 +24,128 @@ class ParseConfig:
 
 
 @dataclass
+class AllowConfig:
+    addresses: tuple[str, ...] = ()
+    hostnames: tuple[str, ...] = ()
+    resolve: bool = False               # forward-confirmed reverse lookups by logban itself
+    resolve_timeout: float = 2.0
+
+
+@dataclass
 class Config:
     path: Path | None = None
     rule_dirs: list[Path] = field(default_factory=list)
     disable: tuple[str, ...] = ()
     parse: ParseConfig = field(default_factory=ParseConfig)
+    database: str | None = None
+    node: str | None = None
+    dry_run: bool = False
+    policy: Policy = field(default_factory=Policy)
+    allow: AllowConfig = field(default_factory=AllowConfig)
+    retention: float = 30 * 86400.0     # offences kept this long
+
+
+def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = False) -> float | None:
+    """A duration value: "12h" (or seconds as a number); "permanent" where allowed."""
+    if permanent and v == "permanent":
+        return None
+    if isinstance(v, str):
+        secs = parse_duration(v, f"{path}: {key}")
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        secs = float(v)
+    else:
+        raise UsageError(f"{path}: {key} must be a duration like \"12h\"" + (' or "permanent"' if permanent else ""))
+    if secs < 0 or (secs == 0 and not zero):
+        raise UsageError(f"{path}: {key} must be a duration above zero, not {v!r}")
+    return secs
+
+
+def _number(v, key: str, path: Path, lo: float, hi: float, *, whole: bool = False, lo_open: bool = False) -> float:
+    ok = isinstance(v, int if whole else (int, float)) and not isinstance(v, bool)
+    if not ok or v < lo or v > hi or (lo_open and v == lo):
+        what = "a whole number" if whole else "a number"
+        raise UsageError(f"{path}: {key} must be {what} {'above' if lo_open else 'from'} {lo:g}"
+                         f"{'' if hi == float('inf') else f' to {hi:g}'}, not {v!r}")
+    return v
+
+
+def _bool(v, key: str, path: Path) -> bool:
+    if not isinstance(v, bool):
+        raise UsageError(f"{path}: {key} must be true or false")
+    return v
+
+
+def _policy(data: dict, path: Path) -> Policy:
+    sc = data.get("score", {})
+    _keys(sc, {"threshold", "window", "half_life", "max_tracked"}, "score.", path)
+    bn = data.get("ban", {})
+    _keys(bn, {"default", "durations", "rules", "escalate", "factor", "max", "lookback",
+               "ipv4_prefix", "ipv6_prefix", "subnet_bans"}, "ban.", path)
+    kw: dict = {}
+    if "threshold" in sc:
+        kw["threshold"] = float(_number(sc["threshold"], "score.threshold", path, 0, 1e9, lo_open=True))
+    if "window" in sc and "half_life" in sc:
+        raise UsageError(f"{path}: score.window and score.half_life: give one of them, not both")
+    if "window" in sc:
+        kw["window"] = _duration(sc["window"], "score.window", path)
+    if "half_life" in sc:
+        kw["window"], kw["half_life"] = None, _duration(sc["half_life"], "score.half_life", path)
+    if "max_tracked" in sc:
+        kw["max_tracked"] = int(_number(sc["max_tracked"], "score.max_tracked", path, 100, 1e8, whole=True))
+    if "default" in bn:
+        kw["default_duration"] = _duration(bn["default"], "ban.default", path)
+    durations = dict(DEFAULT_DURATIONS)
+    table = bn.get("durations", {})
+    if not isinstance(table, dict):
+        raise UsageError(f"{path}: ban.durations must be a table of kind = duration")
+    for kind, v in table.items():
+        if kind not in DEFAULT_DURATIONS:
+            raise UsageError(f"{path}: ban.durations: unknown kind {kind!r} (one of: {', '.join(sorted(DEFAULT_DURATIONS))})")
+        durations[kind] = _duration(v, f"ban.durations.{kind}", path, permanent=True)
+    kw["durations"] = durations
+    rules = bn.get("rules", {})
+    if not isinstance(rules, dict):
+        raise UsageError(f"{path}: ban.rules must be a table of rule id = duration")
+    kw["rule_durations"] = {rid: _duration(v, f"ban.rules.{rid}", path, permanent=True) for rid, v in rules.items()}
+    if "escalate" in bn:
+        kw["escalate"] = _bool(bn["escalate"], "ban.escalate", path)
+    if "factor" in bn:
+        kw["factor"] = float(_number(bn["factor"], "ban.factor", path, 1, 100))
+    if "max" in bn:
+        kw["max_duration"] = _duration(bn["max"], "ban.max", path)
+    if "lookback" in bn:
+        kw["lookback"] = _duration(bn["lookback"], "ban.lookback", path, zero=True)
+    if "ipv4_prefix" in bn:
+        kw["ipv4_prefix"] = int(_number(bn["ipv4_prefix"], "ban.ipv4_prefix", path, 8, 32, whole=True))
+    if "ipv6_prefix" in bn:
+        kw["ipv6_prefix"] = int(_number(bn["ipv6_prefix"], "ban.ipv6_prefix", path, 16, 128, whole=True))
+    if "subnet_bans" in bn:
+        kw["subnet_bans"] = int(_number(bn["subnet_bans"], "ban.subnet_bans", path, 0, 1 << 16, whole=True))
+        if kw["subnet_bans"] == 1:
+            raise UsageError(f"{path}: ban.subnet_bans must be 0 (off) or 2 or more: 1 would ban a whole network for one address")
+    return Policy(**kw)
+
+
+def _allow(data: dict, path: Path) -> AllowConfig:
+    a = data.get("allow", {})
+    _keys(a, {"addresses", "hostnames", "resolve", "resolve_timeout"}, "allow.", path)
+    ac = AllowConfig(addresses=_strings(a.get("addresses", []), "allow.addresses", path),
+                     hostnames=_strings(a.get("hostnames", []), "allow.hostnames", path))
+    for n in ac.addresses:
+        try:
+            parse_network(n)
+        except ValueError as e:
+            raise UsageError(f"{path}: allow.addresses: {e}") from None
+    for h in ac.hostnames:
+        try:
+            check_name_pattern(h)
+        except ValueError as e:
+            raise UsageError(f"{path}: allow.hostnames: {e}") from None
+    if "resolve" in a:
+        ac.resolve = _bool(a["resolve"], "allow.resolve", path)
+    if "resolve_timeout" in a:
+        ac.resolve_timeout = _duration(a["resolve_timeout"], "allow.resolve_timeout", path)
+    return ac
 
 
 def _keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
@@ -72,7 +174,7 @@ def load_config(path: Path | None) -> Config:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: cannot read config: {e}") from None
-    _keys(data, {"rules", "parse"}, "", path)
+    _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store"}, "", path)
     cfg = Config(path=path)
     rules = data.get("rules", {})
     _keys(rules, {"dirs", "disable"}, "rules.", path)
@@ -100,4 +202,23 @@ def load_config(path: Path | None) -> Config:
         if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 < secs <= 10:
             raise UsageError(f"{path}: parse.match_timeout must be above 0 and at most 10 seconds")
         pc.match_timeout = float(secs)
+    for k in ("score", "ban", "allow", "store"):
+        if not isinstance(data.get(k, {}), dict):
+            raise UsageError(f"{path}: {k} must be a table ([{k}])")
+    if "database" in data:
+        if not isinstance(data["database"], str) or not data["database"]:
+            raise UsageError(f"{path}: database must be a database URL (like sqlite:////var/lib/logban/logban.db)")
+        cfg.database = data["database"]
+    if "node" in data:
+        if not isinstance(data["node"], str) or not data["node"].strip():
+            raise UsageError(f"{path}: node must be a non-empty name")
+        cfg.node = data["node"]
+    if "dry_run" in data:
+        cfg.dry_run = _bool(data["dry_run"], "dry_run", path)
+    cfg.policy = _policy(data, path)
+    cfg.allow = _allow(data, path)
+    st = data.get("store", {})
+    _keys(st, {"retention"}, "store.", path)
+    if "retention" in st:
+        cfg.retention = _duration(st["retention"], "store.retention", path)
     return cfg

@@ -54,6 +54,7 @@ class Offence:
     file: str
     line: int             # 1-based line number in `file`
     raw: bytes = b""      # the log line (cut at max_line)
+    name: str | None = None   # client name the MTA verified (forward-confirmed), else None
 
     @property
     def iso_time(self) -> str:
@@ -251,6 +252,7 @@ class Parser:
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
         self._ip_cache: dict[bytes, str | None] = {}
         self._applies: dict[str, frozenset[int]] = {}
+        self._rates: dict[tuple[str, str], list[float]] = {}   # (rule, ip) -> [window start, count]
         self._build_prefilter(rules.rules)
 
     # ---- pre-filter -------------------------------------------------------
@@ -419,11 +421,35 @@ class Parser:
     def _key(r: Rule, m, h: Header) -> tuple:
         return (h.host, r.pack, h.pid if r.key == "pid" else m.group("key"))
 
+    @staticmethod
+    def _name(m) -> str | None:
+        """The client name as the MTA verified it; None for Postfix's "unknown" or sendmail's "(may be forged)"."""
+        raw = m.group("name")
+        if not raw or raw == b"unknown" or m.groupdict().get("forged"):
+            return None
+        return raw.decode("ascii", "replace").lower()
+
+    def _over_rate(self, r: Rule, ip: str, t: float) -> bool:
+        """Count one match of a rate rule; True once per window when the count passes `rate_over`."""
+        k = (r.id, ip)
+        w = self._rates.get(k)
+        if w is None or t - w[0] > r.rate_per:
+            if len(self._rates) > _LIMIT:
+                self._rates.clear()
+            self._rates[k] = [t, 1]
+            return r.rate_over < 1
+        w[1] += 1
+        if w[1] > r.rate_over:
+            w[0], w[1] = t, 0      # the next offence needs a whole new period's worth
+            return True
+        return False
+
     def _offence(self, r: Rule, m, h: Header, line: bytes, lineno: int, out: list[Offence]) -> None:
         if r.key is None or r.has_ip:
             ip = self._ip(m)
-            if ip is not None:
-                out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line))
+            if ip is not None and (not r.rate_over or self._over_rate(r, ip, h.time)):
+                out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line,
+                                   self._name(m) if r.has_name else None))
             return
         key = self._key(r, m, h)
         ip = self._links.get(key)

@@ -112,3 +112,99 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
     if s.failed:
         out += ["", "Could not read completely:"] + [f"  {f}" for f in s.failed]
     return "\n".join(out)
+
+
+# ---- the store, for people and scripts ------------------------------------------------
+
+def _iso(t: float | None) -> str | None:
+    return None if t is None else iso(t)
+
+
+def ban_json(b) -> dict:
+    """One ban as `list --json` gives it (the contract's keys first)."""
+    return {"target": b.target, "kind": b.kind, "reason": b.reason, "score": b.score,
+            "since": _iso(b.created), "until": _iso(b.expires), "count": b.count,
+            "id": b.id, "rule": b.rule, "source": b.source, "node": b.node, "dry_run": b.dry_run,
+            "escalated": b.escalated, "duration": b.duration,
+            "released": _iso(b.released), "release_reason": b.release_reason,
+            "members": b.members.split(",") if b.members else []}
+
+
+def _cut(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def bans_table(bans: list, now: float, history: bool) -> str:
+    from .units import format_duration
+    if not bans:
+        return "No bans." if history else "No active bans."
+    rows = []
+    for b in bans:
+        if b.released is not None and b.released <= now:
+            state = b.release_reason or "released"
+        elif b.expires is not None and b.expires <= now:
+            state = "expiry"
+        else:
+            state = "left " + format_duration(b.expires - now) if b.expires is not None else "permanent"
+        flags = "".join(f for f, on in ((" dry-run", b.dry_run), (" escalated", b.escalated),
+                                         (" manual", b.source == "manual")) if on)
+        rows.append((b.target, b.kind, f"{b.score:g}", _short(b.created), format_duration(b.duration),
+                     state, str(b.count), flags.strip(), _cut(b.reason, 70)))
+    head = ("target", "kind", "score", "since (UTC)", "for", "state", "count", "flags", "reason")
+    w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()  # noqa: E731
+    active = sum(1 for b in bans if b.released is None and (b.expires is None or b.expires > now))
+    return "\n".join([fmt(head), *map(fmt, rows), "", f"{len(bans):,} ban(s), {active:,} active."])
+
+
+def stats_json(s: dict) -> dict:
+    total = s["offences"]
+    out = dict(s)
+    out["by_kind_percent"] = {k: round(100 * n / total, 1) for k, n in s["by_kind"].items()} if total else {}
+    out["top"] = [dict(t, first=iso(t["first"]), last=iso(t["last"])) for t in s["top"]]
+    return out
+
+
+def stats_human(s: dict, since: str | None) -> str:
+    total = s["offences"]
+    out = [f"Offences{' in the last ' + since if since else ''}: {total:,} from {s['addresses']:,} address(es)."]
+    if total:
+        w = max(len(k) for k in s["by_kind"])
+        out += [f"  {k:<{w}}  {n:>9,}  {100 * n / total:5.1f}%" for k, n in s["by_kind"].items()]
+    out += ["", f"Bans: {s['bans_total']:,} ({s['bans_active']:,} active, {s['bans_released']:,} released, "
+                f"{s['bans_escalated']:,} escalated, {s['bans_network']:,} networks, {s['bans_dry_run']:,} dry-run)."]
+    nb = sum(s["bans_by_kind"].values())
+    if nb:
+        w = max(len(k) for k in s["bans_by_kind"])
+        out += [f"  {k:<{w}}  {n:>9,}  {100 * n / nb:5.1f}%" for k, n in s["bans_by_kind"].items()]
+    if s["released_by"]:
+        out.append("  released by: " + ", ".join(f"{k} {n:,}" for k, n in sorted(s["released_by"].items())))
+    if s["top"]:
+        out += ["", f"Top {len(s['top'])} offenders:"]
+        wip = max(len(t["ip"]) for t in s["top"])
+        for t in s["top"]:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(t["kinds"].items(), key=lambda kv: -kv[1]))
+            out.append(f"  {t['ip']:<{wip}}  {t['count']:>7,}  {_short(t['first'])}  {_short(t['last'])}  {kinds}")
+    return "\n".join(out)
+
+
+def show_human(d: dict, bans: list, now: float) -> str:
+    out = [f"{d['target']}" + (f" (scored as {d['scored_as']})" if d["scored_as"] != d["target"] else "")
+           + (": BANNED" if d["banned"] else ": not banned")]
+    o = d["offender"]
+    if o:
+        out.append(f"  score {o['score']:g} at {o['score_time']} (ban at {d['threshold']:g}); "
+                   f"{o['offences']:,} offence(s) from {o['first_seen']} to {o['last_seen']}")
+        out.append(f"  kinds: {', '.join(o['kinds']) or '-'}" + (f"; verified name {o['name']}" if o["name"] else "")
+                   + (f"; score counts from {o['reset_at']}" if o["reset_at"] else ""))
+    else:
+        out.append("  no offences recorded")
+    if bans:
+        out += ["", "Bans:", bans_table(bans, now, True)]
+        out += ["", "Why:"] + [f"  {_short(b.created)} {b.target}: {b.reason}" + (f"\n      {_cut(b.text, 200)}" if b.text else "")
+                               for b in bans]
+    rec = d["offences"]["recent"]
+    if rec:
+        out += ["", f"Recent offences ({len(rec)} of {d['offences']['total']:,}):"]
+        out += [f"  {r['time']}  {r['kind']:<15} {r['rule']:<28} {_cut(r['text'], 160)}" for r in rec]
+    return "\n".join(out)

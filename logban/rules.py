@@ -19,6 +19,7 @@ from pathlib import Path
 import regex
 
 from .errors import UsageError
+from .units import parse_duration
 
 KINDS = frozenset({
     "relay_denied", "unknown_user", "dnsbl", "bad_helo", "bad_sender", "auth_failed",
@@ -33,7 +34,7 @@ IP_PATTERN = (r"(?:IPv6:)?(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}"
 HINT_MAX = 16          # longer hints only make the chunk pre-filter slower
 HINT_MIN = 3
 PACK_KEYS = {"name", "description", "programs"}
-RULE_KEYS = {"id", "kind", "score", "match", "programs", "hint", "untagged", "key",
+RULE_KEYS = {"id", "kind", "score", "match", "programs", "hint", "untagged", "key", "rate",
              "tests", "description", "disabled"}
 LINK_KEYS = {"id", "match", "programs", "hint", "untagged", "key", "resolves", "tests",
              "description", "disabled"}
@@ -66,6 +67,9 @@ class Rule:
     link: bool = False            # maps key -> address, is no offence itself
     has_ip: bool = True           # the pattern has the address group
     resolves: str = "later"       # a link resolves keys seen "earlier" or "later"
+    has_name: bool = False        # the pattern has a (?P<name>) group: the client name the MTA verified
+    rate_over: int = 0            # a rate rule: more than this many matches ...
+    rate_per: float = 0.0         # ... within this many seconds from one client is one offence
     tests: tuple[RuleTest, ...] = ()
     order: int = 0
 
@@ -312,6 +316,21 @@ def _parse_tests(v, source: str, rule_id: str) -> tuple[RuleTest, ...]:
     return tuple(out)
 
 
+def _rate(v, source: str, rid: str) -> tuple[int, float]:
+    """`rate = { over = 30, per = "1m" }`: (over, seconds), or (0, 0) for an ordinary rule."""
+    if v is None:
+        return 0, 0.0
+    if not isinstance(v, dict) or set(v) != {"over", "per"}:
+        raise _bad(source, rid, 'rate must be a table { over = N, per = "DURATION" }')
+    over, per = v["over"], v["per"]
+    if isinstance(over, bool) or not isinstance(over, int) or over < 1:
+        raise _bad(source, rid, "rate.over must be a whole number of 1 or more")
+    secs = parse_duration(per, f"{source}: rule {rid}: rate.per") if isinstance(per, str) else None
+    if not secs:
+        raise _bad(source, rid, 'rate.per must be a duration above zero, like "1m"')
+    return over, secs
+
+
 def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...],
            source: str, own_names: tuple[str, ...], macros: dict[str, str]) -> Rule | None:
     rid = entry.get("id")
@@ -329,6 +348,7 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
         score = entry.get("score")
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not score > 0:
             raise _bad(source, rid, "score must be a number above 0")
+    rate_over, rate_per = _rate(entry.get("rate"), source, rid)
     programs = _str_list(entry.get("programs", list(pack_programs)), source, rid, "programs")
     untagged = entry.get("untagged", False)
     if not isinstance(untagged, bool):
@@ -369,8 +389,8 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
     needle = max((t for t, _ in runs), key=len, default="")
     return Rule(id=rid, pack=pack, source=source, pattern=src, regex=rx, programs=programs,
                 hint=hint.encode(), lead=lead, needle=needle.encode() if len(needle) > len(hint) else b"", kind=kind, score=float(score), untagged=untagged,
-                key=key, link=link, has_ip=has_ip, resolves=resolves,
-                tests=_parse_tests(entry.get("tests", []), source, rid))
+                key=key, link=link, has_ip=has_ip, resolves=resolves, has_name="name" in rx.groupindex,
+                rate_over=rate_over, rate_per=rate_per, tests=_parse_tests(entry.get("tests", []), source, rid))
 
 
 def load_pack(path: Path, own_names: tuple[str, ...] = ()) -> tuple[list[Rule], list[str], set[str]]:

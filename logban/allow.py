@@ -1,0 +1,188 @@
+"""The allow-list: clients that are never banned, whatever their score.
+
+Addresses and networks (loopback and this host's own addresses always), and
+host name patterns (`*.mailout.example.com`, `mailout-*.example.com`) matched
+against a name somebody verified: the MTA (Postfix logs `unknown` unless the
+name is forward-confirmed; sendmail marks an unverified one `(may be forged)`),
+or logban's own forward-confirmed reverse lookup (`Resolver`), which runs only
+for a client about to be banned, in threads with a time limit, never per line.
+"""
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import regex
+
+from .errors import UsageError
+
+_NAME_PATTERN = regex.compile(r"[A-Za-z0-9*?_-]+(?:\.[A-Za-z0-9*?_-]+)*\.?")
+_CACHE_MAX = 100_000
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_network(text: str) -> Network:
+    """An address or CIDR as a network; host bits set in a CIDR are refused (they hint at a typo)."""
+    t = text.strip()
+    if t[:5].lower() == "ipv6:":
+        t = t[5:]
+    net = ipaddress.ip_network(t, strict=True)
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
+        net = ipaddress.ip_network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    return net
+
+
+def check_name_pattern(p: str) -> str:
+    if not _NAME_PATTERN.fullmatch(p) or p.strip("*?.") == "":
+        raise ValueError(f"{p!r} is not a host name pattern (like *.mailout.example.com)")
+    return p.lower().rstrip(".")
+
+
+def host_addresses() -> set[str]:
+    """This host's own addresses: the kernel's local table, its interfaces' IPv6 addresses, its name."""
+    out: set[str] = set()
+    try:       # IPv4: "/32 host LOCAL" entries of the local routing table
+        lines = Path("/proc/net/fib_trie").read_text().splitlines()
+        for i, line in enumerate(lines):
+            if "/32 host LOCAL" in line and i:
+                out.add(lines[i - 1].split()[-1])
+    except OSError:
+        pass
+    try:
+        for line in Path("/proc/net/if_inet6").read_text().splitlines():
+            h = line.split()[0]
+            out.add(str(ipaddress.IPv6Address(int(h, 16))))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None):
+            out.add(str(ipaddress.ip_address(info[4][0].split("%")[0])))
+    except (OSError, ValueError):
+        pass
+    return out
+
+
+class AllowList:
+    """Answers "may this client be banned?" fast: one set lookup per prefix length in use."""
+
+    ALWAYS = ("127.0.0.0/8", "::1/128")
+
+    def __init__(self, networks: Iterable[str] = (), names: Iterable[str] = (), *,
+                 own: Iterable[str] | None = None) -> None:
+        nets = [parse_network(n) for n in (*self.ALWAYS, *networks)]
+        nets += [ipaddress.ip_network(a) for a in (host_addresses() if own is None else own)]
+        self.networks = sorted(set(nets), key=lambda n: (n.version, n.network_address, n.prefixlen))
+        # version -> prefix length -> network numbers
+        self._by_len: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
+        for n in self.networks:
+            self._by_len[n.version].setdefault(n.prefixlen, set()).add(int(n.network_address))
+        self.names = tuple(check_name_pattern(p) for p in names)
+        self._cache: dict[str, bool] = {}
+
+    def address_allowed(self, ip: str) -> bool:
+        got = self._cache.get(ip)
+        if got is None:
+            got = self._net_allowed(ipaddress.ip_network(ip, strict=False))
+            if len(self._cache) > _CACHE_MAX:
+                self._cache.clear()
+            self._cache[ip] = got
+        return got
+
+    def _net_allowed(self, net: Network) -> bool:
+        """True when `net` lies wholly inside an allowed network."""
+        bits = 32 if net.version == 4 else 128
+        num = int(net.network_address)
+        for plen, nums in self._by_len[net.version].items():
+            if plen <= net.prefixlen and (num >> (bits - plen) << (bits - plen)) in nums:
+                return True
+        return False
+
+    def target_allowed(self, target: str) -> bool:
+        """An address or a network a ban would cover: refused when it is allowed or holds an allowed address."""
+        net = ipaddress.ip_network(target, strict=False)
+        if self._net_allowed(net):
+            return True
+        return any(a.version == net.version and a.subnet_of(net) for a in self.networks)
+
+    def name_allowed(self, name: str | None) -> bool:
+        if not name or not self.names:
+            return False
+        n = name.lower().rstrip(".")
+        return any(fnmatch.fnmatchcase(n, p) for p in self.names)
+
+    def why(self, target: str, name: str | None = None) -> str | None:
+        """Why `target` must not be banned, or None."""
+        if self.target_allowed(target):
+            return "allow-listed address"
+        if self.name_allowed(name):
+            return f"allow-listed name {name}"
+        return None
+
+
+def forward_confirmed(ip: str, timeout: float) -> str | None:
+    """The reverse name of `ip` when that name resolves back to `ip` (FCrDNS), else None."""
+    try:
+        name = socket.gethostbyaddr(ip)[0]
+        addrs = {i[4][0].split("%")[0] for i in socket.getaddrinfo(name, None)}
+    except (OSError, UnicodeError):
+        return None
+    want = ipaddress.ip_address(ip)
+    return name if any(ipaddress.ip_address(a) == want for a in addrs) else None
+
+
+class Resolver:
+    """Forward-confirmed reverse lookups for many clients at once, cached, each bounded in time."""
+
+    def __init__(self, timeout: float = 2.0, ttl: float = 3600.0, workers: int = 16,
+                 lookup: Callable[[str, float], str | None] = forward_confirmed) -> None:
+        self.timeout, self.ttl, self.lookup = timeout, ttl, lookup
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logban-dns")
+        self._cache: dict[str, tuple[float, str | None]] = {}
+
+    def names(self, ips: Iterable[str]) -> dict[str, str | None]:
+        """Verified names of `ips`; a lookup that runs out of time counts as no name (and is not cached)."""
+        now = time.monotonic()
+        out: dict[str, str | None] = {}
+        todo = {}
+        for ip in dict.fromkeys(ips):
+            hit = self._cache.get(ip)
+            if hit and now - hit[0] < self.ttl:
+                out[ip] = hit[1]
+            else:
+                todo[ip] = self._pool.submit(self.lookup, ip, self.timeout)
+        deadline = now + self.timeout
+        for ip, fut in todo.items():
+            try:
+                name = fut.result(timeout=max(0.0, deadline - time.monotonic()))
+            except FutureTimeout:
+                out[ip] = None
+                continue
+            out[ip] = name
+            if len(self._cache) > _CACHE_MAX:
+                self._cache.clear()
+            self._cache[ip] = (now, name)
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def allow_list_from(networks: Iterable[str], names: Iterable[str], where: str) -> AllowList:
+    """Build from config values; a bad entry is the user's mistake, named by key."""
+    for n in networks:
+        try:
+            parse_network(n)
+        except ValueError as e:
+            raise UsageError(f"{where}allow.addresses: {e}") from None
+    for p in names:
+        try:
+            check_name_pattern(p)
+        except ValueError as e:
+            raise UsageError(f"{where}allow.hostnames: {e}") from None
+    return AllowList(networks, names)

@@ -1,0 +1,99 @@
+"""Where the stages meet: offences from the parser are scored, and offences and
+decisions go to the store in batches, one transaction each.
+
+The scorer's state is rebuilt from the store when the engine starts (active
+bans, ban history, the offences that still count), so a restart forgets nothing.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from .allow import AllowList, Resolver
+from .parse import Offence
+from .score import Decision, Policy, Scorer
+from .store import Store
+
+BATCH = 50_000
+
+
+@dataclass
+class EngineStats:
+    offences: int = 0
+    bans: int = 0
+    expired_on_arrival: int = 0      # decided from old log lines: recorded as already over
+    released_allow: int = 0          # bans released because the allow-list now covers them
+    network_bans: int = 0
+    escalated: int = 0
+
+
+class Engine:
+    def __init__(self, store: Store, policy: Policy, allow: AllowList, *, node: str, dry_run: bool,
+                 resolver: Resolver | None = None, batch: int = BATCH) -> None:
+        self.store, self.node, self.dry_run = store, node, dry_run
+        self.allow = allow
+        self.resolver = resolver if allow.names else None
+        self.batch = batch
+        self.stats = EngineStats()
+        self.scorer = Scorer(policy, allow)
+        self._offences: list[tuple[Offence, str]] = []
+        self._pending: list[Decision] = []
+        self._restore()
+
+    def _restore(self) -> None:
+        now = time.time()
+        self.store.expire(now)
+        gone = [b.target for b in self.store.unreleased() if self.allow.target_allowed(b.target)]
+        if gone:
+            self.stats.released_allow = sum(self.store.release(gone, "allow-list", now).values())
+        sc = self.scorer
+        sc.history = self.store.history()
+        for b in self.store.unreleased():
+            sc.mark_banned(Decision(b.target, b.kind, b.rule, b.score, b.created, b.duration, b.count,
+                                    b.escalated, b.reason))
+        for r in self.store.recent_offences(sc.policy.horizon):
+            sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line))
+
+    def add(self, offences: list[Offence]) -> None:
+        sc, buf = self.scorer, self._offences
+        target_of, resolver = sc.target_of, self.resolver
+        for o in offences:
+            if resolver is not None and o.name is None and sc.would_ban(o):
+                # Only a client about to be banned costs a DNS lookup, never every line.
+                o.name = resolver.names([o.ip]).get(o.ip)
+            ds = sc.add(o)
+            buf.append((o, target_of(o.ip)[0]))
+            if ds:
+                self._pending.extend(ds)
+        if len(buf) >= self.batch:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._offences and not self._pending:
+            return
+        now = time.time()
+        sc = self.scorer
+        scores = {}
+        for o, t in self._offences:
+            scores[t] = o.time
+        scores = {t: sc.score(t, at) for t, at in scores.items()}
+        self.store.record(self._offences, self._pending, node=self.node, dry_run=self.dry_run, now=now,
+                          scores=scores)
+        self.stats.offences += len(self._offences)
+        self.stats.bans += len(self._pending)
+        self.stats.expired_on_arrival += sum(1 for d in self._pending if d.expires is not None and d.expires <= now)
+        self.stats.network_bans += sum(1 for d in self._pending if d.members)
+        self.stats.escalated += sum(1 for d in self._pending if d.escalated)
+        self._offences.clear()
+        self._pending.clear()
+
+    def release(self, targets: list[str], reason: str) -> None:
+        self.flush()
+        self.store.release(targets, reason, time.time())
+        for t in targets:
+            self.scorer.release(t)
+
+    def close(self) -> None:
+        self.flush()
+        if self.resolver is not None:
+            self.resolver.close()

@@ -1,0 +1,310 @@
+"""Where offences become decisions.
+
+Pure: offences in (in time order, with their log time stamps), decisions out,
+no I/O. Each client (an IPv4 address, an IPv6 /64 by default) has a score:
+the sum of its recent offences' scores (within `window`, or decayed with a
+`half_life`). At the threshold it is banned, for the time its worst kind of
+offence deserves, longer each time it comes back within the look-back period,
+and its score starts again from zero. K address bans at once in one IPv4 /24
+become one ban of the /24. Allow-listed clients are never scored.
+"""
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .allow import AllowList
+from .parse import Offence
+from .units import format_duration
+
+HOUR, DAY = 3600.0, 86400.0
+
+# Ban time by kind: what mail admins give each misdeed. None = permanent.
+DEFAULT_DURATIONS: dict[str, float | None] = {
+    "virus": 24 * HOUR,
+    "bad_helo": 72 * HOUR,          # a client that claims to be us
+    "relay_denied": 12 * HOUR,
+    "unknown_user": 12 * HOUR,      # dictionary attacks
+    "dnsbl": 6 * HOUR,
+    "pregreet": 24 * HOUR,          # bots that talk before the greeting
+    "protocol_abuse": 6 * HOUR,
+    "bad_sender": 2 * HOUR,
+    "client_rejected": 2 * HOUR,
+    "auth_failed": 1 * HOUR,
+    "manual": 24 * HOUR,            # `logban ban` without --for
+}
+_EVENTS_MAX = 64          # offences remembered per client (more only repeat what the score says)
+
+
+@dataclass(frozen=True)
+class Policy:
+    threshold: float = 5.0
+    window: float | None = 600.0          # score = offences of the last `window` seconds ...
+    half_life: float | None = None        # ... or every offence, halved each `half_life`
+    max_tracked: int = 100_000            # clients scored at once; the lowest scores are evicted
+    durations: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_DURATIONS))
+    rule_durations: Mapping[str, float | None] = field(default_factory=dict)
+    default_duration: float = HOUR
+    escalate: bool = True
+    factor: float = 2.0
+    max_duration: float = 30 * DAY
+    lookback: float = 30 * DAY
+    ipv4_prefix: int = 24
+    ipv6_prefix: int = 64
+    subnet_bans: int = 3                  # K address bans in one IPv4 network ban the network; 0: never
+
+    def base_duration(self, kind: str, rule: str = "") -> float | None:
+        if rule in self.rule_durations:
+            return self.rule_durations[rule]
+        return self.durations.get(kind, self.default_duration)
+
+    @property
+    def horizon(self) -> float:
+        """How far back an offence can still count."""
+        return self.window if self.window is not None else 10 * (self.half_life or 0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Past:
+    """The latest ban of a target: what escalation looks at."""
+    created: float
+    duration: float | None
+    count: int
+
+
+@dataclass(slots=True)
+class Decision:
+    target: str                   # address or network (CIDR)
+    kind: str
+    rule: str
+    score: float
+    time: float                   # when it was decided (log time)
+    duration: float | None        # None: permanent
+    count: int                    # bans of this target so far, this one included
+    escalated: bool
+    reason: str
+    members: tuple[str, ...] = ()     # a network ban: the address bans it replaces
+    trigger: Offence | None = None
+
+    @property
+    def expires(self) -> float | None:
+        return None if self.duration is None else self.time + self.duration
+
+
+@dataclass
+class ScoreStats:
+    offences: int = 0
+    allowed: int = 0              # offences of allow-listed clients
+    while_banned: int = 0         # offences of clients already banned
+    decisions: int = 0
+    network_bans: int = 0
+    evicted: int = 0              # low scores dropped to bound memory
+
+
+def network_of(ip: str, prefix: int) -> str:
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+class Scorer:
+    def __init__(self, policy: Policy, allow: AllowList | None = None) -> None:
+        self.policy = policy
+        self.allow = allow or AllowList(own=())
+        self.stats = ScoreStats()
+        self.tracks: dict[str, list[tuple[float, float, str, str]]] = {}   # target -> (time, score, kind, rule)
+        self.active: dict[str, float] = {}          # target -> expires (inf: permanent)
+        self.history: dict[str, Past] = {}
+        self._wide: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}   # other active networks
+        self._members: dict[str, dict[str, tuple[float, str, str]]] = {}   # /24 -> ip -> (expires, kind, rule)
+        self._target: dict[str, tuple[str, str | None]] = {}               # ip -> (target, its IPv4 network)
+        self._evict_at = policy.max_tracked
+
+    # ---- where a client stands -------------------------------------------------
+    def target_of(self, ip: str) -> tuple[str, str | None]:
+        """The scored target of an address, and the IPv4 network it may be aggregated into."""
+        got = self._target.get(ip)
+        if got is None:
+            p = self.policy
+            if ":" in ip:
+                got = (ip if p.ipv6_prefix == 128 else network_of(ip, p.ipv6_prefix), None)
+            else:
+                got = (ip, network_of(ip, p.ipv4_prefix) if p.subnet_bans else None)
+            if len(self._target) > 200_000:
+                self._target.clear()
+            self._target[ip] = got
+        return got
+
+    def banned(self, target: str, net: str | None, t: float) -> bool:
+        for k in (target, net):
+            if k is not None:
+                exp = self.active.get(k)
+                if exp is not None:
+                    if exp > t:
+                        return True
+                    self.release(k)
+        if self._wide:
+            addr = ipaddress.ip_network(target, strict=False)
+            for k, n in list(self._wide.items()):
+                if n.version == addr.version and addr.subnet_of(n):
+                    if self.active.get(k, 0) > t:
+                        return True
+                    self.release(k)
+        return False
+
+    def score(self, target: str, now: float) -> float:
+        ev = self.tracks.get(target)
+        return self._score(ev, now) if ev else 0.0
+
+    def _score(self, ev: list, now: float) -> float:
+        p = self.policy
+        if p.window is not None:
+            cut = now - p.window
+            while ev and ev[0][0] <= cut:
+                del ev[0]
+            return sum(e[1] for e in ev)
+        h = p.half_life
+        return sum(e[1] * 0.5 ** ((now - e[0]) / h) for e in ev)
+
+    # ---- offences ------------------------------------------------------------------
+    def would_ban(self, o: Offence) -> bool:
+        """Whether `o` would cross the threshold: where a slow check (DNS) is worth doing."""
+        target, net = self.target_of(o.ip)
+        if self.banned(target, net, o.time):
+            return False
+        return self.score(target, o.time) + o.score >= self.policy.threshold
+
+    def add(self, o: Offence) -> list[Decision]:
+        st = self.stats
+        st.offences += 1
+        if self.allow.address_allowed(o.ip) or self.allow.name_allowed(o.name):
+            st.allowed += 1
+            return []
+        target, net = self.target_of(o.ip)
+        if self.banned(target, net, o.time):
+            st.while_banned += 1
+            return []
+        ev = self.tracks.get(target)
+        if ev is None:
+            if len(self.tracks) >= self._evict_at:
+                self._evict(o.time)
+            ev = self.tracks[target] = []
+        ev.append((o.time, o.score, o.kind, o.rule))
+        if len(ev) > _EVENTS_MAX:
+            del ev[0]
+        total = self._score(ev, o.time)
+        if total < self.policy.threshold:
+            return []
+        del self.tracks[target]            # the ban uses the score up: after it, start from zero
+        kind, rule, reason = self._explain(ev, total)
+        d = self._decide(target, kind, rule, total, o.time, reason, o)
+        if net is not None:
+            return self._aggregate(net, d)
+        return [d]
+
+    def seed(self, o: Offence) -> None:
+        """Put back an offence recorded before a restart: it counts, but decides nothing by itself."""
+        target, net = self.target_of(o.ip)
+        if self.allow.address_allowed(o.ip) or self.banned(target, net, o.time):
+            return
+        self.tracks.setdefault(target, []).append((o.time, o.score, o.kind, o.rule))
+
+    def _explain(self, ev: list, total: float) -> tuple[str, str, str]:
+        """The kind the ban is for (the one that earns the longest ban), its rule, and a reason."""
+        p = self.policy
+        by_kind: dict[str, list] = {}
+        for e in ev:
+            by_kind.setdefault(e[2], []).append(e)
+        worst = max(by_kind, key=lambda k: (p.base_duration(k, by_kind[k][-1][3]) or math.inf,
+                                            sum(e[1] for e in by_kind[k])))
+        span = (f"in {format_duration(p.window)}" if p.window is not None
+                else f"decaying, half-life {format_duration(p.half_life)}")
+        parts = ", ".join(f"{k} x{len(v)}" for k, v in sorted(by_kind.items(), key=lambda kv: -len(kv[1])))
+        return worst, by_kind[worst][-1][3], f"score {total:g} {span} >= {p.threshold:g}: {parts}"
+
+    def _decide(self, target: str, kind: str, rule: str, score: float, t: float, reason: str,
+                trigger: Offence | None, members: tuple[str, ...] = ()) -> Decision:
+        duration, count, escalated = self.duration(target, kind, rule, t)
+        d = Decision(target, kind, rule, score, t, duration, count, escalated, reason, members, trigger)
+        self.mark_banned(d)
+        self.stats.decisions += 1
+        return d
+
+    def duration(self, target: str, kind: str, rule: str, t: float) -> tuple[float | None, int, bool]:
+        """(ban time, count, escalated) for a new ban of `target` at `t`."""
+        p = self.policy
+        base = p.base_duration(kind, rule)
+        past = self.history.get(target)
+        count = past.count + 1 if past else 1
+        if base is None:
+            return None, count, False
+        d = base
+        if p.escalate and past and past.duration is not None and t - past.created <= p.lookback:
+            d = max(base, min(past.duration * p.factor, p.max_duration))
+        return d, count, d > base
+
+    def mark_banned(self, d: Decision) -> None:
+        """Record a ban (decided here or elsewhere) so its target is left alone until it ends."""
+        exp = d.expires
+        self.active[d.target] = math.inf if exp is None else exp
+        self.history[d.target] = Past(d.time, d.duration, d.count)
+        self.tracks.pop(d.target, None)
+        if "/" in d.target:
+            net = ipaddress.ip_network(d.target)
+            p = self.policy
+            if net.prefixlen != (p.ipv4_prefix if net.version == 4 else p.ipv6_prefix):
+                self._wide[d.target] = net
+
+    def release(self, target: str) -> None:
+        """The ban ended (expiry, unban, allow-list): the score starts from zero."""
+        self._drop_active(target)
+        self.tracks.pop(target, None)
+
+    def _drop_active(self, target: str) -> None:
+        self.active.pop(target, None)
+        self._wide.pop(target, None)
+
+    # ---- networks --------------------------------------------------------------------
+    def _aggregate(self, net: str, d: Decision) -> list[Decision]:
+        """K address bans alive at once in one IPv4 network: ban the network instead."""
+        m = self._members.setdefault(net, {})
+        for ip in [ip for ip, (exp, _, _) in m.items() if exp <= d.time or self.active.get(ip) is None]:
+            del m[ip]
+        exp = d.expires
+        m[d.target] = (math.inf if exp is None else exp, d.kind, d.rule)
+        if len(m) < self.policy.subnet_bans or self.banned(net, None, d.time):
+            return [d]
+        p = self.policy
+        _, kind, rule = max(m.values(), key=lambda v: p.base_duration(v[1], v[2]) or math.inf)
+        members = tuple(sorted(m, key=ipaddress.ip_address))
+        for ip in members:
+            self._drop_active(ip)
+        del self._members[net]
+        # The newest member's own ban is not recorded: the network ban covers it.
+        self.history[d.target] = Past(d.time, d.duration, d.count)
+        nd = self._decide(net, kind, rule, d.score, d.time,
+                          f"{len(members)} addresses banned at once in {net}: {', '.join(members)}",
+                          d.trigger, members)
+        self.stats.network_bans += 1
+        return [nd]
+
+    # ---- memory -----------------------------------------------------------------------
+    def _evict(self, now: float) -> None:
+        """Keep the higher half of the scores (and nothing that has decayed away)."""
+        scored = []
+        for k, ev in self.tracks.items():
+            s = self._score(ev, now) if ev else 0.0
+            if s > 0.01:
+                scored.append((s, k))
+        keep = self.policy.max_tracked // 2
+        scored.sort(reverse=True)
+        keep_keys = {k for _, k in scored[:keep]}
+        before = len(self.tracks)
+        self.tracks = {k: ev for k, ev in self.tracks.items() if k in keep_keys}
+        self.stats.evicted += before - len(self.tracks)
+        self._evict_at = max(self.policy.max_tracked, len(self.tracks) + self.policy.max_tracked // 2)
+        for net in [n for n, m in self._members.items() if all(e <= now for e, _, _ in m.values())]:
+            del self._members[net]
+        for k in [k for k, exp in self.active.items() if exp <= now]:
+            self._drop_active(k)
+

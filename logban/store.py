@@ -1,0 +1,423 @@
+"""Where decisions are kept: offenders, offences and bans in a database, through sqlmodel.
+
+SQLite by default (WAL, so a CLI read never blocks the daemon's writes, and a
+busy timeout, so two writers wait for each other instead of failing); any
+SQLAlchemy URL otherwise (PostgreSQL for several mail servers). Times are
+seconds since the epoch (UTC). The schema carries a version; a newer logban
+migrates an older database in one transaction, and refuses a newer one.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlmodel import Field, SQLModel
+
+from .parse import Offence
+from .rules import KINDS
+from .score import Decision, Past
+
+SCHEMA_VERSION = 1
+TEXT_MAX = 500                 # characters of a log line kept with its offence
+BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
+_KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
+
+
+class StoreError(Exception):
+    """The database cannot be opened, read or migrated: a runtime failure (exit 1)."""
+
+
+# ---- schema ---------------------------------------------------------------------
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class OffenderRow(SQLModel, table=True):
+    __tablename__ = "offenders"
+    target: str = Field(primary_key=True)          # address, or network for IPv6 /64 scoring
+    score: float = 0.0                             # score at score_time
+    score_time: float = 0.0
+    first_seen: float
+    last_seen: float = Field(index=True)
+    offences: int = 0
+    kinds: int = 0                                 # bit set of kinds seen (kind_names)
+    name: str | None = None                        # last verified client name
+    reset_at: float = 0.0                          # offences before this no longer count (ban, release)
+
+
+class OffenceRow(SQLModel, table=True):
+    __tablename__ = "offences"
+    __table_args__ = (sa.Index("ix_offences_target_time", "target", "time"),)
+    id: int | None = Field(default=None, primary_key=True)
+    time: float = Field(index=True)
+    target: str
+    ip: str = Field(index=True)
+    mta: str
+    rule: str
+    kind: str
+    score: float
+    node: str
+    file: str
+    line: int
+    text: str = ""
+
+
+class BanRow(SQLModel, table=True):
+    __tablename__ = "bans"
+    id: int | None = Field(default=None, primary_key=True)
+    target: str = Field(index=True)
+    kind: str
+    rule: str = ""
+    reason: str = ""
+    score: float = 0.0
+    created: float = Field(index=True)
+    expires: float | None = None                   # None: permanent
+    duration: float | None = None
+    released: float | None = Field(default=None, index=True)
+    release_reason: str | None = None              # expiry, unban, allow-list, aggregated, replaced
+    count: int = 1                                 # bans of this target so far, this one included
+    escalated: bool = False
+    dry_run: bool = False
+    node: str = ""
+    source: str = "auto"                           # auto or manual
+    members: str = ""                              # a network ban: the address bans it replaced
+    text: str = ""                                 # the log line that decided it
+
+
+OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
+
+# version -> what turns a database of that version into the next one
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+
+def kind_names(bits: int) -> list[str]:
+    return [k for k, b in _KIND_BIT.items() if bits & b]
+
+
+# ---- where the database lives -------------------------------------------------------------
+
+def default_url() -> str:
+    if os.geteuid() == 0:
+        base = Path("/var/lib/logban")
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "logban"
+    return f"sqlite:///{base / 'logban.db'}"
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    path = url.database
+    if path and path != ":memory:":
+        p = Path(path)
+        if p.is_dir():
+            raise StoreError(f"{p}: is a directory, not a database file")
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{p.parent}: cannot create the database directory: {e.strerror}") from None
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _connect(dbapi_conn, _record) -> None:
+        # Transactions are ours to begin (see _begin): pysqlite's own would not
+        # cover DDL, and a migration must be all or nothing.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA busy_timeout = 30000")
+        cur.execute("PRAGMA journal_mode = WAL")
+        cur.execute("PRAGMA synchronous = NORMAL")
+        cur.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # A writer takes the write lock up front: a read lock upgraded later can
+        # fail at once with "database is locked" whatever the busy timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
+
+    return engine
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        u = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise StoreError(f"{url!r} is not a database URL (like sqlite:////var/lib/logban/logban.db)") from None
+    try:
+        if u.get_backend_name() == "sqlite":
+            return _sqlite_engine(u)
+        return sa.create_engine(u, pool_pre_ping=True)
+    except (ImportError, sa.exc.NoSuchModuleError) as e:
+        raise StoreError(f"{u.render_as_string()}: no driver for this database: {e}") from None
+
+
+# ---- the store ----------------------------------------------------------------------------
+
+class Store:
+    def __init__(self, url: str | None = None) -> None:
+        self.url = url or default_url()
+        self.engine = make_engine(self.url)
+        try:
+            self._migrate()
+        except sa.exc.SQLAlchemyError as e:
+            self.engine.dispose()
+            raise StoreError(f"{self._where()}: cannot open the database: {_short(e)}") from None
+
+    def _where(self) -> str:
+        return self.where(self.url)
+
+    @staticmethod
+    def where(url: str) -> str:
+        """The URL fit to print: no password, a SQLite file as its path."""
+        u = sa.make_url(url)
+        if u.get_backend_name() == "sqlite" and u.database:
+            return u.database
+        return u.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.engine.connect() as conn, conn.begin():
+            yield conn
+
+    def _migrate(self) -> None:
+        with self.write() as conn:
+            if not sa.inspect(conn).has_table("meta"):
+                SQLModel.metadata.create_all(conn)
+                conn.execute(sa.insert(Meta.__table__), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
+                return
+            row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self._where()}: database schema version {version} is newer than this "
+                                 f"logban understands ({SCHEMA_VERSION}); upgrade logban")
+            while version < SCHEMA_VERSION:
+                step = MIGRATIONS.get(version)
+                if step is None:
+                    raise StoreError(f"{self._where()}: no migration from schema version {version}")
+                step(conn)                          # an exception rolls all steps back
+                version += 1
+            conn.execute(sa.update(Meta.__table__).where(Meta.key == "schema_version").values(value=str(version)))
+
+    def schema_version(self) -> int:
+        with self.read() as conn:
+            return int(conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).scalar_one())
+
+    # ---- writing --------------------------------------------------------------------------
+    def record(self, offences: list[tuple[Offence, str]], decisions: list[Decision], *,
+               node: str, dry_run: bool, now: float, scores: dict[str, float] | None = None) -> list[int]:
+        """One transaction: offences (with their scored target) and new bans. Ban ids back."""
+        ids: list[int] = []
+        with self.write() as conn:
+            if offences:
+                conn.execute(sa.insert(OFFENCES), [
+                    {"time": o.time, "target": t, "ip": o.ip, "mta": o.mta, "rule": o.rule, "kind": o.kind,
+                     "score": o.score, "node": node, "file": o.file, "line": o.line,
+                     "text": o.raw[:TEXT_MAX].decode("utf-8", "replace")} for o, t in offences])
+                self._upsert_offenders(conn, offences, scores or {})
+            for d in decisions:
+                ids.append(self._insert_ban(conn, d, node=node, dry_run=dry_run, now=now, source="auto"))
+        return ids
+
+    def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
+                          scores: dict[str, float]) -> None:
+        agg: dict[str, dict] = {}
+        for o, t in offences:
+            a = agg.get(t)
+            if a is None:
+                agg[t] = {"target": t, "first_seen": o.time, "last_seen": o.time, "offences": 1,
+                          "kinds": _KIND_BIT.get(o.kind, 0), "name": o.name,
+                          "score": scores.get(t, 0.0), "score_time": o.time, "reset_at": 0.0}
+            else:
+                a["offences"] += 1
+                a["kinds"] |= _KIND_BIT.get(o.kind, 0)
+                a["first_seen"] = min(a["first_seen"], o.time)
+                if o.time >= a["last_seen"]:
+                    a["last_seen"] = a["score_time"] = o.time
+                    a["name"] = o.name or a["name"]
+        ins = _insert(conn)(OFFENDERS)
+        ex, cur = ins.excluded, OFFENDERS.c
+        newer = ex.last_seen >= cur.last_seen
+        stmt = ins.on_conflict_do_update(index_elements=[cur.target], set_={
+            "offences": cur.offences + ex.offences,
+            "kinds": cur.kinds.op("|")(ex.kinds),
+            "first_seen": sa.case((ex.first_seen < cur.first_seen, ex.first_seen), else_=cur.first_seen),
+            "last_seen": sa.case((newer, ex.last_seen), else_=cur.last_seen),
+            "score": sa.case((newer, ex.score), else_=cur.score),
+            "score_time": sa.case((newer, ex.score_time), else_=cur.score_time),
+            "name": sa.func.coalesce(ex.name, cur.name),
+        })
+        conn.execute(stmt, list(agg.values()))
+
+    def _insert_ban(self, conn: Connection, d: Decision, *, node: str, dry_run: bool, now: float,
+                    source: str) -> int:
+        exp = d.expires
+        over = exp is not None and exp <= now
+        trig = d.trigger
+        ban_id = conn.execute(sa.insert(BANS).returning(BANS.c.id), {
+            "target": d.target, "kind": d.kind, "rule": d.rule, "reason": d.reason, "score": d.score,
+            "created": d.time, "expires": exp, "duration": d.duration,
+            "released": exp if over else None, "release_reason": "expiry" if over else None,
+            "count": d.count, "escalated": d.escalated, "dry_run": dry_run, "node": node, "source": source,
+            "members": ",".join(d.members),
+            "text": trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""}).scalar_one()
+        for m in d.members:
+            self._release(conn, m, "aggregated", d.time)
+        self._reset(conn, [d.target, *d.members], exp if over else d.time)
+        return ban_id
+
+    def _reset(self, conn: Connection, targets: list[str], at: float) -> None:
+        """Offences before `at` no longer count toward these targets' scores."""
+        conn.execute(sa.update(OFFENDERS).where(OFFENDERS.c.target.in_(targets))
+                     .values(reset_at=sa.case((OFFENDERS.c.reset_at < at, at), else_=OFFENDERS.c.reset_at),
+                             score=0.0))
+
+    def _release(self, conn: Connection, target: str, reason: str, at: float) -> int:
+        n = conn.execute(sa.update(BANS).where(BANS.c.target == target, BANS.c.released.is_(None))
+                         .values(released=at, release_reason=reason)).rowcount
+        self._reset(conn, [target], at)
+        return n
+
+    def ban(self, d: Decision, *, node: str, dry_run: bool, now: float, reason_replaced: str = "replaced") -> int:
+        """A manual ban: an active ban of the same target is replaced."""
+        with self.write() as conn:
+            self._release(conn, d.target, reason_replaced, now)
+            return self._insert_ban(conn, d, node=node, dry_run=dry_run, now=now, source="manual")
+
+    def release(self, targets: Iterable[str], reason: str, now: float) -> dict[str, int]:
+        """End the active bans of these exact targets; the score starts from zero. Bans ended, per target."""
+        with self.write() as conn:
+            return {t: self._release(conn, t, reason, now) for t in targets}
+
+    def expire(self, now: float) -> int:
+        """Mark bans whose time is over as released by expiry."""
+        with self.write() as conn:
+            rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires).where(
+                BANS.c.released.is_(None), BANS.c.expires.is_not(None), BANS.c.expires <= now)).all()
+            for target, exp in rows:
+                conn.execute(sa.update(BANS).where(BANS.c.target == target, BANS.c.released.is_(None),
+                                                   BANS.c.expires <= now)
+                             .values(released=BANS.c.expires, release_reason="expiry"))
+                self._reset(conn, [target], exp)
+            return len(rows)
+
+    def prune(self, now: float, retention: float) -> int:
+        """Forget offences older than `retention`, and offenders seen only then and never banned."""
+        cut = now - retention
+        with self.write() as conn:
+            n = conn.execute(sa.delete(OFFENCES).where(OFFENCES.c.time < cut)).rowcount
+            conn.execute(sa.delete(OFFENDERS).where(
+                OFFENDERS.c.last_seen < cut, ~OFFENDERS.c.target.in_(sa.select(BANS.c.target))))
+            return n
+
+    # ---- reading -------------------------------------------------------------------------
+    def active_bans(self, now: float) -> list[BanRow]:
+        with self.read() as conn:
+            q = sa.select(BANS).where(BANS.c.released.is_(None),
+                                      sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now)).order_by(BANS.c.created)
+            return [BanRow(**r._mapping) for r in conn.execute(q)]
+
+    def bans(self, *, target: str | None = None) -> list[BanRow]:
+        with self.read() as conn:
+            q = sa.select(BANS).order_by(BANS.c.created, BANS.c.id)
+            if target is not None:
+                q = q.where(BANS.c.target == target)
+            return [BanRow(**r._mapping) for r in conn.execute(q)]
+
+    def unreleased(self) -> list[BanRow]:
+        with self.read() as conn:
+            return [BanRow(**r._mapping) for r in conn.execute(sa.select(BANS).where(BANS.c.released.is_(None)))]
+
+    def history(self) -> dict[str, Past]:
+        """The latest ban of every target: what escalation and ban counts build on."""
+        with self.read() as conn:
+            last = sa.select(sa.func.max(BANS.c.id)).group_by(BANS.c.target)
+            q = sa.select(BANS.c.target, BANS.c.created, BANS.c.duration, BANS.c.count).where(BANS.c.id.in_(last))
+            return {t: Past(c, d, n) for t, c, d, n in conn.execute(q)}
+
+    def recent_offences(self, horizon: float) -> list[OffenceRow]:
+        """Offences that may still count toward a score: within `horizon` of the newest, after each reset."""
+        with self.read() as conn:
+            newest = conn.execute(sa.select(sa.func.max(OFFENCES.c.time))).scalar()
+            if newest is None:
+                return []
+            q = (sa.select(OFFENCES).join(OFFENDERS, OFFENDERS.c.target == OFFENCES.c.target)
+                 .where(OFFENCES.c.time >= newest - horizon, OFFENCES.c.time > OFFENDERS.c.reset_at)
+                 .order_by(OFFENCES.c.time))
+            return [OffenceRow(**r._mapping) for r in conn.execute(q)]
+
+    def offender(self, target: str) -> OffenderRow | None:
+        with self.read() as conn:
+            r = conn.execute(sa.select(OFFENDERS).where(OFFENDERS.c.target == target)).first()
+            return OffenderRow(**r._mapping) if r else None
+
+    def offences_of(self, targets: list[str], ips: list[str], limit: int) -> tuple[int, list[OffenceRow]]:
+        with self.read() as conn:
+            cond = sa.or_(OFFENCES.c.target.in_(targets), OFFENCES.c.ip.in_(ips))
+            total = conn.execute(sa.select(sa.func.count()).select_from(OFFENCES).where(cond)).scalar_one()
+            rows = conn.execute(sa.select(OFFENCES).where(cond).order_by(OFFENCES.c.time.desc()).limit(limit))
+            return total, [OffenceRow(**r._mapping) for r in rows]
+
+    def stats(self, since: float | None, now: float, top: int = 10) -> dict:
+        with self.read() as conn:
+            oc, bc = OFFENCES.c, BANS.c
+            ow = [oc.time >= since] if since is not None else []
+            bw = [bc.created >= since] if since is not None else []
+            by_kind = dict(conn.execute(sa.select(oc.kind, sa.func.count()).where(*ow).group_by(oc.kind)
+                                        .order_by(sa.func.count().desc())).all())
+            n_ip = sa.func.count(sa.distinct(oc.ip))
+            tops = conn.execute(sa.select(oc.ip, sa.func.count().label("n"), sa.func.min(oc.time), sa.func.max(oc.time))
+                                .where(*ow).group_by(oc.ip).order_by(sa.desc("n"), oc.ip).limit(top)).all()
+            top_kinds: dict[str, dict[str, int]] = {}
+            if tops:
+                for ip, kind, n in conn.execute(sa.select(oc.ip, oc.kind, sa.func.count()).where(
+                        oc.ip.in_([t[0] for t in tops]), *ow).group_by(oc.ip, oc.kind)):
+                    top_kinds.setdefault(ip, {})[kind] = n
+            bans_by_kind = dict(conn.execute(sa.select(bc.kind, sa.func.count()).where(*bw).group_by(bc.kind)
+                                             .order_by(sa.func.count().desc())).all())
+            active = sa.and_(bc.released.is_(None), sa.or_(bc.expires.is_(None), bc.expires > now))
+            ended = sa.or_(bc.released.is_not(None), bc.expires <= now)
+            released = dict(conn.execute(sa.select(sa.func.coalesce(bc.release_reason, "expiry"), sa.func.count())
+                                         .where(ended, *bw).group_by(sa.func.coalesce(bc.release_reason, "expiry")))
+                            .all())
+            count = lambda *w: conn.execute(sa.select(sa.func.count()).select_from(BANS).where(*w)).scalar_one()  # noqa: E731
+            return {
+                "offences": sum(by_kind.values()),
+                "addresses": conn.execute(sa.select(n_ip).where(*ow)).scalar_one(),
+                "by_kind": by_kind,
+                "bans_active": count(active),
+                "bans_total": count(*bw),
+                "bans_by_kind": bans_by_kind,
+                "bans_released": sum(released.values()),
+                "released_by": released,
+                "bans_escalated": count(bc.escalated.is_(True), *bw),
+                "bans_network": count(bc.target.contains("/"), *bw),
+                "bans_dry_run": count(bc.dry_run.is_(True), *bw),
+                "top": [{"ip": ip, "count": n, "first": f, "last": la, "kinds": top_kinds.get(ip, {})}
+                        for ip, n, f, la in tops],
+            }
+
+
+def _insert(conn: Connection):
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
+
+
+def _short(e: Exception) -> str:
+    orig = getattr(e, "orig", None)
+    return str(orig if orig is not None else e).splitlines()[0]
