@@ -14,15 +14,13 @@ from pathlib import Path
 from . import __version__
 from .allow import AllowList, Resolver
 from .config import Config, load_config
-from .engine import Engine
-from .errors import UsageError
+from .errors import StoreError, UsageError
 from .parse import Clock, Offence, Parser, canonical_ip, iso
 from .report import (ScanSummary, as_json, ban_json, bans_table, event, human, show_human, stats_human,
                      stats_json)
 from .rules import RuleSet, lint_pattern, load_rules
 from .score import Decision, Scorer
 from .sources import READ_ERRORS, Source, chunks, expand, open_source
-from .store import Store, StoreError, kind_names
 from .units import format_duration, parse_duration
 
 
@@ -156,7 +154,8 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
     return failed
 
 
-def _store(args, cfg: Config) -> Store:
+def _store(args, cfg: Config):
+    from .store import Store        # SQLAlchemy takes a third of a second to import: only when needed
     return Store(args.db or cfg.database)
 
 
@@ -170,7 +169,8 @@ def _check_rule_durations(cfg: Config, rules: RuleSet) -> None:
             raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
 
 
-def _engine(args, cfg: Config, store: Store) -> Engine:
+def _engine(args, cfg: Config, store):
+    from .engine import Engine
     allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
     resolver = Resolver(cfg.allow.resolve_timeout) if cfg.allow.resolve else None
     return Engine(store, cfg.policy, allow, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run,
@@ -216,7 +216,7 @@ def cmd_scan(args, cfg: Config) -> int:
     return 1 if summary.failed else 0
 
 
-def applied_json(engine: Engine) -> dict:
+def applied_json(engine) -> dict:
     es, ss = engine.stats, engine.scorer.stats
     return {"database": engine.store.url, "dry_run": engine.dry_run, "offences": es.offences,
             "bans": es.bans, "network_bans": es.network_bans, "escalated": es.escalated,
@@ -224,9 +224,9 @@ def applied_json(engine: Engine) -> dict:
             "evicted": ss.evicted, "released_by_allow_list": es.released_allow}
 
 
-def applied_human(engine: Engine) -> str:
+def applied_human(engine) -> str:
     a = applied_json(engine)
-    out = [f"Recorded in {Store.where(a['database'])}: {a['offences']:,} offences, {a['bans']:,} ban(s)"
+    out = [f"Recorded in {engine.store.where(a['database'])}: {a['offences']:,} offences, {a['bans']:,} ban(s)"
            + (" (dry run: never enforced)" if a["dry_run"] else "") + "."]
     extra = [f"{a[k]:,} {what}" for k, what in (
         ("network_bans", "network bans"), ("escalated", "escalated"),
@@ -330,6 +330,7 @@ def cmd_show(args, cfg: Config) -> int:
     every = store.bans()
     related = set(_related(target, {b.target for b in every}))
     bans = [b for b in every if b.target in related]
+    from .store import kind_names
     off = store.offender(scored)
     ips = [target] if "/" not in target else []
     total, recent = store.offences_of([scored, target], ips, args.offences)

@@ -10,3 +10,7 @@ class UsageError(Exception):
     """A mistake in what the user gave us; the message names the file, key or rule."""
 
     exit_status = 2
+
+
+class StoreError(Exception):
+    """The database cannot be opened, read or migrated: a runtime failure (exit 1), told in one line."""

@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, SQLModel
 
+from .errors import StoreError
 from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
@@ -25,10 +26,6 @@ SCHEMA_VERSION = 1
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
-
-
-class StoreError(Exception):
-    """The database cannot be opened, read or migrated: a runtime failure (exit 1)."""
 
 
 # ---- schema ---------------------------------------------------------------------
@@ -58,7 +55,7 @@ class OffenceRow(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     time: float = Field(index=True)
     target: str
-    ip: str = Field(index=True)
+    ip: str
     mta: str
     rule: str
     kind: str
@@ -217,19 +214,23 @@ class Store:
 
     # ---- writing --------------------------------------------------------------------------
     def record(self, offences: list[tuple[Offence, str]], decisions: list[Decision], *,
-               node: str, dry_run: bool, now: float, scores: dict[str, float] | None = None) -> list[int]:
-        """One transaction: offences (with their scored target) and new bans. Ban ids back."""
-        ids: list[int] = []
+               node: str, dry_run: bool, now: float, scores: dict[str, float] | None = None) -> None:
+        """One transaction: offences (with their scored target) and new bans."""
         with self.write() as conn:
             if offences:
-                conn.execute(sa.insert(OFFENCES), [
-                    {"time": o.time, "target": t, "ip": o.ip, "mta": o.mta, "rule": o.rule, "kind": o.kind,
-                     "score": o.score, "node": node, "file": o.file, "line": o.line,
-                     "text": o.raw[:TEXT_MAX].decode("utf-8", "replace")} for o, t in offences])
+                # The hot write: straight to the driver with tuples (SQLAlchemy's per-row
+                # parameter handling would cost more than the insert itself).
+                conn.exec_driver_sql(self._offence_sql(conn), [
+                    (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
+                     o.raw[:TEXT_MAX].decode("utf-8", "replace")) for o, t in offences])
                 self._upsert_offenders(conn, offences, scores or {})
-            for d in decisions:
-                ids.append(self._insert_ban(conn, d, node=node, dry_run=dry_run, now=now, source="auto"))
-        return ids
+            self._insert_bans(conn, decisions, node=node, dry_run=dry_run, now=now, source="auto")
+
+    @staticmethod
+    def _offence_sql(conn: Connection) -> str:
+        cols = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text")
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        return f"INSERT INTO offences ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
 
     def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
                           scores: dict[str, float]) -> None:
@@ -261,40 +262,54 @@ class Store:
         })
         conn.execute(stmt, list(agg.values()))
 
-    def _insert_ban(self, conn: Connection, d: Decision, *, node: str, dry_run: bool, now: float,
-                    source: str) -> int:
-        exp = d.expires
-        over = exp is not None and exp <= now
-        trig = d.trigger
-        ban_id = conn.execute(sa.insert(BANS).returning(BANS.c.id), {
-            "target": d.target, "kind": d.kind, "rule": d.rule, "reason": d.reason, "score": d.score,
-            "created": d.time, "expires": exp, "duration": d.duration,
-            "released": exp if over else None, "release_reason": "expiry" if over else None,
-            "count": d.count, "escalated": d.escalated, "dry_run": dry_run, "node": node, "source": source,
-            "members": ",".join(d.members),
-            "text": trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""}).scalar_one()
-        for m in d.members:
-            self._release(conn, m, "aggregated", d.time)
-        self._reset(conn, [d.target, *d.members], exp if over else d.time)
-        return ban_id
+    def _insert_bans(self, conn: Connection, decisions: list[Decision], *, node: str, dry_run: bool,
+                     now: float, source: str) -> None:
+        """Bans decided, in one statement; a ban already over by `now` goes in as expired."""
+        if not decisions:
+            return
+        rows, released, resets = [], [], []
+        for d in decisions:
+            exp = d.expires
+            over = exp is not None and exp <= now
+            trig = d.trigger
+            rows.append({
+                "target": d.target, "kind": d.kind, "rule": d.rule, "reason": d.reason, "score": d.score,
+                "created": d.time, "expires": exp, "duration": d.duration,
+                "released": exp if over else None, "release_reason": "expiry" if over else None,
+                "count": d.count, "escalated": d.escalated, "dry_run": dry_run, "node": node, "source": source,
+                "members": ",".join(d.members),
+                "text": trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""})
+            released += [{"b_target": m, "b_at": d.time, "b_why": "aggregated"} for m in d.members]
+            resets += [{"b_target": t, "b_at": exp if over else d.time} for t in (d.target, *d.members)]
+        if released:
+            self._release_many(conn, released)
+        conn.execute(sa.insert(BANS), rows)
+        self._reset_many(conn, resets)
 
-    def _reset(self, conn: Connection, targets: list[str], at: float) -> None:
-        """Offences before `at` no longer count toward these targets' scores."""
-        conn.execute(sa.update(OFFENDERS).where(OFFENDERS.c.target.in_(targets))
-                     .values(reset_at=sa.case((OFFENDERS.c.reset_at < at, at), else_=OFFENDERS.c.reset_at),
-                             score=0.0))
+    _RELEASE = (sa.update(BANS).where(BANS.c.target == sa.bindparam("b_target"), BANS.c.released.is_(None))
+                .values(released=sa.bindparam("b_at"), release_reason=sa.bindparam("b_why")))
+    # Offences before `b_at` no longer count toward the target's score.
+    _RESET = (sa.update(OFFENDERS).where(OFFENDERS.c.target == sa.bindparam("b_target"))
+              .values(reset_at=sa.case((OFFENDERS.c.reset_at < sa.bindparam("b_at"), sa.bindparam("b_at")),
+                                       else_=OFFENDERS.c.reset_at), score=0.0))
+
+    def _release_many(self, conn: Connection, rows: list[dict]) -> None:
+        conn.execute(self._RELEASE, rows)
+        self._reset_many(conn, rows)
+
+    def _reset_many(self, conn: Connection, rows: list[dict]) -> None:
+        conn.execute(self._RESET, [{"b_target": r["b_target"], "b_at": r["b_at"]} for r in rows])
 
     def _release(self, conn: Connection, target: str, reason: str, at: float) -> int:
-        n = conn.execute(sa.update(BANS).where(BANS.c.target == target, BANS.c.released.is_(None))
-                         .values(released=at, release_reason=reason)).rowcount
-        self._reset(conn, [target], at)
+        n = conn.execute(self._RELEASE, {"b_target": target, "b_at": at, "b_why": reason}).rowcount
+        self._reset_many(conn, [{"b_target": target, "b_at": at}])
         return n
 
-    def ban(self, d: Decision, *, node: str, dry_run: bool, now: float, reason_replaced: str = "replaced") -> int:
+    def ban(self, d: Decision, *, node: str, dry_run: bool, now: float) -> None:
         """A manual ban: an active ban of the same target is replaced."""
         with self.write() as conn:
-            self._release(conn, d.target, reason_replaced, now)
-            return self._insert_ban(conn, d, node=node, dry_run=dry_run, now=now, source="manual")
+            self._release(conn, d.target, "replaced", now)
+            self._insert_bans(conn, [d], node=node, dry_run=dry_run, now=now, source="manual")
 
     def release(self, targets: Iterable[str], reason: str, now: float) -> dict[str, int]:
         """End the active bans of these exact targets; the score starts from zero. Bans ended, per target."""
@@ -306,11 +321,8 @@ class Store:
         with self.write() as conn:
             rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires).where(
                 BANS.c.released.is_(None), BANS.c.expires.is_not(None), BANS.c.expires <= now)).all()
-            for target, exp in rows:
-                conn.execute(sa.update(BANS).where(BANS.c.target == target, BANS.c.released.is_(None),
-                                                   BANS.c.expires <= now)
-                             .values(released=BANS.c.expires, release_reason="expiry"))
-                self._reset(conn, [target], exp)
+            if rows:
+                self._release_many(conn, [{"b_target": t, "b_at": exp, "b_why": "expiry"} for t, exp in rows])
             return len(rows)
 
     def prune(self, now: float, retention: float) -> int:
@@ -365,7 +377,9 @@ class Store:
 
     def offences_of(self, targets: list[str], ips: list[str], limit: int) -> tuple[int, list[OffenceRow]]:
         with self.read() as conn:
-            cond = sa.or_(OFFENCES.c.target.in_(targets), OFFENCES.c.ip.in_(ips))
+            cond = OFFENCES.c.target.in_(targets)
+            if ips:
+                cond = sa.and_(cond, OFFENCES.c.ip.in_(ips))
             total = conn.execute(sa.select(sa.func.count()).select_from(OFFENCES).where(cond)).scalar_one()
             rows = conn.execute(sa.select(OFFENCES).where(cond).order_by(OFFENCES.c.time.desc()).limit(limit))
             return total, [OffenceRow(**r._mapping) for r in rows]
