@@ -267,10 +267,16 @@ class Store:
         """Bans decided, in one statement; a ban already over by `now` goes in as expired."""
         if not decisions:
             return
-        rows, released, resets = [], [], []
+        rows, resets = [], []
         for d in decisions:
             exp = d.expires
             over = exp is not None and exp <= now
+            if d.members:
+                # A network ban ends its members' bans, which may be in this very batch.
+                if rows:
+                    conn.execute(sa.insert(BANS), rows)
+                    rows = []
+                self._release_many(conn, [{"b_target": m, "b_at": d.time, "b_why": "aggregated"} for m in d.members])
             trig = d.trigger
             rows.append({
                 "target": d.target, "kind": d.kind, "rule": d.rule, "reason": d.reason, "score": d.score,
@@ -279,11 +285,9 @@ class Store:
                 "count": d.count, "escalated": d.escalated, "dry_run": dry_run, "node": node, "source": source,
                 "members": ",".join(d.members),
                 "text": trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""})
-            released += [{"b_target": m, "b_at": d.time, "b_why": "aggregated"} for m in d.members]
-            resets += [{"b_target": t, "b_at": exp if over else d.time} for t in (d.target, *d.members)]
-        if released:
-            self._release_many(conn, released)
-        conn.execute(sa.insert(BANS), rows)
+            resets.append({"b_target": d.target, "b_at": exp if over else d.time})
+        if rows:
+            conn.execute(sa.insert(BANS), rows)
         self._reset_many(conn, resets)
 
     _RELEASE = (sa.update(BANS).where(BANS.c.target == sa.bindparam("b_target"), BANS.c.released.is_(None))

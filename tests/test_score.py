@@ -1,0 +1,200 @@
+"""The scorer, pure: decay, thresholds, ban times, escalation, networks, allow-list."""
+import math
+
+from hypothesis import given, settings, strategies as st
+
+from logban.allow import AllowList
+from logban.parse import Offence
+from logban.score import DAY, HOUR, Policy, Scorer
+
+T0 = 1_795_000_000.0
+
+
+def off(ip: str, t: float, kind: str = "auth_failed", score: float = 1.0, rule: str = "r", name=None) -> Offence:
+    return Offence(T0 + t, ip, "postfix", rule, kind, score, "f", 1, b"line", name)
+
+
+def scorer(**kw) -> Scorer:
+    return Scorer(Policy(**kw), AllowList(own=()))
+
+
+def feed(sc: Scorer, offences) -> list:
+    out = []
+    for o in offences:
+        out += sc.add(o)
+    return out
+
+
+def test_single_dnsbl_hit_bans_at_once():
+    [d] = feed(scorer(), [off("192.0.2.1", 0, "dnsbl", 5)])
+    assert (d.target, d.kind, d.duration, d.count) == ("192.0.2.1", "dnsbl", 6 * HOUR, 1)
+
+
+def test_five_ordinary_offences_within_ten_minutes_ban_four_do_not():
+    sc = scorer()
+    assert feed(sc, [off("192.0.2.1", i * 140) for i in range(4)]) == []       # 4 in 7 minutes
+    [d] = sc.add(off("192.0.2.1", 4 * 140 + 30))                                # the 5th, 9m50s after the 1st
+    assert d.kind == "auth_failed" and d.duration == HOUR and d.score == 5
+
+
+def test_window_forgets_old_offences():
+    sc = scorer()
+    assert feed(sc, [off("192.0.2.1", i * 200) for i in range(10)]) == []      # one every 3m20s: never 5 in 10m
+    assert sc.score("192.0.2.1", T0 + 9 * 200) == 3
+
+
+def test_dictionary_attack_bans_fast():
+    [d] = feed(scorer(), [off("192.0.2.9", i, "unknown_user", 2) for i in range(3)])
+    assert d.kind == "unknown_user" and d.time == T0 + 2
+
+
+def test_half_life_decay():
+    sc = scorer(window=None, half_life=600.0)
+    sc.add(off("192.0.2.1", 0, score=4))
+    assert math.isclose(sc.score("192.0.2.1", T0 + 600), 2.0)
+    assert math.isclose(sc.score("192.0.2.1", T0 + 1200), 1.0)
+    assert sc.add(off("192.0.2.1", 600, score=2.5)) == []                      # 2 + 2.5 < 5
+    [d] = sc.add(off("192.0.2.1", 601, score=1))
+    assert d.reason.startswith("score 5.4")
+
+
+def test_ban_kind_is_the_worst_seen():
+    sc = scorer()
+    [d] = feed(sc, [off("192.0.2.1", 0, "auth_failed", 1, "sasl"), off("192.0.2.1", 1, "bad_helo", 2, "helo"),
+                    off("192.0.2.1", 2, "auth_failed", 2, "sasl")])
+    assert (d.kind, d.rule, d.duration) == ("bad_helo", "helo", 72 * HOUR)
+
+
+def test_rule_duration_overrides_kind():
+    [d] = feed(scorer(rule_durations={"helo": 600.0}), [off("192.0.2.1", 0, "bad_helo", 5, "helo")])
+    assert d.duration == 600
+
+
+def test_permanent_ban():
+    sc = scorer(durations={"virus": None})
+    [d] = sc.add(off("192.0.2.1", 0, "virus", 5))
+    assert d.duration is None and d.expires is None
+    assert sc.add(off("192.0.2.1", 100 * DAY, "virus", 5)) == []              # still banned
+
+
+def test_release_resets_the_score():
+    sc = scorer()
+    feed(sc, [off("192.0.2.1", i) for i in range(4)])
+    sc.release("192.0.2.1")
+    assert sc.score("192.0.2.1", T0 + 5) == 0
+    assert sc.add(off("192.0.2.1", 5)) == []
+
+
+def test_offences_during_a_ban_do_not_count_after_it():
+    sc = scorer()
+    [d] = sc.add(off("192.0.2.1", 0, "dnsbl", 5))
+    assert feed(sc, [off("192.0.2.1", 100 + i) for i in range(10)]) == []     # banned: not scored
+    assert sc.stats.while_banned == 10
+    after = d.duration + 1
+    assert feed(sc, [off("192.0.2.1", after + i) for i in range(4)]) == []    # must misbehave again, from zero
+    [d2] = sc.add(off("192.0.2.1", after + 5))
+    assert d2.count == 2
+
+
+def test_escalation_doubles_and_is_capped():
+    sc = scorer(max_duration=10 * HOUR)
+    got, t = [], 0.0
+    for _ in range(6):
+        [d] = sc.add(off("192.0.2.1", t, "auth_failed", 5))
+        got.append(d.duration)
+        t += d.duration + 60
+    assert got == [HOUR, 2 * HOUR, 4 * HOUR, 8 * HOUR, 10 * HOUR, 10 * HOUR]
+    assert [d.count for d in [d]] == [6]
+
+
+def test_escalation_only_within_lookback_and_can_be_off():
+    sc = scorer(lookback=DAY)
+    [d1] = sc.add(off("192.0.2.1", 0, "auth_failed", 5))
+    [d2] = sc.add(off("192.0.2.1", 2 * DAY, "auth_failed", 5))
+    assert (d2.duration, d2.escalated, d2.count) == (HOUR, False, 2)
+    sc = scorer(escalate=False)
+    sc.add(off("192.0.2.1", 0, "auth_failed", 5))
+    [d] = sc.add(off("192.0.2.1", HOUR + 1, "auth_failed", 5))
+    assert d.duration == HOUR and not d.escalated and d.count == 2
+
+
+def test_ipv6_scored_per_64():
+    sc = scorer()
+    ds = feed(sc, [off(f"2001:db8:1:2::{i:x}", i) for i in range(1, 6)])
+    assert [d.target for d in ds] == ["2001:db8:1:2::/64"]
+    assert sc.add(off("2001:db8:1:2:ffff::1", 10, "dnsbl", 5)) == []          # the whole /64 is banned
+    assert sc.add(off("2001:db8:1:3::1", 10, "dnsbl", 5))[0].target == "2001:db8:1:3::/64"
+
+
+def test_ipv6_per_address_when_configured():
+    [d] = feed(scorer(ipv6_prefix=128), [off("2001:db8::5", 0, "dnsbl", 5)])
+    assert d.target == "2001:db8::5"
+
+
+def test_three_address_bans_in_one_24_ban_the_24():
+    sc = scorer()
+    a = sc.add(off("198.51.100.1", 0, "dnsbl", 5))
+    b = sc.add(off("198.51.100.2", 1, "auth_failed", 5))
+    [n] = sc.add(off("198.51.100.3", 2, "relay_denied", 5))
+    assert [d.target for d in a + b] == ["198.51.100.1", "198.51.100.2"]
+    assert n.target == "198.51.100.0/24" and n.members == ("198.51.100.1", "198.51.100.2", "198.51.100.3")
+    assert n.kind == "relay_denied" and n.duration == 12 * HOUR                 # the worst member's
+    assert sc.add(off("198.51.100.77", 3, "dnsbl", 5)) == []                    # covered
+    assert "198.51.100.1" not in sc.active
+
+
+def test_expired_members_do_not_aggregate():
+    sc = scorer()
+    sc.add(off("198.51.100.1", 0, "auth_failed", 5))                 # 1h
+    sc.add(off("198.51.100.2", 2 * HOUR, "auth_failed", 5))
+    [d] = sc.add(off("198.51.100.3", 2 * HOUR + 1, "auth_failed", 5))
+    assert d.target == "198.51.100.3"                                # .1 has been released by then
+    assert scorer(subnet_bans=0).add(off("198.51.100.1", 0, "dnsbl", 5))[0].target == "198.51.100.1"
+
+
+def test_allow_list_addresses_and_names():
+    allow = AllowList(["192.0.2.0/28"], ["*.mailout.example.com", "mx-*.example.org"], own=())
+    sc = Scorer(Policy(), allow)
+    assert feed(sc, [off("192.0.2.5", i, "dnsbl", 5) for i in range(3)]) == []
+    assert feed(sc, [off("198.51.100.5", 0, "dnsbl", 5, name="a.mailout.example.com")]) == []
+    assert feed(sc, [off("198.51.100.6", 0, "dnsbl", 5, name="mx-7.example.org")]) == []
+    assert feed(sc, [off("198.51.100.7", 0, "dnsbl", 5, name="mailout.example.com.evil.example")])
+    assert feed(sc, [off("127.0.0.1", 0, "dnsbl", 5), off("::1", 0, "dnsbl", 5)]) == []
+    assert sc.stats.allowed == 7
+
+
+def test_eviction_bounds_memory_and_keeps_high_scores():
+    sc = scorer(max_tracked=1000)
+    sc.add(off("192.0.2.200", 0, score=4))
+    for i in range(20_000):
+        sc.add(off(f"2001:db8:{i >> 16:x}:{i & 0xffff:x}::1", 1, score=0.5))
+    assert len(sc.tracks) <= 1500 and sc.stats.evicted > 0
+    assert sc.score("192.0.2.200", T0 + 2) == 4
+
+
+ips = st.sampled_from(["192.0.2.1", "192.0.2.2", "198.51.100.3", "203.0.113.4", "2001:db8::1", "2001:db8::2:1", "127.0.0.1"])
+kinds = st.sampled_from(["auth_failed", "dnsbl", "unknown_user", "virus", "bad_helo"])
+events = st.lists(st.tuples(ips, st.floats(0, 3 * DAY), kinds, st.sampled_from([0.5, 1.0, 2.0, 5.0])), max_size=80)
+
+
+@settings(max_examples=150, deadline=None)
+@given(events, st.sampled_from([2, 3, 0]), st.floats(1.5, 4), st.sampled_from([HOUR, 6 * HOUR]))
+def test_properties(evs, k, factor, cap):
+    sc = Scorer(Policy(subnet_bans=k, factor=factor, max_duration=cap), AllowList(["203.0.113.0/24"], own=()))
+    ds = feed(sc, [off(ip, t, kind, s) for ip, t, kind, s in sorted(evs, key=lambda e: e[1])])
+    for d in ds:
+        # allow-list always wins
+        assert not d.target.startswith(("127.", "203.0.113.")) and not any(m.startswith("203.") for m in d.members)
+        assert d.score >= 5
+        base = Policy().base_duration(d.kind)
+        # escalation never goes past the cap (unless the kind's own time is longer) nor below the base
+        assert base <= d.duration <= max(base, cap)
+        assert d.escalated == (d.duration > base)
+    # a target is never banned twice while its ban runs
+    for a, b in zip(ds, ds[1:]):
+        if a.target == b.target:
+            assert b.time >= a.expires
+    counts: dict[str, int] = {}
+    for d in ds:
+        counts[d.target] = counts.get(d.target, 0) + 1
+        assert d.count == counts[d.target]

@@ -1,0 +1,177 @@
+"""The store on a real SQLite file: schema, migrations, bans, releases, restarts."""
+import sqlite3
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from logban import store as store_mod
+from logban.allow import AllowList
+from logban.engine import Engine
+from logban.errors import StoreError
+from logban.parse import Offence
+from logban.score import HOUR, Decision, Policy
+from logban.store import Store
+
+
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'logban.db'}"
+
+
+def off(ip, t, kind="auth_failed", score=1.0):
+    return Offence(t, ip, "postfix", "rule-" + kind, kind, score, "mail.log", 1, b"a log line \xff", None)
+
+
+def engine(tmp_path, **policy) -> Engine:
+    return Engine(Store(url(tmp_path)), Policy(**policy), AllowList(own=()), node="mx1", dry_run=False)
+
+
+def test_new_database_is_wal_with_a_schema_version(tmp_path):
+    s = Store(url(tmp_path))
+    assert s.schema_version() == store_mod.SCHEMA_VERSION
+    with sqlite3.connect(tmp_path / "logban.db") as c:
+        assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type='table'")} >= \
+            {"meta", "offenders", "offences", "bans"}
+
+
+def test_default_path_follows_xdg_when_not_root(monkeypatch, tmp_path):
+    monkeypatch.setattr(store_mod.os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
+    assert store_mod.default_url() == f"sqlite:///{tmp_path}/logban/logban.db"
+    monkeypatch.setattr(store_mod.os, "geteuid", lambda: 0)
+    assert store_mod.default_url() == "sqlite:////var/lib/logban/logban.db"
+
+
+def test_garbage_file_is_refused_and_left_alone(tmp_path):
+    p = tmp_path / "logban.db"
+    junk = b"this is not a database\x00" * 100
+    p.write_bytes(junk)
+    with pytest.raises(StoreError, match="cannot open the database"):
+        Store(url(tmp_path))
+    assert p.read_bytes() == junk
+
+
+def test_newer_schema_is_refused(tmp_path):
+    Store(url(tmp_path)).close()
+    with sqlite3.connect(tmp_path / "logban.db") as c:
+        c.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    with pytest.raises(StoreError, match="newer than this logban"):
+        Store(url(tmp_path))
+
+
+def test_migration_runs_once_and_a_failed_one_changes_nothing(tmp_path, monkeypatch):
+    s = Store(url(tmp_path))
+    s.ban(Decision("192.0.2.1", "manual", "", 0, time.time(), HOUR, 1, False, "old"), node="a", dry_run=False,
+          now=time.time())
+    s.close()
+    v = store_mod.SCHEMA_VERSION
+
+    def broken(conn):
+        conn.exec_driver_sql("ALTER TABLE bans ADD COLUMN extra TEXT")
+        raise sa.exc.OperationalError("step", {}, Exception("disk on fire"))
+
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", v + 1)
+    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: broken})
+    with pytest.raises(StoreError, match="disk on fire"):
+        Store(url(tmp_path))
+    with sqlite3.connect(tmp_path / "logban.db") as c:       # all or nothing: no column, old version
+        assert "extra" not in [r[1] for r in c.execute("PRAGMA table_info(bans)")]
+        assert c.execute("SELECT value FROM meta").fetchone()[0] == str(v)
+
+    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: lambda conn: conn.exec_driver_sql(
+        "ALTER TABLE bans ADD COLUMN extra TEXT DEFAULT 'x'")})
+    s = Store(url(tmp_path))
+    assert s.schema_version() == v + 1
+    with sqlite3.connect(tmp_path / "logban.db") as c:
+        assert c.execute("SELECT target, extra FROM bans").fetchall() == [("192.0.2.1", "x")]
+
+
+def test_scores_survive_a_restart(tmp_path):
+    t = time.time() - 60
+    e = engine(tmp_path)
+    e.add([off("192.0.2.7", t + i) for i in range(4)])
+    e.close()
+    assert e.store.active_bans(time.time()) == []
+    e = engine(tmp_path)                                    # a new process: state from the store
+    assert e.scorer.score("192.0.2.7", t + 5) == 4
+    e.add([off("192.0.2.7", t + 5)])
+    e.close()
+    [b] = e.store.active_bans(time.time())
+    assert (b.target, b.kind, b.count, b.node) == ("192.0.2.7", "auth_failed", 1, "mx1")
+    assert b.text == "a log line \ufffd"
+
+
+def test_release_clears_the_score_for_the_next_run(tmp_path):
+    t = time.time() - 60
+    e = engine(tmp_path)
+    e.add([off("192.0.2.7", t + i) for i in range(4)])
+    e.close()
+    e.store.release(["192.0.2.7"], "unban", time.time())
+    e = engine(tmp_path)
+    assert e.scorer.score("192.0.2.7", t + 5) == 0
+    e.add([off("192.0.2.7", t + 5)])
+    e.close()
+    assert e.store.active_bans(time.time()) == []
+
+
+def test_escalation_is_persisted(tmp_path):
+    base = time.time() - 10 * HOUR
+    for i, want in enumerate([HOUR, 2 * HOUR, 4 * HOUR]):
+        e = engine(tmp_path)
+        e.add([off("192.0.2.8", base + i * 3 * HOUR, "auth_failed", 5)])
+        e.close()
+        b = e.store.bans(target="192.0.2.8")[-1]
+        assert (b.duration, b.count, b.escalated) == (want, i + 1, i > 0)
+
+
+def test_old_bans_are_recorded_as_expired(tmp_path):
+    e = engine(tmp_path)
+    e.add([off("192.0.2.9", time.time() - 3 * 86400, "dnsbl", 5)])
+    e.close()
+    [b] = e.store.bans()
+    assert b.released == b.expires and b.release_reason == "expiry"
+    assert e.stats.expired_on_arrival == 1
+
+
+def test_expiry_and_allow_list_release_on_start(tmp_path):
+    s = Store(url(tmp_path))
+    now = time.time()
+    for ip, dur in (("192.0.2.10", 1.0), ("192.0.2.11", HOUR), ("198.51.100.12", HOUR)):
+        s.ban(Decision(ip, "manual", "", 0, now - 2, dur, 1, False, "t"), node="a", dry_run=False, now=now - 2)
+    e = Engine(s, Policy(), AllowList(["198.51.100.0/24"], own=()), node="a", dry_run=False)
+    e.close()
+    by = {b.target: b.release_reason for b in s.bans()}
+    assert by == {"192.0.2.10": "expiry", "192.0.2.11": None, "198.51.100.12": "allow-list"}
+
+
+def test_network_ban_releases_its_members(tmp_path):
+    e = engine(tmp_path)
+    t = time.time() - 30
+    e.add([off(f"203.0.113.{i}", t + i, "dnsbl", 5) for i in (1, 2, 3)])
+    e.close()
+    bans = {b.target: b for b in e.store.bans()}
+    assert bans["203.0.113.0/24"].members == "203.0.113.1,203.0.113.2,203.0.113.3"
+    assert bans["203.0.113.1"].release_reason == bans["203.0.113.2"].release_reason == "aggregated"
+    assert [b.target for b in e.store.active_bans(time.time())] == ["203.0.113.0/24"]
+
+
+def test_retention_prunes_old_offences(tmp_path):
+    e = engine(tmp_path)
+    now = time.time()
+    e.add([off("192.0.2.20", now - 40 * 86400), off("192.0.2.21", now - 60)])
+    e.close()
+    assert e.store.prune(now, 30 * 86400) == 1
+    assert e.store.offender("192.0.2.20") is None and e.store.offender("192.0.2.21") is not None
+
+
+def test_stats(tmp_path):
+    e = engine(tmp_path)
+    t = time.time() - 100
+    e.add([off("192.0.2.30", t, "dnsbl", 5), off("192.0.2.31", t + 1), off("192.0.2.31", t + 2, "unknown_user")])
+    e.close()
+    s = e.store.stats(None, time.time())
+    assert s["offences"] == 3 and s["by_kind"] == {"auth_failed": 1, "dnsbl": 1, "unknown_user": 1}
+    assert s["bans_active"] == s["bans_total"] == 1 and s["bans_by_kind"] == {"dnsbl": 1}
+    assert s["top"][0]["ip"] == "192.0.2.31" and s["top"][0]["kinds"] == {"auth_failed": 1, "unknown_user": 1}
+    assert e.store.stats(time.time() + 10, time.time())["offences"] == 0
