@@ -1,0 +1,155 @@
+"""End to end: the real `logban` with a real SQLite file: scan --apply, list, ban, unban, show, stats."""
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.fixture
+def db(tmp_path):
+    return f"sqlite:///{tmp_path / 'state' / 'logban.db'}"
+
+
+def recent_log(path, lines):
+    """Postfix lines stamped a few minutes ago (so their bans are still running)."""
+    t = datetime.now() - timedelta(minutes=5)
+    with open(path, "w") as f:
+        for i, msg in enumerate(lines):
+            f.write(f"{(t + timedelta(seconds=i)):%b %e %H:%M:%S} mx postfix/smtpd[1{i}]: {msg}\n")
+    return path
+
+
+UNKNOWN = "NOQUEUE: reject: RCPT from unknown[{ip}]: 550 5.1.1 <u{i}@example.com>: Recipient address rejected: User unknown in local recipient table; from=<a@example.org> to=<u{i}@example.com> proto=ESMTP helo=<x>"
+DNSBL = "NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 Service unavailable; Client host [{ip}] blocked using zen.spamhaus.org; from=<a@example.org> to=<b@example.com> proto=ESMTP helo=<x>"
+
+
+def test_scan_apply_then_list_show_unban_stats(logban, db, tmp_path):
+    log = recent_log(tmp_path / "mail.log", [UNKNOWN.format(ip="192.0.2.70", i=i) for i in range(3)]
+                     + [DNSBL.format(ip="2001:db8:5:6::9")]
+                     + [UNKNOWN.format(ip="198.51.100.8", i=1)])
+    r = logban("--db", db, "scan", "--apply", "--json", str(log))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["applied"]["bans"] == 2
+
+    r = logban("--db", db, "list", "--json")
+    bans = {b["target"]: b for b in json.loads(r.stdout)}
+    assert set(bans) == {"192.0.2.70", "2001:db8:5:6::/64"}
+    b = bans["192.0.2.70"]
+    assert {"target", "kind", "reason", "score", "since", "until", "count"} <= set(b)
+    assert (b["kind"], b["score"], b["count"]) == ("unknown_user", 6.0, 1)
+    since = datetime.fromisoformat(b["since"].replace("Z", "+00:00"))
+    until = datetime.fromisoformat(b["until"].replace("Z", "+00:00"))
+    assert until - since == timedelta(hours=12)
+
+    r = logban("--db", db, "show", "--json", "2001:db8:5:6::1")           # an address inside the /64 ban
+    s = json.loads(r.stdout)
+    assert s["banned"] and s["scored_as"] == "2001:db8:5:6::/64" and s["bans"][0]["kind"] == "dnsbl"
+    r = logban("--db", db, "show", "192.0.2.70")
+    assert r.returncode == 0 and "BANNED" in r.stdout.decode() and "unknown_user x3" in r.stdout.decode()
+
+    r = logban("--db", db, "unban", "2001:db8:5:6::1")                    # lifts the covering /64
+    assert r.returncode == 0 and "lifted 2001:db8:5:6::/64" in r.stdout.decode()
+    assert [b["target"] for b in json.loads(logban("--db", db, "list", "--json").stdout)] == ["192.0.2.70"]
+
+    r = logban("--db", db, "list", "--all", "--json")
+    assert {b["target"]: b["release_reason"] for b in json.loads(r.stdout)}["2001:db8:5:6::/64"] == "unban"
+
+    st = json.loads(logban("--db", db, "stats", "--json").stdout)
+    assert st["offences"] == 5 and st["by_kind"] == {"unknown_user": 4, "dnsbl": 1}
+    assert st["bans_active"] == 1 and st["bans_total"] == 2 and st["top"][0]["ip"] == "192.0.2.70"
+    assert "Offences in the last 1d: 5 " in logban("--db", db, "stats", "--since", "1d").stdout.decode()
+
+
+def test_unban_clears_the_score(logban, db, tmp_path):
+    lines = [UNKNOWN.format(ip="192.0.2.71", i=i) for i in range(2)]
+    logban("--db", db, "scan", "--apply", str(recent_log(tmp_path / "a.log", lines)))
+    assert logban("--db", db, "unban", "192.0.2.71").returncode == 0
+    # Two more: 4 points since the unban, under the threshold (8 without the reset).
+    t = datetime.now() - timedelta(minutes=1)
+    (tmp_path / "b.log").write_text("".join(
+        f"{t:%b %e %H:%M:%S} mx postfix/smtpd[9]: {UNKNOWN.format(ip='192.0.2.71', i=i)}\n" for i in range(2)))
+    logban("--db", db, "scan", "--apply", str(tmp_path / "b.log"))
+    assert json.loads(logban("--db", db, "list", "--json").stdout) == []
+
+
+def test_manual_ban_and_bad_targets(logban, db):
+    r = logban("--db", db, "ban", "198.51.100.0/24", "--for", "3d", "--reason", "spam run")
+    assert r.returncode == 0, r.stderr
+    [b] = json.loads(logban("--db", db, "list", "--json").stdout)
+    assert (b["target"], b["kind"], b["reason"], b["source"]) == ("198.51.100.0/24", "manual", "spam run", "manual")
+    for bad in (["ban", "300.1.2.3"], ["ban", "192.0.2.1", "--for", "-5m"], ["ban", "192.0.2.1", "--for", "soon"],
+                ["unban", "198.51.100.7", "not-an-ip"], ["show", "x"], ["ban", "127.0.0.1"]):
+        r = logban("--db", db, *bad)
+        assert r.returncode == 2, bad
+        assert len(r.stderr.decode().strip().splitlines()) == 1 and b"Traceback" not in r.stderr
+    # nothing changed: the valid first target of the failed unban is still banned
+    assert [b["target"] for b in json.loads(logban("--db", db, "list", "--json").stdout)] == ["198.51.100.0/24"]
+    r = logban("--db", db, "unban", "198.51.100.7")
+    assert "lifted 198.51.100.0/24" in r.stdout.decode()
+    assert logban("--db", db, "ban", "192.0.2.5").returncode == 0
+    r = logban("--db", db, "ban", "192.0.2.5", "--for", "permanent")
+    [b] = json.loads(logban("--db", db, "list", "--json").stdout)
+    assert b["until"] is None and b["count"] == 2
+
+
+def test_dry_run_is_recorded_as_such(logban, db, tmp_path):
+    log = recent_log(tmp_path / "m.log", [DNSBL.format(ip="192.0.2.80")])
+    assert logban("--db", db, "scan", "--apply", "--dry-run", str(log)).returncode == 0
+    [b] = json.loads(logban("--db", db, "list", "--json").stdout)
+    assert b["dry_run"] is True
+    assert "dry-run" in logban("--db", db, "list").stdout.decode()
+
+
+def test_bad_config_names_the_key(logban, tmp_path):
+    for body, key in (('[ban.durations]\nspam = "1h"\n', "ban.durations: unknown kind 'spam'"),
+                      ('[ban.durations]\nvirus = "-1h"\n', "ban.durations.virus"),
+                      ('[score]\nthreshold = 0\n', "score.threshold"),
+                      ('[allow]\naddresses = ["192.0.2.0/33"]\n', "allow.addresses"),
+                      ('[allow]\nhostnames = ["bad name!"]\n', "allow.hostnames"),
+                      ('[ban.rules]\nno-such-rule = "1h"\n', "ban.rules")):
+        cfg = tmp_path / "c.toml"
+        cfg.write_text(body)
+        r = logban("-c", str(cfg), "--db", f"sqlite:///{tmp_path}/x.db", "scan", "--apply", "samples/logs")
+        assert r.returncode == 2, body
+        err = r.stderr.decode().strip()
+        assert key in err and len(err.splitlines()) == 1, err
+
+
+def test_unopenable_database_exits_1_and_is_not_damaged(logban, tmp_path):
+    p = tmp_path / "junk.db"
+    p.write_bytes(b"\x00garbage" * 512)
+    r = logban("--db", f"sqlite:///{p}", "list")
+    assert r.returncode == 1 and b"cannot open the database" in r.stderr and b"Traceback" not in r.stderr
+    assert p.read_bytes() == b"\x00garbage" * 512
+    r = logban("--db", "nosuchdb://x", "list")
+    assert r.returncode == 1 and len(r.stderr.splitlines()) == 1
+
+
+def test_reader_during_heavy_writes(logban, db, tmp_path):
+    """`list` and `stats` while `scan --apply` writes: they neither block it nor fail."""
+    log = tmp_path / "big.log"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "genlog.py"), "-n", "300000", "-o", str(log)], check=True)
+    assert logban("--db", db, "list").returncode == 0            # the database exists before the writer starts
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    writer = subprocess.Popen([sys.executable, "-m", "logban", "--db", db, "scan", "--apply", "--json", str(log)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    reads, deadline = 0, time.monotonic() + 120
+    while writer.poll() is None and time.monotonic() < deadline:
+        for cmd in (["list", "--json", "--all"], ["stats", "--json"]):
+            t0 = time.monotonic()
+            r = logban("--db", db, *cmd, timeout=60)
+            assert r.returncode == 0, r.stderr
+            json.loads(r.stdout)
+            assert time.monotonic() - t0 < 20
+            reads += 1
+    out, err = writer.communicate(timeout=120)
+    assert writer.returncode == 0, err
+    assert reads >= 2
+    applied = json.loads(out)["applied"]
+    assert json.loads(logban("--db", db, "stats", "--json").stdout)["offences"] == applied["offences"] > 50_000
