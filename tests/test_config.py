@@ -45,3 +45,35 @@ def test_bad_config_names_the_key(tmp_path, text, key):
 def test_missing_config_file(tmp_path):
     with pytest.raises(UsageError, match="config file not found"):
         load_config(tmp_path / "none.toml")
+
+
+def test_scoring_and_ban_tables(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('database = "sqlite:////tmp/x.db"\nnode = "mx2"\ndry_run = true\n'
+                 '[score]\nthreshold = 8\nhalf_life = "15m"\n'
+                 '[ban]\nfactor = 3\nmax = "7d"\nsubnet_bans = 0\nipv6_prefix = 56\n'
+                 '[ban.durations]\nvirus = "permanent"\nauth_failed = "30m"\n'
+                 '[allow]\naddresses = ["192.0.2.0/24"]\nhostnames = ["*.mailout.example.com"]\n'
+                 '[store]\nretention = "7d"\n')
+    c = load_config(p)
+    pol = c.policy
+    assert (c.database, c.node, c.dry_run, c.retention) == ("sqlite:////tmp/x.db", "mx2", True, 7 * 86400)
+    assert (pol.threshold, pol.window, pol.half_life, pol.factor, pol.max_duration) == (8, None, 900, 3, 7 * 86400)
+    assert pol.base_duration("virus") is None and pol.base_duration("auth_failed") == 1800
+    assert pol.base_duration("bad_helo") == 72 * 3600 and pol.subnet_bans == 0 and pol.ipv6_prefix == 56
+    assert c.allow.addresses == ("192.0.2.0/24",)
+
+
+def test_bad_scoring_values(tmp_path):
+    import pytest
+    from logban.errors import UsageError
+    p = tmp_path / "c.toml"
+    for body, key in (('[score]\nwindow = "10m"\nhalf_life = "5m"\n', "score.window and score.half_life"),
+                      ('[ban]\nsubnet_bans = 1\n', "ban.subnet_bans"),
+                      ('[ban]\nfactor = 0.5\n', "ban.factor"),
+                      ('[ban]\nescalate = "yes"\n', "ban.escalate"),
+                      ('[ban]\nwhat = 1\n', "ban.'what'"),
+                      ('dry_run = 1\n', "dry_run")):
+        p.write_text(body)
+        with pytest.raises(UsageError, match=key.replace(".", r"\.").replace("'", "'")):
+            load_config(p)

@@ -233,3 +233,28 @@ match = 'evil: (?:a|a)*(?:a|a)*b {{IP}}'
     out = p.feed(line * 3 + b"Nov 20 01:00:00 mx x[1]: " + b"\x00" * 2_000_000 + b"\n", 0)
     assert time.monotonic() - start < 5
     assert out == [] and p.stats.timeouts == 3 and p.stats.truncated == 3 and p.stats.lines == 4
+
+
+def test_rate_rule_counts_connections():
+    from logban.parse import Clock, Parser
+    from logban.rules import load_rules, shipped_rules_dir
+    p = Parser(load_rules([shipped_rules_dir()]), clock=Clock("UTC", reference=1_795_000_000))
+    lines = b"".join(b"Nov 20 10:00:%02d mx postfix/smtpd[1]: connect from unknown[192.0.2.90]\n" % (i % 60)
+                     for i in range(31))
+    slow = b"".join(b"Nov 20 10:%02d:00 mx postfix/smtpd[1]: connect from unknown[192.0.2.91]\n" % i for i in range(40))
+    got = p.parse_lines(lines + slow)
+    assert [(o.ip, o.kind, o.rule) for o in got] == [("192.0.2.90", "protocol_abuse", "postfix-connect-rate")]
+
+
+def test_verified_name_only_from_the_mta():
+    from logban.parse import Clock, Parser
+    from logban.rules import load_rules, shipped_rules_dir
+    p = Parser(load_rules([shipped_rules_dir()]), clock=Clock("UTC", reference=1_795_000_000))
+    data = (b"Nov 20 10:00:01 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from mx1.mailout.example.com[192.0.2.10]: "
+            b"454 4.7.1 <a@example.net>: Relay access denied; from=<a@example.org> to=<a@example.net> proto=ESMTP helo=<x>\n"
+            b"Nov 20 10:00:02 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.11]: "
+            b"454 4.7.1 <a@example.net>: Relay access denied; from=<a@example.org> to=<a@example.net> proto=ESMTP helo=<x.mailout.example.com>\n"
+            b"Nov 20 10:00:03 mx sm-mta[2]: 4AKA0001: ruleset=check_rcpt, arg1=<s@example.net>, relay=x.mailout.example.com "
+            b"[192.0.2.12] (may be forged), reject=550 5.7.1 <s@example.net>... Relaying denied\n")
+    assert [(o.ip, o.name) for o in p.parse_lines(data)] == [
+        ("192.0.2.10", "mx1.mailout.example.com"), ("192.0.2.11", None), ("192.0.2.12", None)]
