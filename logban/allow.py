@@ -88,7 +88,8 @@ class AllowList:
     def address_allowed(self, ip: str) -> bool:
         got = self._cache.get(ip)
         if got is None:
-            got = self._net_allowed(ipaddress.ip_network(ip, strict=False))
+            a = ipaddress.ip_address(ip)
+            got = self._num_allowed(a.version, int(a), a.max_prefixlen)
             if len(self._cache) > _CACHE_MAX:
                 self._cache.clear()
             self._cache[ip] = got
@@ -96,10 +97,12 @@ class AllowList:
 
     def _net_allowed(self, net: Network) -> bool:
         """True when `net` lies wholly inside an allowed network."""
-        bits = 32 if net.version == 4 else 128
-        num = int(net.network_address)
-        for plen, nums in self._by_len[net.version].items():
-            if plen <= net.prefixlen and (num >> (bits - plen) << (bits - plen)) in nums:
+        return self._num_allowed(net.version, int(net.network_address), net.prefixlen)
+
+    def _num_allowed(self, version: int, num: int, prefixlen: int) -> bool:
+        bits = 32 if version == 4 else 128
+        for plen, nums in self._by_len[version].items():
+            if plen <= prefixlen and (num >> (bits - plen) << (bits - plen)) in nums:
                 return True
         return False
 

@@ -104,7 +104,9 @@ class ScoreStats:
 
 
 def network_of(ip: str, prefix: int) -> str:
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+    a = ipaddress.ip_address(ip)
+    drop = a.max_prefixlen - prefix
+    return f"{type(a)(int(a) >> drop << drop)}/{prefix}"
 
 
 class Scorer:

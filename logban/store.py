@@ -1,5 +1,9 @@
 """Where decisions are kept: offenders, offences and bans in a database, through sqlmodel.
 
+The models define the tables; reads hand back SQLAlchemy rows (attribute access
+by column name) because building a model object per row costs more than the
+query when `list` shows 100,000 bans.
+
 SQLite by default (WAL, so a CLI read never blocks the daemon's writes, and a
 busy timeout, so two writers wait for each other instead of failing); any
 SQLAlchemy URL otherwise (PostgreSQL for several mail servers). Times are
@@ -223,8 +227,11 @@ class Store:
                 conn.exec_driver_sql(self._offence_sql(conn), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
                      o.raw[:TEXT_MAX].decode("utf-8", "replace")) for o, t in offences])
-                self._upsert_offenders(conn, offences, scores or {})
-            self._insert_bans(conn, decisions, node=node, dry_run=dry_run, now=now, source="auto")
+            # A ban resets its target's score: for targets in this batch that rides on the upsert.
+            resets = {d.target: (d.expires if d.expires is not None and d.expires <= now else d.time)
+                      for d in decisions}
+            folded = self._upsert_offenders(conn, offences, scores or {}, resets) if offences else set()
+            self._insert_bans(conn, decisions, node=node, dry_run=dry_run, now=now, source="auto", reset_done=folded)
 
     @staticmethod
     def _offence_sql(conn: Connection) -> str:
@@ -233,14 +240,15 @@ class Store:
         return f"INSERT INTO offences ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
 
     def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
-                          scores: dict[str, float]) -> None:
+                          scores: dict[str, float], resets: dict[str, float]) -> set[str]:
+        """Offender rows for this batch; returns the targets whose reset went in with them."""
         agg: dict[str, dict] = {}
         for o, t in offences:
             a = agg.get(t)
             if a is None:
                 agg[t] = {"target": t, "first_seen": o.time, "last_seen": o.time, "offences": 1,
                           "kinds": _KIND_BIT.get(o.kind, 0), "name": o.name,
-                          "score": scores.get(t, 0.0), "score_time": o.time, "reset_at": 0.0}
+                          "score": scores.get(t, 0.0), "score_time": o.time, "reset_at": resets.get(t, 0.0)}
             else:
                 a["offences"] += 1
                 a["kinds"] |= _KIND_BIT.get(o.kind, 0)
@@ -259,11 +267,13 @@ class Store:
             "score": sa.case((newer, ex.score), else_=cur.score),
             "score_time": sa.case((newer, ex.score_time), else_=cur.score_time),
             "name": sa.func.coalesce(ex.name, cur.name),
+            "reset_at": sa.case((ex.reset_at > cur.reset_at, ex.reset_at), else_=cur.reset_at),
         })
         conn.execute(stmt, list(agg.values()))
+        return set(agg) & set(resets)
 
     def _insert_bans(self, conn: Connection, decisions: list[Decision], *, node: str, dry_run: bool,
-                     now: float, source: str) -> None:
+                     now: float, source: str, reset_done: set[str] = frozenset()) -> None:
         """Bans decided, in one statement; a ban already over by `now` goes in as expired."""
         if not decisions:
             return
@@ -285,10 +295,12 @@ class Store:
                 "count": d.count, "escalated": d.escalated, "dry_run": dry_run, "node": node, "source": source,
                 "members": ",".join(d.members),
                 "text": trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""})
-            resets.append({"b_target": d.target, "b_at": exp if over else d.time})
+            if d.target not in reset_done:
+                resets.append({"b_target": d.target, "b_at": exp if over else d.time})
         if rows:
             conn.execute(sa.insert(BANS), rows)
-        self._reset_many(conn, resets)
+        if resets:
+            self._reset_many(conn, resets)
 
     _RELEASE = (sa.update(BANS).where(BANS.c.target == sa.bindparam("b_target"), BANS.c.released.is_(None))
                 .values(released=sa.bindparam("b_at"), release_reason=sa.bindparam("b_why")))
@@ -339,22 +351,22 @@ class Store:
             return n
 
     # ---- reading -------------------------------------------------------------------------
-    def active_bans(self, now: float) -> list[BanRow]:
+    def active_bans(self, now: float) -> list[sa.Row]:
         with self.read() as conn:
             q = sa.select(BANS).where(BANS.c.released.is_(None),
                                       sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now)).order_by(BANS.c.created)
-            return [BanRow(**r._mapping) for r in conn.execute(q)]
+            return list(conn.execute(q))
 
-    def bans(self, *, target: str | None = None) -> list[BanRow]:
+    def bans(self, *, target: str | None = None) -> list[sa.Row]:
         with self.read() as conn:
             q = sa.select(BANS).order_by(BANS.c.created, BANS.c.id)
             if target is not None:
                 q = q.where(BANS.c.target == target)
-            return [BanRow(**r._mapping) for r in conn.execute(q)]
+            return list(conn.execute(q))
 
-    def unreleased(self) -> list[BanRow]:
+    def unreleased(self) -> list[sa.Row]:
         with self.read() as conn:
-            return [BanRow(**r._mapping) for r in conn.execute(sa.select(BANS).where(BANS.c.released.is_(None)))]
+            return list(conn.execute(sa.select(BANS).where(BANS.c.released.is_(None))))
 
     def history(self) -> dict[str, Past]:
         """The latest ban of every target: what escalation and ban counts build on."""
@@ -363,7 +375,7 @@ class Store:
             q = sa.select(BANS.c.target, BANS.c.created, BANS.c.duration, BANS.c.count).where(BANS.c.id.in_(last))
             return {t: Past(c, d, n) for t, c, d, n in conn.execute(q)}
 
-    def recent_offences(self, horizon: float) -> list[OffenceRow]:
+    def recent_offences(self, horizon: float) -> list[sa.Row]:
         """Offences that may still count toward a score: within `horizon` of the newest, after each reset."""
         with self.read() as conn:
             newest = conn.execute(sa.select(sa.func.max(OFFENCES.c.time))).scalar()
@@ -372,21 +384,21 @@ class Store:
             q = (sa.select(OFFENCES).join(OFFENDERS, OFFENDERS.c.target == OFFENCES.c.target)
                  .where(OFFENCES.c.time >= newest - horizon, OFFENCES.c.time > OFFENDERS.c.reset_at)
                  .order_by(OFFENCES.c.time))
-            return [OffenceRow(**r._mapping) for r in conn.execute(q)]
+            return list(conn.execute(q))
 
-    def offender(self, target: str) -> OffenderRow | None:
+    def offender(self, target: str) -> sa.Row | None:
         with self.read() as conn:
             r = conn.execute(sa.select(OFFENDERS).where(OFFENDERS.c.target == target)).first()
-            return OffenderRow(**r._mapping) if r else None
+            return r
 
-    def offences_of(self, targets: list[str], ips: list[str], limit: int) -> tuple[int, list[OffenceRow]]:
+    def offences_of(self, targets: list[str], ips: list[str], limit: int) -> tuple[int, list[sa.Row]]:
         with self.read() as conn:
             cond = OFFENCES.c.target.in_(targets)
             if ips:
                 cond = sa.and_(cond, OFFENCES.c.ip.in_(ips))
             total = conn.execute(sa.select(sa.func.count()).select_from(OFFENCES).where(cond)).scalar_one()
             rows = conn.execute(sa.select(OFFENCES).where(cond).order_by(OFFENCES.c.time.desc()).limit(limit))
-            return total, [OffenceRow(**r._mapping) for r in rows]
+            return total, list(rows)
 
     def stats(self, since: float | None, now: float, top: int = 10) -> dict:
         with self.read() as conn:
