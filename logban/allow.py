@@ -19,7 +19,6 @@ from pathlib import Path
 
 import regex
 
-from .errors import UsageError
 
 _NAME_PATTERN = regex.compile(r"[A-Za-z0-9*?_-]+(?:\.[A-Za-z0-9*?_-]+)*\.?")
 _CACHE_MAX = 100_000
@@ -27,12 +26,12 @@ _CACHE_MAX = 100_000
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def parse_network(text: str) -> Network:
-    """An address or CIDR as a network; host bits set in a CIDR are refused (they hint at a typo)."""
+def parse_network(text: str, strict: bool = True) -> Network:
+    """An address or CIDR as a network; `strict`: host bits set in a CIDR are refused (they hint at a typo)."""
     t = text.strip()
     if t[:5].lower() == "ipv6:":
         t = t[5:]
-    net = ipaddress.ip_network(t, strict=True)
+    net = ipaddress.ip_network(t, strict=strict)
     if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
         net = ipaddress.ip_network((net.network_address.ipv4_mapped, net.prefixlen - 96))
     return net
@@ -175,17 +174,3 @@ class Resolver:
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-
-def allow_list_from(networks: Iterable[str], names: Iterable[str], where: str) -> AllowList:
-    """Build from config values; a bad entry is the user's mistake, named by key."""
-    for n in networks:
-        try:
-            parse_network(n)
-        except ValueError as e:
-            raise UsageError(f"{where}allow.addresses: {e}") from None
-    for p in names:
-        try:
-            check_name_pattern(p)
-        except ValueError as e:
-            raise UsageError(f"{where}allow.hostnames: {e}") from None
-    return AllowList(networks, names)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
-from .allow import AllowList, Resolver
+from .allow import AllowList, Resolver, parse_network
 from .config import Config, load_config
 from .errors import StoreError, UsageError
 from .parse import Clock, Offence, Parser, canonical_ip, iso
@@ -240,21 +240,17 @@ def applied_human(engine) -> str:
 
 def parse_target(text: str, what: str = "target") -> str:
     """An address or network as the store spells it; a malformed one is the user's mistake."""
-    t = text.strip()
+    bad = f"{what} {text!r}: not an address or network (like 192.0.2.7, 198.51.100.0/24, 2001:db8::/64)"
+    if "/" not in text:
+        ip = canonical_ip(text.strip())
+        if ip is None:
+            raise UsageError(bad)
+        return ip
     try:
-        if "/" in t:
-            net = ipaddress.ip_network(t.removeprefix("IPv6:"), strict=False)
-            if net.version == 6 and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
-                net = ipaddress.ip_network((net.network_address.ipv4_mapped, net.prefixlen - 96))
-            if net.prefixlen == net.max_prefixlen:
-                return str(net.network_address)
-            return str(net)
+        net = parse_network(text, strict=False)
     except ValueError:
-        raise UsageError(f"{what} {text!r}: not an address or network (like 192.0.2.7, 198.51.100.0/24, 2001:db8::/64)") from None
-    ip = canonical_ip(t)
-    if ip is None:
-        raise UsageError(f"{what} {text!r}: not an address or network (like 192.0.2.7, 198.51.100.0/24, 2001:db8::/64)")
-    return ip
+        raise UsageError(bad) from None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
 def _related(target: str, candidates) -> list[str]:
