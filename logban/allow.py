@@ -10,6 +10,7 @@ for a client about to be banned, in threads with a time limit, never per line.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import socket
 import time
@@ -24,6 +25,17 @@ _NAME_PATTERN = regex.compile(r"[A-Za-z0-9*?_-]+(?:\.[A-Za-z0-9*?_-]+)*\.?")
 _CACHE_MAX = 100_000
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """ipaddress.ip_address, faster: the C parser first (ipaddress's own costs a tenth of a
+    ban), and cached, because the scorer asks about a new address several times in a row."""
+    try:
+        return ipaddress.IPv6Address(socket.inet_pton(socket.AF_INET6, text)) if ":" in text \
+            else ipaddress.IPv4Address(socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        return ipaddress.ip_address(text)      # its error message, or a form inet_pton does not read
 
 
 def parse_network(text: str, strict: bool = True) -> Network:
@@ -87,7 +99,7 @@ class AllowList:
     def address_allowed(self, ip: str) -> bool:
         got = self._cache.get(ip)
         if got is None:
-            a = ipaddress.ip_address(ip)
+            a = ip_address(ip)
             got = self._num_allowed(a.version, int(a), a.max_prefixlen)
             if len(self._cache) > _CACHE_MAX:
                 self._cache.clear()

@@ -15,7 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .allow import AllowList
+from .allow import AllowList, ip_address
 from .parse import Offence
 from .units import format_duration
 
@@ -104,7 +104,15 @@ class ScoreStats:
 
 
 def network_of(ip: str, prefix: int) -> str:
-    a = ipaddress.ip_address(ip)
+    a = ip_address(ip)
+    if a.version == 6 and prefix <= 64 and prefix % 16 == 0:
+        # The canonical text without ipaddress's general compression (a tenth of the cost
+        # of a ban): the zero tail is the longest zero run, so it is the one that becomes "::".
+        n = int(a) >> (128 - prefix)
+        groups = [(n >> (16 * i)) & 0xFFFF for i in range(prefix // 16 - 1, -1, -1)]
+        while groups and groups[-1] == 0:
+            groups.pop()
+        return f"{':'.join(f'{g:x}' for g in groups)}::/{prefix}"
     drop = a.max_prefixlen - prefix
     return f"{type(a)(int(a) >> drop << drop)}/{prefix}"
 
@@ -121,6 +129,8 @@ class Scorer:
         self._members: dict[str, dict[str, tuple[float, str, str]]] = {}   # /24 -> ip -> (expires, kind, rule)
         self._target: dict[str, tuple[str, str | None]] = {}               # ip -> (target, its IPv4 network)
         self._evict_at = policy.max_tracked
+        self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
+                      else f"decaying, half-life {format_duration(policy.half_life)}")
 
     # ---- where a client stands -------------------------------------------------
     def target_of(self, ip: str) -> tuple[str, str | None]:
@@ -219,10 +229,8 @@ class Scorer:
             by_kind.setdefault(e[2], []).append(e)
         worst = max(by_kind, key=lambda k: (p.base_duration(k, by_kind[k][-1][3]) or math.inf,
                                             sum(e[1] for e in by_kind[k])))
-        span = (f"in {format_duration(p.window)}" if p.window is not None
-                else f"decaying, half-life {format_duration(p.half_life)}")
         parts = ", ".join(f"{k} x{len(v)}" for k, v in sorted(by_kind.items(), key=lambda kv: -len(kv[1])))
-        return worst, by_kind[worst][-1][3], f"score {total:g} {span} >= {p.threshold:g}: {parts}"
+        return worst, by_kind[worst][-1][3], f"score {total:g} {self._span} >= {p.threshold:g}: {parts}"
 
     def _decide(self, target: str, kind: str, rule: str, score: float, t: float, reason: str,
                 trigger: Offence | None, members: tuple[str, ...] = ()) -> Decision:
@@ -251,11 +259,12 @@ class Scorer:
         self.active[d.target] = math.inf if exp is None else exp
         self.history[d.target] = Past(d.time, d.duration, d.count)
         self.tracks.pop(d.target, None)
-        if "/" in d.target:
-            net = ipaddress.ip_network(d.target)
+        addr, slash, plen = d.target.partition("/")
+        if slash:
             p = self.policy
-            if net.prefixlen != (p.ipv4_prefix if net.version == 4 else p.ipv6_prefix):
-                self._wide[d.target] = net
+            # Networks of the scoring prefix are found by target_of; only others need the slow scan.
+            if int(plen) != (p.ipv6_prefix if ":" in addr else p.ipv4_prefix):
+                self._wide[d.target] = ipaddress.ip_network(d.target)
 
     def release(self, target: str) -> None:
         """The ban ended (expiry, unban, allow-list): the score starts from zero."""

@@ -94,6 +94,22 @@ class BanRow(SQLModel, table=True):
 
 OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
 
+OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text")
+OFFENDER_COLS = ("target", "first_seen", "last_seen", "offences", "kinds", "name", "score", "score_time", "reset_at")
+BAN_COLS = ("target", "kind", "rule", "reason", "score", "created", "expires", "duration", "released",
+            "release_reason", "count", "escalated", "dry_run", "node", "source", "members", "text")
+# An offender already known adds this batch's counts; its score is the newer one. Plain
+# SQL that SQLite (>= 3.24) and PostgreSQL both read.
+_OFFENDER_MERGE = """ ON CONFLICT (target) DO UPDATE SET
+ offences = offenders.offences + excluded.offences,
+ kinds = offenders.kinds | excluded.kinds,
+ first_seen = CASE WHEN excluded.first_seen < offenders.first_seen THEN excluded.first_seen ELSE offenders.first_seen END,
+ last_seen = CASE WHEN excluded.last_seen >= offenders.last_seen THEN excluded.last_seen ELSE offenders.last_seen END,
+ score = CASE WHEN excluded.last_seen >= offenders.last_seen THEN excluded.score ELSE offenders.score END,
+ score_time = CASE WHEN excluded.last_seen >= offenders.last_seen THEN excluded.score_time ELSE offenders.score_time END,
+ name = COALESCE(excluded.name, offenders.name),
+ reset_at = CASE WHEN excluded.reset_at > offenders.reset_at THEN excluded.reset_at ELSE offenders.reset_at END"""
+
 # version -> what turns a database of that version into the next one
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
 
@@ -222,9 +238,7 @@ class Store:
         """One transaction: offences (with their scored target) and new bans."""
         with self.write() as conn:
             if offences:
-                # The hot write: straight to the driver with tuples (SQLAlchemy's per-row
-                # parameter handling would cost more than the insert itself).
-                conn.exec_driver_sql(self._offence_sql(conn), [
+                conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
                      o.raw[:TEXT_MAX].decode("utf-8", "replace")) for o, t in offences])
             # A ban resets its target's score: for targets in this batch that rides on the upsert.
@@ -232,12 +246,6 @@ class Store:
                       for d in decisions}
             folded = self._upsert_offenders(conn, offences, scores or {}, resets) if offences else set()
             self._insert_bans(conn, decisions, node=node, dry_run=dry_run, now=now, source="auto", reset_done=folded)
-
-    @staticmethod
-    def _offence_sql(conn: Connection) -> str:
-        cols = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text")
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        return f"INSERT INTO offences ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
 
     def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
                           scores: dict[str, float], resets: dict[str, float]) -> set[str]:
@@ -256,20 +264,8 @@ class Store:
                 if o.time >= a["last_seen"]:
                     a["last_seen"] = a["score_time"] = o.time
                     a["name"] = o.name or a["name"]
-        ins = _insert(conn)(OFFENDERS)
-        ex, cur = ins.excluded, OFFENDERS.c
-        newer = ex.last_seen >= cur.last_seen
-        stmt = ins.on_conflict_do_update(index_elements=[cur.target], set_={
-            "offences": cur.offences + ex.offences,
-            "kinds": cur.kinds.op("|")(ex.kinds),
-            "first_seen": sa.case((ex.first_seen < cur.first_seen, ex.first_seen), else_=cur.first_seen),
-            "last_seen": sa.case((newer, ex.last_seen), else_=cur.last_seen),
-            "score": sa.case((newer, ex.score), else_=cur.score),
-            "score_time": sa.case((newer, ex.score_time), else_=cur.score_time),
-            "name": sa.func.coalesce(ex.name, cur.name),
-            "reset_at": sa.case((ex.reset_at > cur.reset_at, ex.reset_at), else_=cur.reset_at),
-        })
-        conn.execute(stmt, list(agg.values()))
+        conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
+                             [tuple(a[c] for c in OFFENDER_COLS) for a in agg.values()])
         return set(agg) & set(resets)
 
     def _insert_bans(self, conn: Connection, decisions: list[Decision], *, node: str, dry_run: bool,
@@ -284,21 +280,18 @@ class Store:
             if d.members:
                 # A network ban ends its members' bans, which may be in this very batch.
                 if rows:
-                    conn.execute(sa.insert(BANS), rows)
+                    conn.exec_driver_sql(_insert_sql(conn, BAN_COLS), rows)
                     rows = []
                 self._release_many(conn, [{"b_target": m, "b_at": d.time, "b_why": "aggregated"} for m in d.members])
             trig = d.trigger
-            rows.append({
-                "target": d.target, "kind": d.kind, "rule": d.rule, "reason": d.reason, "score": d.score,
-                "created": d.time, "expires": exp, "duration": d.duration,
-                "released": exp if over else None, "release_reason": "expiry" if over else None,
-                "count": d.count, "escalated": d.escalated, "dry_run": dry_run, "node": node, "source": source,
-                "members": ",".join(d.members),
-                "text": trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""})
+            rows.append((
+                d.target, d.kind, d.rule, d.reason, d.score, d.time, exp, d.duration,
+                exp if over else None, "expiry" if over else None, d.count, d.escalated, dry_run, node, source,
+                ",".join(d.members), trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""))
             if d.target not in reset_done:
                 resets.append({"b_target": d.target, "b_at": exp if over else d.time})
         if rows:
-            conn.execute(sa.insert(BANS), rows)
+            conn.exec_driver_sql(_insert_sql(conn, BAN_COLS), rows)
         if resets:
             self._reset_many(conn, resets)
 
@@ -440,12 +433,12 @@ class Store:
             }
 
 
-def _insert(conn: Connection):
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    return insert
+def _insert_sql(conn: Connection, cols: tuple[str, ...]) -> str:
+    """An INSERT for the driver itself, rows as tuples: on the hot writes SQLAlchemy's
+    per-row parameter handling costs more than the insert."""
+    table = {OFFENCE_COLS: "offences", OFFENDER_COLS: "offenders", BAN_COLS: "bans"}[cols]
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
 
 
 def _short(e: Exception) -> str:

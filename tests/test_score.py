@@ -1,11 +1,12 @@
 """The scorer, pure: decay, thresholds, ban times, escalation, networks, allow-list."""
+import ipaddress
 import math
 
 from hypothesis import given, settings, strategies as st
 
 from logban.allow import AllowList
 from logban.parse import Offence
-from logban.score import DAY, HOUR, Policy, Scorer
+from logban.score import DAY, HOUR, Policy, Scorer, network_of
 
 T0 = 1_795_000_000.0
 
@@ -198,3 +199,15 @@ def test_properties(evs, k, factor, cap):
     for d in ds:
         counts[d.target] = counts.get(d.target, 0) + 1
         assert d.count == counts[d.target]
+
+
+@given(st.integers(0, 2**128 - 1), st.sampled_from([16, 32, 48, 64, 56, 96, 128]))
+def test_network_of_is_the_canonical_network(n, prefix):
+    ip = str(ipaddress.IPv6Address(n))
+    assert network_of(ip, prefix) == str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_network_of_ipv4(n, prefix):
+    ip = str(ipaddress.IPv4Address(n))
+    assert network_of(ip, prefix) == str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
