@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import ipaddress
 import json
 import os
@@ -14,10 +15,10 @@ from pathlib import Path
 from . import __version__
 from .allow import AllowList, Resolver, parse_network
 from .config import Config, load_config
-from .errors import StoreError, UsageError
+from .errors import FirewallError, StoreError, UsageError
 from .parse import Clock, Offence, Parser, canonical_ip, iso
-from .report import (ScanSummary, as_json, ban_json, bans_table, event, human, show_human, stats_human,
-                     stats_json)
+from .report import (ScanSummary, as_json, ban_json, bans_table, event, firewall_human, human, show_human,
+                     stats_human, stats_json)
 from .rules import RuleSet, lint_pattern, load_rules
 from .score import Decision, Scorer
 from .sources import READ_ERRORS, Source, chunks, expand, open_source
@@ -86,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack")
     tr.add_argument("--samples", type=_count, default=3, metavar="N", help="matched lines shown per rule (default 3)")
     tr.add_argument("--unmatched", type=_count, default=20, metavar="N", help="suspicious unmatched lines shown (default 20)")
+
+    fw = sub.add_parser("firewall", help="the kernel firewall: status, sync with the store, teardown")
+    fsub = fw.add_subparsers(dest="firewall_command", required=True, metavar="SUBCOMMAND", parser_class=_Args)
+    fs = fsub.add_parser("status", help="backend, table, sets, chains, element counts and drift from the store")
+    fs.add_argument("--json", action="store_true")
+    fsub.add_parser("sync", help="make the kernel hold exactly the active bans (re-adds, removes, refreshes)")
+    fsub.add_parser("teardown", help="remove everything logban created in the firewall (bans stay in the store)")
 
     rp = sub.add_parser("rules", help="rule pack tools")
     rsub = rp.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND", parser_class=_Args)
@@ -159,6 +167,27 @@ def _store(args, cfg: Config):
     return Store(args.db or cfg.database)
 
 
+def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
+    from .firewall import Firewall, choose
+    opts = cfg.firewall
+    if args.backend:
+        opts = dataclasses.replace(opts, backend=args.backend)
+    return Firewall(choose(opts, dry_run=cfg.dry_run or dry_run), store)
+
+
+def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
+    """After the store changed: the kernel follows. Returns a note for the user."""
+    fw = _firewall(args, cfg, store, dry_run=dry_run)
+    if not fw.enforcing:
+        return "not enforced: firewall backend none" + (" (dry run)" if cfg.dry_run or dry_run else
+                                                         " (not root)" if os.geteuid() else "")
+    try:
+        p = fw.sync()
+    except FirewallError as e:
+        raise FirewallError(f"{e} (the store has the change; `logban firewall sync` enforces it)") from None
+    return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed"
+
+
 def _node(args, cfg: Config) -> str:
     return getattr(args, "node", None) or cfg.node or socket.gethostname()
 
@@ -199,20 +228,22 @@ def cmd_scan(args, cfg: Config) -> int:
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
     summary.failed = feed_sources(sources, parser, sink, progress)
+    note = None
     if engine is not None:
         engine.close()
         engine.store.prune(time.time(), cfg.retention)
+        note = _enforce(args, cfg, engine.store, dry_run=args.dry_run)
     progress.done()
     summary.seconds = time.perf_counter() - t0
     if args.json:
         rep = as_json(summary, parser.stats, args.top)
         if engine is not None:
-            rep["applied"] = applied_json(engine)
+            rep["applied"] = applied_json(engine) | {"firewall": note}
         print(json.dumps(rep, indent=2))
     elif not args.events:
         print(human(summary, parser.stats, args.top))
         if engine is not None:
-            print("\n" + applied_human(engine))
+            print("\n" + applied_human(engine) + f"\n  firewall: {note}")
     return 1 if summary.failed else 0
 
 
@@ -297,6 +328,7 @@ def cmd_ban(args, cfg: Config) -> int:
     d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
     store.ban(d, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run, now=now)
     print(f"banned {target} for {format_duration(duration)}" + (" (dry run)" if cfg.dry_run or args.dry_run else ""))
+    print(_enforce(args, cfg, store, dry_run=args.dry_run))
     return 0
 
 
@@ -315,6 +347,7 @@ def cmd_unban(args, cfg: Config) -> int:
             print(f"unbanned {t}: lifted {', '.join(lifted)}; score cleared")
         else:
             print(f"{t}: not banned; score cleared")
+    print(_enforce(args, cfg, store))
     return 0
 
 
@@ -432,7 +465,40 @@ def cmd_rules_check(args, cfg: Config) -> int:
     return 2 if problems else 0
 
 
-COMMANDS = {"scan": cmd_scan, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
+def cmd_firewall(args, cfg: Config) -> int:
+    store = _store(args, cfg)
+    fw = _firewall(args, cfg, store)
+    b = fw.backend
+    if args.firewall_command == "teardown":
+        b.teardown()
+        print(f"{b.name}: removed what logban created" + ("" if fw.enforcing else " (nothing: no firewall backend)"))
+        return 0
+    if args.firewall_command == "sync":
+        if not fw.enforcing:
+            raise UsageError("firewall sync: no firewall backend (not root, dry_run, or backend none)")
+        p = fw.sync()
+        print(f"{b.name}: {len(p.missing)} missing added, {len(p.unknown)} unknown removed, "
+              f"{len(p.stale)} timeouts refreshed")
+        return 0
+    now = time.time()
+    active = store.active_bans(now)
+    status = {"backend": b.name, "enforcing": fw.enforcing, "kernel_timeouts": b.kernel_timeouts,
+              "bans_active": len(active), "bans_dry_run": sum(1 for x in active if x.dry_run)}
+    if fw.enforcing:
+        have = b.elements()
+        p = fw.diff(now)
+        status |= b.describe() | {
+            "elements": {"ipv4": sum(1 for t in have if ":" not in t), "ipv6": sum(1 for t in have if ":" in t)},
+            "drift": {"missing": len(p.missing), "unknown": len(p.unknown), "stale": len(p.stale)},
+            "drift_sample": {"missing": p.missing[:10], "unknown": p.unknown[:10], "stale": p.stale[:10]}}
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    print(firewall_human(status))
+    return 0
+
+
+COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
             "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats}
 
 
@@ -444,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"logban: {e}", file=sys.stderr)
         return e.exit_status
-    except StoreError as e:
+    except (StoreError, FirewallError) as e:
         print(f"logban: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -10,6 +10,7 @@ import regex
 
 from .allow import check_name_pattern, parse_network
 from .errors import UsageError
+from .firewall import FirewallOptions, options_from
 from .score import DEFAULT_DURATIONS, Policy
 from .units import parse_duration
 
@@ -43,6 +44,7 @@ class Config:
     policy: Policy = field(default_factory=Policy)
     allow: AllowConfig = field(default_factory=AllowConfig)
     retention: float = 30 * 86400.0     # offences kept this long
+    firewall: FirewallOptions = field(default_factory=FirewallOptions)
 
 
 def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = False) -> float | None:
@@ -174,7 +176,7 @@ def load_config(path: Path | None) -> Config:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: cannot read config: {e}") from None
-    _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store"}, "", path)
+    _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store", "firewall"}, "", path)
     cfg = Config(path=path)
     rules = data.get("rules", {})
     _keys(rules, {"dirs", "disable"}, "rules.", path)
@@ -202,7 +204,7 @@ def load_config(path: Path | None) -> Config:
         if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 < secs <= 10:
             raise UsageError(f"{path}: parse.match_timeout must be above 0 and at most 10 seconds")
         pc.match_timeout = float(secs)
-    for k in ("score", "ban", "allow", "store"):
+    for k in ("score", "ban", "allow", "store", "firewall"):
         if not isinstance(data.get(k, {}), dict):
             raise UsageError(f"{path}: {k} must be a table ([{k}])")
     if "database" in data:
@@ -221,4 +223,5 @@ def load_config(path: Path | None) -> Config:
     _keys(st, {"retention"}, "store.", path)
     if "retention" in st:
         cfg.retention = _duration(st["retention"], "store.retention", path)
+    cfg.firewall = options_from(data.get("firewall", {}), path)
     return cfg

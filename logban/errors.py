@@ -14,3 +14,7 @@ class UsageError(Exception):
 
 class StoreError(Exception):
     """The database cannot be opened, read or migrated: a runtime failure (exit 1), told in one line."""
+
+
+class FirewallError(Exception):
+    """The kernel firewall refused or failed (missing tool, no permission): exit 1, one line."""

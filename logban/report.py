@@ -208,3 +208,31 @@ def show_human(d: dict, bans: list, now: float) -> str:
         out += ["", f"Recent offences ({len(rec)} of {d['offences']['total']:,}):"]
         out += [f"  {r['time']}  {r['kind']:<15} {r['rule']:<28} {_cut(r['text'], 160)}" for r in rec]
     return "\n".join(out)
+
+
+def firewall_human(st: dict) -> str:
+    out = [f"backend      {st['backend']}" + ("" if st["enforcing"] else "  (records only: nothing is enforced)"),
+           f"bans         {st['bans_active']:,} active" + (f", {st['bans_dry_run']:,} of them dry-run" if st["bans_dry_run"] else "")]
+    if not st["enforcing"]:
+        return "\n".join(out)
+    for k in ("table", "chain"):
+        if k in st:
+            out.append(f"{k:<13}{st[k]}")
+    if "sets" in st:
+        out.append(f"sets         {', '.join(st['sets'])}")
+    for hook, c in st.get("chains", {}).items():
+        out.append(f"chain        {hook} (priority {c['priority']}): {c['packets_blocked']:,} packets blocked")
+    for r in st.get("hook_rules", []):
+        out.append(f"hook rule    {r}")
+    e, d = st["elements"], st["drift"]
+    out.append(f"elements     {e['ipv4']:,} IPv4, {e['ipv6']:,} IPv6"
+               + ("" if st["kernel_timeouts"] else "  (no kernel timeouts: syncs remove them on time)"))
+    if any(d.values()):
+        out.append(f"drift        {d['missing']:,} missing, {d['unknown']:,} unknown, {d['stale']:,} stale timeouts"
+                   " -- `logban firewall sync` repairs it")
+        for k, v in st["drift_sample"].items():
+            if v:
+                out.append(f"  {k}: {', '.join(v)}")
+    else:
+        out.append("drift        none: the kernel holds exactly the active bans")
+    return "\n".join(out)
