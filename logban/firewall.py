@@ -264,8 +264,13 @@ class Nftables(Backend):
                 return obj["set"]
         return {}
 
+    def _has_table(self) -> bool:
+        return subprocess.run(["nft", "list", "table", *self.TABLE.split()], capture_output=True).returncode == 0
+
     def elements(self) -> dict[str, int | None]:
         have: dict[str, int | None] = {}
+        if not self._has_table():
+            return have
         for s in ("ban4", "ban6"):
             for e in self._set(s).get("elem", []):
                 left = None
@@ -278,6 +283,8 @@ class Nftables(Backend):
         return have
 
     def describe(self) -> dict:
+        if not self._has_table():
+            return {"table": f"{self.TABLE} (absent)", "sets": [], "chains": {}}
         chains = {}
         for hook in ("input", "forward"):
             if not self._has_chain(hook):
@@ -289,7 +296,7 @@ class Nftables(Backend):
         return {"table": self.TABLE, "sets": ["ban4", "ban6"], "chains": chains}
 
     def teardown(self) -> None:
-        if subprocess.run(["nft", "list", "table", *self.TABLE.split()], capture_output=True).returncode == 0:
+        if self._has_table():
             self._nft(f"delete table {self.TABLE}\n")
 
 
@@ -567,8 +574,7 @@ def _src(src: str) -> str:
     """libiptc's "address/netmask" as the store spells the target."""
     addr, _, mask = src.partition("/")
     a = ipaddress.ip_address(addr)
-    plen = ipaddress.ip_network(f"0.0.0.0/{mask}" if a.version == 4 else f"::/{mask}").prefixlen \
-        if mask and not mask.isdigit() else int(mask or a.max_prefixlen)
+    plen = int(ipaddress.ip_address(mask)).bit_count() if mask and not mask.isdigit() else int(mask or a.max_prefixlen)
     return addr if plen == a.max_prefixlen else f"{addr}/{plen}"
 
 

@@ -1,0 +1,182 @@
+"""Two network namespaces joined by a veth pair, for testing bans with real packets.
+
+The server namespace listens on TCP port 25 and runs logban; the client namespace
+connects from documentation addresses. Nothing outside the two namespaces is
+touched, and `close` removes both.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# The server's own networks are apart from the clients': logban never bans its host's
+# own addresses, nor a network that holds one.
+SERVER = {"203.0.113.1/24", "2001:db8:ff::1/64"}
+CLIENT = {"192.0.2.2/32", "192.0.2.3/32", "198.51.100.2/32", "198.51.100.3/32",
+          "2001:db8:1::2/128", "2001:db8:2::2/128", "2001:db8:2::3/128"}
+ROUTES = {"server": ("192.0.2.0/24", "198.51.100.0/24", "2001:db8:1::/64", "2001:db8:2::/64"),
+          "client": ("203.0.113.0/24", "2001:db8:ff::/64")}
+
+
+def need_netns() -> None:
+    """Skip (fail under CI=true) where namespaces cannot be made."""
+    why = None
+    if os.geteuid() != 0:
+        why = "needs root to create network namespaces"
+    elif not shutil.which("ip"):
+        why = "needs iproute2 (ip)"
+    elif not Path("/proc/self/ns/net").exists():
+        why = "kernel without network namespaces"
+    if why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}, and CI=true: these tests must run in CI")
+        pytest.skip(why)
+
+
+def need_tools(*tools: str) -> None:
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        why = f"needs {', '.join(missing)} (Debian: iptables ipset nftables)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why}, and CI=true")
+        pytest.skip(why)
+
+
+def ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True)
+
+
+def in_netns(name: str, fn):
+    """fn() run in a thread that has entered namespace `name`; a socket made there stays there."""
+    out: dict = {}
+
+    def run() -> None:
+        fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            out["value"] = fn()
+        except BaseException as e:      # noqa: BLE001 - handed to the caller
+            out["error"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+class Lab:
+    def __init__(self, tmp: Path) -> None:
+        tag = uuid.uuid4().hex[:6]
+        self.srv, self.cli = f"lbS{tag}", f"lbC{tag}"
+        self.tmp = tmp
+        ip("netns", "add", self.srv)
+        ip("netns", "add", self.cli)
+        try:
+            ip("-n", self.srv, "link", "add", "vs", "type", "veth", "peer", "name", "vc", "netns", self.cli)
+            for ns, dev, addrs in ((self.srv, "vs", SERVER), (self.cli, "vc", CLIENT)):
+                for a in sorted(addrs):
+                    ip("-n", ns, "addr", "add", a, "dev", dev, *(["nodad"] if ":" in a else []))
+                ip("-n", ns, "link", "set", "lo", "up")
+                ip("-n", ns, "link", "set", dev, "up")
+                for net in ROUTES["server" if ns == self.srv else "client"]:
+                    ip("-n", ns, "route", "add", net, "dev", dev)
+            self._listen()
+            self._warm()
+        except BaseException:
+            self.close()
+            raise
+        self.legacy_bin = tmp / "legacy-bin"         # a host whose iptables is legacy
+        self.legacy_bin.mkdir(exist_ok=True)
+        for cmd in ("iptables", "ip6tables"):
+            real = shutil.which(f"{cmd}-legacy")
+            if real and not (self.legacy_bin / cmd).exists():
+                (self.legacy_bin / cmd).symlink_to(real)
+
+    def _listen(self) -> None:
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("::", 25))
+            s.listen(512)
+            return s
+        self.listener = in_netns(self.srv, make)
+
+        def serve() -> None:
+            while True:
+                try:
+                    c, _ = self.listener.accept()
+                except OSError:
+                    return
+                c.close()
+        threading.Thread(target=serve, daemon=True).start()
+
+    def _warm(self) -> None:
+        """Wait until every client address reaches the server: the first SYNs of a fresh
+        link can be lost while neighbour discovery runs."""
+        srcs = [a.split("/")[0] for a in sorted(CLIENT)]
+        deadline = time.monotonic() + 15
+        while not all(self.reachable(*srcs).values()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the namespaces' veth link did not come up within 15 s")
+            time.sleep(0.2)
+
+    def connects(self, src: str, timeout: float = 0.6) -> bool:
+        """Whether a TCP connection from client address `src` to the server's port 25 succeeds."""
+        dst = "2001:db8:ff::1" if ":" in src else "203.0.113.1"
+
+        def make() -> socket.socket:
+            return socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_STREAM)
+        s = in_netns(self.cli, make)
+        try:
+            s.settimeout(timeout)
+            s.bind((src, 0))
+            s.connect((dst, 25))
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
+
+    def reachable(self, *srcs: str) -> dict[str, bool]:
+        with ThreadPoolExecutor(len(srcs)) as ex:
+            return dict(zip(srcs, ex.map(self.connects, srcs)))
+
+    def run(self, ns: str, *cmd: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+                              timeout=timeout, env=env)
+
+    def env(self, legacy: bool = False) -> dict:
+        e = dict(os.environ, PYTHONPATH=str(ROOT))
+        if legacy:
+            e["PATH"] = f"{self.legacy_bin}:{e['PATH']}"
+        return e
+
+    def logban_cmd(self, db: str, backend: str, *args: str) -> list[str]:
+        return [sys.executable, "-m", "logban", "--db", db, "--backend", backend, *args]
+
+    def close(self) -> None:
+        if getattr(self, "listener", None) is not None:
+            self.listener.close()
+        for ns in (self.srv, self.cli):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
