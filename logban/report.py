@@ -36,6 +36,7 @@ class ScanSummary:
                 clients[o.ip] = _Client(1, o.time, o.time, Counter({o.kind: 1}))
                 if len(clients) > TRACK_MAX:
                     self._shrink()
+                    clients = self.clients
             else:
                 c.count += 1
                 c.kinds[o.kind] += 1

@@ -12,6 +12,8 @@ SAMPLES = ROOT / "samples"
 def run_logban(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """The real `logban` process, as a user runs it."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if "--backend" not in args:
+        args = ("--backend", "none", *args)     # as root, auto would be the root namespace's firewall
     return subprocess.run([sys.executable, "-m", "logban", *args], input=stdin, capture_output=True,
                           timeout=timeout, env=env, cwd=ROOT)
 
@@ -19,3 +21,25 @@ def run_logban(*args: str, stdin: bytes | None = None, timeout: float = 120) -> 
 @pytest.fixture
 def logban():
     return run_logban
+
+
+def _root_firewall() -> str:
+    """What of logban's could be in the root namespace's firewall."""
+    out = []
+    for cmd in (["nft", "list", "tables"], ["ipset", "list", "-n"], ["iptables-legacy", "-S"], ["iptables", "-S"]):
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        out += [f"{cmd[0]}: {ln}" for ln in r.stdout.splitlines() if "logban" in ln]
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def root_namespace_untouched():
+    """The tests change firewalls only in namespaces they made: checked, not hoped."""
+    before = _root_firewall() if os.geteuid() == 0 else ""
+    yield
+    if os.geteuid() == 0:
+        after = _root_firewall()
+        assert after == before, f"the root namespace's firewall changed:\n{after}"

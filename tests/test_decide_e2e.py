@@ -137,7 +137,7 @@ def test_reader_during_heavy_writes(logban, db, tmp_path):
     subprocess.run([sys.executable, str(ROOT / "bench" / "genlog.py"), "-n", "300000", "-o", str(log)], check=True)
     assert logban("--db", db, "list").returncode == 0            # the database exists before the writer starts
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    writer = subprocess.Popen([sys.executable, "-m", "logban", "--db", db, "scan", "--apply", "--json", str(log)],
+    writer = subprocess.Popen([sys.executable, "-m", "logban", "--db", db, "--backend", "none", "scan", "--apply", "--json", str(log)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     reads, deadline = 0, time.monotonic() + 120
     while writer.poll() is None and time.monotonic() < deadline:
