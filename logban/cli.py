@@ -486,7 +486,7 @@ def cmd_firewall(args, cfg: Config) -> int:
               "bans_active": len(active), "bans_dry_run": sum(1 for x in active if x.dry_run)}
     if fw.enforcing:
         have = b.elements()
-        p = fw.diff(now)
+        p = fw.diff(now, have)
         status |= b.describe() | {
             "elements": {"ipv4": sum(1 for t in have if ":" not in t), "ipv6": sum(1 for t in have if ":" in t)},
             "drift": {"missing": len(p.missing), "unknown": len(p.unknown), "stale": len(p.stale)},

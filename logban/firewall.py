@@ -76,17 +76,28 @@ def wanted(bans: Iterable, now: float) -> dict[str, int | None]:
         t = kernel_timeout(b.expires, now)
         old = want.get(b.target, 0)
         want[b.target] = None if t is None or old is None else max(t, old)
-    nets: dict[int, set[tuple[int, int]]] = {4: set(), 6: set()}       # version -> {(plen, number)}
-    keys = {}
+    # Cheap first (prefix lengths from the text): a family can have covered targets only
+    # when one of its networks is shorter than its longest target.
+    shortest = {4: 33, 6: 129}
+    longest = {4: 0, 6: 0}
     for target in want:
-        if "/" in target:
-            v, num, plen = keys[target] = _key(target)
-            nets[v].add((plen, num))
-    if not nets[4] and not nets[6]:
+        v = 6 if ":" in target else 4
+        _, slash, pl = target.partition("/")
+        plen = int(pl) if slash else (128 if v == 6 else 32)
+        if slash and plen < shortest[v]:
+            shortest[v] = plen
+        if plen > longest[v]:
+            longest[v] = plen
+    check = {v for v in (4, 6) if shortest[v] < longest[v]}
+    if not check:
         return want
+    nets: dict[int, set[tuple[int, int]]] = {4: set(), 6: set()}       # version -> {(plen, number)}
+    keys = {t: _key(t) for t in want if (6 if ":" in t else 4) in check}
+    for target, (v, num, plen) in keys.items():
+        if "/" in target:
+            nets[v].add((plen, num))
     lens = {v: sorted({p for p, _ in s}) for v, s in nets.items()}
-    for target in list(want):
-        v, num, plen = keys.get(target) or _key(target)
+    for target, (v, num, plen) in keys.items():
         bits = 128 if v == 6 else 32
         for p in lens[v]:
             if p >= plen:
@@ -226,9 +237,14 @@ class Nftables(Backend):
                         f"{m} counter reject with icmpx admin-prohibited"]
         return out
 
-    def _has_chain(self, chain: str) -> bool:
-        r = subprocess.run(["nft", "list", "chain", *self.TABLE.split(), chain], capture_output=True)
-        return r.returncode == 0
+    def _chains(self) -> set[str]:
+        """logban's chains. Listing a chain or table makes nft read every set element
+        first (seconds at 100,000 bans); listing the family's chains does not."""
+        r = subprocess.run(["nft", "-j", "list", "chains", "inet"], capture_output=True, text=True)
+        if r.returncode != 0:
+            return set()
+        return {o["chain"]["name"] for o in json.loads(r.stdout).get("nftables", [])
+                if "chain" in o and o["chain"].get("table") == self.TABLE.split()[1]}
 
     def setup(self) -> None:
         t = self.TABLE
@@ -241,7 +257,7 @@ class Nftables(Backend):
             lines.append(f"add chain {t} {hook} {{ type filter hook {hook} priority {self.PRIORITY}; policy accept; }}")
             lines.append(f"flush chain {t} {hook}")
             lines += [f"add rule {t} {hook} {r}" for r in self._rules()]
-        if not self.opts.forward and self._has_chain("forward"):
+        if not self.opts.forward and "forward" in self._chains():
             lines.append(f"delete chain {t} forward")
         self._nft("\n".join(lines) + "\n")
 
@@ -258,19 +274,19 @@ class Nftables(Backend):
             self._nft("\n".join(lines) + "\n")
 
     def _set(self, s: str) -> dict:
-        out = _run(["nft", "-j", "list", "set", *self.TABLE.split(), s])
+        try:
+            out = _run(["nft", "-j", "list", "set", *self.TABLE.split(), s])
+        except FirewallError as e:
+            if "No such file or directory" in str(e):
+                return {}           # no table (never set up, torn down, or flushed away)
+            raise
         for obj in json.loads(out).get("nftables", []):
             if "set" in obj:
                 return obj["set"]
         return {}
 
-    def _has_table(self) -> bool:
-        return subprocess.run(["nft", "list", "table", *self.TABLE.split()], capture_output=True).returncode == 0
-
     def elements(self) -> dict[str, int | None]:
         have: dict[str, int | None] = {}
-        if not self._has_table():
-            return have
         for s in ("ban4", "ban6"):
             for e in self._set(s).get("elem", []):
                 left = None
@@ -283,12 +299,11 @@ class Nftables(Backend):
         return have
 
     def describe(self) -> dict:
-        if not self._has_table():
+        present = self._chains()
+        if not present:
             return {"table": f"{self.TABLE} (absent)", "sets": [], "chains": {}}
         chains = {}
-        for hook in ("input", "forward"):
-            if not self._has_chain(hook):
-                continue
+        for hook in sorted(present & {"input", "forward"}):
             data = json.loads(_run(["nft", "-j", "list", "chain", *self.TABLE.split(), hook]))
             packets = sum(x["counter"]["packets"] for obj in data.get("nftables", []) if "rule" in obj
                           for x in obj["rule"]["expr"] if isinstance(x, dict) and "counter" in x)
@@ -296,8 +311,11 @@ class Nftables(Backend):
         return {"table": self.TABLE, "sets": ["ban4", "ban6"], "chains": chains}
 
     def teardown(self) -> None:
-        if self._has_table():
+        try:
             self._nft(f"delete table {self.TABLE}\n")
+        except FirewallError as e:
+            if "No such file or directory" not in str(e):
+                raise
 
 
 # ---- iptables hook rules (ipset and iptables backends) ----------------------------------
@@ -529,7 +547,7 @@ class Iptables(Backend):
                 continue
             t.autocommit = False
             c = iptc.Chain(t, self.CHAIN)
-            for r in c.rules:
+            for r in c.rules if gone else ():
                 if _src(r.src) in gone:
                     c.delete_rule(r)
             for target, secs in add.items():
@@ -610,9 +628,9 @@ class Firewall:
     def enforcing(self) -> bool:
         return not isinstance(self.backend, NoBackend)
 
-    def diff(self, now: float | None = None) -> Plan:
+    def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
         now = time.time() if now is None else now
-        return plan(wanted(self.store.active_bans(now), now), self.backend.elements())
+        return plan(wanted(self.store.enforced(now), now), self.backend.elements() if have is None else have)
 
     def sync(self, now: float | None = None) -> Plan:
         """Make the kernel equal the store in one batch; returns what was different."""

@@ -350,6 +350,14 @@ class Store:
                                       sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now)).order_by(BANS.c.created)
             return list(conn.execute(q))
 
+    def enforced(self, now: float) -> list[sa.Row]:
+        """What the firewall must hold: (target, expires, dry_run) of the active bans that are not dry-run."""
+        with self.read() as conn:
+            q = sa.select(BANS.c.target, BANS.c.expires, BANS.c.dry_run).where(
+                BANS.c.released.is_(None), BANS.c.dry_run.is_(False),
+                sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now))
+            return list(conn.execute(q))
+
     def bans(self, *, target: str | None = None) -> list[sa.Row]:
         with self.read() as conn:
             q = sa.select(BANS).order_by(BANS.c.created, BANS.c.id)
