@@ -26,7 +26,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
@@ -92,7 +92,22 @@ class BanRow(SQLModel, table=True):
     text: str = ""                                 # the log line that decided it
 
 
+class PositionRow(SQLModel, table=True):
+    """How far the daemon has read a followed file, written with the offences read up to it."""
+    __tablename__ = "positions"
+    node: str = Field(primary_key=True)
+    path: str = Field(primary_key=True)            # the followed path as configured
+    dev: int
+    inode: int
+    fingerprint: str                               # sha256 of the file's first `fp_len` bytes
+    fp_len: int
+    offset: int                                    # end of the last whole line read
+    lines: int                                     # lines read so far (line numbers of offences)
+    updated: float
+
+
 OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
+POSITIONS = PositionRow.__table__
 
 OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text")
 OFFENDER_COLS = ("target", "first_seen", "last_seen", "offences", "kinds", "name", "score", "score_time", "reset_at")
@@ -111,7 +126,9 @@ _OFFENDER_MERGE = """ ON CONFLICT (target) DO UPDATE SET
  reset_at = CASE WHEN excluded.reset_at > offenders.reset_at THEN excluded.reset_at ELSE offenders.reset_at END"""
 
 # version -> what turns a database of that version into the next one
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: lambda conn: POSITIONS.create(conn),          # 0.2: the daemon's read positions
+}
 
 
 def kind_names(bits: int) -> list[str]:
@@ -234,9 +251,13 @@ class Store:
 
     # ---- writing --------------------------------------------------------------------------
     def record(self, offences: list[tuple[Offence, str]], decisions: list[Decision], *,
-               node: str, dry_run: bool, now: float, scores: dict[str, float] | None = None) -> None:
-        """One transaction: offences (with their scored target) and new bans."""
+               node: str, dry_run: bool, now: float, scores: dict[str, float] | None = None,
+               positions: list[dict] = ()) -> None:
+        """One transaction: offences (with their scored target), new bans, and the read
+        positions they were read up to, so a crash can neither lose nor repeat a line."""
         with self.write() as conn:
+            if positions:
+                self._save_positions(conn, node, positions, now)
             if offences:
                 conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
@@ -295,6 +316,19 @@ class Store:
         if resets:
             self._reset_many(conn, resets)
 
+    def _save_positions(self, conn: Connection, node: str, positions: list[dict], now: float) -> None:
+        keys = [(node, p["path"]) for p in positions]
+        conn.execute(sa.delete(POSITIONS).where(sa.tuple_(POSITIONS.c.node, POSITIONS.c.path).in_(keys)))
+        conn.execute(sa.insert(POSITIONS), [p | {"node": node, "updated": now} for p in positions])
+
+    def positions(self, node: str) -> dict[str, sa.Row]:
+        with self.read() as conn:
+            return {r.path: r for r in conn.execute(sa.select(POSITIONS).where(POSITIONS.c.node == node))}
+
+    def save_positions(self, node: str, positions: list[dict], now: float) -> None:
+        with self.write() as conn:
+            self._save_positions(conn, node, positions, now)
+
     _RELEASE = (sa.update(BANS).where(BANS.c.target == sa.bindparam("b_target"), BANS.c.released.is_(None))
                 .values(released=sa.bindparam("b_at"), release_reason=sa.bindparam("b_why")))
     # Offences before `b_at` no longer count toward the target's score.
@@ -325,14 +359,24 @@ class Store:
         with self.write() as conn:
             return {t: self._release(conn, t, reason, now) for t in targets}
 
-    def expire(self, now: float) -> int:
-        """Mark bans whose time is over as released by expiry."""
+    def expire(self, now: float) -> list[sa.Row]:
+        """Mark bans whose time is over as released by expiry; returns them."""
         with self.write() as conn:
-            rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires).where(
+            rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires, BANS.c.kind, BANS.c.dry_run).where(
                 BANS.c.released.is_(None), BANS.c.expires.is_not(None), BANS.c.expires <= now)).all()
             if rows:
-                self._release_many(conn, [{"b_target": t, "b_at": exp, "b_why": "expiry"} for t, exp in rows])
-            return len(rows)
+                self._release_many(conn, [{"b_target": r.target, "b_at": r.expires, "b_why": "expiry"} for r in rows])
+            return rows
+
+    def next_expiry(self) -> float | None:
+        with self.read() as conn:
+            return conn.execute(sa.select(sa.func.min(BANS.c.expires)).where(
+                BANS.c.released.is_(None), BANS.c.expires.is_not(None))).scalar()
+
+    def revision(self) -> tuple:
+        """Changes to the bans by anyone (a `logban ban`/`unban` beside the daemon) change this."""
+        with self.read() as conn:
+            return tuple(conn.execute(sa.select(sa.func.max(BANS.c.id), sa.func.count(BANS.c.released))).one())
 
     def prune(self, now: float, retention: float) -> int:
         """Forget offences older than `retention`, and offenders seen only then and never banned."""

@@ -175,3 +175,23 @@ def test_stats(tmp_path):
     assert s["bans_active"] == s["bans_total"] == 1 and s["bans_by_kind"] == {"dnsbl": 1}
     assert s["top"][0]["ip"] == "192.0.2.31" and s["top"][0]["kinds"] == {"auth_failed": 1, "unknown_user": 1}
     assert e.store.stats(time.time() + 10, time.time())["offences"] == 0
+
+
+def test_a_version_1_database_gains_read_positions(tmp_path):
+    s = Store(url(tmp_path))
+    s.ban(Decision("192.0.2.1", "manual", "", 0, time.time(), HOUR, 1, False, "old"), node="a", dry_run=False,
+          now=time.time())
+    s.close()
+    with sqlite3.connect(tmp_path / "logban.db") as c:       # what logban 0.1 left behind
+        c.execute("DROP TABLE positions")
+        c.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    s = Store(url(tmp_path))
+    assert s.schema_version() == 2
+    assert [b.target for b in s.active_bans(time.time())] == ["192.0.2.1"]
+    s.save_positions("mx", [{"path": "/var/log/mail.log", "dev": 1, "inode": 2, "fingerprint": "ab", "fp_len": 2,
+                             "offset": 10, "lines": 1}], time.time())
+    s.save_positions("mx", [{"path": "/var/log/mail.log", "dev": 1, "inode": 2, "fingerprint": "ab", "fp_len": 2,
+                             "offset": 20, "lines": 2}], time.time())
+    got = s.positions("mx")
+    assert list(got) == ["/var/log/mail.log"] and got["/var/log/mail.log"].offset == 20
+    assert s.positions("other") == {}

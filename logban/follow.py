@@ -1,0 +1,280 @@
+"""Where the daemon's lines come from: log files followed for months.
+
+Each followed path is read from its last position up to its last whole line. The
+position is known by the file's identity (device, inode, and a fingerprint of its
+first bytes, so neither a reused inode nor a leading blank line fools it), and is
+saved by the caller with the offences read up to it. The follower copes with
+rotation by rename (the old file is finished before the new one is read),
+`copytruncate`, deletion and re-creation, a file that does not exist yet, a
+symlink whose target changes, and a last line still being written (it waits for
+the newline). inotify wakes it where available; otherwise it polls.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+FP_LEN = 1024          # bytes of a file's head that identify it
+READ_MAX = 1 << 20     # bytes read from one file per round, so one busy file cannot starve the rest
+
+
+@dataclass
+class Spec:
+    path: Path
+    mta: str | None = None              # the rule pack to read it with; None: by program name
+
+
+@dataclass
+class Chunk:
+    path: str                           # the followed path
+    name: str                           # the file actually read (a rotated copy while catching up)
+    mta: str | None
+    data: bytes                         # whole lines
+    lines_before: int                   # lines of that file before `data`
+
+
+@dataclass
+class _File:
+    spec: Spec
+    f: BinaryIO | None = None
+    name: str = ""
+    dev: int = 0
+    inode: int = 0
+    offset: int = 0                     # end of the last whole line handed out
+    lines: int = 0
+    fp: str = ""
+    fp_len: int = 0
+    skipping: bool = False              # dropping the rest of a line cut at max_line
+    backlog: list[tuple[Path, int, int]] = field(default_factory=list)   # rotated copies to finish first
+
+
+def fingerprint(f: BinaryIO, length: int = FP_LEN) -> tuple[str, int]:
+    head = os.pread(f.fileno(), length, 0)
+    return hashlib.sha256(head).hexdigest(), len(head)
+
+
+def _matches(f: BinaryIO, fp: str, fp_len: int) -> bool:
+    head = os.pread(f.fileno(), fp_len, 0)
+    return len(head) == fp_len and hashlib.sha256(head).hexdigest() == fp
+
+
+def rotated_copies(path: Path) -> list[Path]:
+    """Where logrotate or newsyslog put the previous file: mail.log.1, mail.log.0, mail.log-20261122."""
+    cands = [Path(f"{path}.1"), Path(f"{path}.0")] + [Path(p) for p in glob.glob(f"{glob.escape(str(path))}-*")]
+    out = []
+    for c in cands:
+        if c.is_file() and not c.name.endswith((".gz", ".bz2", ".xz", ".zst")):
+            out.append(c)
+    return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+class Follower:
+    def __init__(self, specs: list[Spec], saved: dict, *, max_line: int = 8192, from_start: bool = False,
+                 poll: bool | None = None, log=None) -> None:
+        self.files = [_File(s) for s in specs]
+        self.max_line = max_line
+        self.log = log or (lambda msg: print(f"logban: {msg}", file=sys.stderr))
+        self._notifier = None if poll else self._inotify(poll is False)
+        for fs in self.files:
+            self._resume(fs, saved.get(str(fs.spec.path)), from_start)
+
+    # ---- start: where to go on from --------------------------------------------------------
+    def _resume(self, fs: _File, pos, from_start: bool) -> None:
+        path = fs.spec.path
+        if not self._open(fs):
+            self.log(f"{path}: does not exist yet; waiting for it")
+            return
+        if pos is None:
+            if not from_start:
+                self._skip_to_end(fs)
+            return
+        if (fs.dev, fs.inode) == (pos.dev, pos.inode) and _matches(fs.f, pos.fingerprint, pos.fp_len):
+            if os.fstat(fs.f.fileno()).st_size >= pos.offset:
+                fs.offset, fs.lines = pos.offset, pos.lines
+                return
+            self.log(f"{path}: truncated while logban was down; reading it from the start")
+        # Rotated while logban was down: finish the copy that holds our position first.
+        for cand in rotated_copies(path):
+            try:
+                with open(cand, "rb") as f:
+                    st = os.fstat(f.fileno())
+                    if ((st.st_dev, st.st_ino) == (pos.dev, pos.inode) or _matches(f, pos.fingerprint, pos.fp_len)) \
+                            and st.st_size >= pos.offset:
+                        fs.backlog.append((cand, pos.offset, pos.lines))
+                        self.log(f"{path}: rotated while logban was down; finishing {cand} first")
+                        break
+            except OSError:
+                continue
+
+    def _open(self, fs: _File) -> bool:
+        try:
+            f = open(fs.spec.path, "rb")
+        except OSError:
+            return False
+        st = os.fstat(f.fileno())
+        fs.f, fs.name, fs.dev, fs.inode = f, str(fs.spec.path), st.st_dev, st.st_ino
+        fs.offset = fs.lines = 0
+        fs.skipping = False
+        fs.fp, fs.fp_len = fingerprint(f)
+        return True
+
+    def _skip_to_end(self, fs: _File) -> None:
+        """A file met for the first time: what is already in it is history (`logban scan --apply` reads it)."""
+        size = os.fstat(fs.f.fileno()).st_size
+        # Count lines so offences get true line numbers, up to the last whole line.
+        fs.f.seek(0)
+        n, pos, last_nl = 0, 0, 0
+        while pos < size:
+            buf = fs.f.read(min(READ_MAX, size - pos))
+            if not buf:
+                break
+            n += buf.count(b"\n")
+            i = buf.rfind(b"\n")
+            if i >= 0:
+                last_nl = pos + i + 1
+            pos += len(buf)
+        fs.offset, fs.lines = last_nl, n
+
+    # ---- positions -------------------------------------------------------------------------
+    def positions(self) -> list[dict]:
+        out = []
+        for fs in self.files:
+            if fs.f is None or fs.backlog:
+                continue            # while a rotated copy is being finished its saved position stays
+            if fs.fp_len < FP_LEN:
+                fs.fp, fs.fp_len = fingerprint(fs.f)     # the file has grown: a longer, surer fingerprint
+            out.append({"path": str(fs.spec.path), "dev": fs.dev, "inode": fs.inode, "fingerprint": fs.fp,
+                        "fp_len": fs.fp_len, "offset": fs.offset, "lines": fs.lines})
+        return out
+
+    # ---- reading ---------------------------------------------------------------------------
+    def read(self) -> list[Chunk]:
+        """Whatever whole lines are new in every file (at most READ_MAX bytes of each)."""
+        out = []
+        for fs in self.files:
+            try:
+                self._read_file(fs, out)
+            except OSError as e:
+                self.log(f"{fs.spec.path}: {e.strerror or e}; will try again")
+        return out
+
+    def _read_file(self, fs: _File, out: list[Chunk]) -> None:
+        if fs.backlog:
+            cand, offset, lines = fs.backlog.pop(0)
+            with open(cand, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+            if data and not data.endswith(b"\n"):
+                data += b"\n"           # it will not grow any more
+            if data:
+                out.append(Chunk(str(fs.spec.path), str(cand), fs.spec.mta, data, lines))
+            return
+        if fs.f is None:
+            if self._open(fs):
+                self.log(f"{fs.spec.path}: appeared; following it")
+            else:
+                return
+        st = os.fstat(fs.f.fileno())
+        if st.st_size < fs.offset:
+            self.log(f"{fs.name}: truncated (copytruncate?); reading it from the start")
+            fs.offset = fs.lines = 0
+            fs.skipping = False
+            fs.fp, fs.fp_len = fingerprint(fs.f)
+        self._take(fs, out, final=False)
+        try:
+            now = os.stat(fs.spec.path)
+        except OSError:
+            now = None
+        if now is None or (now.st_dev, now.st_ino) != (fs.dev, fs.inode):
+            # Renamed, deleted, or the symlink points elsewhere: finish the old file, then switch.
+            self._take(fs, out, final=True)
+            fs.f.close()
+            fs.f = None
+            if now is not None and self._open(fs):
+                self.log(f"{fs.spec.path}: rotated; following the new file")
+                self._take(fs, out, final=False)
+
+    def _take(self, fs: _File, out: list[Chunk], *, final: bool) -> None:
+        while True:
+            data = os.pread(fs.f.fileno(), READ_MAX, fs.offset)
+            if not data:
+                return
+            consumed = len(data)
+            if fs.skipping:
+                nl = data.find(b"\n")
+                if nl < 0:
+                    fs.offset += consumed
+                    continue
+                fs.offset += nl + 1
+                fs.skipping = False
+                data = data[nl + 1:]
+                consumed = len(data)
+                if not data:
+                    continue
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                whole = data[:cut]
+            elif len(data) >= self.max_line:
+                whole, cut = data[: self.max_line] + b"\n", self.max_line      # an endless line: cut it
+                fs.skipping = True
+            elif final:
+                whole, cut = data + b"\n", consumed       # the old file's last line: it will not be finished
+            else:
+                return                  # a line still being written: wait for its newline
+            out.append(Chunk(str(fs.spec.path), fs.name, fs.spec.mta, whole, fs.lines))
+            fs.offset += cut
+            fs.lines += whole.count(b"\n")
+            if len(data) < READ_MAX:
+                return
+
+    # ---- waiting ---------------------------------------------------------------------------
+    def _inotify(self, required: bool):
+        try:
+            import pyinotify
+        except ImportError as e:
+            if required:
+                raise
+            self.log(f"inotify unavailable ({e}); polling")
+            return None
+        wm = pyinotify.WatchManager()
+        mask = (pyinotify.IN_MODIFY | pyinotify.IN_CREATE | pyinotify.IN_MOVED_TO | pyinotify.IN_MOVED_FROM
+                | pyinotify.IN_DELETE | pyinotify.IN_CLOSE_WRITE | pyinotify.IN_ATTRIB)
+        dirs = set()
+        for fs in self.files:
+            p = fs.spec.path
+            dirs.add(str(p.parent.resolve() if p.parent.exists() else p.parent))
+            if p.is_symlink():
+                dirs.add(str(p.resolve().parent))
+        self._watch_dirs, self._wm, self._mask = dirs, wm, mask
+        for d in dirs:
+            if os.path.isdir(d):
+                wm.add_watch(d, mask, quiet=True)
+        return pyinotify.Notifier(wm, default_proc_fun=lambda _e: None, timeout=0)
+
+    @property
+    def mode(self) -> str:
+        return "inotify" if self._notifier is not None else "polling"
+
+    def wait(self, timeout: float) -> None:
+        """Until something may have changed in a followed directory, or `timeout` seconds."""
+        n = self._notifier
+        if n is None:
+            time.sleep(min(timeout, 0.25))
+            return
+        if n.check_events(int(max(timeout, 0) * 1000)):
+            n.read_events()
+            n.process_events()
+
+    def close(self) -> None:
+        for fs in self.files:
+            if fs.f is not None:
+                fs.f.close()
+                fs.f = None
+        if self._notifier is not None:
+            self._notifier.stop()
