@@ -88,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--samples", type=_count, default=3, metavar="N", help="matched lines shown per rule (default 3)")
     tr.add_argument("--unmatched", type=_count, default=20, metavar="N", help="suspicious unmatched lines shown (default 20)")
 
+    rn = sub.add_parser("run", help="the daemon: follow logs, ban, release, for as long as it runs")
+    rn.add_argument("--follow", action="append", type=Path, default=[], metavar="PATH",
+                    help="a log to follow (repeatable; adds to [[follow]] in the config)")
+    rn.add_argument("--dry-run", action="store_true", help="decide and record, never touch the firewall")
+    rn.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
+    sub.add_parser("reload", help="make the running daemon reload its config and rule packs (SIGHUP)")
+
     fw = sub.add_parser("firewall", help="the kernel firewall: status, sync with the store, teardown")
     fsub = fw.add_subparsers(dest="firewall_command", required=True, metavar="SUBCOMMAND", parser_class=_Args)
     fs = fsub.add_parser("status", help="backend, table, sets, chains, element counts and drift from the store")
@@ -465,6 +472,22 @@ def cmd_rules_check(args, cfg: Config) -> int:
     return 2 if problems else 0
 
 
+def cmd_run(args, cfg: Config) -> int:
+    import logging
+    from .daemon import Daemon, Options
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s logban: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    follow = [p.resolve() if not p.is_absolute() else p for p in args.follow]
+    d = Daemon(cfg, Options(args.config, args.db, args.backend, _node(args, cfg), args.dry_run, follow))
+    return d.run()
+
+
+def cmd_reload(args, cfg: Config) -> int:
+    from .daemon import default_pid_file, send_reload
+    pid = send_reload(cfg.daemon.pid_file or default_pid_file())
+    print(f"asked logban (pid {pid}) to reload")
+    return 0
+
+
 def cmd_firewall(args, cfg: Config) -> int:
     store = _store(args, cfg)
     fw = _firewall(args, cfg, store)
@@ -498,7 +521,7 @@ def cmd_firewall(args, cfg: Config) -> int:
     return 0
 
 
-COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
+COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "run": cmd_run, "reload": cmd_reload, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
             "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats}
 
 

@@ -33,6 +33,16 @@ class AllowConfig:
 
 
 @dataclass
+class DaemonConfig:
+    follow: list[tuple[Path, str | None]] = field(default_factory=list)   # (path, rule pack or None: auto)
+    poll: bool | None = None            # None: inotify where it works, polling elsewhere
+    from_start: bool = False            # a file met for the first time: read what it holds already
+    sync_interval: float = 600.0        # full firewall reconcile
+    pid_file: Path | None = None
+    metrics: str | None = None          # "127.0.0.1:9466": Prometheus endpoint; None: off
+
+
+@dataclass
 class Config:
     path: Path | None = None
     rule_dirs: list[Path] = field(default_factory=list)
@@ -45,6 +55,7 @@ class Config:
     allow: AllowConfig = field(default_factory=AllowConfig)
     retention: float = 30 * 86400.0     # offences kept this long
     firewall: FirewallOptions = field(default_factory=FirewallOptions)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
 
 
 def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = False) -> float | None:
@@ -176,7 +187,8 @@ def load_config(path: Path | None) -> Config:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: cannot read config: {e}") from None
-    _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store", "firewall"}, "", path)
+    _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store", "firewall",
+                 "daemon", "follow"}, "", path)
     cfg = Config(path=path)
     rules = data.get("rules", {})
     _keys(rules, {"dirs", "disable"}, "rules.", path)
@@ -204,7 +216,7 @@ def load_config(path: Path | None) -> Config:
         if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 < secs <= 10:
             raise UsageError(f"{path}: parse.match_timeout must be above 0 and at most 10 seconds")
         pc.match_timeout = float(secs)
-    for k in ("score", "ban", "allow", "store", "firewall"):
+    for k in ("score", "ban", "allow", "store", "firewall", "daemon"):
         if not isinstance(data.get(k, {}), dict):
             raise UsageError(f"{path}: {k} must be a table ([{k}])")
     if "database" in data:
@@ -224,4 +236,39 @@ def load_config(path: Path | None) -> Config:
     if "retention" in st:
         cfg.retention = _duration(st["retention"], "store.retention", path)
     cfg.firewall = options_from(data.get("firewall", {}), path)
+    cfg.daemon = _daemon(data, path)
     return cfg
+
+
+def _daemon(data: dict, path: Path) -> DaemonConfig:
+    d = data.get("daemon", {})
+    _keys(d, {"poll", "from_start", "sync_interval", "pid_file", "metrics"}, "daemon.", path)
+    dc = DaemonConfig()
+    follow = data.get("follow", [])
+    if not isinstance(follow, list) or not all(isinstance(f, dict) for f in follow):
+        raise UsageError(f"{path}: follow must be a list of tables ([[follow]] path = ..., mta = ...)")
+    for i, f in enumerate(follow):
+        _keys(f, {"path", "mta"}, f"follow[{i}].", path)
+        p, mta = f.get("path"), f.get("mta", "auto")
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise UsageError(f"{path}: follow[{i}].path must be an absolute file path")
+        if not isinstance(mta, str) or not mta:
+            raise UsageError(f"{path}: follow[{i}].mta must be a rule pack name (postfix, sendmail, qmail) or \"auto\"")
+        dc.follow.append((Path(p), None if mta == "auto" else mta))
+    if "poll" in d:
+        dc.poll = _bool(d["poll"], "daemon.poll", path)
+    if "from_start" in d:
+        dc.from_start = _bool(d["from_start"], "daemon.from_start", path)
+    if "sync_interval" in d:
+        dc.sync_interval = _duration(d["sync_interval"], "daemon.sync_interval", path)
+    if "pid_file" in d:
+        if not isinstance(d["pid_file"], str) or not d["pid_file"].startswith("/"):
+            raise UsageError(f"{path}: daemon.pid_file must be an absolute path")
+        dc.pid_file = Path(d["pid_file"])
+    if "metrics" in d:
+        m = d["metrics"]
+        host, _, port = m.rpartition(":") if isinstance(m, str) else ("", "", "")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"{path}: daemon.metrics must be host:port, like \"127.0.0.1:9466\"")
+        dc.metrics = m
+    return dc

@@ -41,18 +41,42 @@ class Engine:
         self._restore()
 
     def _restore(self) -> None:
-        now = time.time()
-        self.store.expire(now)
-        gone = [b.target for b in self.store.unreleased() if self.allow.target_allowed(b.target)]
-        if gone:
-            self.stats.released_allow = sum(self.store.release(gone, "allow-list", now).values())
+        self.store.expire(time.time())
+        self.release_allowed()
         sc = self.scorer
-        sc.history = self.store.history()
-        for b in self.store.unreleased():
-            sc.mark_banned(Decision(b.target, b.kind, b.rule, b.score, b.created, b.duration, b.count,
-                                    b.escalated, b.reason))
+        self.refresh_bans()
         for r in self.store.recent_offences(sc.policy.horizon):
             sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line))
+
+    def release_allowed(self) -> list[str]:
+        """Bans of targets the allow-list covers now are released."""
+        gone = [b.target for b in self.store.unreleased() if self.allow.target_allowed(b.target)]
+        if gone:
+            done = self.store.release(gone, "allow-list", time.time())
+            self.stats.released_allow += sum(done.values())
+            for t in gone:
+                self.scorer.release(t)
+        return gone
+
+    def refresh_bans(self) -> None:
+        """The scorer's view of the bans made equal to the store's (changed by `logban ban`/`unban`, or at start)."""
+        sc = self.scorer
+        sc.history = self.store.history()
+        live = self.store.unreleased()
+        keep = {b.target for b in live}
+        for t in [t for t in sc.active if t not in keep]:
+            sc.release(t)
+        for b in live:
+            if b.target not in sc.active:
+                sc.mark_banned(Decision(b.target, b.kind, b.rule, b.score, b.created, b.duration, b.count,
+                                        b.escalated, b.reason))
+
+    def reconfigure(self, policy: Policy, allow: AllowList) -> list[str]:
+        """A reloaded config: new policy and allow-list, the same state."""
+        self.flush()
+        self.allow = allow
+        self.scorer.configure(policy, allow)
+        return self.release_allowed()
 
     def add(self, offences: list[Offence]) -> None:
         sc, buf = self.scorer, self._offences
@@ -68,24 +92,30 @@ class Engine:
         if len(buf) >= self.batch:
             self.flush()
 
-    def flush(self) -> None:
-        if not self._offences and not self._pending:
-            return
+    def flush(self, positions: list[dict] = ()) -> list[Decision]:
+        """Offences and decisions to the store in one transaction, with the read positions
+        they come up to; returns the decisions."""
         now = time.time()
+        if not self._offences and not self._pending:
+            if positions:
+                self.store.save_positions(self.node, positions, now)
+            return []
         sc = self.scorer
         scores = {}
         for o, t in self._offences:
             scores[t] = o.time
         scores = {t: sc.score(t, at) for t, at in scores.items()}
         self.store.record(self._offences, self._pending, node=self.node, dry_run=self.dry_run, now=now,
-                          scores=scores)
+                          scores=scores, positions=positions)
         self.stats.offences += len(self._offences)
         self.stats.bans += len(self._pending)
         self.stats.expired_on_arrival += sum(1 for d in self._pending if d.expires is not None and d.expires <= now)
         self.stats.network_bans += sum(1 for d in self._pending if d.members)
         self.stats.escalated += sum(1 for d in self._pending if d.escalated)
+        decided = list(self._pending)
         self._offences.clear()
         self._pending.clear()
+        return decided
 
     def release(self, targets: list[str], reason: str) -> None:
         self.flush()

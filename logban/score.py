@@ -119,8 +119,6 @@ def network_of(ip: str, prefix: int) -> str:
 
 class Scorer:
     def __init__(self, policy: Policy, allow: AllowList | None = None) -> None:
-        self.policy = policy
-        self.allow = allow or AllowList(own=())
         self.stats = ScoreStats()
         self.tracks: dict[str, list[tuple[float, float, str, str]]] = {}   # target -> (time, score, kind, rule)
         self.active: dict[str, float] = {}          # target -> expires (inf: permanent)
@@ -128,7 +126,13 @@ class Scorer:
         self._wide: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}   # other active networks
         self._members: dict[str, dict[str, tuple[float, str, str]]] = {}   # /24 -> ip -> (expires, kind, rule)
         self._target: dict[str, tuple[str, str | None]] = {}               # ip -> (target, its IPv4 network)
-        self._evict_at = policy.max_tracked
+        self.configure(policy, allow or AllowList(own=()))
+
+    def configure(self, policy: Policy, allow: AllowList) -> None:
+        """A policy and allow-list (at start, or reloaded): the scores and bans stay."""
+        self.policy, self.allow = policy, allow
+        self._target.clear()                 # prefix lengths may have changed
+        self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
                       else f"decaying, half-life {format_duration(policy.half_life)}")
 

@@ -1,0 +1,326 @@
+"""`logban run`: follow the logs, decide, record and enforce, for months.
+
+One loop: wait for the logs (inotify, or polling), read what is new, parse and
+score it, commit offences, bans and read positions in one transaction, then put
+the new bans in the kernel. Expiry runs on a timer set to the next ban's end; a
+full firewall reconcile runs at start and every `daemon.sync_interval`. SIGTERM
+and SIGINT stop cleanly (the firewall keeps its bans while logban restarts);
+SIGHUP reloads the config and rule packs and keeps all state, or keeps the old
+config when the new one is wrong. systemd: Type=notify, READY=1, STATUS=,
+WATCHDOG=1.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from .allow import AllowList, Resolver
+from .config import Config, load_config
+from .engine import Engine
+from .errors import FirewallError, UsageError
+from .firewall import Firewall, choose, kernel_timeout
+from .follow import Follower, Spec
+from .parse import Clock, Parser
+from .rules import RuleSet, load_rules
+from .score import Decision
+from .units import format_duration
+
+log = logging.getLogger("logban")
+
+REVISION_EVERY = 2.0        # seconds between looks for bans changed by others (`logban ban`, `unban`)
+TRIGGER_MAX = 200           # characters of the deciding log line in the ban's log line
+
+
+def sd_notify(msg: str) -> None:
+    """Tell systemd (Type=notify) how we are; nothing when not run by systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(addr)
+            s.sendall(msg.encode())
+    except OSError as e:
+        log.warning("sd_notify: %s", e)
+
+
+def default_pid_file() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/logban/logban.pid")
+    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/logban-{os.getuid()}") / "logban.pid"
+
+
+@dataclass
+class Options:
+    """What the command line adds to the config."""
+    config_path: Path | None
+    db: str | None
+    backend: str | None
+    node: str
+    dry_run: bool
+    follow: list[Path]
+
+
+class Metrics:
+    """Prometheus metrics (prometheus-client), served on loopback when `daemon.metrics` is set."""
+
+    def __init__(self, where: str) -> None:
+        try:
+            import prometheus_client as pc
+        except ImportError:
+            raise UsageError("daemon.metrics needs prometheus-client (pip install 'logban[metrics]')") from None
+        host, _, port = where.rpartition(":")
+        self.registry = reg = pc.CollectorRegistry()
+        self.lines = pc.Counter("logban_lines", "Log lines read", ["file"], registry=reg)
+        self.offences = pc.Counter("logban_offences", "Offences found", ["kind"], registry=reg)
+        self.bans_added = pc.Counter("logban_bans_added", "Bans decided", ["kind"], registry=reg)
+        self.bans_released = pc.Counter("logban_bans_released", "Bans released", ["reason"], registry=reg)
+        self.bans_active = pc.Gauge("logban_bans_active", "Bans in force", registry=reg)
+        self.parse_failures = pc.Counter("logban_parse_failures", "Candidate lines without a readable header "
+                                         "or client address, and rule timeouts", registry=reg)
+        self.failures_seen = 0
+        self.lag = pc.Gauge("logban_follow_lag_bytes", "Bytes written to a followed file and not read yet",
+                            ["file"], registry=reg)
+        self.server, self.thread = pc.start_http_server(int(port), addr=host.strip("[]"), registry=reg)
+
+
+class Daemon:
+    def __init__(self, cfg: Config, opts: Options) -> None:
+        self.opts = opts
+        self.stopping = False
+        self.reload_wanted = False
+        self.metrics: Metrics | None = None
+        self._configure(cfg)
+
+    # ---- configuration (start and SIGHUP) ------------------------------------------------------
+    def _configure(self, cfg: Config) -> None:
+        """Everything derived from the config; raises UsageError before changing anything."""
+        rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names)
+        for rid in cfg.policy.rule_durations:
+            if rules.by_id(rid) is None:
+                raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
+        specs = [Spec(p, mta) for p, mta in cfg.daemon.follow] + [Spec(p) for p in self.opts.follow]
+        if not specs:
+            raise UsageError("nothing to follow: give --follow PATH or [[follow]] path = ... in the config")
+        packs = {r.pack for r in rules.rules}
+        for s in specs:
+            if s.mta is not None and s.mta not in packs:
+                raise UsageError(f"{cfg.path}: follow {s.path}: no rule pack {s.mta!r} (have: {', '.join(sorted(packs))})")
+        self.parsers = {mta: self._parser(cfg, rules, mta) for mta in {s.mta for s in specs}}
+        self.cfg, self.rules, self.specs = cfg, rules, specs
+        self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+
+    @staticmethod
+    def _parser(cfg: Config, rules: RuleSet, mta: str | None) -> Parser:
+        if mta is not None:
+            rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names, only_packs=(mta,))
+        return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
+                      match_timeout=cfg.parse.match_timeout, any_program=mta is not None)
+
+    @property
+    def dry_run(self) -> bool:
+        return self.cfg.dry_run or self.opts.dry_run
+
+    def _firewall(self) -> Firewall:
+        fo = self.cfg.firewall
+        if self.opts.backend:
+            fo = replace(fo, backend=self.opts.backend)
+        return Firewall(choose(fo, dry_run=self.dry_run), self.store)
+
+    # ---- running ----------------------------------------------------------------------------
+    def run(self) -> int:
+        from .store import Store
+        self.store = Store(self.opts.db or self.cfg.database)
+        c = self.cfg
+        resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
+        self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
+                             resolver=resolver, batch=1 << 62)      # flushed by the loop, with positions
+        self.firewall = self._firewall()
+        self._sync("start")
+        self.follower = self._follower()
+        self.metrics = Metrics(c.daemon.metrics) if c.daemon.metrics else None
+        pid_file = c.daemon.pid_file or default_pid_file()
+        self._write_pid(pid_file)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+        log.info("running: following %s (%s), firewall %s%s, store %s",
+                 ", ".join(str(s.path) for s in self.specs), self.follower.mode, self.firewall.backend.name,
+                 " (dry run)" if self.dry_run else "", self.store.where(self.store.url))
+        sd_notify("READY=1\nSTATUS=" + self._status())
+        next_expiry = self.store.next_expiry()
+        next_sync = time.monotonic() + c.daemon.sync_interval
+        next_rev, rev = time.monotonic() + REVISION_EVERY, self.store.revision()
+        next_ping = 0.0
+        try:
+            while not self.stopping:
+                now = time.time()
+                wait = 1.0 if next_expiry is None else min(1.0, max(0.0, next_expiry - now))
+                self.follower.wait(wait)
+                got = self._read()
+                decided = self.engine.flush(self.follower.positions()) if got else []
+                if decided:
+                    self._enforce(decided)
+                    ends = [d.expires for d in decided if d.expires is not None]
+                    if ends:
+                        next_expiry = min([next_expiry, *ends]) if next_expiry is not None else min(ends)
+                if next_expiry is not None and time.time() >= next_expiry:
+                    self._expire()
+                    next_expiry = self.store.next_expiry()
+                mono = time.monotonic()
+                if mono >= next_rev:
+                    next_rev = mono + REVISION_EVERY
+                    r = self.store.revision()
+                    if r != rev:
+                        rev = r
+                        self.engine.refresh_bans()      # someone ran `logban ban` or `unban`
+                        next_expiry = self.store.next_expiry()
+                if mono >= next_sync:
+                    next_sync = mono + self.cfg.daemon.sync_interval
+                    self._sync("periodic")
+                if self.reload_wanted:
+                    self.reload_wanted = False
+                    self._reload()
+                    next_expiry = self.store.next_expiry()
+                if watchdog and mono >= next_ping:
+                    next_ping = mono + watchdog / 2
+                    sd_notify("WATCHDOG=1\nSTATUS=" + self._status())
+        finally:
+            sd_notify("STOPPING=1")
+            self.engine.flush(self.follower.positions())
+            self.engine.close()
+            self.follower.close()
+            self.store.close()
+            pid_file.unlink(missing_ok=True)
+            if self.metrics is not None:
+                self.metrics.server.shutdown()
+            log.info("stopped; the firewall keeps its bans")
+        return 0
+
+    def _follower(self) -> Follower:
+        return Follower(self.specs, self.store.positions(self.opts.node), max_line=self.cfg.parse.max_line,
+                        from_start=self.cfg.daemon.from_start, poll=self.cfg.daemon.poll, log=log.info)
+
+    def _read(self) -> bool:
+        chunks = self.follower.read()
+        m = self.metrics
+        for c in chunks:
+            p = self.parsers[c.mta]
+            p.file = c.name
+            p.clock.set_reference(time.time())
+            offs = p.feed(c.data, c.lines_before)
+            if m is not None:
+                m.lines.labels(c.path).inc(c.data.count(b"\n"))
+                for o in offs:
+                    m.offences.labels(o.kind).inc()
+            if offs:
+                self.engine.add(offs)
+        if m is not None:
+            failures = sum(p.stats.no_header + p.stats.bad_address + p.stats.timeouts for p in self.parsers.values())
+            if failures > m.failures_seen:
+                m.parse_failures.inc(failures - m.failures_seen)
+            m.failures_seen = failures
+            for fs in self.follower.files:
+                if fs.f is not None:
+                    m.lag.labels(str(fs.spec.path)).set(max(0, os.fstat(fs.f.fileno()).st_size - fs.offset))
+        return bool(chunks)
+
+    def _enforce(self, decided: list[Decision]) -> None:
+        now = time.time()
+        for d in decided:
+            trig = d.trigger.raw[:TRIGGER_MAX].decode("utf-8", "replace") if d.trigger else ""
+            log.info("ban %s %s score %g for %s (ban #%d%s) rule %s: %s", d.target, d.kind, d.score,
+                     format_duration(d.duration), d.count, ", escalated" if d.escalated else "", d.rule, trig)
+            if self.metrics is not None:
+                self.metrics.bans_added.labels(d.kind).inc()
+        if not self.firewall.enforcing:
+            return
+        add = {d.target: kernel_timeout(d.expires, now) for d in decided if d.expires is None or d.expires > now}
+        members = [m for d in decided for m in d.members]
+        try:
+            self.firewall.backend.apply(add, members)
+        except FirewallError as e:
+            # The kernel is not what we thought (an overlapping network, an element gone): reconcile.
+            log.warning("firewall: %s; reconciling", e)
+            self._sync("repair")
+
+    def _expire(self) -> None:
+        rows = self.store.expire(time.time())
+        for r in rows:
+            self.engine.scorer.release(r.target)
+            log.info("release %s (%s ban over)", r.target, r.kind)
+        if self.metrics is not None and rows:
+            self.metrics.bans_released.labels("expiry").inc(len(rows))
+        if rows and self.firewall.enforcing and not self.firewall.backend.kernel_timeouts:
+            self._sync("expiry")          # no kernel timeouts: take the rules out now
+
+    def _sync(self, why: str) -> None:
+        try:
+            p = self.firewall.sync()
+        except FirewallError as e:
+            log.error("firewall %s sync failed: %s", why, e)
+            return
+        if p.drift:
+            log.warning("firewall %s sync: %d missing added, %d unknown removed, %d timeouts refreshed",
+                        why, len(p.missing), len(p.unknown), len(p.stale))
+        if self.metrics is not None:
+            self.metrics.bans_active.set(len(self.engine.scorer.active))
+
+    def _reload(self) -> None:
+        try:
+            cfg = load_config(self.opts.config_path)
+            old_specs = self.specs
+            self._configure(cfg)
+        except UsageError as e:
+            log.error("reload refused, the running config stays: %s", e)
+            return
+        released = self.engine.reconfigure(cfg.policy, self.allow)
+        for t in released:
+            log.info("release %s (allow-listed now)", t)
+        if self.specs != old_specs:
+            self.engine.flush(self.follower.positions())
+            self.follower.close()
+            self.follower = self._follower()
+        self.firewall = self._firewall()
+        self._sync("reload")
+        log.info("reloaded %s", cfg.path or "the built-in defaults")
+        sd_notify("STATUS=" + self._status())
+
+    def _status(self) -> str:
+        st = self.engine.stats
+        return f"{len(self.engine.scorer.active)} bans active, {st.bans} added, {st.offences} offences"
+
+    def _write_pid(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+
+    def _on_stop(self, signum, _frame) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _on_hup(self, _signum, _frame) -> None:
+        self.reload_wanted = True
+
+
+def send_reload(pid_file: Path) -> int:
+    """`logban reload`: SIGHUP to the running daemon."""
+    try:
+        pid = int(pid_file.read_text().split()[0])
+        os.kill(pid, signal.SIGHUP)
+    except FileNotFoundError:
+        raise UsageError(f"{pid_file}: no pid file; is `logban run` running?") from None
+    except (ValueError, IndexError):
+        raise UsageError(f"{pid_file}: not a pid file") from None
+    except ProcessLookupError:
+        raise UsageError(f"{pid_file}: process {pid} is not running") from None
+    return pid
