@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 FP_LEN = 1024          # bytes of a file's head that identify it
+DRAIN_IDLE = 5.0       # a rotated-away file is read until it has been quiet this long (late writers)
 READ_MAX = 1 << 20     # bytes read from one file per round, so one busy file cannot starve the rest
 
 
@@ -40,6 +41,17 @@ class Chunk:
 
 
 @dataclass
+class _Drain:
+    """A file rotated away, still read for what its writer adds before reopening the new one."""
+    f: BinaryIO
+    name: str
+    offset: int
+    lines: int
+    skipping: bool
+    until: float
+
+
+@dataclass
 class _File:
     spec: Spec
     f: BinaryIO | None = None
@@ -52,6 +64,7 @@ class _File:
     fp_len: int = 0
     skipping: bool = False              # dropping the rest of a line cut at max_line
     backlog: list[tuple[Path, int, int]] = field(default_factory=list)   # rotated copies to finish first
+    draining: list[_Drain] = field(default_factory=list)
 
 
 def fingerprint(f: BinaryIO, length: int = FP_LEN) -> tuple[str, int]:
@@ -175,6 +188,8 @@ class Follower:
             if data:
                 out.append(Chunk(str(fs.spec.path), str(cand), fs.spec.mta, data, lines))
             return
+        if fs.draining:
+            self._drain(fs, out)
         if fs.f is None:
             if self._open(fs):
                 self.log(f"{fs.spec.path}: appeared; following it")
@@ -186,21 +201,33 @@ class Follower:
             fs.offset = fs.lines = 0
             fs.skipping = False
             fs.fp, fs.fp_len = fingerprint(fs.f)
-        self._take(fs, out, final=False)
+        self._take(fs.spec, fs, out, final=False)
         try:
             now = os.stat(fs.spec.path)
         except OSError:
             now = None
         if now is None or (now.st_dev, now.st_ino) != (fs.dev, fs.inode):
-            # Renamed, deleted, or the symlink points elsewhere: finish the old file, then switch.
-            self._take(fs, out, final=True)
-            fs.f.close()
+            # Renamed, deleted, or the symlink points elsewhere: the old file is read to its
+            # end first, and on for a while (its writer may add lines until it reopens).
+            fs.draining.append(_Drain(fs.f, fs.name, fs.offset, fs.lines, fs.skipping, time.monotonic() + DRAIN_IDLE))
             fs.f = None
             if now is not None and self._open(fs):
                 self.log(f"{fs.spec.path}: rotated; following the new file")
-                self._take(fs, out, final=False)
+                self._take(fs.spec, fs, out, final=False)
 
-    def _take(self, fs: _File, out: list[Chunk], *, final: bool) -> None:
+    def _drain(self, fs: _File, out: list[Chunk]) -> None:
+        now = time.monotonic()
+        for d in list(fs.draining):
+            before = len(out)
+            self._take(fs.spec, d, out, final=False)
+            if len(out) > before:
+                d.until = now + DRAIN_IDLE
+            elif now >= d.until:
+                self._take(fs.spec, d, out, final=True)
+                d.f.close()
+                fs.draining.remove(d)
+
+    def _take(self, spec: Spec, fs: _File | _Drain, out: list[Chunk], *, final: bool) -> None:
         while True:
             data = os.pread(fs.f.fileno(), READ_MAX, fs.offset)
             if not data:
@@ -227,7 +254,7 @@ class Follower:
                 whole, cut = data + b"\n", consumed       # the old file's last line: it will not be finished
             else:
                 return                  # a line still being written: wait for its newline
-            out.append(Chunk(str(fs.spec.path), fs.name, fs.spec.mta, whole, fs.lines))
+            out.append(Chunk(str(spec.path), fs.name, spec.mta, whole, fs.lines))
             fs.offset += cut
             fs.lines += whole.count(b"\n")
             if len(data) < READ_MAX:
@@ -273,6 +300,9 @@ class Follower:
 
     def close(self) -> None:
         for fs in self.files:
+            for d in fs.draining:
+                d.f.close()
+            fs.draining.clear()
             if fs.f is not None:
                 fs.f.close()
                 fs.f = None

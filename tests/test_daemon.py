@@ -1,0 +1,287 @@
+"""The real `logban run` process on temporary files: follow, rotate, resume, reload."""
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+# Addresses of the documentation ranges that are not this host's own (a CI host may use 192.0.2.0/24).
+NET = "198.51.100"
+
+
+def stamp() -> str:
+    return time.strftime("%b %e %H:%M:%S", time.gmtime())
+
+
+def sasl(ip: str) -> str:
+    """One auth_failed offence (score 1): counted, bans only after five."""
+    return f"{stamp()} mx postfix/smtpd[7]: warning: unknown[{ip}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6\n"
+
+
+def dnsbl(ip: str) -> str:
+    """One dnsbl offence: bans at once."""
+    return (f"{stamp()} mx postfix/smtpd[7]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 Service "
+            f"unavailable; Client host [{ip}] blocked using zen.spamhaus.org; from=<a@b.example> "
+            f"to=<c@d.example> proto=ESMTP helo=<x>\n")
+
+
+def append(path: Path, text: str) -> None:
+    with open(path, "a") as f:
+        f.write(text)
+
+
+class Daemon:
+    def __init__(self, tmp: Path, *args: str, config: str = "", backend: str = "none") -> None:
+        self.tmp = tmp
+        self.cfg = tmp / "logban.toml"
+        if not self.cfg.exists() or config:
+            self.cfg.write_text('[parse]\ntimezone = "UTC"\n[daemon]\npid_file = "%s"\n%s' % (tmp / "logban.pid", config))
+        self.db = tmp / "logban.db"
+        self.args = ["-c", str(self.cfg), "--db", f"sqlite:///{self.db}", "--backend", backend, "run", *args]
+        self.lines: list[str] = []
+        self.p: subprocess.Popen | None = None
+
+    def start(self, prefix: list[str] = ()) -> "Daemon":
+        self.lines = []
+        self.p = subprocess.Popen([*prefix, sys.executable, "-m", "logban", *self.args], stderr=subprocess.PIPE,
+                                  stdout=subprocess.DEVNULL, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        threading.Thread(target=self._collect, args=(self.p,), daemon=True).start()
+        self.wait_log("running:")
+        return self
+
+    def _collect(self, p) -> None:
+        for line in p.stderr:
+            self.lines.append(line)
+
+    def wait_log(self, text: str, timeout: float = 20) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for ln in list(self.lines):
+                if text in ln:
+                    return ln
+            if self.p.poll() is not None and not any(text in ln for ln in self.lines):
+                time.sleep(0.2)
+                if not any(text in ln for ln in self.lines):
+                    raise AssertionError(f"logban exited ({self.p.returncode}) without {text!r}:\n{''.join(self.lines)}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} in the log within {timeout} s:\n{''.join(self.lines)}")
+
+    def query(self, sql: str):
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql).fetchall()
+        finally:
+            con.close()
+
+    def offences(self) -> int:
+        return self.query("SELECT count(*) FROM offences")[0][0]
+
+    def wait_offences(self, n: int, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.offences() >= n:
+                break
+            time.sleep(0.05)
+        time.sleep(0.3)                                  # and no more than n arrive
+        assert self.offences() == n
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.p.send_signal(sig)
+        return self.p.wait(20)
+
+
+@pytest.fixture
+def log(tmp_path):
+    p = tmp_path / "mail.log"
+    p.write_text("")
+    return p
+
+
+@pytest.fixture
+def daemons():
+    running: list[Daemon] = []
+    yield running
+    for d in running:
+        if d.p is not None and d.p.poll() is None:
+            d.p.kill()
+            d.p.wait(10)
+
+
+def start(daemons, tmp, *args, **kw) -> Daemon:
+    d = Daemon(tmp, *args, **kw).start()
+    daemons.append(d)
+    return d
+
+
+def test_an_offending_line_is_banned_within_a_second(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log))
+    t0 = time.monotonic()
+    append(log, dnsbl(f"{NET}.7"))
+    d.wait_log(f"ban {NET}.7 dnsbl", timeout=5)
+    assert time.monotonic() - t0 < 1.5
+    assert d.query("SELECT target, kind FROM bans WHERE released IS NULL") == [(f"{NET}.7", "dnsbl")]
+    assert d.stop() == 0
+    d.wait_log("stopped")
+
+
+def test_rotation_by_rename_finishes_the_old_file_first(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log))
+    append(log, "".join(sasl(f"{NET}.{i}") for i in range(1, 4)))
+    d.wait_offences(3)
+    # Written to the old file after the rename, before the MTA reopens: must not be lost.
+    log.rename(tmp_path / "mail.log.1")
+    append(tmp_path / "mail.log.1", sasl(f"{NET}.4"))
+    log.write_text(sasl(f"{NET}.5") + sasl(f"{NET}.6"))
+    d.wait_offences(6)
+    got = {g[0]: g[1] for g in d.query("SELECT ip, line FROM offences")}
+    assert got == {f"{NET}.1": 1, f"{NET}.2": 2, f"{NET}.3": 3, f"{NET}.4": 4,
+                   f"{NET}.5": 1, f"{NET}.6": 2}          # the new file's line numbers start again
+
+
+def test_copytruncate_and_delete_and_recreate(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log))
+    append(log, sasl(f"{NET}.1") + sasl(f"{NET}.2"))
+    d.wait_offences(2)
+    (tmp_path / "mail.log.1").write_bytes(log.read_bytes())      # copytruncate
+    with open(log, "r+") as f:
+        f.truncate(0)
+    time.sleep(0.3)
+    append(log, sasl(f"{NET}.3"))
+    d.wait_offences(3)
+    log.unlink()
+    time.sleep(0.5)
+    assert d.p.poll() is None
+    log.write_text(sasl(f"{NET}.4"))
+    d.wait_offences(4)
+    d.wait_log("appeared")
+
+
+def test_a_file_created_after_start_and_a_symlink_retargeted(tmp_path, daemons):
+    later = tmp_path / "later.log"
+    link = tmp_path / "current.log"
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text("")
+    link.symlink_to(a)
+    d = start(daemons, tmp_path, "--follow", str(later), "--follow", str(link))
+    d.wait_log("does not exist yet")
+    later.write_text(sasl(f"{NET}.1"))
+    d.wait_offences(1)
+    append(a, sasl(f"{NET}.2"))
+    d.wait_offences(2)
+    b.write_text(sasl(f"{NET}.3"))
+    link.unlink()
+    link.symlink_to(b)
+    d.wait_offences(3)
+    assert d.query("SELECT file FROM offences ORDER BY id") == [(str(later),), (str(link),), (str(link),)]
+
+
+def test_a_line_written_in_two_halves_counts_once(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log))
+    line = sasl(f"{NET}.9")
+    append(log, line[:30])
+    time.sleep(0.8)
+    assert d.offences() == 0
+    append(log, line[30:])
+    d.wait_offences(1)
+    assert d.query("SELECT ip, line FROM offences") == [(f"{NET}.9", 1)]
+
+
+def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log))
+    total = 0
+
+    def burst(n: int, base: int) -> None:
+        append(log, "".join(sasl(f"{NET}.{(base + i) % 250 + 1}") for i in range(n)))
+
+    for k in range(5):                  # bursts while it runs; kill -9 somewhere in the middle
+        burst(2000, k * 2000)
+        total += 2000
+    time.sleep(0.15)
+    d.p.kill()
+    d.p.wait(10)
+    seen = d.offences()
+    burst(1000, 99)                     # written while it is down
+    total += 1000
+    log.rename(tmp_path / "mail.log.1")  # and rotated while it is down
+    log.write_text("")
+    burst(500, 7)
+    total += 500
+    d2 = start(daemons, tmp_path, "--follow", str(log))
+    d2.wait_log("finishing")
+    d2.wait_offences(total, timeout=60)
+    assert seen <= 11000
+    # Every line of the old file once: what was committed before the kill under its old
+    # name, the rest from the rotated copy, from exactly where the kill left it.
+    old = d2.query(f"SELECT line FROM offences WHERE file = '{tmp_path}/mail.log.1' ORDER BY line")
+    assert [n for (n,) in old] == list(range(seen + 1, 11001))
+    first = d2.query(f"SELECT line FROM offences WHERE file = '{log}' ORDER BY id")
+    assert [n for (n,) in first] == list(range(1, seen + 1)) + list(range(1, 501))
+
+
+def test_restart_resumes_without_rereading(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log))
+    append(log, "\n" + sasl(f"{NET}.1"))           # a leading blank line: identity is the first bytes, not line 1
+    d.wait_offences(1)
+    assert d.stop() == 0
+    append(log, sasl(f"{NET}.2"))
+    d2 = start(daemons, tmp_path, "--follow", str(log))
+    d2.wait_offences(2)
+    assert d2.query("SELECT line FROM offences ORDER BY id") == [(2,), (3,)]
+
+
+def test_sighup_with_a_broken_config_keeps_running(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log))
+    good = d.cfg.read_text()
+    d.cfg.write_text(good + "\n[score]\nthreshold = 0\n")
+    r = subprocess.run([sys.executable, "-m", "logban", "-c", str(d.cfg), "reload"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 2 and "score.threshold" in r.stderr     # `logban reload` checks before it asks
+    d.p.send_signal(signal.SIGHUP)                                 # a plain `kill -HUP` does not
+    d.wait_log("reload refused")
+    assert "score.threshold" in d.wait_log("reload refused")
+    assert d.p.poll() is None
+    append(log, dnsbl(f"{NET}.8"))
+    d.wait_log(f"ban {NET}.8")
+    # A good config is taken, and the allow-list it brings releases a ban at once.
+    d.cfg.write_text(good + f'\n[allow]\naddresses = ["{NET}.8"]\n')
+    r = subprocess.run([sys.executable, "-m", "logban", "-c", str(d.cfg), "reload"], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 0 and f"pid {d.p.pid}" in r.stdout, r.stderr
+    d.wait_log("reloaded")
+    d.wait_log(f"release {NET}.8 (allow-listed now)")
+    assert d.query("SELECT release_reason FROM bans") == [("allow-list",)]
+
+
+def test_expiry_releases_on_time(tmp_path, log, daemons):
+    d = start(daemons, tmp_path, "--follow", str(log), config='[ban.durations]\ndnsbl = "2s"\n')
+    append(log, dnsbl(f"{NET}.5"))
+    d.wait_log(f"ban {NET}.5")
+    t_ban = d.query("SELECT expires FROM bans")[0][0]
+    d.wait_log(f"release {NET}.5", timeout=6)
+    released = d.query("SELECT released, release_reason FROM bans")[0]
+    assert released[1] == "expiry" and abs(released[0] - t_ban) < 0.01
+    # Released in the store within a second of its time.
+    assert time.time() - t_ban < 3
+
+
+def test_run_refuses_bad_input(tmp_path, logban):
+    r = logban("--db", f"sqlite:///{tmp_path}/x.db", "run")
+    assert r.returncode == 2 and b"nothing to follow" in r.stderr
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[[follow]]\npath = "relative.log"\n')
+    r = logban("-c", str(cfg), "run")
+    assert r.returncode == 2 and b"follow[0].path" in r.stderr
+    cfg.write_text('[[follow]]\npath = "/var/log/mail.log"\nmta = "exim"\n')
+    r = logban("-c", str(cfg), "--db", f"sqlite:///{tmp_path}/x.db", "run")
+    assert r.returncode == 2 and b"exim" in r.stderr
+    r = logban("-c", str(tmp_path / "none.toml"), "reload")
+    assert r.returncode == 2
