@@ -285,3 +285,45 @@ def test_run_refuses_bad_input(tmp_path, logban):
     assert r.returncode == 2 and b"exim" in r.stderr
     r = logban("-c", str(tmp_path / "none.toml"), "reload")
     assert r.returncode == 2
+
+
+def test_prometheus_metrics_on_loopback(tmp_path, log, daemons):
+    import socket
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = start(daemons, tmp_path, "--follow", str(log), config=f'metrics = "127.0.0.1:{port}"\n')
+    append(log, sasl(f"{NET}.1") + "Nov 22 10:00:00 mx postfix/smtpd[7]: connect from unknown[" + NET + ".1]\n"
+           + dnsbl(f"{NET}.2"))
+    d.wait_log(f"ban {NET}.2")
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    got = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in text.splitlines() if ln.startswith("logban_")}
+    assert got[f'logban_lines_total{{file="{log}"}}'] == 3
+    assert got['logban_offences_total{kind="auth_failed"}'] == 1
+    assert got['logban_offences_total{kind="dnsbl"}'] == 1
+    assert got['logban_bans_added_total{kind="dnsbl"}'] == 1
+    assert got[f'logban_follow_lag_bytes{{file="{log}"}}'] == 0
+
+
+def test_daemon_enforces_in_the_kernel_and_keeps_bans_when_stopped(tmp_path, log, daemons):
+    from netlab import Lab, need_netns, need_tools
+    need_netns()
+    need_tools("nft")
+    lab = Lab(tmp_path)
+    try:
+        d = Daemon(tmp_path, "--follow", str(log), backend="nftables")
+        daemons.append(d)
+        d.start(prefix=["ip", "netns", "exec", lab.srv])
+        assert lab.reachable("192.0.2.2", "192.0.2.3") == {"192.0.2.2": True, "192.0.2.3": True}
+        t0 = time.monotonic()
+        append(log, dnsbl("192.0.2.2"))
+        while "192.0.2.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout:
+            assert time.monotonic() - t0 < 5, "the ban did not reach the kernel within 5 s"
+            time.sleep(0.02)
+        assert time.monotonic() - t0 < 1.5
+        assert lab.reachable("192.0.2.2", "192.0.2.3") == {"192.0.2.2": False, "192.0.2.3": True}
+        assert d.stop() == 0
+        assert not lab.connects("192.0.2.2")            # stopped: the ban stays in force
+    finally:
+        lab.close()
