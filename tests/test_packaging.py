@@ -1,0 +1,39 @@
+"""The shipped service files: the default config loads as it is, and the unit is sane."""
+import configparser
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+from logban.config import load_config
+
+PKG = ROOT / "packaging"
+
+
+def test_default_config_follows_the_postfix_log_in_dry_run():
+    cfg = load_config(PKG / "logban.toml")
+    assert cfg.dry_run is True
+    assert [(str(p), m) for p, m in cfg.daemon.follow] == [("/var/log/mail.log", "postfix")]
+
+
+def test_unit_is_type_notify_hardened_and_reloads_with_sighup():
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str
+    unit.read(PKG / "logban.service")
+    svc = unit["Service"]
+    assert svc["Type"] == "notify" and svc["ExecStart"].endswith("logban run")
+    assert "HUP" in svc["ExecReload"]
+    assert set(svc["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_DAC_READ_SEARCH"}
+    assert svc["ProtectSystem"] == "strict" and "/var/lib/logban" in svc["ReadWritePaths"]
+
+
+def test_unit_verifies_with_systemd_analyze(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = tmp_path / "logban.service"
+    unit.write_text((PKG / "logban.service").read_text().replace("/usr/local/bin/logban", shutil.which("true")))
+    r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    bad = [ln for ln in r.stderr.splitlines() if "logban.service" in ln and
+           any(w in ln for w in ("Unknown", "Failed to parse", "Invalid", "ignoring"))]
+    assert not bad, r.stderr
