@@ -1,0 +1,194 @@
+"""Benchmark the daemon: latency from an appended line to the ban, and sustained follow rate.
+
+    python3 bench/daemon_bench.py [--bans 1000] [--rate 50000] [--seconds 20]
+
+Latency: one offending line (a DNSBL reject, which bans at once) appended at a
+time; the time until the ban is in the kernel set (as root with nft: logban runs
+in a namespace of its own with the nftables backend) or else in the store (the
+`none` backend). p50 and p99 over --bans bans. Target: p99 under 200 ms.
+
+Follow rate: a realistic mixed Postfix log (bench/genlog.py) appended at --rate
+lines/s for --seconds; the daemon's committed read position is sampled to show
+its lag, and its peak RSS is read from /proc. Target: 50,000 lines/s kept up
+with (lag bounded), under 150 MB RSS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+def stamp() -> str:
+    return time.strftime("%b %e %H:%M:%S", time.gmtime())
+
+
+def dnsbl(ip: str) -> str:
+    return (f"{stamp()} mx postfix/smtpd[7]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 Service "
+            f"unavailable; Client host [{ip}] blocked using zen.spamhaus.org; from=<a@b.example> "
+            f"to=<c@d.example> proto=ESMTP helo=<x>\n")
+
+
+class Daemon:
+    def __init__(self, tmp: Path, log: Path, backend: str, netns: str | None) -> None:
+        cfg = tmp / "logban.toml"
+        cfg.write_text(f'[parse]\ntimezone = "UTC"\n[daemon]\npid_file = "{tmp}/logban.pid"\n')
+        self.db = tmp / "logban.db"
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.p = subprocess.Popen([*prefix, sys.executable, "-m", "logban", "-c", str(cfg), "--db",
+                                   f"sqlite:///{self.db}", "--backend", backend, "run", "--follow", str(log)],
+                                  stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        self.ready = threading.Event()
+        threading.Thread(target=self._watch, daemon=True).start()
+        if not self.ready.wait(60):
+            raise SystemExit("logban run did not start")
+        self.pid = self._python_pid()
+
+    def _watch(self) -> None:
+        for line in self.p.stderr:
+            if "running:" in line:
+                self.ready.set()
+
+    def _python_pid(self) -> int:
+        # Under `ip netns exec` the Python process is the child of Popen's.
+        pid = self.p.pid
+        kids = Path(f"/proc/{pid}/task/{pid}/children")
+        if kids.exists() and kids.read_text().split():
+            return int(kids.read_text().split()[0])
+        return pid
+
+    def peak_rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def query(self, sql: str, *args):
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
+        try:
+            return con.execute(sql, args).fetchall()
+        finally:
+            con.close()
+
+    def stop(self) -> None:
+        self.p.terminate()
+        self.p.wait(30)
+
+
+def pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, int(q * len(xs)))]
+
+
+def latency(n: int, tmp: Path) -> None:
+    kernel = os.geteuid() == 0 and shutil.which("nft") is not None and shutil.which("ip") is not None
+    ns = f"lbdb{uuid.uuid4().hex[:6]}" if kernel else None
+    if ns:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    log = tmp / "latency.log"
+    log.write_text("")
+    try:
+        (tmp / "lat").mkdir()
+        d = Daemon(tmp / "lat", log, "nftables" if kernel else "none", ns)
+        times = []
+        for i in range(n):
+            net = f"2001:db8:{0x4000 + (i >> 16):x}:{i & 0xffff:x}"
+            target = f"{net}::/64"
+            t0 = time.perf_counter()
+            with open(log, "a") as f:
+                f.write(dnsbl(f"{net}::1"))
+            deadline = t0 + 10
+            while True:
+                if kernel:
+                    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "get", "element", "inet", "logban", "ban6",
+                                          f"{{ {net}::1 }}"], capture_output=True).returncode == 0
+                else:
+                    out = bool(d.query("SELECT 1 FROM bans WHERE target = ?", target))
+                if out:
+                    break
+                if time.perf_counter() > deadline:
+                    raise SystemExit(f"ban {i} of {target} not seen within 10 s")
+                time.sleep(0.001)
+            times.append(time.perf_counter() - t0)
+        d.stop()
+    finally:
+        if ns:
+            subprocess.run(["ip", "netns", "del", ns])
+    where = "the kernel set (nftables, in a namespace)" if kernel else "the store (backend none)"
+    ms = [t * 1000 for t in times]
+    print(f"latency       {n:,} bans, line appended -> ban in {where}: p50 {statistics.median(ms):.0f} ms, "
+          f"p99 {pct(ms, 0.99):.0f} ms, max {max(ms):.0f} ms   (target p99 < 200 ms)")
+
+
+def follow_rate(rate: int, seconds: float, tmp: Path) -> None:
+    src = HERE / "out" / "mail-1000000.log"
+    if not src.exists():
+        src.parent.mkdir(exist_ok=True)
+        subprocess.run([sys.executable, str(HERE / "genlog.py"), "-n", "1000000", "-o", str(src)], check=True)
+    lines = src.read_bytes().splitlines(keepends=True)
+    log = tmp / "follow.log"
+    log.write_text("")
+    (tmp / "fol").mkdir()
+    d = Daemon(tmp / "fol", log, "none", None)
+    total = int(rate * seconds)
+    written = 0
+    lags: list[int] = []
+    t0 = time.perf_counter()
+    step = 0.05
+    with open(log, "ab") as f:
+        while written < total:
+            due = min(total, int((time.perf_counter() - t0) * rate) + int(rate * step))
+            if due > written:
+                f.write(b"".join(lines[i % len(lines)] for i in range(written, due)))
+                f.flush()
+                written = due
+            got = d.query("SELECT offset FROM positions")
+            lags.append(f.tell() - (got[0][0] if got else 0))
+            time.sleep(step)
+        size = f.tell()
+    wrote_secs = time.perf_counter() - t0
+    while True:
+        got = d.query("SELECT offset FROM positions")
+        if got and got[0][0] >= size:
+            break
+        if time.perf_counter() - t0 > seconds * 10 + 60:
+            raise SystemExit("the daemon did not catch up")
+        time.sleep(0.05)
+    done = time.perf_counter() - t0
+    rss = d.peak_rss_mib()
+    d.stop()
+    avg_line = size / total
+    print(f"follow        {total:,} lines appended at {total / wrote_secs:,.0f} lines/s over {wrote_secs:.1f} s; "
+          f"caught up {done - wrote_secs:.2f} s after the last write ({total / done:,.0f} lines/s overall)")
+    print(f"              lag: median {statistics.median(lags) / avg_line:,.0f} lines, max {max(lags) / avg_line:,.0f} "
+          f"lines ({max(lags) / avg_line / rate:.2f} s of input); peak RSS {rss:.0f} MiB   "
+          f"(target: 50,000 lines/s kept up with, < 150 MB)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bans", type=int, default=1000)
+    ap.add_argument("--rate", type=int, default=50_000)
+    ap.add_argument("--seconds", type=float, default=20)
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as t:
+        tmp = Path(t)
+        latency(a.bans, tmp)
+        follow_rate(a.rate, a.seconds, tmp)
+
+
+if __name__ == "__main__":
+    main()
