@@ -50,10 +50,11 @@ class Daemon:
         self.lines: list[str] = []
         self.p: subprocess.Popen | None = None
 
-    def start(self, prefix: list[str] = ()) -> "Daemon":
+    def start(self, prefix: list[str] = (), env: dict | None = None) -> "Daemon":
         self.lines = []
         self.p = subprocess.Popen([*prefix, sys.executable, "-m", "logban", *self.args], stderr=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                                  stdout=subprocess.DEVNULL, text=True,
+                                  env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
         threading.Thread(target=self._collect, args=(self.p,), daemon=True).start()
         self.wait_log("running:")
         return self
@@ -327,3 +328,27 @@ def test_daemon_enforces_in_the_kernel_and_keeps_bans_when_stopped(tmp_path, log
         assert not lab.connects("192.0.2.2")            # stopped: the ban stays in force
     finally:
         lab.close()
+
+
+def test_systemd_notify_ready_status_watchdog_stopping(tmp_path, log, daemons):
+    import socket
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(10)
+    try:
+        d = Daemon(tmp_path, "--follow", str(log))
+        daemons.append(d)
+        d.start(env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "400000"})
+        got = [sock.recv(4096).decode()]
+        assert got[0].startswith("READY=1\nSTATUS=0 bans active")
+        append(log, dnsbl(f"{NET}.3"))
+        deadline = time.monotonic() + 10
+        while not any("WATCHDOG=1" in m and "1 bans active" in m for m in got):
+            assert time.monotonic() < deadline, got
+            got.append(sock.recv(4096).decode())
+        d.stop()
+        while "STOPPING=1" not in got[-1]:
+            got.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
