@@ -134,8 +134,10 @@ def test_an_offending_line_is_banned_within_a_second(tmp_path, log, daemons):
     d.wait_log("stopped")
 
 
-def test_rotation_by_rename_finishes_the_old_file_first(tmp_path, log, daemons):
-    d = start(daemons, tmp_path, "--follow", str(log))
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
+def test_rotation_by_rename_finishes_the_old_file_first(tmp_path, log, daemons, poll):
+    d = start(daemons, tmp_path, "--follow", str(log), config=f"poll = {'true' if poll else 'false'}\n")
+    assert f"({'polling' if poll else 'inotify'})" in d.wait_log("running:")
     append(log, "".join(sasl(f"{NET}.{i}") for i in range(1, 4)))
     d.wait_offences(3)
     # Written to the old file after the rename, before the MTA reopens: must not be lost.
@@ -148,8 +150,9 @@ def test_rotation_by_rename_finishes_the_old_file_first(tmp_path, log, daemons):
                    f"{NET}.5": 1, f"{NET}.6": 2}          # the new file's line numbers start again
 
 
-def test_copytruncate_and_delete_and_recreate(tmp_path, log, daemons):
-    d = start(daemons, tmp_path, "--follow", str(log))
+@pytest.mark.parametrize("poll", [False, True], ids=["inotify", "polling"])
+def test_copytruncate_and_delete_and_recreate(tmp_path, log, daemons, poll):
+    d = start(daemons, tmp_path, "--follow", str(log), config=f"poll = {'true' if poll else 'false'}\n")
     append(log, sasl(f"{NET}.1") + sasl(f"{NET}.2"))
     d.wait_offences(2)
     (tmp_path / "mail.log.1").write_bytes(log.read_bytes())      # copytruncate
