@@ -34,6 +34,7 @@ log = logging.getLogger("logban")
 
 REVISION_EVERY = 2.0        # seconds between looks for bans changed by others (`logban ban`, `unban`)
 TRIGGER_MAX = 200           # characters of the deciding log line in the ban's log line
+PRUNE_EVERY = 3600.0        # seconds between forgetting offences older than store.retention
 
 
 def sd_notify(msg: str) -> None:
@@ -160,6 +161,7 @@ class Daemon:
         next_sync = time.monotonic() + c.daemon.sync_interval
         next_rev, rev = time.monotonic() + REVISION_EVERY, self.store.revision()
         next_ping = 0.0
+        next_prune = time.monotonic()
         try:
             while not self.stopping:
                 now = time.time()
@@ -186,6 +188,11 @@ class Daemon:
                 if mono >= next_sync:
                     next_sync = mono + self.cfg.daemon.sync_interval
                     self._sync("periodic")
+                if mono >= next_prune:
+                    next_prune = mono + PRUNE_EVERY
+                    gone = self.store.prune(time.time(), self.cfg.retention)
+                    if gone:
+                        log.info("forgot %d offences older than %s", gone, format_duration(self.cfg.retention))
                 if self.reload_wanted:
                     self.reload_wanted = False
                     self._reload()

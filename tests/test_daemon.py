@@ -355,3 +355,17 @@ def test_systemd_notify_ready_status_watchdog_stopping(tmp_path, log, daemons):
             got.append(sock.recv(4096).decode())
     finally:
         sock.close()
+
+
+def test_old_offences_are_forgotten_after_the_retention(tmp_path, log, daemons, logban):
+    db = tmp_path / "logban.db"
+    assert logban("--db", f"sqlite:///{db}", "stats").returncode == 0        # the schema
+    con = sqlite3.connect(db)
+    con.execute("INSERT INTO offences (time, target, ip, mta, rule, kind, score, node, file, line, text) "
+                "VALUES (?, ?, ?, 'postfix', 'r', 'auth_failed', 1, 'n', 'f', 1, '')", (time.time() - 40 * 86400,
+                                                                                     f"{NET}.1", f"{NET}.1"))
+    con.commit()
+    con.close()
+    d = start(daemons, tmp_path, "--follow", str(log), config='[store]\nretention = "30d"\n')
+    d.wait_log("forgot 1 offences older than 30d")
+    assert d.offences() == 0
