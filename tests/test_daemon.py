@@ -367,5 +367,5 @@ def test_old_offences_are_forgotten_after_the_retention(tmp_path, log, daemons, 
     con.commit()
     con.close()
     d = start(daemons, tmp_path, "--follow", str(log), config='[store]\nretention = "30d"\n')
-    d.wait_log("forgot 1 offences older than 30d")
+    d.wait_log("forgot 1 offences older than")
     assert d.offences() == 0
