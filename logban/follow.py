@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from .sources import READ_ERRORS, Source, open_source
+
 FP_LEN = 1024          # bytes of a file's head that identify it
 DRAIN_IDLE = 5.0       # a rotated-away file is read until it has been quiet this long (late writers)
 READ_MAX = 1 << 20     # bytes read from one file per round, so one busy file cannot starve the rest
@@ -63,7 +65,7 @@ class _File:
     fp: str = ""
     fp_len: int = 0
     skipping: bool = False              # dropping the rest of a line cut at max_line
-    backlog: list[tuple[Path, int, int]] = field(default_factory=list)   # rotated copies to finish first
+    backlog: _Backlog | None = None     # a rotated copy to finish first
     draining: list[_Drain] = field(default_factory=list)
 
 
@@ -78,13 +80,59 @@ def _matches(f: BinaryIO, fp: str, fp_len: int) -> bool:
 
 
 def rotated_copies(path: Path) -> list[Path]:
-    """Where logrotate or newsyslog put the previous file: mail.log.1, mail.log.0, mail.log-20261122."""
-    cands = [Path(f"{path}.1"), Path(f"{path}.0")] + [Path(p) for p in glob.glob(f"{glob.escape(str(path))}-*")]
-    out = []
-    for c in cands:
-        if c.is_file() and not c.name.endswith((".gz", ".bz2", ".xz", ".zst")):
-            out.append(c)
-    return sorted(out, key=lambda p: p.stat().st_mtime, reverse=True)
+    """Where logrotate or newsyslog put the previous file: mail.log.1, mail.log.0,
+    mail.log-20261122, compressed or not; newest first."""
+    base = glob.escape(str(path))
+    cands = {Path(p) for pat in (f"{base}.[01]", f"{base}.[01].*", f"{base}-*") for p in glob.glob(pat)}
+    return sorted((c for c in cands if c.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+class _Backlog:
+    """A rotated copy (maybe compressed) read on from a saved position, a round at a time."""
+
+    def __init__(self, path: Path, pos) -> None:
+        self.path, self.offset, self.lines = path, pos.offset, pos.lines
+        self.dev, self.inode, self.fp, self.fp_len = pos.dev, pos.inode, pos.fingerprint, pos.fp_len
+        self.stream = open_source(Source(str(path), path))
+        left = self.offset
+        while left:
+            got = self.stream.read(min(READ_MAX, left))
+            if not got:
+                break
+            left -= len(got)
+        self.rest = b""
+
+    @staticmethod
+    def holds(path: Path, pos) -> bool:
+        """Whether `path` is the file `pos` was read from (by inode, or by its first bytes)."""
+        try:
+            st = path.stat()
+            with open_source(Source(str(path), path)) as f:
+                head = f.read(pos.fp_len) if pos.fp_len else b""
+        except READ_ERRORS:
+            return False
+        same = (st.st_dev, st.st_ino) == (pos.dev, pos.inode) or (
+            len(head) == pos.fp_len and hashlib.sha256(head).hexdigest() == pos.fingerprint)
+        return same and (pos.fp_len > 0 or (st.st_dev, st.st_ino) == (pos.dev, pos.inode))
+
+    def read(self) -> tuple[bytes, int, bool]:
+        """(whole lines, lines before them, finished); a copy does not grow, so its last line is whole."""
+        data = self.stream.read(READ_MAX)
+        before = self.lines
+        if not data:
+            out = self.rest + b"\n" if self.rest else b""
+            self.stream.close()
+        else:
+            buf = self.rest + data
+            cut = buf.rfind(b"\n") + 1
+            out, self.rest = buf[:cut], buf[cut:]
+        self.offset += len(out) - (not data and bool(out))      # the newline added at the end is not in the file
+        self.lines += out.count(b"\n")
+        return out, before, not data
+
+    def position(self, path: Path) -> dict:
+        return {"path": str(path), "dev": self.dev, "inode": self.inode, "fingerprint": self.fp,
+                "fp_len": self.fp_len, "offset": self.offset, "lines": self.lines}
 
 
 class Follower:
@@ -114,16 +162,14 @@ class Follower:
             self.log(f"{path}: truncated while logban was down; reading it from the start")
         # Rotated while logban was down: finish the copy that holds our position first.
         for cand in rotated_copies(path):
-            try:
-                with open(cand, "rb") as f:
-                    st = os.fstat(f.fileno())
-                    if ((st.st_dev, st.st_ino) == (pos.dev, pos.inode) or _matches(f, pos.fingerprint, pos.fp_len)) \
-                            and st.st_size >= pos.offset:
-                        fs.backlog.append((cand, pos.offset, pos.lines))
-                        self.log(f"{path}: rotated while logban was down; finishing {cand} first")
-                        break
-            except OSError:
-                continue
+            if _Backlog.holds(cand, pos):
+                try:
+                    fs.backlog = _Backlog(cand, pos)
+                except READ_ERRORS as e:
+                    self.log(f"{cand}: cannot read the rest of it: {e}")
+                    return
+                self.log(f"{path}: rotated while logban was down; finishing {cand} first")
+                return
 
     def _open(self, fs: _File) -> bool:
         try:
@@ -158,8 +204,12 @@ class Follower:
     def positions(self) -> list[dict]:
         out = []
         for fs in self.files:
-            if fs.f is None or fs.backlog:
-                continue            # while a rotated copy is being finished its saved position stays
+            if fs.backlog is not None:
+                # Until the rotated copy is finished, its position is the one kept.
+                out.append(fs.backlog.position(fs.spec.path))
+                continue
+            if fs.f is None:
+                continue
             if fs.fp_len < FP_LEN:
                 fs.fp, fs.fp_len = fingerprint(fs.f)     # the file has grown: a longer, surer fingerprint
             out.append({"path": str(fs.spec.path), "dev": fs.dev, "inode": fs.inode, "fingerprint": fs.fp,
@@ -178,15 +228,17 @@ class Follower:
         return out
 
     def _read_file(self, fs: _File, out: list[Chunk]) -> None:
-        if fs.backlog:
-            cand, offset, lines = fs.backlog.pop(0)
-            with open(cand, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-            if data and not data.endswith(b"\n"):
-                data += b"\n"           # it will not grow any more
+        if fs.backlog is not None:
+            b = fs.backlog
+            try:
+                data, before, done = b.read()
+            except READ_ERRORS as e:
+                self.log(f"{b.path}: {e}; going on with {fs.spec.path}")
+                data, before, done = b"", b.lines, True
             if data:
-                out.append(Chunk(str(fs.spec.path), str(cand), fs.spec.mta, data, lines))
+                out.append(Chunk(str(fs.spec.path), str(b.path), fs.spec.mta, data, before))
+            if done:
+                fs.backlog = None
             return
         if fs.draining:
             self._drain(fs, out)
@@ -257,8 +309,8 @@ class Follower:
             out.append(Chunk(str(spec.path), fs.name, spec.mta, whole, fs.lines))
             fs.offset += cut
             fs.lines += whole.count(b"\n")
-            if len(data) < READ_MAX:
-                return
+            if cut == len(data) and len(data) < READ_MAX:
+                return                  # all read; else the rest may be an endless line to cut now
 
     # ---- waiting ---------------------------------------------------------------------------
     def _inotify(self, required: bool):

@@ -199,7 +199,8 @@ def test_a_line_written_in_two_halves_counts_once(tmp_path, log, daemons):
     assert d.query("SELECT ip, line FROM offences") == [(f"{NET}.9", 1)]
 
 
-def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons):
+@pytest.mark.parametrize("compress", [False, True], ids=["rename", "rename+gzip"])
+def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons, compress):
     d = start(daemons, tmp_path, "--follow", str(log))
     total = 0
 
@@ -216,6 +217,11 @@ def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons):
     burst(1000, 99)                     # written while it is down
     total += 1000
     log.rename(tmp_path / "mail.log.1")  # and rotated while it is down
+    if compress:                         # logrotate's `compress` without `delaycompress`
+        import gzip
+        (tmp_path / "mail.log.1.gz").write_bytes(gzip.compress((tmp_path / "mail.log.1").read_bytes()))
+        (tmp_path / "mail.log.1").unlink()
+    rotated = tmp_path / ("mail.log.1.gz" if compress else "mail.log.1")
     log.write_text("")
     burst(500, 7)
     total += 500
@@ -225,7 +231,7 @@ def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons):
     assert seen <= 11000
     # Every line of the old file once: what was committed before the kill under its old
     # name, the rest from the rotated copy, from exactly where the kill left it.
-    old = d2.query(f"SELECT line FROM offences WHERE file = '{tmp_path}/mail.log.1' ORDER BY line")
+    old = d2.query(f"SELECT line FROM offences WHERE file = '{rotated}' ORDER BY line")
     assert [n for (n,) in old] == list(range(seen + 1, 11001))
     first = d2.query(f"SELECT line FROM offences WHERE file = '{log}' ORDER BY id")
     assert [n for (n,) in first] == list(range(1, seen + 1)) + list(range(1, 501))
