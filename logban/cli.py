@@ -95,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
     sub.add_parser("reload", help="make the running daemon reload its config and rule packs (SIGHUP)")
 
+    ex = sub.add_parser("export", help="the active bans as a DNSBL zone or an MTA access map")
+    ex.add_argument("--format", required=True, choices=("rbldnsd", "rbldnsd6", "postfix", "postfix-hash",
+                                                        "sendmail", "plain", "json"))
+    ex.add_argument("-o", "--output", type=Path, metavar="FILE",
+                    help="replace FILE atomically (and build the map: postmap, makemap) instead of printing")
+    ex.add_argument("--action", default="REJECT", help='postfix/sendmail: REJECT (default) or a code like "554 5.7.1"')
+
     fw = sub.add_parser("firewall", help="the kernel firewall: status, sync with the store, teardown")
     fsub = fw.add_subparsers(dest="firewall_command", required=True, metavar="SUBCOMMAND", parser_class=_Args)
     fs = fsub.add_parser("status", help="backend, table, sets, chains, element counts and drift from the store")
@@ -488,6 +495,21 @@ def cmd_reload(args, cfg: Config) -> int:
     return 0
 
 
+def cmd_export(args, cfg: Config) -> int:
+    from .export import ExportOptions, render, write
+    store = _store(args, cfg)
+    o = ExportOptions(args.format, args.output, action=args.action)
+    bans = [b for b in store.active_bans(time.time()) if not b.dry_run]
+    content = render(o, bans)
+    if o.path is None:
+        sys.stdout.write(content)
+    elif write(o, content):
+        print(f"{o.path}: {len(bans):,} bans written", file=sys.stderr)
+    else:
+        print(f"{o.path}: unchanged", file=sys.stderr)
+    return 0
+
+
 def cmd_firewall(args, cfg: Config) -> int:
     store = _store(args, cfg)
     fw = _firewall(args, cfg, store)
@@ -521,7 +543,7 @@ def cmd_firewall(args, cfg: Config) -> int:
     return 0
 
 
-COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "run": cmd_run, "reload": cmd_reload, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
+COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "export": cmd_export, "run": cmd_run, "reload": cmd_reload, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
             "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats}
 
 

@@ -10,6 +10,7 @@ import regex
 
 from .allow import check_name_pattern, parse_network
 from .errors import UsageError
+from .export import ExportOptions, options_from as export_options
 from .firewall import FirewallOptions, options_from
 from .score import DEFAULT_DURATIONS, Policy
 from .units import parse_duration
@@ -56,6 +57,7 @@ class Config:
     retention: float = 30 * 86400.0     # offences kept this long
     firewall: FirewallOptions = field(default_factory=FirewallOptions)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    exports: list[ExportOptions] = field(default_factory=list)
 
 
 def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = False) -> float | None:
@@ -188,7 +190,7 @@ def load_config(path: Path | None) -> Config:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: cannot read config: {e}") from None
     _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store", "firewall",
-                 "daemon", "follow"}, "", path)
+                 "daemon", "follow", "export"}, "", path)
     cfg = Config(path=path)
     rules = data.get("rules", {})
     _keys(rules, {"dirs", "disable"}, "rules.", path)
@@ -237,6 +239,7 @@ def load_config(path: Path | None) -> Config:
         cfg.retention = _duration(st["retention"], "store.retention", path)
     cfg.firewall = options_from(data.get("firewall", {}), path)
     cfg.daemon = _daemon(data, path)
+    cfg.exports = export_options(data.get("export", []), path)
     return cfg
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,6 +35,7 @@ log = logging.getLogger("logban")
 
 REVISION_EVERY = 2.0        # seconds between looks for bans changed by others (`logban ban`, `unban`)
 TRIGGER_MAX = 200           # characters of the deciding log line in the ban's log line
+EXPORT_EVERY = 2.0          # seconds at least between rewrites of the [[export]] files
 PRUNE_EVERY = 3600.0        # seconds between forgetting offences older than store.retention
 
 
@@ -98,6 +100,7 @@ class Daemon:
         self.stopping = False
         self.reload_wanted = False
         self.metrics: Metrics | None = None
+        self.exports_dirty = True           # the ban set may have changed: [[export]] files to check
         self._configure(cfg)
 
     # ---- configuration (start and SIGHUP) ------------------------------------------------------
@@ -161,7 +164,7 @@ class Daemon:
         next_sync = time.monotonic() + c.daemon.sync_interval
         next_rev, rev = time.monotonic() + REVISION_EVERY, self.store.revision()
         next_ping = 0.0
-        next_prune = time.monotonic()
+        next_prune = next_export = time.monotonic()
         try:
             while not self.stopping:
                 now = time.time()
@@ -184,6 +187,7 @@ class Daemon:
                     if r != rev:
                         rev = r
                         self.engine.refresh_bans()      # someone ran `logban ban` or `unban`
+                        self.exports_dirty = True
                         next_expiry = self.store.next_expiry()
                 if mono >= next_sync:
                     next_sync = mono + self.cfg.daemon.sync_interval
@@ -197,6 +201,9 @@ class Daemon:
                     self.reload_wanted = False
                     self._reload()
                     next_expiry = self.store.next_expiry()
+                if self.exports_dirty and mono >= next_export:
+                    next_export = mono + EXPORT_EVERY
+                    self._export()
                 if watchdog and mono >= next_ping:
                     next_ping = mono + watchdog / 2
                     sd_notify("WATCHDOG=1\nSTATUS=" + self._status())
@@ -240,7 +247,22 @@ class Daemon:
                     m.lag.labels(str(fs.spec.path)).set(max(0, os.fstat(fs.f.fileno()).st_size - fs.offset))
         return bool(chunks)
 
+    def _export(self) -> None:
+        from .export import render, write
+        self.exports_dirty = False
+        if not self.cfg.exports:
+            return
+        bans = [b for b in self.store.active_bans(time.time()) if not b.dry_run]
+        for o in self.cfg.exports:
+            try:
+                if write(o, render(o, bans)):
+                    log.info("export %s: %d bans written to %s", o.format, len(bans), o.path)
+            except (OSError, subprocess.SubprocessError) as e:
+                log.error("export %s to %s failed: %s", o.format, o.path, e)
+                self.exports_dirty = True        # try again
+
     def _enforce(self, decided: list[Decision]) -> None:
+        self.exports_dirty = True
         now = time.time()
         for d in decided:
             trig = d.trigger.raw[:TRIGGER_MAX].decode("utf-8", "replace") if d.trigger else ""
@@ -261,6 +283,7 @@ class Daemon:
 
     def _expire(self) -> None:
         rows = self.store.expire(time.time())
+        self.exports_dirty = self.exports_dirty or bool(rows)
         for r in rows:
             self.engine.scorer.release(r.target)
             log.info("release %s (%s ban over)", r.target, r.kind)
@@ -298,6 +321,7 @@ class Daemon:
             self.follower = self._follower()
         self.firewall = self._firewall()
         self._sync("reload")
+        self.exports_dirty = True
         log.info("reloaded %s", cfg.path or "the built-in defaults")
         sd_notify("STATUS=" + self._status())
 

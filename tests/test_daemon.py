@@ -375,3 +375,23 @@ def test_old_offences_are_forgotten_after_the_retention(tmp_path, log, daemons, 
     d = start(daemons, tmp_path, "--follow", str(log), config='[store]\nretention = "30d"\n')
     d.wait_log("forgot 1 offences older than")
     assert d.offences() == 0
+
+
+def test_exports_follow_the_ban_set(tmp_path, log, daemons):
+    out = tmp_path / "exports" / "bans.txt"
+    d = start(daemons, tmp_path, "--follow", str(log),
+              config=f'[ban.durations]\ndnsbl = "3s"\n[[export]]\nformat = "plain"\npath = "{out}"\n')
+    deadline = time.monotonic() + 5
+    while not out.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert out.read_text() == ""
+    append(log, dnsbl(f"{NET}.4"))
+    d.wait_log(f"export plain: 1 bans written")
+    assert out.read_text() == f"{NET}.4\n"
+    d.wait_log(f"release {NET}.4", timeout=8)
+    deadline = time.monotonic() + 5
+    while out.read_text():
+        assert time.monotonic() < deadline, "the export still lists an expired ban"
+        time.sleep(0.05)
+    assert sum("export plain: 0 bans written" in ln for ln in d.lines) == 2
