@@ -464,8 +464,9 @@ class Store:
                                              .order_by(sa.func.count().desc())).all())
             active = sa.and_(bc.released.is_(None), sa.or_(bc.expires.is_(None), bc.expires > now))
             ended = sa.or_(bc.released.is_not(None), bc.expires <= now)
-            released = dict(conn.execute(sa.select(sa.func.coalesce(bc.release_reason, "expiry"), sa.func.count())
-                                         .where(ended, *bw).group_by(sa.func.coalesce(bc.release_reason, "expiry")))
+            # One literal, not two parameters: PostgreSQL must see the GROUP BY expression as the selected one.
+            why = sa.func.coalesce(bc.release_reason, sa.literal_column("'expiry'"))
+            released = dict(conn.execute(sa.select(why, sa.func.count()).where(ended, *bw).group_by(why))
                             .all())
             count = lambda *w: conn.execute(sa.select(sa.func.count()).select_from(BANS).where(*w)).scalar_one()  # noqa: E731
             return {

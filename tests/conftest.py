@@ -43,3 +43,30 @@ def root_namespace_untouched():
     if os.geteuid() == 0:
         after = _root_firewall()
         assert after == before, f"the root namespace's firewall changed:\n{after}"
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory):
+    """One real PostgreSQL server for the session (each test gets a database of its own)."""
+    from pgserver import PgServer
+    server = PgServer(tmp_path_factory.mktemp("pg") / "server")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(pg_server):
+    import uuid
+    import psycopg
+    name = f"t{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as c:
+        c.execute(f"CREATE DATABASE {name}")
+    return pg_server.url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """The store's URL: a SQLite file, then a real PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/logban.db"
+    return request.getfixturevalue("pg_url")

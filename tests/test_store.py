@@ -1,4 +1,4 @@
-"""The store on a real SQLite file: schema, migrations, bans, releases, restarts."""
+"""The store on a real SQLite file and a real PostgreSQL server: schema, migrations, bans, releases, restarts."""
 import sqlite3
 import time
 
@@ -22,8 +22,8 @@ def off(ip, t, kind="auth_failed", score=1.0):
     return Offence(t, ip, "postfix", "rule-" + kind, kind, score, "mail.log", 1, b"a log line \xff", None)
 
 
-def engine(tmp_path, **policy) -> Engine:
-    return Engine(Store(url(tmp_path)), Policy(**policy), AllowList(own=()), node="mx1", dry_run=False)
+def engine(db: str, **policy) -> Engine:
+    return Engine(Store(db), Policy(**policy), AllowList(own=()), node="mx1", dry_run=False)
 
 
 def test_new_database_is_wal_with_a_schema_version(tmp_path):
@@ -87,13 +87,13 @@ def test_migration_runs_once_and_a_failed_one_changes_nothing(tmp_path, monkeypa
         assert c.execute("SELECT target, extra FROM bans").fetchall() == [("192.0.2.1", "x")]
 
 
-def test_scores_survive_a_restart(tmp_path):
+def test_scores_survive_a_restart(db_url):
     t = time.time() - 60
-    e = engine(tmp_path)
+    e = engine(db_url)
     e.add([off("192.0.2.7", t + i) for i in range(4)])
     e.close()
     assert e.store.active_bans(time.time()) == []
-    e = engine(tmp_path)                                    # a new process: state from the store
+    e = engine(db_url)                                    # a new process: state from the store
     assert e.scorer.score("192.0.2.7", t + 5) == 4
     e.add([off("192.0.2.7", t + 5)])
     e.close()
@@ -102,31 +102,31 @@ def test_scores_survive_a_restart(tmp_path):
     assert b.text == "a log line \ufffd"
 
 
-def test_release_clears_the_score_for_the_next_run(tmp_path):
+def test_release_clears_the_score_for_the_next_run(db_url):
     t = time.time() - 60
-    e = engine(tmp_path)
+    e = engine(db_url)
     e.add([off("192.0.2.7", t + i) for i in range(4)])
     e.close()
     e.store.release(["192.0.2.7"], "unban", time.time())
-    e = engine(tmp_path)
+    e = engine(db_url)
     assert e.scorer.score("192.0.2.7", t + 5) == 0
     e.add([off("192.0.2.7", t + 5)])
     e.close()
     assert e.store.active_bans(time.time()) == []
 
 
-def test_escalation_is_persisted(tmp_path):
+def test_escalation_is_persisted(db_url):
     base = time.time() - 10 * HOUR
     for i, want in enumerate([HOUR, 2 * HOUR, 4 * HOUR]):
-        e = engine(tmp_path)
+        e = engine(db_url)
         e.add([off("192.0.2.8", base + i * 3 * HOUR, "auth_failed", 5)])
         e.close()
         b = e.store.bans(target="192.0.2.8")[-1]
         assert (b.duration, b.count, b.escalated) == (want, i + 1, i > 0)
 
 
-def test_old_bans_are_recorded_as_expired(tmp_path):
-    e = engine(tmp_path)
+def test_old_bans_are_recorded_as_expired(db_url):
+    e = engine(db_url)
     e.add([off("192.0.2.9", time.time() - 3 * 86400, "dnsbl", 5)])
     e.close()
     [b] = e.store.bans()
@@ -134,8 +134,8 @@ def test_old_bans_are_recorded_as_expired(tmp_path):
     assert e.stats.expired_on_arrival == 1
 
 
-def test_expiry_and_allow_list_release_on_start(tmp_path):
-    s = Store(url(tmp_path))
+def test_expiry_and_allow_list_release_on_start(db_url):
+    s = Store(db_url)
     now = time.time()
     for ip, dur in (("192.0.2.10", 1.0), ("192.0.2.11", HOUR), ("198.51.100.12", HOUR)):
         s.ban(Decision(ip, "manual", "", 0, now - 2, dur, 1, False, "t"), node="a", dry_run=False, now=now - 2)
@@ -145,8 +145,8 @@ def test_expiry_and_allow_list_release_on_start(tmp_path):
     assert by == {"192.0.2.10": "expiry", "192.0.2.11": None, "198.51.100.12": "allow-list"}
 
 
-def test_network_ban_releases_its_members(tmp_path):
-    e = engine(tmp_path)
+def test_network_ban_releases_its_members(db_url):
+    e = engine(db_url)
     t = time.time() - 30
     e.add([off(f"203.0.113.{i}", t + i, "dnsbl", 5) for i in (1, 2, 3)])
     e.close()
@@ -156,8 +156,8 @@ def test_network_ban_releases_its_members(tmp_path):
     assert [b.target for b in e.store.active_bans(time.time())] == ["203.0.113.0/24"]
 
 
-def test_retention_prunes_old_offences(tmp_path):
-    e = engine(tmp_path)
+def test_retention_prunes_old_offences(db_url):
+    e = engine(db_url)
     now = time.time()
     e.add([off("192.0.2.20", now - 40 * 86400), off("192.0.2.21", now - 60)])
     e.close()
@@ -165,8 +165,8 @@ def test_retention_prunes_old_offences(tmp_path):
     assert e.store.offender("192.0.2.20") is None and e.store.offender("192.0.2.21") is not None
 
 
-def test_stats(tmp_path):
-    e = engine(tmp_path)
+def test_stats(db_url):
+    e = engine(db_url)
     t = time.time() - 100
     e.add([off("192.0.2.30", t, "dnsbl", 5), off("192.0.2.31", t + 1), off("192.0.2.31", t + 2, "unknown_user")])
     e.close()
