@@ -26,7 +26,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
@@ -72,6 +72,11 @@ class OffenceRow(SQLModel, table=True):
 
 class BanRow(SQLModel, table=True):
     __tablename__ = "bans"
+    # One unreleased ban per target, whichever node or process decides it: two mail
+    # servers deciding the same ban at once make one ban.
+    __table_args__ = (sa.Index("ux_bans_unreleased_target", "target", unique=True,
+                               sqlite_where=sa.text("released IS NULL"),
+                               postgresql_where=sa.text("released IS NULL")),)
     id: int | None = Field(default=None, primary_key=True)
     target: str = Field(index=True)
     kind: str
@@ -112,7 +117,7 @@ POSITIONS = PositionRow.__table__
 OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text")
 OFFENDER_COLS = ("target", "first_seen", "last_seen", "offences", "kinds", "name", "score", "score_time", "reset_at")
 BAN_COLS = ("target", "kind", "rule", "reason", "score", "created", "expires", "duration", "released",
-            "release_reason", "count", "escalated", "dry_run", "node", "source", "members", "text")
+            "release_reason", "escalated", "dry_run", "node", "source", "members", "text")     # count: in SQL
 # An offender already known adds this batch's counts; its score is the newer one. Plain
 # SQL that SQLite (>= 3.24) and PostgreSQL both read.
 _OFFENDER_MERGE = """ ON CONFLICT (target) DO UPDATE SET
@@ -126,8 +131,19 @@ _OFFENDER_MERGE = """ ON CONFLICT (target) DO UPDATE SET
  reset_at = CASE WHEN excluded.reset_at > offenders.reset_at THEN excluded.reset_at ELSE offenders.reset_at END"""
 
 # version -> what turns a database of that version into the next one
+def _one_unreleased_ban(conn: Connection) -> None:
+    """0.3: older duplicates of an unreleased ban are released as replaced, then the unique index."""
+    keep = sa.select(sa.func.max(BANS.c.id)).where(BANS.c.released.is_(None)).group_by(BANS.c.target)
+    conn.execute(sa.update(BANS).where(BANS.c.released.is_(None), BANS.c.id.not_in(keep))
+                 .values(released=BANS.c.created, release_reason="replaced"))
+    for ix in BANS.indexes:
+        if ix.name == "ux_bans_unreleased_target":
+            ix.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: POSITIONS.create(conn),          # 0.2: the daemon's read positions
+    2: _one_unreleased_ban,
 }
 
 
@@ -294,27 +310,42 @@ class Store:
         """Bans decided, in one statement; a ban already over by `now` goes in as expired."""
         if not decisions:
             return
-        rows, resets = [], []
+        rows, resets, ended = [], [], []
         for d in decisions:
             exp = d.expires
             over = exp is not None and exp <= now
             if d.members:
                 # A network ban ends its members' bans, which may be in this very batch.
                 if rows:
-                    conn.exec_driver_sql(_insert_sql(conn, BAN_COLS), rows)
-                    rows = []
+                    self._insert_ban_rows(conn, rows, ended)
+                    rows, ended = [], []
                 self._release_many(conn, [{"b_target": m, "b_at": d.time, "b_why": "aggregated"} for m in d.members])
             trig = d.trigger
             rows.append((
                 d.target, d.kind, d.rule, d.reason, d.score, d.time, exp, d.duration,
-                exp if over else None, "expiry" if over else None, d.count, d.escalated, dry_run, node, source,
-                ",".join(d.members), trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else ""))
+                exp if over else None, "expiry" if over else None, d.escalated, dry_run, node, source,
+                ",".join(d.members), trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else "", d.target))
+            ended.append((d.target, d.time))
             if d.target not in reset_done:
                 resets.append({"b_target": d.target, "b_at": exp if over else d.time})
         if rows:
-            conn.exec_driver_sql(_insert_sql(conn, BAN_COLS), rows)
+            self._insert_ban_rows(conn, rows, ended)
         if resets:
             self._reset_many(conn, resets)
+
+    @staticmethod
+    def _insert_ban_rows(conn: Connection, rows: list[tuple], ended: list[tuple[str, float]]) -> None:
+        """Insert bans; one already in force for a target (another node's) wins and the new one is
+        dropped. A target's ban over by the new one's start is first released as expired."""
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(
+            f"UPDATE bans SET released = expires, release_reason = 'expiry' WHERE target = {mark} "
+            f"AND released IS NULL AND expires IS NOT NULL AND expires <= {mark}", ended)
+        # The count is the store's, not this process's memory: exact whichever node bans.
+        conn.exec_driver_sql(
+            _insert_sql(conn, BAN_COLS).replace(") VALUES (", ", count) VALUES (")[:-1]
+            + f", (SELECT count(*) + 1 FROM bans WHERE target = {mark}))"
+            + " ON CONFLICT (target) WHERE released IS NULL DO NOTHING", rows)
 
     def _save_positions(self, conn: Connection, node: str, positions: list[dict], now: float) -> None:
         keys = [(node, p["path"]) for p in positions]

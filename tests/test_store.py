@@ -186,7 +186,7 @@ def test_a_version_1_database_gains_read_positions(tmp_path):
         c.execute("DROP TABLE positions")
         c.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     s = Store(url(tmp_path))
-    assert s.schema_version() == 2
+    assert s.schema_version() == store_mod.SCHEMA_VERSION
     assert [b.target for b in s.active_bans(time.time())] == ["192.0.2.1"]
     s.save_positions("mx", [{"path": "/var/log/mail.log", "dev": 1, "inode": 2, "fingerprint": "ab", "fp_len": 2,
                              "offset": 10, "lines": 1}], time.time())
@@ -195,3 +195,35 @@ def test_a_version_1_database_gains_read_positions(tmp_path):
     got = s.positions("mx")
     assert list(got) == ["/var/log/mail.log"] and got["/var/log/mail.log"].offset == 20
     assert s.positions("other") == {}
+
+
+def test_a_version_2_database_keeps_one_unreleased_ban_per_target(tmp_path):
+    Store(url(tmp_path)).close()
+    now = time.time()
+    with sqlite3.connect(tmp_path / "logban.db") as c:       # what logban 0.2 could leave behind
+        c.execute("DROP INDEX ux_bans_unreleased_target")
+        c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        for i, created in enumerate((now - 50, now - 10)):
+            c.execute("INSERT INTO bans (target, kind, rule, reason, score, created, expires, count, escalated, "
+                      "dry_run, node, source, members, text) VALUES ('192.0.2.1', 'manual', '', ?, 0, ?, ?, ?, 0, 0, "
+                      "'a', 'manual', '', '')", (f"ban {i}", created, now + 3600, i + 1))
+    s = Store(url(tmp_path))
+    assert [(b.reason, b.release_reason) for b in s.bans()] == [("ban 0", "replaced"), ("ban 1", None)]
+    with pytest.raises(sa.exc.IntegrityError):
+        with s.write() as conn:
+            conn.exec_driver_sql("INSERT INTO bans (target, kind, rule, reason, score, created, count, escalated, "
+                                 "dry_run, node, source, members, text) VALUES ('192.0.2.1', 'manual', '', '', 0, 0, "
+                                 "1, 0, 0, 'a', 'manual', '', '')")
+
+
+def test_two_writers_deciding_the_same_ban_make_one_with_an_exact_count(db_url):
+    a, b = Store(db_url), Store(db_url)
+    now = time.time()
+    d = Decision("192.0.2.50", "dnsbl", "r", 5, now, HOUR, 1, False, "x")
+    a.record([], [d], node="a", dry_run=False, now=now)
+    b.record([], [d], node="b", dry_run=False, now=now)            # b did not know: it stays one ban
+    assert [(x.node, x.count) for x in a.active_bans(now)] == [("a", 1)]
+    a.release(["192.0.2.50"], "unban", now + 1)
+    later = Decision("192.0.2.50", "dnsbl", "r", 5, now + 2, HOUR, 1, False, "y")   # b's memory says count 1
+    b.record([], [later], node="b", dry_run=False, now=now + 2)
+    assert [(x.node, x.count) for x in a.active_bans(now + 2)] == [("b", 2)]
