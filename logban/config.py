@@ -6,8 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import regex
-
 from .allow import check_name_pattern, parse_network
 from .errors import UsageError
 from .export import ExportOptions, options_from as export_options

@@ -12,10 +12,12 @@ WATCHDOG=1.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,16 +26,18 @@ from .allow import AllowList, Resolver
 from .config import Config, load_config
 from .engine import Engine
 from .errors import FirewallError, UsageError
-from .firewall import Firewall, choose, kernel_timeout
+from .firewall import Firewall, choose, kernel_timeout, wanted
 from .follow import Follower, Spec
-from .parse import Clock, Parser
+from .parse import Clock, Offence, Parser
 from .rules import RuleSet, load_rules
 from .score import Decision
 from .units import format_duration
 
 log = logging.getLogger("logban")
 
-REVISION_EVERY = 2.0        # seconds between looks for bans changed by others (`logban ban`, `unban`)
+CLUSTER_EVERY = 1.0         # seconds between looks at what others wrote (LISTEN/NOTIFY makes it sooner)
+RETRY_EVERY = 2.0           # seconds between attempts to reach a store that went away
+REMOTE_MARGIN = 10_000      # offence ids looked at again: ones taken before a commit that came late
 TRIGGER_MAX = 200           # characters of the deciding log line in the ban's log line
 EXPORT_EVERY = 2.0          # seconds at least between rewrites of the [[export]] files
 PRUNE_EVERY = 3600.0        # seconds between forgetting offences older than store.retention
@@ -52,6 +56,49 @@ def sd_notify(msg: str) -> None:
             s.sendall(msg.encode())
     except OSError as e:
         log.warning("sd_notify: %s", e)
+
+
+def _store_errors() -> tuple:
+    import sqlalchemy as sa
+    from .errors import StoreError
+    return (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, StoreError)
+
+
+STORE_ERRORS = _store_errors()
+
+
+def _short(e: Exception) -> str:
+    orig = getattr(e, "orig", None)
+    return (str(orig if orig is not None else e).strip().splitlines() or [type(e).__name__])[0]
+
+
+class Listener:
+    """LISTEN on the shared PostgreSQL store in a thread: a NOTIFY (a ban, an unban, offences
+    on another node) sets `changed`. If it cannot listen, the loop's polling still works."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.changed = threading.Event()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="logban-listen", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        import psycopg
+        from .store import NOTIFY_CHANNEL
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
+                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    self.changed.set()              # anything missed while not listening
+                    while not self._stop.is_set():
+                        for _ in conn.notifies(timeout=1.0, stop_after=1):
+                            self.changed.set()
+            except psycopg.Error:
+                self._stop.wait(2.0)
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def default_pid_file() -> Path:
@@ -100,6 +147,11 @@ class Daemon:
         self.stopping = False
         self.reload_wanted = False
         self.metrics: Metrics | None = None
+        self.offline_since: float | None = None
+        self.retry_at = 0.0
+        self.kernel: dict[str, float] = {}        # what this process believes the kernel holds: target -> end
+        self.remote_seen: set[int] = set()
+        self.next_expiry: float | None = None
         self.exports_dirty = True           # the ban set may have changed: [[export]] files to check
         self._configure(cfg)
 
@@ -146,78 +198,169 @@ class Daemon:
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
                              resolver=resolver, batch=1 << 62)      # flushed by the loop, with positions
+        self.remote_low = self.store.max_offence_id()           # other nodes' offences: from here on
         self.firewall = self._firewall()
         self._sync("start")
         self.follower = self._follower()
         self.metrics = Metrics(c.daemon.metrics) if c.daemon.metrics else None
+        self.listener = Listener(self.store.listen_dsn()) if self.store.shared else None
         pid_file = c.daemon.pid_file or default_pid_file()
         self._write_pid(pid_file)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
-        log.info("running: following %s (%s), firewall %s%s, store %s",
+        log.info("running: following %s (%s), firewall %s%s, store %s%s",
                  ", ".join(str(s.path) for s in self.specs), self.follower.mode, self.firewall.backend.name,
-                 " (dry run)" if self.dry_run else "", self.store.where(self.store.url))
+                 " (dry run)" if self.dry_run else "", self.store.where(self.store.url),
+                 f" shared as node {self.opts.node}" if self.store.shared else "")
         sd_notify("READY=1\nSTATUS=" + self._status())
-        next_expiry = self.store.next_expiry()
-        next_sync = time.monotonic() + c.daemon.sync_interval
-        next_rev, rev = time.monotonic() + REVISION_EVERY, self.store.revision()
-        next_ping = 0.0
-        next_prune = next_export = time.monotonic()
+        self.next_expiry = self.store.next_expiry()
+        mono = time.monotonic()
+        next_sync, next_cluster, next_ping = mono + c.daemon.sync_interval, mono + CLUSTER_EVERY, 0.0
+        next_prune = next_export = mono
+        self.rev = self.store.revision()
         try:
             while not self.stopping:
-                now = time.time()
-                wait = 1.0 if next_expiry is None else min(1.0, max(0.0, next_expiry - now))
-                self.follower.wait(wait)
+                ne = self.next_expiry
+                self.follower.wait(1.0 if ne is None else min(1.0, max(0.0, ne - time.time())))
                 got = self._read()
-                decided = self.engine.flush(self.follower.positions()) if got else []
-                if decided:
-                    self._enforce(decided)
-                    ends = [d.expires for d in decided if d.expires is not None]
-                    if ends:
-                        next_expiry = min([next_expiry, *ends]) if next_expiry is not None else min(ends)
-                if next_expiry is not None and time.time() >= next_expiry:
-                    self._expire()
-                    next_expiry = self.store.next_expiry()
+                fresh = self.engine.fresh()
+                if fresh:
+                    self._enforce(fresh)        # the kernel first: it needs no database
+                if got or fresh:
+                    self._guard(lambda: self.engine.flush(self.follower.positions()))
+                if self.offline_since is not None and self.engine.has_unsaved():
+                    self._guard(lambda: self.engine.flush(self.follower.positions()))
+                if self.next_expiry is not None and time.time() >= self.next_expiry:
+                    self._guard(self._expire)
                 mono = time.monotonic()
-                if mono >= next_rev:
-                    next_rev = mono + REVISION_EVERY
-                    r = self.store.revision()
-                    if r != rev:
-                        rev = r
-                        self.engine.refresh_bans()      # someone ran `logban ban` or `unban`
-                        self.exports_dirty = True
-                        next_expiry = self.store.next_expiry()
+                notified = self.listener is not None and self.listener.changed.is_set()
+                if notified or mono >= next_cluster:
+                    if notified:
+                        self.listener.changed.clear()
+                    next_cluster = mono + CLUSTER_EVERY
+                    self._guard(self._follow_store)
                 if mono >= next_sync:
                     next_sync = mono + self.cfg.daemon.sync_interval
                     self._sync("periodic")
                 if mono >= next_prune:
                     next_prune = mono + PRUNE_EVERY
-                    gone = self.store.prune(time.time(), self.cfg.retention)
-                    if gone:
-                        log.info("forgot %d offences older than %s", gone, format_duration(self.cfg.retention))
+                    self._guard(self._prune)
                 if self.reload_wanted:
                     self.reload_wanted = False
-                    self._reload()
-                    next_expiry = self.store.next_expiry()
+                    self._guard(self._reload)
                 if self.exports_dirty and mono >= next_export:
                     next_export = mono + EXPORT_EVERY
-                    self._export()
+                    self._guard(self._export)
                 if watchdog and mono >= next_ping:
                     next_ping = mono + watchdog / 2
                     sd_notify("WATCHDOG=1\nSTATUS=" + self._status())
         finally:
             sd_notify("STOPPING=1")
-            self.engine.flush(self.follower.positions())
-            self.engine.close()
+            try:
+                self.engine.flush(self.follower.positions())
+                self.engine.close()
+            except STORE_ERRORS as e:
+                log.error("stopping without the store (%s): %d offences and %d bans not recorded; "
+                          "their lines are read again at the next start", _short(e),
+                          len(self.engine._offences), len(self.engine._pending))
             self.follower.close()
             self.store.close()
+            if self.listener is not None:
+                self.listener.stop()
             pid_file.unlink(missing_ok=True)
             if self.metrics is not None:
                 self.metrics.server.shutdown()
             log.info("stopped; the firewall keeps its bans")
         return 0
+
+    # ---- the store, and when it is away -----------------------------------------------------
+    def _guard(self, fn) -> None:
+        """Run a step that needs the store. Without the store logban goes on: it keeps
+        enforcing, scoring and banning, and keeps what it must record until the store is back."""
+        if self.offline_since is not None and time.monotonic() < self.retry_at:
+            return                      # away: asked again every RETRY_EVERY seconds, not at every step
+        try:
+            fn()
+        except STORE_ERRORS as e:
+            self.retry_at = time.monotonic() + RETRY_EVERY
+            if self.offline_since is None:
+                self.offline_since = time.monotonic()
+                log.error("store unreachable (%s): enforcing and banning on our own, keeping what is "
+                          "to be recorded until it is back", _short(e))
+            return
+        if self.offline_since is not None:
+            down = time.monotonic() - self.offline_since
+            self.offline_since = None
+            log.warning("store back after %s; what was kept is recorded; resynchronising",
+                        format_duration(max(1.0, round(down))))
+            self._guard(self._resync)
+
+    def _resync(self) -> None:
+        self.engine.flush(self.follower.positions())
+        self.engine.refresh_bans()
+        self.next_expiry = self.store.next_expiry()
+        self._sync("resync")
+        self.exports_dirty = True
+
+    def _prune(self) -> None:
+        gone = self.store.prune(time.time(), self.cfg.retention)
+        if gone:
+            log.info("forgot %d offences older than %s", gone, format_duration(self.cfg.retention))
+
+    def _follow_store(self) -> None:
+        """What others wrote: other nodes' offences count here too; bans and unbans made
+        elsewhere (another node, `logban ban`/`unban`) reach this kernel."""
+        rows = self.store.offences_after(self.remote_low, self.opts.node)
+        if rows:
+            offs = []
+            for r in rows:
+                if r.id in self.remote_seen:
+                    continue
+                self.remote_seen.add(r.id)
+                offs.append(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line,
+                                    r.text.encode("utf-8", "replace"), None))
+            # Ids are handed out before commit: a slow writer can commit a lower one later.
+            top = rows[-1].id
+            self.remote_low = max(self.remote_low, top - REMOTE_MARGIN)
+            self.remote_seen = {i for i in self.remote_seen if i > self.remote_low}
+            if offs:
+                self.engine.add(offs, record=False)
+                fresh = self.engine.fresh()
+                if fresh:
+                    self._enforce(fresh)
+                    self.engine.flush(self.follower.positions())
+        r = self.store.revision()
+        if r == self.rev:
+            return
+        self.rev = r
+        self.engine.refresh_bans()
+        self.next_expiry = self.store.next_expiry()
+        self.exports_dirty = True
+        if not self.firewall.enforcing:
+            return
+        now = time.time()
+        want = wanted(self.store.enforced(now), now)
+        # Elements whose time is up are gone from the kernel by their own timeout.
+        self.kernel = {t: e for t, e in self.kernel.items() if e > now + 1}
+        add = {t: secs for t, secs in want.items() if t not in self.kernel}
+        remove = [t for t in self.kernel if t not in want]
+        if not add and not remove:
+            return
+        try:
+            self.firewall.backend.apply(add, remove)
+        except FirewallError as e:
+            log.warning("firewall: %s; reconciling", e)
+            self._sync("repair")
+            return
+        for t in remove:
+            del self.kernel[t]
+        for t, secs in add.items():
+            self.kernel[t] = math.inf if secs is None else now + secs
+            log.info("enforce %s (banned elsewhere)", t)
+        for t in remove:
+            log.info("lift %s (released elsewhere)", t)
 
     def _follower(self) -> Follower:
         return Follower(self.specs, self.store.positions(self.opts.node), max_line=self.cfg.parse.max_line,
@@ -274,15 +417,25 @@ class Daemon:
             return
         add = {d.target: kernel_timeout(d.expires, now) for d in decided if d.expires is None or d.expires > now}
         members = [m for d in decided for m in d.members]
+        ends = [d.expires for d in decided if d.expires is not None]
+        if ends:
+            self.next_expiry = min(ends) if self.next_expiry is None else min(self.next_expiry, *ends)
         try:
             self.firewall.backend.apply(add, members)
         except FirewallError as e:
             # The kernel is not what we thought (an overlapping network, an element gone): reconcile.
             log.warning("firewall: %s; reconciling", e)
             self._sync("repair")
+            return
+        for m in members:
+            self.kernel.pop(m, None)
+        for d in decided:
+            if d.target in add:
+                self.kernel[d.target] = math.inf if d.expires is None else d.expires
 
     def _expire(self) -> None:
         rows = self.store.expire(time.time())
+        self.next_expiry = self.store.next_expiry()
         self.exports_dirty = self.exports_dirty or bool(rows)
         for r in rows:
             self.engine.scorer.release(r.target)
@@ -298,6 +451,11 @@ class Daemon:
         except FirewallError as e:
             log.error("firewall %s sync failed: %s", why, e)
             return
+        except STORE_ERRORS as e:
+            log.error("firewall %s sync skipped: the store is unreachable (%s)", why, _short(e))
+            return
+        now = time.time()
+        self.kernel = {t: math.inf if secs is None else now + secs for t, secs in self.firewall.wanted.items()}
         if p.drift:
             log.warning("firewall %s sync: %d missing added, %d unknown removed, %d timeouts refreshed",
                         why, len(p.missing), len(p.unknown), len(p.stale))
@@ -313,6 +471,7 @@ class Daemon:
             log.error("reload refused, the running config stays: %s", e)
             return
         released = self.engine.reconfigure(cfg.policy, self.allow)
+        self.next_expiry = self.store.next_expiry()
         for t in released:
             log.info("release %s (allow-listed now)", t)
         if self.specs != old_specs:

@@ -38,6 +38,7 @@ class Engine:
         self.scorer = Scorer(policy, allow)
         self._offences: list[tuple[Offence, str]] = []
         self._pending: list[Decision] = []
+        self._fresh: list[Decision] = []
         self._restore()
 
     def _restore(self) -> None:
@@ -78,7 +79,8 @@ class Engine:
         self.scorer.configure(policy, allow)
         return self.release_allowed()
 
-    def add(self, offences: list[Offence]) -> None:
+    def add(self, offences: list[Offence], *, record: bool = True) -> None:
+        """Score offences; `record=False`: another node's, already in the store, counted here too."""
         sc, buf = self.scorer, self._offences
         target_of, resolver = sc.target_of, self.resolver
         for o in offences:
@@ -86,11 +88,21 @@ class Engine:
                 # Only a client about to be banned costs a DNS lookup, never every line.
                 o.name = resolver.names([o.ip]).get(o.ip)
             ds = sc.add(o)
-            buf.append((o, target_of(o.ip)[0]))
+            if record:
+                buf.append((o, target_of(o.ip)[0]))
             if ds:
                 self._pending.extend(ds)
+                self._fresh.extend(ds)
         if len(buf) >= self.batch:
             self.flush()
+
+    def has_unsaved(self) -> bool:
+        return bool(self._offences or self._pending)
+
+    def fresh(self) -> list[Decision]:
+        """Decisions made since the last call: to enforce at once, whether or not the store is reachable."""
+        out, self._fresh = self._fresh, []
+        return out
 
     def flush(self, positions: list[dict] = ()) -> list[Decision]:
         """Offences and decisions to the store in one transaction, with the read positions

@@ -623,6 +623,7 @@ class Firewall:
 
     def __init__(self, backend: Backend, store) -> None:
         self.backend, self.store = backend, store
+        self.wanted: dict[str, int | None] = {}      # what the last sync put in the kernel
 
     @property
     def enforcing(self) -> bool:
@@ -638,9 +639,12 @@ class Firewall:
             return Plan()
         self.backend.setup()
         for attempt in range(self.ATTEMPTS):
-            p = self.diff(now)
+            at = time.time() if now is None else now
+            want = wanted(self.store.enforced(at), at)
+            p = plan(want, self.backend.elements())
             try:
                 self.backend.apply(p.add, p.remove)
+                self.wanted = want
                 return p
             except FirewallError:
                 # A kernel timeout ran out between listing and applying (nft refuses to

@@ -27,6 +27,7 @@ from .rules import KINDS
 from .score import Decision, Past
 
 SCHEMA_VERSION = 3
+NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
@@ -201,7 +202,8 @@ def make_engine(url: str) -> Engine:
     try:
         if u.get_backend_name() == "sqlite":
             return _sqlite_engine(u)
-        return sa.create_engine(u, pool_pre_ping=True)
+        # A database that went away must fail fast, not hang: the daemon goes on without it.
+        return sa.create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 5})
     except (ImportError, sa.exc.NoSuchModuleError) as e:
         raise StoreError(f"{u.render_as_string()}: no driver for this database: {e}") from None
 
@@ -212,6 +214,7 @@ class Store:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
         self.engine = make_engine(self.url)
+        self.shared = self.engine.dialect.name == "postgresql"        # several nodes: LISTEN/NOTIFY
         try:
             self._migrate()
         except sa.exc.SQLAlchemyError as e:
@@ -236,6 +239,9 @@ class Store:
     def write(self) -> Iterator[Connection]:
         with self.engine.connect().execution_options(write=True) as conn, conn.begin():
             yield conn
+            if self.shared:
+                # Delivered at commit to every node listening: a ban, an unban, offences.
+                conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -398,6 +404,22 @@ class Store:
             if rows:
                 self._release_many(conn, [{"b_target": r.target, "b_at": r.expires, "b_why": "expiry"} for r in rows])
             return rows
+
+    def max_offence_id(self) -> int:
+        with self.read() as conn:
+            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(OFFENCES.c.id), 0))).scalar_one()
+
+    def offences_after(self, after_id: int, not_node: str, limit: int = 50_000) -> list[sa.Row]:
+        """Offences other nodes recorded, by id: what a node adds to its own scores."""
+        with self.read() as conn:
+            return list(conn.execute(sa.select(OFFENCES).where(OFFENCES.c.id > after_id, OFFENCES.c.node != not_node)
+                                     .order_by(OFFENCES.c.id).limit(limit)))
+
+    def listen_dsn(self) -> str | None:
+        """A libpq connection string for LISTEN (PostgreSQL only)."""
+        if not self.shared:
+            return None
+        return self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
 
     def next_expiry(self) -> float | None:
         with self.read() as conn:

@@ -102,15 +102,15 @@ class Lab:
                     ip("-n", ns, "route", "add", net, "dev", dev)
             self._listen()
             self._warm()
+            self.legacy_bin = tmp / "legacy-bin"         # a host whose iptables is legacy
+            self.legacy_bin.mkdir(parents=True, exist_ok=True)
+            for cmd in ("iptables", "ip6tables"):
+                real = shutil.which(f"{cmd}-legacy")
+                if real and not (self.legacy_bin / cmd).exists():
+                    (self.legacy_bin / cmd).symlink_to(real)
         except BaseException:
             self.close()
             raise
-        self.legacy_bin = tmp / "legacy-bin"         # a host whose iptables is legacy
-        self.legacy_bin.mkdir(exist_ok=True)
-        for cmd in ("iptables", "ip6tables"):
-            real = shutil.which(f"{cmd}-legacy")
-            if real and not (self.legacy_bin / cmd).exists():
-                (self.legacy_bin / cmd).symlink_to(real)
 
     def _listen(self) -> None:
         def make() -> socket.socket:

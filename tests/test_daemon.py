@@ -6,98 +6,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 
-# Addresses of the documentation ranges that are not this host's own (a CI host may use 192.0.2.0/24).
-NET = "198.51.100"
-
-
-def stamp() -> str:
-    return time.strftime("%b %e %H:%M:%S", time.gmtime())
-
-
-def sasl(ip: str) -> str:
-    """One auth_failed offence (score 1): counted, bans only after five."""
-    return f"{stamp()} mx postfix/smtpd[7]: warning: unknown[{ip}]: SASL LOGIN authentication failed: UGFzc3dvcmQ6\n"
-
-
-def dnsbl(ip: str) -> str:
-    """One dnsbl offence: bans at once."""
-    return (f"{stamp()} mx postfix/smtpd[7]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 Service "
-            f"unavailable; Client host [{ip}] blocked using zen.spamhaus.org; from=<a@b.example> "
-            f"to=<c@d.example> proto=ESMTP helo=<x>\n")
-
-
-def append(path: Path, text: str) -> None:
-    with open(path, "a") as f:
-        f.write(text)
-
-
-class Daemon:
-    def __init__(self, tmp: Path, *args: str, config: str = "", backend: str = "none") -> None:
-        self.tmp = tmp
-        self.cfg = tmp / "logban.toml"
-        if not self.cfg.exists() or config:
-            self.cfg.write_text('[parse]\ntimezone = "UTC"\n[daemon]\npid_file = "%s"\n%s' % (tmp / "logban.pid", config))
-        self.db = tmp / "logban.db"
-        self.args = ["-c", str(self.cfg), "--db", f"sqlite:///{self.db}", "--backend", backend, "run", *args]
-        self.lines: list[str] = []
-        self.p: subprocess.Popen | None = None
-
-    def start(self, prefix: list[str] = (), env: dict | None = None) -> "Daemon":
-        self.lines = []
-        self.p = subprocess.Popen([*prefix, sys.executable, "-m", "logban", *self.args], stderr=subprocess.PIPE,
-                                  stdout=subprocess.DEVNULL, text=True,
-                                  env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
-        threading.Thread(target=self._collect, args=(self.p,), daemon=True).start()
-        self.wait_log("running:")
-        return self
-
-    def _collect(self, p) -> None:
-        for line in p.stderr:
-            self.lines.append(line)
-
-    def wait_log(self, text: str, timeout: float = 20) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for ln in list(self.lines):
-                if text in ln:
-                    return ln
-            if self.p.poll() is not None and not any(text in ln for ln in self.lines):
-                time.sleep(0.2)
-                if not any(text in ln for ln in self.lines):
-                    raise AssertionError(f"logban exited ({self.p.returncode}) without {text!r}:\n{''.join(self.lines)}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {text!r} in the log within {timeout} s:\n{''.join(self.lines)}")
-
-    def query(self, sql: str):
-        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=10)
-        try:
-            return con.execute(sql).fetchall()
-        finally:
-            con.close()
-
-    def offences(self) -> int:
-        return self.query("SELECT count(*) FROM offences")[0][0]
-
-    def wait_offences(self, n: int, timeout: float = 20) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.offences() >= n:
-                break
-            time.sleep(0.05)
-        time.sleep(0.3)                                  # and no more than n arrive
-        assert self.offences() == n
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.p.send_signal(sig)
-        return self.p.wait(20)
+from daemonproc import NET, Daemon, append, dnsbl, sasl
 
 
 @pytest.fixture
@@ -387,7 +302,7 @@ def test_exports_follow_the_ban_set(tmp_path, log, daemons):
         time.sleep(0.05)
     assert out.read_text() == ""
     append(log, dnsbl(f"{NET}.4"))
-    d.wait_log(f"export plain: 1 bans written")
+    d.wait_log("export plain: 1 bans written")
     assert out.read_text() == f"{NET}.4\n"
     d.wait_log(f"release {NET}.4", timeout=8)
     deadline = time.monotonic() + 5

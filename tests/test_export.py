@@ -8,7 +8,6 @@ import socket
 import subprocess
 import time
 from collections import namedtuple
-from pathlib import Path
 
 import pytest
 

@@ -3,11 +3,9 @@ the tests make, with real packets from documentation addresses."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import namedtuple
 
@@ -16,7 +14,7 @@ import pytest
 from logban.errors import UsageError
 from logban.firewall import (KERNEL_TIMEOUT_MAX, REFRESH_CAPPED, FirewallOptions, _src, kernel_timeout, options_from,
                              plan, wanted)
-from netlab import ROOT, Lab, need_netns, need_tools
+from netlab import Lab, need_netns, need_tools
 
 Ban = namedtuple("Ban", "target expires dry_run")
 NOW = 1_800_000_000.0

@@ -1,0 +1,118 @@
+"""Several mail servers, one PostgreSQL: two real `logban run` nodes on a real server."""
+from __future__ import annotations
+
+import ipaddress
+import time
+
+import pytest
+
+from daemonproc import NET, Daemon, append, dnsbl, sasl
+
+
+@pytest.fixture
+def nodes(tmp_path, pg_url):
+    running: list[Daemon] = []
+
+    def start(name: str, backend: str = "none", prefix: list[str] = (), config: str = "",
+              db: str | None = None) -> tuple[Daemon, object]:
+        log = tmp_path / f"{name}.log"
+        log.write_text("")
+        d = Daemon(tmp_path / name, "--follow", str(log), "--node", name, db=db or pg_url, backend=backend,
+                   config=config)
+        running.append(d)
+        d.start(prefix=list(prefix))
+        return d, log
+
+    yield start
+    for d in running:
+        if d.p is not None and d.p.poll() is None:
+            d.p.kill()
+            d.p.wait(10)
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = check()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(0.05)
+
+
+def test_a_slow_attack_spread_over_nodes_is_one_ban(nodes):
+    a, log_a = nodes("mx1")
+    b, log_b = nodes("mx2")
+    ip = f"{NET}.20"
+    append(log_a, sasl(ip) * 2)                 # each node alone stays under the threshold (5)
+    append(log_b, sasl(ip) * 2)
+    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 4, 10, "four offences recorded")
+    time.sleep(1.5)
+    assert a.query("SELECT count(*) FROM bans") == [(0,)]
+    append(log_a, sasl(ip))                      # the fifth, wherever it lands
+    bans = wait_for(lambda: a.query("SELECT target, node, count FROM bans"), 5, "the ban")
+    assert bans == [(ip, "mx1", 1)]
+    nodes_seen = a.query(f"SELECT node, count(*) FROM offences WHERE ip = '{ip}' GROUP BY node ORDER BY node")
+    assert nodes_seen == [("mx1", 3), ("mx2", 2)]
+
+
+def test_a_ban_on_one_node_reaches_the_others_kernel(nodes, tmp_path, pg_url, pg_server):
+    from netlab import Lab, need_netns, need_tools
+    need_netns()
+    need_tools("nft")
+    lab = Lab(tmp_path / "lab")
+    try:
+        a, log_a = nodes("mx1")
+        # mx2 runs in the lab's namespace, whose loopback is its own: it reaches the server by its socket.
+        via_socket = f"{pg_url.rsplit('@', 1)[0]}@/{pg_url.rsplit('/', 1)[1]}?host={pg_server.base}&port={pg_server.port}"
+        b, _ = nodes("mx2", backend="nftables", prefix=["ip", "netns", "exec", lab.srv], db=via_socket)
+        assert lab.connects("192.0.2.2")
+        t0 = time.monotonic()
+        append(log_a, dnsbl("192.0.2.2"))         # seen by mx1 only
+        wait_for(lambda: "192.0.2.2" in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout,
+                 5, "mx1's ban in mx2's kernel")
+        assert time.monotonic() - t0 < 5
+        assert not lab.connects("192.0.2.2") and lab.connects("192.0.2.3")
+        # mx2 enforces it either as mx1's ban or by counting mx1's offence itself: one ban either way.
+        assert a.query("SELECT count(*) FROM bans") == [(1,)]
+        # An unban anywhere lifts it everywhere.
+        from conftest import run_logban
+        assert run_logban("--db", a.url, "unban", "192.0.2.2").returncode == 0
+        wait_for(lambda: "192.0.2.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout,
+                 5, "the unban in mx2's kernel")
+        assert lab.connects("192.0.2.2")
+    finally:
+        lab.close()
+
+
+def test_two_nodes_deciding_the_same_ban_at_once_make_one(nodes):
+    a, log_a = nodes("mx1")
+    b, log_b = nodes("mx2")
+    for i in range(20):                          # IPv6 clients: one /64 each, no network aggregation
+        ip = f"2001:db8:77:{i:x}::1"
+        append(log_a, dnsbl(ip))
+        append(log_b, dnsbl(ip))
+    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 40, 10, "forty offences")
+    time.sleep(1.5)
+    rows = a.query("SELECT target, count(*), max(count) FROM bans GROUP BY target ORDER BY target")
+    assert sorted(rows) == sorted((str(ipaddress.ip_network(f"2001:db8:77:{i:x}::/64")), 1, 1) for i in range(20))
+
+
+def test_the_store_going_away_loses_nothing(nodes, pg_server):
+    a, log_a = nodes("mx1", config='[ban.durations]\ndnsbl = "1h"\n')
+    append(log_a, sasl(f"{NET}.30"))
+    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 1, 10, "the first offence")
+    pg_server.stop()
+    try:
+        append(log_a, sasl(f"{NET}.31") * 3 + dnsbl(f"{NET}.32"))
+        a.wait_log("store unreachable", timeout=10)
+        a.wait_log(f"ban {NET}.32 dnsbl", timeout=10)         # banned on its own meanwhile
+        assert a.p.poll() is None
+    finally:
+        pg_server.start()
+    a.wait_log("store back", timeout=20)
+    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 5, 10, "all five offences")
+    assert a.query("SELECT target, count FROM bans") == [(f"{NET}.32", 1)]
+    append(log_a, sasl(f"{NET}.33"))
+    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 6, 10, "business as usual")
+    assert a.query("SELECT count(*), count(DISTINCT line) FROM offences WHERE file LIKE '%mx1.log'") == [(6, 6)]
