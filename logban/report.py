@@ -150,8 +150,8 @@ def bans_table(bans: list, now: float, history: bool) -> str:
         flags = "".join(f for f, on in ((" dry-run", b.dry_run), (" escalated", b.escalated),
                                          (" manual", b.source == "manual")) if on)
         rows.append((b.target, b.kind, f"{b.score:g}", _short(b.created), format_duration(b.duration),
-                     state, str(b.count), flags.strip(), _cut(b.reason, 70)))
-    head = ("target", "kind", "score", "since (UTC)", "for", "state", "count", "flags", "reason")
+                     state, str(b.count), b.node or "-", flags.strip(), _cut(b.reason, 70)))
+    head = ("target", "kind", "score", "since (UTC)", "for", "state", "count", "node", "flags", "reason")
     w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()  # noqa: E731
     active = sum(1 for b in bans if b.released is None and (b.expires is None or b.expires > now))
@@ -207,7 +207,7 @@ def show_human(d: dict, bans: list, now: float) -> str:
     rec = d["offences"]["recent"]
     if rec:
         out += ["", f"Recent offences ({len(rec)} of {d['offences']['total']:,}):"]
-        out += [f"  {r['time']}  {r['kind']:<15} {r['rule']:<28} {_cut(r['text'], 160)}" for r in rec]
+        out += [f"  {r['time']}  {r['node']:<10} {r['kind']:<15} {r['rule']:<28} {_cut(r['text'], 160)}" for r in rec]
     return "\n".join(out)
 
 
