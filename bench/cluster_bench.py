@@ -48,6 +48,7 @@ class Node:
 
     def _watch(self) -> None:
         for line in self.p.stderr:
+            self.tail = (getattr(self, "tail", []) + [line])[-5:]
             if "running:" in line:
                 self.ready.set()
             for word in ("ban ", "enforce "):
@@ -95,7 +96,7 @@ def run(url: str, n: int, bans: int, tmp: Path) -> None:
             canon = __import__("ipaddress").ip_network(target).compressed
             while canon not in b.seen:
                 if time.perf_counter() - t > 30:
-                    raise SystemExit(f"node mx2 did not act on {canon} within 30 s")
+                    raise SystemExit(f"node mx2 did not act on {canon} within 30 s ; its last words: {''.join(getattr(b, 'tail', []))}")
                 time.sleep(0.002)
             lat.append(b.seen[canon] - t)
         ms = sorted(x * 1000 for x in lat)

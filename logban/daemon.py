@@ -79,6 +79,10 @@ class Listener:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.changed = threading.Event()
+        # The main loop sleeps in select(): a byte on this pipe wakes it at once.
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="logban-listen", daemon=True)
         self.thread.start()
@@ -90,12 +94,19 @@ class Listener:
             try:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
                     conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self.changed.set()              # anything missed while not listening
+                    self._signal()                  # anything missed while not listening
                     while not self._stop.is_set():
                         for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            self.changed.set()
+                            self._signal()
             except psycopg.Error:
                 self._stop.wait(2.0)
+
+    def _signal(self) -> None:
+        self.changed.set()
+        try:
+            os.write(self.wake_w, b"!")
+        except BlockingIOError:
+            pass                        # the pipe is full: the loop is awake anyway
 
     def stop(self) -> None:
         self._stop.set()
@@ -149,7 +160,8 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.offline_since: float | None = None
         self.retry_at = 0.0
-        self.kernel: dict[str, float] = {}        # what this process believes the kernel holds: target -> end
+        # What this process enforces (the kernel holds it unless the backend is none): target -> end.
+        self.kernel: dict[str, float] = {}
         self.remote_seen: set[int] = set()
         self.next_expiry: float | None = None
         self.exports_dirty = True           # the ban set may have changed: [[export]] files to check
@@ -223,7 +235,8 @@ class Daemon:
         try:
             while not self.stopping:
                 ne = self.next_expiry
-                self.follower.wait(1.0 if ne is None else min(1.0, max(0.0, ne - time.time())))
+                self.follower.wait(1.0 if ne is None else min(1.0, max(0.0, ne - time.time())),
+                                   self.listener.wake_r if self.listener is not None else None)
                 got = self._read()
                 fresh = self.engine.fresh()
                 if fresh:
@@ -338,8 +351,6 @@ class Daemon:
         self.engine.refresh_bans()
         self.next_expiry = self.store.next_expiry()
         self.exports_dirty = True
-        if not self.firewall.enforcing:
-            return
         now = time.time()
         want = wanted(self.store.enforced(now), now)
         # Elements whose time is up are gone from the kernel by their own timeout.
@@ -348,17 +359,18 @@ class Daemon:
         remove = [t for t in self.kernel if t not in want]
         if not add and not remove:
             return
-        try:
-            self.firewall.backend.apply(add, remove)
-        except FirewallError as e:
-            log.warning("firewall: %s; reconciling", e)
-            self._sync("repair")
-            return
+        if self.firewall.enforcing:
+            try:
+                self.firewall.backend.apply(add, remove)
+            except FirewallError as e:
+                log.warning("firewall: %s; reconciling", e)
+                self._sync("repair")
+                return
         for t in remove:
             del self.kernel[t]
         for t, secs in add.items():
             self.kernel[t] = math.inf if secs is None else now + secs
-            log.info("enforce %s (banned elsewhere)", t)
+            log.info("enforce %s (banned elsewhere)%s", t, "" if self.firewall.enforcing else ": not, backend none")
         for t in remove:
             log.info("lift %s (released elsewhere)", t)
 
@@ -413,20 +425,19 @@ class Daemon:
                      format_duration(d.duration), d.count, ", escalated" if d.escalated else "", d.rule, trig)
             if self.metrics is not None:
                 self.metrics.bans_added.labels(d.kind).inc()
-        if not self.firewall.enforcing:
-            return
         add = {d.target: kernel_timeout(d.expires, now) for d in decided if d.expires is None or d.expires > now}
         members = [m for d in decided for m in d.members]
         ends = [d.expires for d in decided if d.expires is not None]
         if ends:
             self.next_expiry = min(ends) if self.next_expiry is None else min(self.next_expiry, *ends)
-        try:
-            self.firewall.backend.apply(add, members)
-        except FirewallError as e:
-            # The kernel is not what we thought (an overlapping network, an element gone): reconcile.
-            log.warning("firewall: %s; reconciling", e)
-            self._sync("repair")
-            return
+        if self.firewall.enforcing:
+            try:
+                self.firewall.backend.apply(add, members)
+            except FirewallError as e:
+                # The kernel is not what we thought (an overlapping network, an element gone): reconcile.
+                log.warning("firewall: %s; reconciling", e)
+                self._sync("repair")
+                return
         for m in members:
             self.kernel.pop(m, None)
         for d in decided:

@@ -636,6 +636,8 @@ class Firewall:
     def sync(self, now: float | None = None) -> Plan:
         """Make the kernel equal the store in one batch; returns what was different."""
         if not self.enforcing:
+            at = time.time() if now is None else now
+            self.wanted = wanted(self.store.enforced(at), at)
             return Plan()
         self.backend.setup()
         for attempt in range(self.ATTEMPTS):

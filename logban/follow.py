@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import os
+import select
 import sys
 import time
 from dataclasses import dataclass, field
@@ -340,13 +341,17 @@ class Follower:
     def mode(self) -> str:
         return "inotify" if self._notifier is not None else "polling"
 
-    def wait(self, timeout: float) -> None:
-        """Until something may have changed in a followed directory, or `timeout` seconds."""
+    def wait(self, timeout: float, wake_fd: int | None = None) -> None:
+        """Until something may have changed in a followed directory, `wake_fd` is readable
+        (news from the store), or `timeout` seconds."""
         n = self._notifier
-        if n is None:
-            time.sleep(min(timeout, 0.25))
-            return
-        if n.check_events(int(max(timeout, 0) * 1000)):
+        fds = [] if wake_fd is None else [wake_fd]
+        if n is not None:
+            fds.append(self._wm.get_fd())
+        ready = select.select(fds, [], [], min(max(timeout, 0), 0.25 if n is None else timeout))[0]
+        if wake_fd is not None and wake_fd in ready:
+            os.read(wake_fd, 4096)
+        if n is not None and self._wm.get_fd() in ready:
             n.read_events()
             n.process_events()
 
