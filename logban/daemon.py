@@ -357,19 +357,9 @@ class Daemon:
         self.kernel = {t: e for t, e in self.kernel.items() if e > now + 1}
         add = {t: secs for t, secs in want.items() if t not in self.kernel}
         remove = [t for t in self.kernel if t not in want]
-        if not add and not remove:
+        if not add and not remove or not self._apply(add, remove, now):
             return
-        if self.firewall.enforcing:
-            try:
-                self.firewall.backend.apply(add, remove)
-            except FirewallError as e:
-                log.warning("firewall: %s; reconciling", e)
-                self._sync("repair")
-                return
-        for t in remove:
-            del self.kernel[t]
-        for t, secs in add.items():
-            self.kernel[t] = math.inf if secs is None else now + secs
+        for t in add:
             log.info("enforce %s (banned elsewhere)%s", t, "" if self.firewall.enforcing else ": not, backend none")
         for t in remove:
             log.info("lift %s (released elsewhere)", t)
@@ -430,19 +420,24 @@ class Daemon:
         ends = [d.expires for d in decided if d.expires is not None]
         if ends:
             self.next_expiry = min(ends) if self.next_expiry is None else min(self.next_expiry, *ends)
+        self._apply(add, members, now)
+
+    def _apply(self, add: dict[str, int | None], remove: list[str], now: float) -> bool:
+        """One batch to the kernel (none with the `none` backend), and note what it holds.
+        False: the kernel was not what we thought (an overlapping network, an element gone),
+        and a full reconcile was done instead."""
         if self.firewall.enforcing:
             try:
-                self.firewall.backend.apply(add, members)
+                self.firewall.backend.apply(add, remove)
             except FirewallError as e:
-                # The kernel is not what we thought (an overlapping network, an element gone): reconcile.
                 log.warning("firewall: %s; reconciling", e)
                 self._sync("repair")
-                return
-        for m in members:
-            self.kernel.pop(m, None)
-        for d in decided:
-            if d.target in add:
-                self.kernel[d.target] = math.inf if d.expires is None else d.expires
+                return False
+        for t in remove:
+            self.kernel.pop(t, None)
+        for t, secs in add.items():
+            self.kernel[t] = math.inf if secs is None else now + secs
+        return True
 
     def _expire(self) -> None:
         rows = self.store.expire(time.time())

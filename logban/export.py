@@ -105,33 +105,30 @@ def render(o: ExportOptions, bans: list) -> str:
     if f == "postfix":
         return f"# {head}\n" + "".join(f"{b.target} {_reply(o, b)}\n" for b in _sorted(bans))
     if f == "postfix-hash":
-        lines = [f"# {head}"]
-        for b in _sorted(bans):
-            net = ipaddress.ip_network(b.target)
-            if net.version == 6:
-                if net.prefixlen == 128:
-                    lines.append(f"{net.network_address} {_reply(o, b)}")
-                else:
-                    lines.append(f"# {b.target}: left out, use the postfix (cidr) format for IPv6 networks")
-                continue
-            lines += [f"{k} {_reply(o, b)}" for k in _octet_prefixes(net)]
-        return "\n".join(lines) + "\n"
+        return _access_map(head, bans, "", lambda b: _reply(o, b), ipv6_networks=False)
     if f == "sendmail":
-        lines = [f"# {head}"]
-        for b in _sorted(bans):
-            net = ipaddress.ip_network(b.target)
-            if net.version == 6:
-                if net.prefixlen == 128:
-                    lines.append(f"Connect:IPv6:{net.network_address} {_sendmail_reply(o, b)}")
-                elif net.prefixlen % 16 == 0:
-                    words = ":".join(f"{g:x}" for g in _groups(net)[: net.prefixlen // 16])
-                    lines.append(f"Connect:IPv6:{words} {_sendmail_reply(o, b)}")
-                else:
-                    lines.append(f"# {b.target}: left out, not on a 16-bit boundary")
-                continue
-            lines += [f"Connect:{k} {_sendmail_reply(o, b)}" for k in _octet_prefixes(net)]
-        return "\n".join(lines) + "\n"
+        return _access_map(head, bans, "Connect:", lambda b: _sendmail_reply(o, b), ipv6_networks=True)
     raise UsageError(f"export format {f!r}: one of {', '.join(FORMATS)}")
+
+
+def _access_map(head: str, bans: list, prefix: str, reply, *, ipv6_networks: bool) -> str:
+    """A map matched by key prefixes: IPv4 networks as the octet prefixes the MTA tries,
+    IPv6 addresses as such, IPv6 networks as leading 16-bit words where the MTA matches those."""
+    lines = [f"# {head}"]
+    for b in _sorted(bans):
+        net = ipaddress.ip_network(b.target)
+        if net.version == 4:
+            keys = _octet_prefixes(net)
+        elif net.prefixlen == 128:
+            keys = [f"IPv6:{net.network_address}" if ipv6_networks else str(net.network_address)]
+        elif ipv6_networks and net.prefixlen % 16 == 0:
+            keys = ["IPv6:" + ":".join(f"{g:x}" for g in _groups(net)[: net.prefixlen // 16])]
+        else:
+            why = "not on a 16-bit boundary" if ipv6_networks else "use the postfix (cidr) format for IPv6 networks"
+            lines.append(f"# {b.target}: left out, {why}")
+            continue
+        lines += [f"{prefix}{k} {reply(b)}" for k in keys]
+    return "\n".join(lines) + "\n"
 
 
 def _sendmail_reply(o: ExportOptions, b) -> str:

@@ -18,7 +18,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
+from conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 CLONE_NEWNET = 0x40000000
@@ -43,18 +43,13 @@ def need_netns() -> None:
     elif not Path("/proc/self/ns/net").exists():
         why = "kernel without network namespaces"
     if why:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}, and CI=true: these tests must run in CI")
-        pytest.skip(why)
+        skip_or_fail(why)
 
 
 def need_tools(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        why = f"needs {', '.join(missing)} (Debian: iptables ipset nftables)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}, and CI=true")
-        pytest.skip(why)
+        skip_or_fail(f"needs {', '.join(missing)} (Debian: iptables ipset nftables)")
 
 
 def ip(*args: str) -> None:

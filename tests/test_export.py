@@ -11,6 +11,7 @@ from collections import namedtuple
 
 import pytest
 
+from conftest import skip_or_fail
 from logban.errors import UsageError
 from logban.export import ExportOptions, options_from, render, write
 
@@ -23,10 +24,7 @@ BANS = [Ban("192.0.2.7", "dnsbl", 1_800_000_000.0), Ban("198.51.100.0/24", "rela
 def need(*tools: str) -> None:
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        why = f"needs {', '.join(missing)} (Debian: rbldnsd dnsutils postfix)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{why}, and CI=true")
-        pytest.skip(why)
+        skip_or_fail(f"needs {', '.join(missing)} (Debian: rbldnsd dnsutils postfix)")
 
 
 def test_rbldnsd_zone_has_ipv4_only_with_the_kind_in_the_text():
