@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import ipaddress
 import json
 import os
@@ -23,6 +24,8 @@ from .rules import RuleSet, lint_pattern, load_rules
 from .score import Decision, Scorer
 from .sources import READ_ERRORS, Source, chunks, expand, open_source
 from .units import format_duration, parse_duration
+
+BATCH = 50_000                  # offences per transaction of scan --apply
 
 
 class _Args(argparse.ArgumentParser):
@@ -55,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--apply", action="store_true",
                     help="score the offences by their log time and record offences and bans in the store")
     sc.add_argument("--dry-run", action="store_true", help="with --apply: bans are recorded as dry-run, never enforced")
+    sc.add_argument("--reapply", action="store_true",
+                    help="with --apply: also the lines an earlier scan --apply applied (they are counted again)")
     sc.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
 
     ls = sub.add_parser("list", help="active bans (--all: history too)")
@@ -147,23 +152,45 @@ class _Progress:
             sys.stderr.flush()
 
 
+def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
+    """`chunk` without its first `n` lines, and how many it had of them."""
+    pos = 0
+    for i in range(n):
+        nl = chunk.find(b"\n", pos)
+        if nl < 0:
+            return b"", i + (1 if pos < len(chunk) else 0)
+        pos = nl + 1
+    return chunk[pos:], n
+
+
 def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Offence]], None],
-                 progress: _Progress | None = None) -> list[str]:
-    """Run every source through the parser in order; names of sources not read to the end."""
+                 progress: _Progress | None = None, *, skip: Callable[[Source], int] | None = None,
+                 read_to: Callable[[Source, int], None] | None = None) -> list[str]:
+    """Run every source through the parser in order; names of sources not read to the end.
+    `skip(src)`: lines of it applied before, not read again; `read_to(src, lines)`: after each chunk."""
     failed = []
     for src in sources:
         parser.file = src.name
         parser.clock.set_reference(src.mtime() or time.time())
         lines = 0
+        left = skip(src) if skip else 0
         try:
             stream = open_source(src)
             try:
                 for chunk in chunks(stream, parser.max_line):
+                    if left:
+                        chunk, dropped = _skip_lines(chunk, left)
+                        left -= dropped
+                        lines += dropped
+                        if not chunk:
+                            continue
                     before = parser.stats.lines
                     offs = parser.feed(chunk, lines)
                     lines += parser.stats.lines - before
                     if offs:
                         sink(offs)
+                    if read_to:
+                        read_to(src, lines)
                     if progress:
                         progress.show(src.name, parser.stats.lines)
             finally:
@@ -221,8 +248,8 @@ def _engine(args, cfg: Config, store):
 
 
 def cmd_scan(args, cfg: Config) -> int:
-    if (args.dry_run or args.node) and not args.apply:
-        raise UsageError("--dry-run and --node go with --apply")
+    if (args.dry_run or args.node or args.reapply) and not args.apply:
+        raise UsageError("--dry-run, --node and --reapply go with --apply")
     rules = _ruleset(cfg, args.mta)
     parser = _parser(cfg, rules, args.mta)
     sources = expand(args.paths)
@@ -233,17 +260,23 @@ def cmd_scan(args, cfg: Config) -> int:
         sinks.append(lambda offs: write("".join(event(o) + "\n" for o in offs)))
     else:
         sinks.append(summary.add)
-    engine = None
+    engine = applied = None
     if args.apply:
         _check_rule_durations(cfg, rules)
         engine = _engine(args, cfg, _store(args, cfg))
+        applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         sinks.append(engine.add)
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
-    summary.failed = feed_sources(sources, parser, sink, progress)
+    summary.failed = feed_sources(sources, parser, sink, progress, skip=applied and applied.skip,
+                                  read_to=applied and applied.read_to)
     note = None
     if engine is not None:
+        applied.flush()
+        if applied.skipped:
+            print(f"logban: {applied.skipped:,} lines applied by an earlier scan --apply were skipped "
+                  "(--reapply counts them again)", file=sys.stderr)
         engine.close()
         engine.store.prune(time.time(), cfg.retention)
         note = _enforce(args, cfg, engine.store, dry_run=args.dry_run)
@@ -259,6 +292,61 @@ def cmd_scan(args, cfg: Config) -> int:
         if engine is not None:
             print("\n" + applied_human(engine) + f"\n  firewall: {note}")
     return 1 if summary.failed else 0
+
+
+class Applied:
+    """What `scan --apply` has applied of each file, kept with the offences (one transaction),
+    so that applying a file again adds only what is new in it: no offence counted twice."""
+
+    def __init__(self, engine, node: str, *, again: bool) -> None:
+        from .follow import fingerprint
+        self.engine, self.node, self.again = engine, node, again
+        self.saved = engine.store.positions(node)
+        self.now: dict[str, dict] = {}          # path -> position read up to in this run
+        self.skipped = 0
+        self._fingerprint = fingerprint
+        engine.batch = 1 << 62                  # flushed here, with positions
+
+    def _identity(self, src: Source) -> dict | None:
+        if src.path is None:
+            return None
+        try:
+            with open(src.path, "rb") as f:
+                st = os.fstat(f.fileno())
+                fp, n = self._fingerprint(f)
+        except OSError:
+            return None
+        return {"node": self.node, "path": str(src.path.resolve()), "dev": st.st_dev, "inode": st.st_ino,
+                "fingerprint": fp, "fp_len": n, "offset": 0, "lines": 0}
+
+    def skip(self, src: Source) -> int:
+        ident = self._identity(src)
+        if ident is None:
+            return 0
+        self.now[ident["path"]] = ident
+        old = self.saved.get(ident["path"])
+        if self.again or old is None or old.fp_len > ident["fp_len"]:
+            return 0
+        # The same file if its first bytes are the ones seen then (it may have grown since).
+        with open(src.path, "rb") as f:
+            head = os.pread(f.fileno(), old.fp_len, 0)
+        if hashlib.sha256(head).hexdigest() != old.fingerprint:
+            return 0
+        self.skipped += old.lines
+        ident["lines"] = old.lines
+        return old.lines
+
+    def read_to(self, src: Source, lines: int) -> None:
+        if src.path is None:
+            return
+        pos = self.now.get(str(src.path.resolve()))
+        if pos is not None:
+            pos["lines"] = max(pos["lines"], lines)
+        if self.engine.unsaved() >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        self.engine.flush(list(self.now.values()))
 
 
 def applied_json(engine) -> dict:

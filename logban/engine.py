@@ -99,6 +99,10 @@ class Engine:
     def has_unsaved(self) -> bool:
         return bool(self._offences or self._pending)
 
+    def unsaved(self) -> int:
+        """Offences not in the store yet."""
+        return len(self._offences)
+
     def fresh(self) -> list[Decision]:
         """Decisions made since the last call: to enforce at once, whether or not the store is reachable."""
         out, self._fresh = self._fresh, []

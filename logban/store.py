@@ -354,9 +354,11 @@ class Store:
             + " ON CONFLICT (target) WHERE released IS NULL DO NOTHING", rows)
 
     def _save_positions(self, conn: Connection, node: str, positions: list[dict], now: float) -> None:
-        keys = [(node, p["path"]) for p in positions]
+        """A position may name its own node (`scan --apply` keeps its own beside the daemon's)."""
+        rows = [{"node": node} | p | {"updated": now} for p in positions]
+        keys = [(r["node"], r["path"]) for r in rows]
         conn.execute(sa.delete(POSITIONS).where(sa.tuple_(POSITIONS.c.node, POSITIONS.c.path).in_(keys)))
-        conn.execute(sa.insert(POSITIONS), [p | {"node": node, "updated": now} for p in positions])
+        conn.execute(sa.insert(POSITIONS), rows)
 
     def positions(self, node: str) -> dict[str, sa.Row]:
         with self.read() as conn:

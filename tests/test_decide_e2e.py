@@ -153,3 +153,34 @@ def test_reader_during_heavy_writes(logban, db, tmp_path):
     assert reads >= 2
     applied = json.loads(out)["applied"]
     assert json.loads(logban("--db", db, "stats", "--json").stdout)["offences"] == applied["offences"] > 50_000
+
+
+def test_scan_apply_twice_counts_each_line_once(logban, db, tmp_path):
+    import gzip
+    import sqlite3
+    log = recent_log(tmp_path / "mail.log", [UNKNOWN.format(ip=f"198.51.100.{i}", i=i) for i in range(1, 4)])
+    old = tmp_path / "mail.log.2.gz"
+    old.write_bytes(gzip.compress(b"".join(recent_log(tmp_path / "x", [DNSBL.format(ip="203.0.113.9")]).read_bytes()
+                                           for _ in range(1))))
+
+    def offences() -> int:
+        with sqlite3.connect(db.removeprefix("sqlite:///")) as c:
+            return c.execute("SELECT count(*) FROM offences").fetchone()[0]
+
+    r = logban("--db", db, "scan", "--apply", "--json", str(log), str(old))
+    assert r.returncode == 0, r.stderr
+    assert offences() == 4
+    r = logban("--db", db, "scan", "--apply", "--json", str(log), str(old))
+    assert r.returncode == 0 and b"4 lines applied by an earlier scan --apply were skipped" in r.stderr
+    assert offences() == 4 and json.loads(r.stdout)["applied"]["offences"] == 0
+    with open(log, "a") as f:                       # the live file grew: only the new line counts
+        f.write(open(recent_log(tmp_path / "y", [UNKNOWN.format(ip="198.51.100.9", i=9)])).read())
+    r = logban("--db", db, "scan", "--apply", "--json", str(log))
+    assert json.loads(r.stdout)["applied"]["offences"] == 1 and offences() == 5
+    with sqlite3.connect(db.removeprefix("sqlite:///")) as c:
+        assert c.execute("SELECT line FROM offences WHERE ip = '198.51.100.9'").fetchall() == [(4,)]
+    r = logban("--db", db, "scan", "--apply", "--reapply", "--json", str(old))
+    assert json.loads(r.stdout)["applied"]["offences"] == 1 and offences() == 6
+    log.write_text(open(tmp_path / "y").read())     # a different file under the same name: read whole
+    r = logban("--db", db, "scan", "--apply", "--json", str(log))
+    assert json.loads(r.stdout)["applied"]["offences"] == 1 and offences() == 7
