@@ -241,9 +241,7 @@ class Daemon:
                 fresh = self.engine.fresh()
                 if fresh:
                     self._enforce(fresh)        # the kernel first: it needs no database
-                if got or fresh:
-                    self._guard(lambda: self.engine.flush(self.follower.positions()))
-                if self.offline_since is not None and self.engine.has_unsaved():
+                if got or fresh or (self.offline_since is not None and self.engine.has_unsaved()):
                     self._guard(lambda: self.engine.flush(self.follower.positions()))
                 if self.next_expiry is not None and time.time() >= self.next_expiry:
                     self._guard(self._expire)
