@@ -39,6 +39,7 @@ class DaemonConfig:
     sync_interval: float = 600.0        # full firewall reconcile
     pid_file: Path | None = None
     metrics: str | None = None          # "127.0.0.1:9466": Prometheus endpoint; None: off
+    offline_buffer: int = 1_000_000     # offences kept while the store is away; then reading pauses
 
 
 @dataclass
@@ -243,7 +244,7 @@ def load_config(path: Path | None) -> Config:
 
 def _daemon(data: dict, path: Path) -> DaemonConfig:
     d = data.get("daemon", {})
-    _keys(d, {"poll", "from_start", "sync_interval", "pid_file", "metrics"}, "daemon.", path)
+    _keys(d, {"poll", "from_start", "sync_interval", "pid_file", "metrics", "offline_buffer"}, "daemon.", path)
     dc = DaemonConfig()
     follow = data.get("follow", [])
     if not isinstance(follow, list) or not all(isinstance(f, dict) for f in follow):
@@ -266,6 +267,8 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
         if not isinstance(d["pid_file"], str) or not d["pid_file"].startswith("/"):
             raise UsageError(f"{path}: daemon.pid_file must be an absolute path")
         dc.pid_file = Path(d["pid_file"])
+    if "offline_buffer" in d:
+        dc.offline_buffer = int(_number(d["offline_buffer"], "daemon.offline_buffer", path, 1, 1e9, whole=True))
     if "metrics" in d:
         m = d["metrics"]
         host, _, port = m.rpartition(":") if isinstance(m, str) else ("", "", "")

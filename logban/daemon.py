@@ -160,6 +160,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.offline_since: float | None = None
         self.retry_at = 0.0
+        self.paused = False
         # What this process enforces (the kernel holds it unless the backend is none): target -> end.
         self.kernel: dict[str, float] = {}
         self.remote_seen: set[int] = set()
@@ -237,7 +238,7 @@ class Daemon:
                 ne = self.next_expiry
                 self.follower.wait(1.0 if ne is None else min(1.0, max(0.0, ne - time.time())),
                                    self.listener.wake_r if self.listener is not None else None)
-                got = self._read()
+                got = self._read() if self._may_read() else False
                 fresh = self.engine.fresh()
                 if fresh:
                     self._enforce(fresh)        # the kernel first: it needs no database
@@ -307,6 +308,20 @@ class Daemon:
             log.warning("store back after %s; what was kept is recorded; resynchronising",
                         format_duration(max(1.0, round(down))))
             self._guard(self._resync)
+
+    def _may_read(self) -> bool:
+        """While the store is away what is read is kept in memory; past daemon.offline_buffer
+        offences (checked between reads) reading pauses, and the lines wait in the log files,
+        where nothing is lost."""
+        full = self.offline_since is not None and self.engine.unsaved() >= self.cfg.daemon.offline_buffer
+        if full != self.paused:
+            self.paused = full
+            if full:
+                log.warning("store still away and %d offences kept: reading paused until it is back",
+                            self.engine.unsaved())
+            else:
+                log.info("reading resumed")
+        return not full
 
     def _resync(self) -> None:
         self.engine.flush(self.follower.positions())

@@ -116,3 +116,19 @@ def test_the_store_going_away_loses_nothing(nodes, pg_server):
     append(log_a, sasl(f"{NET}.33"))
     wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 6, 10, "business as usual")
     assert a.query("SELECT count(*), count(DISTINCT line) FROM offences WHERE file LIKE '%mx1.log'") == [(6, 6)]
+
+
+def test_a_long_outage_pauses_reading_instead_of_growing_without_end(nodes, pg_server):
+    a, log_a = nodes("mx1", config="offline_buffer = 3\n")
+    append(log_a, sasl(f"{NET}.40"))
+    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 1, 10, "the first offence")
+    pg_server.stop()
+    try:
+        append(log_a, "".join(sasl(f"{NET}.{41 + i}") for i in range(10)))
+        a.wait_log("reading paused", timeout=15)
+        assert a.p.poll() is None
+    finally:
+        pg_server.start()
+    a.wait_log("reading resumed", timeout=20)
+    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 11, 15, "all eleven offences")
+    assert a.query("SELECT count(DISTINCT line) FROM offences") == [(11,)]
