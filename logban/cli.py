@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import ipaddress
 import json
 import os
@@ -210,10 +208,7 @@ def _store(args, cfg: Config):
 
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
     from .firewall import Firewall, choose
-    opts = cfg.firewall
-    if args.backend:
-        opts = dataclasses.replace(opts, backend=args.backend)
-    return Firewall(choose(opts, dry_run=cfg.dry_run or dry_run), store)
+    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store)
 
 
 def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
@@ -299,42 +294,31 @@ class Applied:
     so that applying a file again adds only what is new in it: no offence counted twice."""
 
     def __init__(self, engine, node: str, *, again: bool) -> None:
-        from .follow import fingerprint
         self.engine, self.node, self.again = engine, node, again
         self.saved = engine.store.positions(node)
         self.now: dict[str, dict] = {}          # path -> position read up to in this run
         self.skipped = 0
-        self._fingerprint = fingerprint
         engine.batch = 1 << 62                  # flushed here, with positions
 
-    def _identity(self, src: Source) -> dict | None:
+    def skip(self, src: Source) -> int:
+        """Lines of `src` applied before: the same file (by its first bytes), maybe grown since."""
+        from .follow import fingerprint, head_matches
         if src.path is None:
-            return None
+            return 0
+        path = str(src.path.resolve())
+        old = None if self.again else self.saved.get(path)
         try:
             with open(src.path, "rb") as f:
                 st = os.fstat(f.fileno())
-                fp, n = self._fingerprint(f)
+                fp, n = fingerprint(f)
+                done = old is not None and head_matches(os.pread(f.fileno(), old.fp_len, 0), old)
         except OSError:
-            return None
-        return {"node": self.node, "path": str(src.path.resolve()), "dev": st.st_dev, "inode": st.st_ino,
-                "fingerprint": fp, "fp_len": n, "offset": 0, "lines": 0}
-
-    def skip(self, src: Source) -> int:
-        ident = self._identity(src)
-        if ident is None:
             return 0
-        self.now[ident["path"]] = ident
-        old = self.saved.get(ident["path"])
-        if self.again or old is None or old.fp_len > ident["fp_len"]:
-            return 0
-        # The same file if its first bytes are the ones seen then (it may have grown since).
-        with open(src.path, "rb") as f:
-            head = os.pread(f.fileno(), old.fp_len, 0)
-        if hashlib.sha256(head).hexdigest() != old.fingerprint:
-            return 0
-        self.skipped += old.lines
-        ident["lines"] = old.lines
-        return old.lines
+        lines = old.lines if done else 0
+        self.now[path] = {"node": self.node, "path": path, "dev": st.st_dev, "inode": st.st_ino,
+                          "fingerprint": fp, "fp_len": n, "offset": 0, "lines": lines}
+        self.skipped += lines
+        return lines
 
     def read_to(self, src: Source, lines: int) -> None:
         if src.path is None:

@@ -1,6 +1,7 @@
 """The TOML configuration: read once, validated whole, every mistake named by key."""
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -8,8 +9,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .allow import check_name_pattern, parse_network
 from .errors import UsageError
-from .export import ExportOptions, options_from as export_options
-from .firewall import FirewallOptions, options_from
+from .export import FORMATS, ExportOptions
+from .firewall import ACTIONS, BACKENDS, FirewallOptions
 from .score import DEFAULT_DURATIONS, Policy
 from .units import parse_duration
 
@@ -236,7 +237,7 @@ def load_config(path: Path | None) -> Config:
     _keys(st, {"retention"}, "store.", path)
     if "retention" in st:
         cfg.retention = _duration(st["retention"], "store.retention", path)
-    cfg.firewall = options_from(data.get("firewall", {}), path)
+    cfg.firewall = firewall_options(data.get("firewall", {}), path)
     cfg.daemon = _daemon(data, path)
     cfg.exports = export_options(data.get("export", []), path)
     return cfg
@@ -276,3 +277,54 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
             raise UsageError(f"{path}: daemon.metrics must be host:port, like \"127.0.0.1:9466\"")
         dc.metrics = m
     return dc
+
+
+def firewall_options(table: dict, path) -> FirewallOptions:
+    """The [firewall] table, checked key by key."""
+    _keys(table, {"backend", "action", "ports", "forward"}, "firewall.", path)
+    backend = table.get("backend", "auto")
+    if backend not in BACKENDS:
+        raise UsageError(f"{path}: firewall.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    action = table.get("action", "drop")
+    if action not in ACTIONS:
+        raise UsageError(f"{path}: firewall.action must be drop or reject, not {action!r}")
+    ports = table.get("ports", [])
+    if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
+                                              for p in ports):
+        raise UsageError(f"{path}: firewall.ports must be a list of TCP ports (like [25, 465, 587])")
+    forward = _bool(table["forward"], "firewall.forward", path) if "forward" in table else False
+    return FirewallOptions(backend, action, tuple(sorted(set(ports))), forward)
+
+
+def export_options(tables: list, path) -> list[ExportOptions]:
+    """The [[export]] tables, checked key by key."""
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise UsageError(f"{path}: export must be a list of tables ([[export]] format = ..., path = ...)")
+    out = []
+    for i, t in enumerate(tables):
+        where = f"export[{i}]."
+        _keys(t, {"format", "path", "action", "text", "a_record"}, where, path)
+        fmt, p = t.get("format"), t.get("path")
+        if fmt not in FORMATS:
+            raise UsageError(f"{path}: {where}format must be one of {', '.join(FORMATS)}, not {fmt!r}")
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise UsageError(f"{path}: {where}path must be an absolute file path")
+        kw = {}
+        for k in ("action", "text", "a_record"):
+            if k in t:
+                if not isinstance(t[k], str) or not t[k].strip() or "\n" in t[k]:
+                    raise UsageError(f"{path}: {where}{k} must be a one-line string")
+                kw[k] = t[k]
+        if "a_record" in kw:
+            try:
+                ipaddress.IPv4Address(kw["a_record"])
+            except ValueError:
+                raise UsageError(f"{path}: {where}a_record must be an IPv4 address like 127.0.0.2") from None
+        if "text" in kw:
+            try:
+                kw["text"].format(kind="", target="", until="")
+            except (KeyError, IndexError, ValueError) as e:
+                raise UsageError(f"{path}: {where}text: only {{kind}}, {{target}} and {{until}} may be "
+                                 f"used ({e})") from None
+        out.append(ExportOptions(fmt, Path(p), **kw))
+    return out

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from .allow import AllowList, Resolver
@@ -31,6 +31,7 @@ from .follow import Follower, Spec
 from .parse import Clock, Offence, Parser
 from .rules import RuleSet, load_rules
 from .score import Decision
+from .store import NOTIFY_CHANNEL, UNREACHABLE, Store, short_error
 from .units import format_duration
 
 log = logging.getLogger("logban")
@@ -58,20 +59,6 @@ def sd_notify(msg: str) -> None:
         log.warning("sd_notify: %s", e)
 
 
-def _store_errors() -> tuple:
-    import sqlalchemy as sa
-    from .errors import StoreError
-    return (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, StoreError)
-
-
-STORE_ERRORS = _store_errors()
-
-
-def _short(e: Exception) -> str:
-    orig = getattr(e, "orig", None)
-    return (str(orig if orig is not None else e).strip().splitlines() or [type(e).__name__])[0]
-
-
 class Listener:
     """LISTEN on the shared PostgreSQL store in a thread: a NOTIFY (a ban, an unban, offences
     on another node) sets `changed`. If it cannot listen, the loop's polling still works."""
@@ -89,7 +76,6 @@ class Listener:
 
     def _run(self) -> None:
         import psycopg
-        from .store import NOTIFY_CHANNEL
         while not self._stop.is_set():
             try:
                 with psycopg.connect(self.dsn, autocommit=True, connect_timeout=5) as conn:
@@ -198,14 +184,10 @@ class Daemon:
         return self.cfg.dry_run or self.opts.dry_run
 
     def _firewall(self) -> Firewall:
-        fo = self.cfg.firewall
-        if self.opts.backend:
-            fo = replace(fo, backend=self.opts.backend)
-        return Firewall(choose(fo, dry_run=self.dry_run), self.store)
+        return Firewall(choose(self.cfg.firewall, backend=self.opts.backend, dry_run=self.dry_run), self.store)
 
     # ---- running ----------------------------------------------------------------------------
     def run(self) -> int:
-        from .store import Store
         self.store = Store(self.opts.db or self.cfg.database)
         c = self.cfg
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
@@ -273,9 +255,9 @@ class Daemon:
             try:
                 self.engine.flush(self.follower.positions())
                 self.engine.close()
-            except STORE_ERRORS as e:
+            except UNREACHABLE as e:
                 log.error("stopping without the store (%s): %d offences and %d bans not recorded; "
-                          "their lines are read again at the next start", _short(e),
+                          "their lines are read again at the next start", short_error(e),
                           len(self.engine._offences), len(self.engine._pending))
             self.follower.close()
             self.store.close()
@@ -295,12 +277,12 @@ class Daemon:
             return                      # away: asked again every RETRY_EVERY seconds, not at every step
         try:
             fn()
-        except STORE_ERRORS as e:
+        except UNREACHABLE as e:
             self.retry_at = time.monotonic() + RETRY_EVERY
             if self.offline_since is None:
                 self.offline_since = time.monotonic()
                 log.error("store unreachable (%s): enforcing and banning on our own, keeping what is "
-                          "to be recorded until it is back", _short(e))
+                          "to be recorded until it is back", short_error(e))
             return
         if self.offline_since is not None:
             down = time.monotonic() - self.offline_since
@@ -470,8 +452,8 @@ class Daemon:
         except FirewallError as e:
             log.error("firewall %s sync failed: %s", why, e)
             return
-        except STORE_ERRORS as e:
-            log.error("firewall %s sync skipped: the store is unreachable (%s)", why, _short(e))
+        except UNREACHABLE as e:
+            log.error("firewall %s sync skipped: the store is unreachable (%s)", why, short_error(e))
             return
         now = time.time()
         self.kernel = {t: math.inf if secs is None else now + secs for t, secs in self.firewall.wanted.items()}

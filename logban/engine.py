@@ -108,14 +108,14 @@ class Engine:
         out, self._fresh = self._fresh, []
         return out
 
-    def flush(self, positions: list[dict] = ()) -> list[Decision]:
+    def flush(self, positions: list[dict] = ()) -> None:
         """Offences and decisions to the store in one transaction, with the read positions
-        they come up to; returns the decisions."""
+        they come up to."""
         now = time.time()
         if not self._offences and not self._pending:
             if positions:
                 self.store.save_positions(self.node, positions, now)
-            return []
+            return
         sc = self.scorer
         scores = {}
         for o, t in self._offences:
@@ -128,10 +128,8 @@ class Engine:
         self.stats.expired_on_arrival += sum(1 for d in self._pending if d.expires is not None and d.expires <= now)
         self.stats.network_bans += sum(1 for d in self._pending if d.members)
         self.stats.escalated += sum(1 for d in self._pending if d.escalated)
-        decided = list(self._pending)
         self._offences.clear()
         self._pending.clear()
-        return decided
 
     def release(self, targets: list[str], reason: str) -> None:
         self.flush()

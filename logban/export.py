@@ -179,39 +179,3 @@ def _build(o: ExportOptions) -> None:
     elif o.format == "sendmail" and shutil.which("makemap"):
         with open(o.path, "rb") as src:
             subprocess.run(["makemap", "hash", str(o.path)], stdin=src, check=True, capture_output=True, timeout=300)
-
-
-def options_from(tables: list, path) -> list[ExportOptions]:
-    """[[export]] tables of the config, checked key by key."""
-    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise UsageError(f"{path}: export must be a list of tables ([[export]] format = ..., path = ...)")
-    out = []
-    allowed = {"format", "path", "action", "text", "a_record"}
-    for i, t in enumerate(tables):
-        for k in t:
-            if k not in allowed:
-                raise UsageError(f"{path}: unknown key export[{i}].{k!r} (allowed: {', '.join(sorted(allowed))})")
-        fmt, p = t.get("format"), t.get("path")
-        if fmt not in FORMATS:
-            raise UsageError(f"{path}: export[{i}].format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-        if not isinstance(p, str) or not p.startswith("/"):
-            raise UsageError(f"{path}: export[{i}].path must be an absolute file path")
-        kw = {}
-        for k in ("action", "text", "a_record"):
-            if k in t:
-                if not isinstance(t[k], str) or not t[k].strip() or "\n" in t[k]:
-                    raise UsageError(f"{path}: export[{i}].{k} must be a one-line string")
-                kw[k] = t[k]
-        if "a_record" in kw:
-            try:
-                ipaddress.IPv4Address(kw["a_record"])
-            except ValueError:
-                raise UsageError(f"{path}: export[{i}].a_record must be an IPv4 address like 127.0.0.2") from None
-        if "text" in kw:
-            try:
-                kw["text"].format(kind="", target="", until="")
-            except (KeyError, IndexError, ValueError) as e:
-                raise UsageError(f"{path}: export[{i}].text: only {{kind}}, {{target}} and {{until}} may be "
-                                 f"used ({e})") from None
-        out.append(ExportOptions(fmt, Path(p), **kw))
-    return out

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from .errors import FirewallError, UsageError
+from .errors import FirewallError
 
 KERNEL_TIMEOUT_MAX = 2_147_483      # seconds: ipset's maximum, used by every backend alike
 # A kernel timeout off from the ban's remaining time by more than this is refreshed ...
@@ -334,6 +334,14 @@ def _iptc():
     return iptc
 
 
+def _filter_table(v6: bool):
+    """libiptc's filter table (IPv4 or IPv6), read afresh."""
+    iptc = _iptc()
+    t = iptc.Table6(iptc.Table6.FILTER) if v6 else iptc.Table(iptc.Table.FILTER)
+    t.refresh()
+    return t
+
+
 class _Hooks:
     """logban's rules in the INPUT (and FORWARD) chains, marked with the comment "logban".
 
@@ -385,7 +393,7 @@ class _Hooks:
         for v6 in (False, True):
             for chain in ("INPUT", "FORWARD"):
                 if self.mode == "legacy":
-                    t = self._table(v6)
+                    t = _filter_table(v6)
                     for r in (t.is_chain(chain) and _iptc().Chain(t, chain).rules) or []:
                         if self._ours(r):
                             out.append(f"{'ip6' if v6 else 'ip'}tables-legacy {chain}: "
@@ -398,11 +406,6 @@ class _Hooks:
         return out
 
     # python-iptables: the rule is parsed from the same iptables-style words.
-    def _table(self, v6: bool):
-        iptc = _iptc()
-        t = iptc.Table6(iptc.Table6.FILTER) if v6 else iptc.Table(iptc.Table.FILTER)
-        t.refresh()
-        return t
 
     def _ours(self, r) -> bool:
         return any(m.name == "comment" and m.comment == self.COMMENT for m in r.matches)
@@ -422,12 +425,12 @@ class _Hooks:
                     while words and not words[0].startswith("-"):
                         vals.append(words.pop(0))     # --match-set takes two words
                     setattr(ext, opt, vals if len(vals) > 1 else vals[0])
-        t = self._table(v6)
+        t = _filter_table(v6)
         iptc.Chain(t, chain).insert_rule(r)
 
     def _iptc_remove(self, v6: bool, chain: str) -> None:
         iptc = _iptc()
-        t = self._table(v6)
+        t = _filter_table(v6)
         if not t.is_chain(chain):
             return
         t.autocommit = False
@@ -514,13 +517,11 @@ class Iptables(Backend):
     def setup(self) -> None:
         self._check()
         for v6 in (False, True):
-            t = self._table(v6)
+            t = _filter_table(v6)
             if not t.is_chain(self.CHAIN):
                 t.create_chain(self.CHAIN)
         self.hooks.install({v6: self.hooks.specs(self.opts, v6, [], self.CHAIN) for v6 in (False, True)})
 
-    def _table(self, v6: bool):
-        return self.hooks._table(v6)
 
     def _rule(self, v6: bool, target: str, until: float | None):
         iptc = _iptc()
@@ -542,7 +543,7 @@ class Iptables(Backend):
         now = time.time()
         gone = set(remove)
         for v6 in (False, True):
-            t = self._table(v6)
+            t = _filter_table(v6)
             if not t.is_chain(self.CHAIN):
                 continue
             t.autocommit = False
@@ -566,7 +567,7 @@ class Iptables(Backend):
         now = time.time()
         have: dict[str, int | None] = {}
         for v6 in (False, True):
-            t = self._table(v6)
+            t = _filter_table(v6)
             if not t.is_chain(self.CHAIN):
                 continue
             for r in iptc.Chain(t, self.CHAIN).rules:
@@ -582,7 +583,7 @@ class Iptables(Backend):
         iptc = _iptc()
         self.hooks.remove()
         for v6 in (False, True):
-            t = self._table(v6)
+            t = _filter_table(v6)
             if t.is_chain(self.CHAIN):
                 iptc.Chain(t, self.CHAIN).flush()
                 t.delete_chain(self.CHAIN)
@@ -598,9 +599,10 @@ def _src(src: str) -> str:
 
 # ---- choosing one, and keeping it in step with the store ----------------------------------
 
-def choose(opts: FirewallOptions, *, dry_run: bool = False) -> Backend:
-    """The backend the options name; `auto` is what this host uses (none when not root)."""
-    name = opts.backend
+def choose(opts: FirewallOptions, *, backend: str | None = None, dry_run: bool = False) -> Backend:
+    """The backend the options name (`backend`, from --backend, over them); `auto` is what
+    this host uses (none when not root)."""
+    name = backend or opts.backend
     if dry_run:
         return NoBackend(opts)
     if name == "auto":
@@ -629,20 +631,21 @@ class Firewall:
     def enforcing(self) -> bool:
         return not isinstance(self.backend, NoBackend)
 
+    def _wanted(self, now: float | None) -> dict[str, int | None]:
+        at = time.time() if now is None else now
+        return wanted(self.store.enforced(at), at)
+
     def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
-        now = time.time() if now is None else now
-        return plan(wanted(self.store.enforced(now), now), self.backend.elements() if have is None else have)
+        return plan(self._wanted(now), self.backend.elements() if have is None else have)
 
     def sync(self, now: float | None = None) -> Plan:
         """Make the kernel equal the store in one batch; returns what was different."""
         if not self.enforcing:
-            at = time.time() if now is None else now
-            self.wanted = wanted(self.store.enforced(at), at)
+            self.wanted = self._wanted(now)
             return Plan()
         self.backend.setup()
         for attempt in range(self.ATTEMPTS):
-            at = time.time() if now is None else now
-            want = wanted(self.store.enforced(at), at)
+            want = self._wanted(now)
             p = plan(want, self.backend.elements())
             try:
                 self.backend.apply(p.add, p.remove)
@@ -654,25 +657,3 @@ class Firewall:
                 if attempt == self.ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
-
-
-def options_from(table: dict, path) -> FirewallOptions:
-    """The [firewall] table of the config, checked key by key."""
-    allowed = {"backend", "action", "ports", "forward"}
-    for k in table:
-        if k not in allowed:
-            raise UsageError(f"{path}: unknown key firewall.{k!r} (allowed: {', '.join(sorted(allowed))})")
-    backend = table.get("backend", "auto")
-    if backend not in BACKENDS:
-        raise UsageError(f"{path}: firewall.backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
-    action = table.get("action", "drop")
-    if action not in ACTIONS:
-        raise UsageError(f"{path}: firewall.action must be drop or reject, not {action!r}")
-    ports = table.get("ports", [])
-    if not isinstance(ports, list) or not all(isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536
-                                              for p in ports):
-        raise UsageError(f"{path}: firewall.ports must be a list of TCP ports (like [25, 465, 587])")
-    forward = table.get("forward", False)
-    if not isinstance(forward, bool):
-        raise UsageError(f"{path}: firewall.forward must be true or false")
-    return FirewallOptions(backend, action, tuple(sorted(set(ports))), forward)

@@ -75,9 +75,10 @@ def fingerprint(f: BinaryIO, length: int = FP_LEN) -> tuple[str, int]:
     return hashlib.sha256(head).hexdigest(), len(head)
 
 
-def _matches(f: BinaryIO, fp: str, fp_len: int) -> bool:
-    head = os.pread(f.fileno(), fp_len, 0)
-    return len(head) == fp_len and hashlib.sha256(head).hexdigest() == fp
+def head_matches(head: bytes, pos) -> bool:
+    """Whether a file starting with `head` is the one position `pos` was taken of (it may have
+    grown since): its first `pos.fp_len` bytes hash as they did then."""
+    return len(head) >= pos.fp_len and hashlib.sha256(head[: pos.fp_len]).hexdigest() == pos.fingerprint
 
 
 def rotated_copies(path: Path) -> list[Path]:
@@ -105,16 +106,15 @@ class _Backlog:
 
     @staticmethod
     def holds(path: Path, pos) -> bool:
-        """Whether `path` is the file `pos` was read from (by inode, or by its first bytes)."""
+        """Whether `path` (maybe compressed) is the file `pos` was read from: by its first bytes,
+        and by its inode too when those were none (an empty file)."""
         try:
             st = path.stat()
             with open_source(Source(str(path), path)) as f:
                 head = f.read(pos.fp_len) if pos.fp_len else b""
         except READ_ERRORS:
             return False
-        same = (st.st_dev, st.st_ino) == (pos.dev, pos.inode) or (
-            len(head) == pos.fp_len and hashlib.sha256(head).hexdigest() == pos.fingerprint)
-        return same and (pos.fp_len > 0 or (st.st_dev, st.st_ino) == (pos.dev, pos.inode))
+        return head_matches(head, pos) and (pos.fp_len > 0 or (st.st_dev, st.st_ino) == (pos.dev, pos.inode))
 
     def read(self) -> tuple[bytes, int, bool]:
         """(whole lines, lines before them, finished); a copy does not grow, so its last line is whole."""
@@ -156,7 +156,7 @@ class Follower:
             if not from_start:
                 self._skip_to_end(fs)
             return
-        if (fs.dev, fs.inode) == (pos.dev, pos.inode) and _matches(fs.f, pos.fingerprint, pos.fp_len):
+        if (fs.dev, fs.inode) == (pos.dev, pos.inode) and head_matches(os.pread(fs.f.fileno(), pos.fp_len, 0), pos):
             if os.fstat(fs.f.fileno()).st_size >= pos.offset:
                 fs.offset, fs.lines = pos.offset, pos.lines
                 return
@@ -331,7 +331,7 @@ class Follower:
             dirs.add(str(p.parent.resolve() if p.parent.exists() else p.parent))
             if p.is_symlink():
                 dirs.add(str(p.resolve().parent))
-        self._watch_dirs, self._wm, self._mask = dirs, wm, mask
+        self._wm = wm
         for d in dirs:
             if os.path.isdir(d):
                 wm.add_watch(d, mask, quiet=True)

@@ -219,7 +219,7 @@ class Store:
             self._migrate()
         except sa.exc.SQLAlchemyError as e:
             self.engine.dispose()
-            raise StoreError(f"{self._where()}: cannot open the database: {_short(e)}") from None
+            raise StoreError(f"{self._where()}: cannot open the database: {short_error(e)}") from None
 
     def _where(self) -> str:
         return self.where(self.url)
@@ -343,7 +343,7 @@ class Store:
     def _insert_ban_rows(conn: Connection, rows: list[tuple], ended: list[tuple[str, float]]) -> None:
         """Insert bans; one already in force for a target (another node's) wins and the new one is
         dropped. A target's ban over by the new one's start is first released as expired."""
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        mark = _mark(conn)
         conn.exec_driver_sql(
             f"UPDATE bans SET released = expires, release_reason = 'expiry' WHERE target = {mark} "
             f"AND released IS NULL AND expires IS NOT NULL AND expires <= {mark}", ended)
@@ -541,14 +541,24 @@ class Store:
             }
 
 
+def _mark(conn: Connection) -> str:
+    """The driver's placeholder: SQLite's "?", psycopg's "%s"."""
+    return "?" if conn.dialect.paramstyle == "qmark" else "%s"
+
+
 def _insert_sql(conn: Connection, cols: tuple[str, ...]) -> str:
     """An INSERT for the driver itself, rows as tuples: on the hot writes SQLAlchemy's
     per-row parameter handling costs more than the insert."""
     table = {OFFENCE_COLS: "offences", OFFENDER_COLS: "offenders", BAN_COLS: "bans"}[cols]
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    mark = _mark(conn)
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
 
 
-def _short(e: Exception) -> str:
+def short_error(e: Exception) -> str:
+    """A database error in one line: the driver's message, not SQLAlchemy's wrapping."""
     orig = getattr(e, "orig", None)
-    return str(orig if orig is not None else e).splitlines()[0]
+    return (str(orig if orig is not None else e).strip().splitlines() or [type(e).__name__])[0]
+
+
+# What a store that went away (or never came) raises: the daemon goes on without it.
+UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError, StoreError)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_a_slow_attack_spread_over_nodes_is_one_ban(nodes):
     ip = f"{NET}.20"
     append(log_a, sasl(ip) * 2)                 # each node alone stays under the threshold (5)
     append(log_b, sasl(ip) * 2)
-    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 4, 10, "four offences recorded")
+    a.wait_offences(4, timeout=10)
     time.sleep(1.5)
     assert a.query("SELECT count(*) FROM bans") == [(0,)]
     append(log_a, sasl(ip))                      # the fifth, wherever it lands
@@ -92,43 +93,45 @@ def test_two_nodes_deciding_the_same_ban_at_once_make_one(nodes):
         ip = f"2001:db8:77:{i:x}::1"
         append(log_a, dnsbl(ip))
         append(log_b, dnsbl(ip))
-    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 40, 10, "forty offences")
+    a.wait_offences(40, timeout=10)
     time.sleep(1.5)
     rows = a.query("SELECT target, count(*), max(count) FROM bans GROUP BY target ORDER BY target")
     assert sorted(rows) == sorted((str(ipaddress.ip_network(f"2001:db8:77:{i:x}::/64")), 1, 1) for i in range(20))
 
 
-def test_the_store_going_away_loses_nothing(nodes, pg_server):
-    a, log_a = nodes("mx1", config='[ban.durations]\ndnsbl = "1h"\n')
-    append(log_a, sasl(f"{NET}.30"))
-    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 1, 10, "the first offence")
+@contextmanager
+def outage(node: Daemon, log, pg_server):
+    """A node with one offence recorded, then the database away until the block ends;
+    the node must live through it."""
+    append(log, sasl(f"{NET}.30"))
+    node.wait_offences(1, timeout=10)
     pg_server.stop()
     try:
+        yield
+        assert node.p.poll() is None
+    finally:
+        pg_server.start()
+
+
+def test_the_store_going_away_loses_nothing(nodes, pg_server):
+    a, log_a = nodes("mx1", config='[ban.durations]\ndnsbl = "1h"\n')
+    with outage(a, log_a, pg_server):
         append(log_a, sasl(f"{NET}.31") * 3 + dnsbl(f"{NET}.32"))
         a.wait_log("store unreachable", timeout=10)
         a.wait_log(f"ban {NET}.32 dnsbl", timeout=10)         # banned on its own meanwhile
-        assert a.p.poll() is None
-    finally:
-        pg_server.start()
     a.wait_log("store back", timeout=20)
-    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 5, 10, "all five offences")
+    a.wait_offences(5, timeout=10)
     assert a.query("SELECT target, count FROM bans") == [(f"{NET}.32", 1)]
     append(log_a, sasl(f"{NET}.33"))
-    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 6, 10, "business as usual")
+    a.wait_offences(6, timeout=10)
     assert a.query("SELECT count(*), count(DISTINCT line) FROM offences WHERE file LIKE '%mx1.log'") == [(6, 6)]
 
 
 def test_a_long_outage_pauses_reading_instead_of_growing_without_end(nodes, pg_server):
     a, log_a = nodes("mx1", config="offline_buffer = 3\n")
-    append(log_a, sasl(f"{NET}.40"))
-    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 1, 10, "the first offence")
-    pg_server.stop()
-    try:
+    with outage(a, log_a, pg_server):
         append(log_a, "".join(sasl(f"{NET}.{41 + i}") for i in range(10)))
         a.wait_log("reading paused", timeout=15)
-        assert a.p.poll() is None
-    finally:
-        pg_server.start()
     a.wait_log("reading resumed", timeout=20)
-    wait_for(lambda: a.query("SELECT count(*) FROM offences")[0][0] == 11, 15, "all eleven offences")
+    a.wait_offences(11, timeout=15)
     assert a.query("SELECT count(DISTINCT line) FROM offences") == [(11,)]

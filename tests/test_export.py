@@ -13,7 +13,8 @@ import pytest
 
 from conftest import skip_or_fail
 from logban.errors import UsageError
-from logban.export import ExportOptions, options_from, render, write
+from logban.config import export_options as options_from
+from logban.export import ExportOptions, render, write
 
 Ban = namedtuple("Ban", "target kind expires", defaults=(None,))
 BANS = [Ban("192.0.2.7", "dnsbl", 1_800_000_000.0), Ban("198.51.100.0/24", "relay_denied"),

@@ -11,8 +11,9 @@ from collections import namedtuple
 
 import pytest
 
+from logban.config import firewall_options as options_from
 from logban.errors import UsageError
-from logban.firewall import (KERNEL_TIMEOUT_MAX, REFRESH_CAPPED, FirewallOptions, _src, kernel_timeout, options_from,
+from logban.firewall import (KERNEL_TIMEOUT_MAX, REFRESH_CAPPED, FirewallOptions, _src, kernel_timeout,
                              plan, wanted)
 from netlab import Lab, need_netns, need_tools
 
