@@ -49,6 +49,57 @@ def parse_network(text: str, strict: bool = True) -> Network:
     return net
 
 
+# Never a ban target, nor inside one: dropping them cuts the host off from itself or
+# from whole protocols (unspecified, loopback, IPv4-compatible and -mapped prefixes
+# whose /64 holds ::1, multicast, link-local, broadcast, "this network").
+NEVER = tuple(ipaddress.ip_network(n) for n in (
+    "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
+    "::/96", "::ffff:0:0/96", "fe80::/10", "ff00::/8",
+))
+
+
+def unbannable(net: Network) -> str | None:
+    """Why `net` can never be banned (it is or holds a special address), or None."""
+    for n in NEVER:
+        if n.version == net.version and net.overlaps(n):
+            return f"{net} is or holds {_special_name(n)} addresses ({n})"
+    return None
+
+
+def _special_name(n: Network) -> str:
+    if n.is_loopback:
+        return "loopback"
+    if n.is_multicast:
+        return "multicast"
+    if n.is_link_local:
+        return "link-local"
+    if n.version == 6 and n.prefixlen == 96:
+        return "IPv4-compatible" if int(n.network_address) == 0 else "IPv4-mapped"
+    return "unspecified or broadcast"
+
+
+def ban_target(text: str) -> str:
+    """A ban target as text from anywhere (a rule, the store, a user), re-parsed strictly:
+    its canonical spelling, or ValueError saying why it can never be banned.
+
+    Strict: a CIDR with host bits set, a zone id, spaces or any other byte is refused,
+    so a crafted store row cannot carry text into `nft -f`, `ipset restore` or a zone.
+    """
+    if not isinstance(text, str) or not text or len(text) > 64 or not _TARGET_CHARS.fullmatch(text):
+        raise ValueError(f"{text!r} is not an address or network")
+    net = ipaddress.ip_network(text, strict=True)
+    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None \
+            and net.prefixlen >= 96:
+        net = ipaddress.ip_network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    why = unbannable(net)
+    if why:
+        raise ValueError(why)
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+_TARGET_CHARS = regex.compile(r"[0-9A-Fa-f:.]{2,60}(?:/[0-9]{1,3})?")
+
+
 def check_name_pattern(p: str) -> str:
     if not _NAME_PATTERN.fullmatch(p) or p.strip("*?.") == "":
         raise ValueError(f"{p!r} is not a host name pattern (like *.mailout.example.com)")
