@@ -58,8 +58,13 @@ NEVER = tuple(ipaddress.ip_network(n) for n in (
 ))
 
 
-def unbannable(net: Network) -> str | None:
-    """Why `net` can never be banned (it is or holds a special address), or None."""
+def unbannable(net: Network | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address or network can never be banned (it is or holds a special address), or None."""
+    if isinstance(net, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        for n in NEVER:
+            if net in n:
+                return f"{net} is a {_special_name(n)} address ({n})"
+        return None
     for n in NEVER:
         if n.version == net.version and net.overlaps(n):
             return f"{net} is or holds {_special_name(n)} addresses ({n})"

@@ -7,6 +7,10 @@ the sum of its recent offences' scores (within `window`, or decayed with a
 offence deserves, longer each time it comes back within the look-back period,
 and its score starts again from zero. K address bans at once in one IPv4 /24
 become one ban of the /24. Allow-listed clients are never scored.
+
+A network is a target only when it covers no allow-listed, own or special address
+and no partner seen by verified name: such an IPv6 /64 is scored per address
+instead, and such an IPv4 /24 is never made of its members' bans.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .allow import AllowList, ip_address
+from .allow import AllowList, ip_address, unbannable
 from .parse import Offence
 from .units import format_duration
 
@@ -97,6 +101,7 @@ class Decision:
 class ScoreStats:
     offences: int = 0
     allowed: int = 0              # offences of allow-listed clients
+    not_target: int = 0           # offences of addresses that can never be banned (multicast, ...)
     while_banned: int = 0         # offences of clients already banned
     decisions: int = 0
     network_bans: int = 0
@@ -125,13 +130,16 @@ class Scorer:
         self.history: dict[str, Past] = {}
         self._wide: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}   # other active networks
         self._members: dict[str, dict[str, tuple[float, str, str]]] = {}   # /24 -> ip -> (expires, kind, rule)
-        self._target: dict[str, tuple[str, str | None]] = {}               # ip -> (target, its IPv4 network)
+        self._target: dict[str, tuple[str, str | None, bool]] = {}         # ip -> (target, its IPv4 network, bannable)
+        self._net_ok: dict[str, bool] = {}          # network -> may it be a target
+        self._partners: set[str] = set()            # networks holding a client allowed by verified name
         self.configure(policy, allow or AllowList(own=()))
 
     def configure(self, policy: Policy, allow: AllowList) -> None:
         """A policy and allow-list (at start, or reloaded): the scores and bans stay."""
         self.policy, self.allow = policy, allow
-        self._target.clear()                 # prefix lengths may have changed
+        self._target.clear()                 # prefix lengths and the allow-list may have changed
+        self._net_ok.clear()
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
                       else f"decaying, half-life {format_duration(policy.half_life)}")
@@ -139,17 +147,47 @@ class Scorer:
     # ---- where a client stands -------------------------------------------------
     def target_of(self, ip: str) -> tuple[str, str | None]:
         """The scored target of an address, and the IPv4 network it may be aggregated into."""
+        got = self._where(ip)
+        return got[0], got[1]
+
+    def _where(self, ip: str) -> tuple[str, str | None, bool]:
         got = self._target.get(ip)
         if got is None:
             p = self.policy
+            ok = unbannable(ip_address(ip)) is None
             if ":" in ip:
-                got = (ip if p.ipv6_prefix == 128 else network_of(ip, p.ipv6_prefix), None)
+                net = network_of(ip, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
+                got = (net if net is not None and self.network_ok(net) else ip, None, ok)
             else:
-                got = (ip, network_of(ip, p.ipv4_prefix) if p.subnet_bans else None)
+                net = network_of(ip, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
+                got = (ip, net if net is not None and self.network_ok(net) else None, ok)
             if len(self._target) > 200_000:
                 self._target.clear()
             self._target[ip] = got
         return got
+
+    def network_ok(self, net: str) -> bool:
+        """Whether a network may be banned as a whole: it holds no allow-listed, own or
+        special address, and no client allowed by its verified name."""
+        ok = self._net_ok.get(net)
+        if ok is None:
+            ok = (net not in self._partners and unbannable(ipaddress.ip_network(net)) is None
+                  and not self.allow.target_allowed(net))
+            if len(self._net_ok) > 200_000:
+                self._net_ok.clear()
+            self._net_ok[net] = ok
+        return ok
+
+    def _partner(self, ip: str) -> None:
+        """A client allowed by verified name: its neighbours are banned one by one, never its network."""
+        p = self.policy
+        net = network_of(ip, p.ipv6_prefix if ":" in ip else p.ipv4_prefix)
+        if net not in self._partners:
+            if len(self._partners) >= 100_000:
+                self._partners.clear()
+            self._partners.add(net)
+            self._target.clear()
+            self._net_ok.pop(net, None)
 
     def banned(self, target: str, net: str | None, t: float) -> bool:
         for k in (target, net):
@@ -193,10 +231,17 @@ class Scorer:
     def add(self, o: Offence) -> list[Decision]:
         st = self.stats
         st.offences += 1
-        if self.allow.address_allowed(o.ip) or self.allow.name_allowed(o.name):
+        if self.allow.address_allowed(o.ip):
             st.allowed += 1
             return []
-        target, net = self.target_of(o.ip)
+        if self.allow.name_allowed(o.name):
+            st.allowed += 1
+            self._partner(o.ip)
+            return []
+        target, net, ok = self._where(o.ip)
+        if not ok:
+            st.not_target += 1
+            return []
         if self.banned(target, net, o.time):
             st.while_banned += 1
             return []
@@ -220,8 +265,11 @@ class Scorer:
 
     def seed(self, o: Offence) -> None:
         """Put back an offence recorded before a restart: it counts, but decides nothing by itself."""
-        target, net = self.target_of(o.ip)
-        if self.allow.address_allowed(o.ip) or self.banned(target, net, o.time):
+        target, net, ok = self._where(o.ip)
+        if not ok or self.allow.address_allowed(o.ip) or self.banned(target, net, o.time):
+            return
+        if self.allow.name_allowed(o.name):
+            self._partner(o.ip)
             return
         self.tracks.setdefault(target, []).append((o.time, o.score, o.kind, o.rule))
 
@@ -237,8 +285,11 @@ class Scorer:
         return worst, by_kind[worst][-1][3], f"score {total:g} {self._span} >= {p.threshold:g}: {parts}"
 
     def _decide(self, target: str, kind: str, rule: str, score: float, t: float, reason: str,
-                trigger: Offence | None, members: tuple[str, ...] = ()) -> Decision:
+                trigger: Offence | None, members: tuple[str, ...] = (), until: float = 0.0) -> Decision:
+        """`until`: the ban lasts at least until then (a network ban outlives the bans it replaces)."""
         duration, count, escalated = self.duration(target, kind, rule, t)
+        if duration is not None and t + duration < until:
+            duration = None if until == math.inf else until - t
         d = Decision(target, kind, rule, score, t, duration, count, escalated, reason, members, trigger)
         self.mark_banned(d)
         self.stats.decisions += 1
@@ -291,6 +342,7 @@ class Scorer:
             return [d]
         p = self.policy
         _, kind, rule = max(m.values(), key=lambda v: p.base_duration(v[1], v[2]) or math.inf)
+        until = max(exp for exp, _, _ in m.values())
         members = tuple(sorted(m, key=ipaddress.ip_address))
         for ip in members:
             self._drop_active(ip)
@@ -299,7 +351,7 @@ class Scorer:
         self.history[d.target] = Past(d.time, d.duration, d.count)
         nd = self._decide(net, kind, rule, d.score, d.time,
                           f"{len(members)} addresses banned at once in {net}: {', '.join(members)}",
-                          d.trigger, members)
+                          d.trigger, members, until)
         self.stats.network_bans += 1
         return [nd]
 

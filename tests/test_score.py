@@ -211,3 +211,61 @@ def test_network_of_is_the_canonical_network(n, prefix):
 def test_network_of_ipv4(n, prefix):
     ip = str(ipaddress.IPv4Address(n))
     assert network_of(ip, prefix) == str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+# ---- safe targets: promotion never covers what must not be banned ----------------------
+
+def dnsbl_hits(sc: Scorer, ips, t0: float = 0) -> list:
+    return feed(sc, [off(ip, t0 + i, "dnsbl", 5) for i, ip in enumerate(ips)])
+
+
+def test_no_ipv4_network_ban_over_an_own_or_allowed_address():
+    for allow in (AllowList(own=["192.0.2.1"]), AllowList(["192.0.2.0/28"], own=())):
+        sc = Scorer(Policy(subnet_bans=3), allow)
+        ds = dnsbl_hits(sc, ["192.0.2.100", "192.0.2.101", "192.0.2.102", "192.0.2.103"])
+        assert [d.target for d in ds] == ["192.0.2.100", "192.0.2.101", "192.0.2.102", "192.0.2.103"]
+        assert not any(d.members for d in ds)
+    # the same neighbours elsewhere do make the /24
+    ds = dnsbl_hits(Scorer(Policy(subnet_bans=3), AllowList(own=["192.0.2.1"])),
+                    ["198.51.100.100", "198.51.100.101", "198.51.100.102"])
+    assert ds[-1].target == "198.51.100.0/24"
+
+
+def test_ipv6_network_over_an_allowed_own_or_special_address_becomes_address_bans():
+    sc = Scorer(Policy(), AllowList(["2001:db8:1::25"], own=["2001:db8:2::1"]))
+    [a] = dnsbl_hits(sc, ["2001:db8:1::66"])
+    [b] = dnsbl_hits(sc, ["2001:db8:2::66"])
+    [c] = dnsbl_hits(sc, ["2001:db8:3::66"])
+    assert (a.target, b.target, c.target) == ("2001:db8:1::66", "2001:db8:2::66", "2001:db8:3::/64")
+
+
+def test_special_addresses_are_never_targets():
+    sc = scorer()
+    for ip in ("::c000:201", "::", "0.0.0.0", "224.0.0.1", "ff02::1", "fe80::1", "169.254.1.1", "255.255.255.255"):
+        assert dnsbl_hits(sc, [ip] * 3) == [], ip
+    assert sc.stats.not_target == 24 and sc.stats.decisions == 0
+
+
+def test_a_partner_seen_by_verified_name_protects_its_network():
+    sc = Scorer(Policy(), AllowList(names=["*.outbound.example.com"], own=()))
+    assert feed(sc, [off("2001:db8:7::10", 0, "bad_helo", 5, name="a.outbound.example.com"),
+                     off("192.0.2.10", 0, "bad_helo", 5, name="b.outbound.example.com")]) == []
+    [d] = dnsbl_hits(sc, ["2001:db8:7::66"], 10)
+    assert d.target == "2001:db8:7::66"
+    ds = dnsbl_hits(sc, ["192.0.2.66", "192.0.2.67", "192.0.2.68"], 20)
+    assert [d.target for d in ds] == ["192.0.2.66", "192.0.2.67", "192.0.2.68"]
+
+
+def test_network_ban_lasts_as_long_as_the_longest_member():
+    sc = scorer(subnet_bans=3)
+    # 198.51.100.1 comes back four times: its ban escalates 6 h -> 12 h -> 24 h -> 48 h.
+    t = 0.0
+    for _ in range(4):
+        [d] = dnsbl_hits(sc, ["198.51.100.1"], t)
+        t = d.expires - T0 + 1
+    long_end = d.expires
+    assert d.duration == 48 * HOUR
+    ds = dnsbl_hits(sc, ["198.51.100.2", "198.51.100.3"], t - 10 * HOUR)
+    net = ds[-1]
+    assert net.target == "198.51.100.0/24" and "198.51.100.1" in net.members
+    assert net.expires >= long_end
