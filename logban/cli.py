@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import __version__
-from .allow import AllowList, Resolver, parse_network
+from .allow import AllowList, Resolver, ban_target, parse_network
 from .config import Config, load_config
 from .errors import FirewallError, StoreError, UsageError
 from .parse import Clock, Offence, Parser, canonical_ip, iso
-from .report import (ScanSummary, as_json, ban_json, bans_table, event, firewall_human, human, show_human,
-                     stats_human, stats_json)
+from .report import (AllowFilter, ScanSummary, as_json, ban_json, bans_table, event, firewall_human, human, safe,
+                     show_human, stats_human, stats_json)
 from .rules import RuleSet, lint_pattern, load_rules
 from .score import Decision, Scorer
 from .sources import READ_ERRORS, Source, chunks, expand, open_source
@@ -141,7 +141,7 @@ class _Progress:
         if self.enabled and now - self.last > 0.5:
             self.last = now
             rate = lines / max(now - self.start, 1e-9)
-            sys.stderr.write(f"\r\x1b[Kscanning {name}: {lines:,} lines ({rate:,.0f}/s)")
+            sys.stderr.write(f"\r\x1b[Kscanning {safe(name)}: {lines:,} lines ({rate:,.0f}/s)")
             sys.stderr.flush()
 
     def done(self) -> None:
@@ -195,7 +195,7 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
                 if src.path is not None:
                     stream.close()
         except READ_ERRORS as e:
-            print(f"logban: {src.name}: {e} (read {lines:,} lines)", file=sys.stderr)
+            print(safe(f"logban: {src.name}: {e} (read {lines:,} lines)"), file=sys.stderr)
             failed.append(src.name)
     parser.finish()
     return failed
@@ -234,9 +234,14 @@ def _check_rule_durations(cfg: Config, rules: RuleSet) -> None:
             raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
 
 
-def _engine(args, cfg: Config, store):
+def _allow(cfg: Config) -> AllowList:
+    """The config's allow-list, with loopback and this host's own addresses."""
+    return AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+
+
+def _engine(args, cfg: Config, store, allow: AllowList | None = None):
     from .engine import Engine
-    allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+    allow = allow or _allow(cfg)
     resolver = Resolver(cfg.allow.resolve_timeout) if cfg.allow.resolve else None
     return Engine(store, cfg.policy, allow, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run,
                   resolver=resolver)
@@ -249,16 +254,20 @@ def cmd_scan(args, cfg: Config) -> int:
     parser = _parser(cfg, rules, args.mta)
     sources = expand(args.paths)
     summary = ScanSummary(files=[s.name for s in sources])
+    allow = _allow(cfg)
+    # Allow-listed clients are never offenders: counted apart, neither in the report nor
+    # among the events (the engine of --apply still sees them: its scorer counts them).
+    keep = AllowFilter(allow)
     sinks: list[Callable[[list[Offence]], None]] = []
     if args.events:
         write = sys.stdout.write
-        sinks.append(lambda offs: write("".join(event(o) + "\n" for o in offs)))
+        sinks.append(lambda offs: write("".join(event(o) + "\n" for o in keep(offs))))
     else:
-        sinks.append(summary.add)
+        sinks.append(lambda offs: summary.add(keep(offs)))
     engine = applied = None
     if args.apply:
         _check_rule_durations(cfg, rules)
-        engine = _engine(args, cfg, _store(args, cfg))
+        engine = _engine(args, cfg, _store(args, cfg), allow)
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         sinks.append(engine.add)
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
@@ -277,6 +286,7 @@ def cmd_scan(args, cfg: Config) -> int:
         note = _enforce(args, cfg, engine.store, dry_run=args.dry_run)
     progress.done()
     summary.seconds = time.perf_counter() - t0
+    summary.allow_listed = keep.allow_listed
     if args.json:
         rep = as_json(summary, parser.stats, args.top)
         if engine is not None:
@@ -393,7 +403,10 @@ def cmd_list(args, cfg: Config) -> int:
 
 
 def cmd_ban(args, cfg: Config) -> int:
-    target = parse_target(args.target)
+    try:        # never a target that cuts the host off (loopback, multicast, ...), nor a sloppy spelling
+        target = ban_target(args.target.strip())
+    except ValueError as e:
+        raise UsageError(f"ban {args.target!r}: not a ban target: {e}") from None
     if args.duration is None:
         duration = cfg.policy.base_duration("manual")
     elif args.duration.strip() == "permanent":
@@ -402,7 +415,7 @@ def cmd_ban(args, cfg: Config) -> int:
         duration = parse_duration(args.duration, "--for")
         if duration <= 0:
             raise UsageError(f"--for: {args.duration!r} must be above zero")
-    allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+    allow = _allow(cfg)
     if allow.target_allowed(target):
         raise UsageError(f"{target} is allow-listed (allow.addresses, loopback or this host's own address): not banned")
     store = _store(args, cfg)
@@ -495,20 +508,60 @@ def cmd_test_rules(args, cfg: Config) -> int:
         what = "link" if r.link else r.kind
         print(f"  {r.id:<{w}}  {st.hits.get(r.id, 0):>8,}  {what}")
         for o in samples.get(r.id, []):
-            print(f"      {o.line:>7}: {o.ip:<15} {o.raw.decode('utf-8', 'replace')[:200]}")
+            print(f"      {o.line:>7}: {o.ip:<15} {safe(_text(o.raw, 200))}")
     if rules.inactive:
-        print("\nInactive (need config): " + ", ".join(rules.inactive))
+        print("\nInactive (need config): " + safe(", ".join(rules.inactive)))
     if parser.suspicious:
         print(f"\nSuspicious lines no rule took (first {len(parser.suspicious)}):")
         for _, lineno, raw in parser.suspicious:
-            print(f"  {lineno:>7}: {raw.decode('utf-8', 'replace')[:300]}")
+            print(f"  {lineno:>7}: {safe(_text(raw, 300))}")
     return 1 if failed else 0
+
+
+def _text(raw: bytes, n: int) -> str:
+    """The first `n` characters of a log line (invalid UTF-8 as \\xNN escapes)."""
+    return raw.decode("utf-8", "backslashreplace")[:n]
+
+
+def _top_offenders(store, allow: AllowList, policy, since: float | None, now: float, top: int) -> dict:
+    """The store's statistics with `top` holding only real offenders: the store records the
+    offences of allow-listed clients too (the scorer ignores them), so they are taken out here,
+    asking the store for more rows until `top` are left. The allow-listed ones that would have
+    ranked are listed under `ignored`."""
+    scorer = Scorer(policy)
+
+    def allowed(ip: str) -> bool:
+        try:
+            if allow.address_allowed(ip):
+                return True
+        except ValueError:
+            return False
+        if not allow.names:
+            return False
+        off = store.offender(scorer.target_of(ip)[0])
+        return off is not None and allow.name_allowed(off.name)
+
+    limit = top
+    while True:
+        s = store.stats(since, now, limit)
+        rows = s["top"]
+        left_out = [t for t in rows if allowed(t["ip"])]
+        if len(rows) - len(left_out) >= top or len(rows) < limit:
+            break
+        limit = max(2 * limit, top + len(left_out) + 10)
+    kept = [t for t in rows if t not in left_out][:top]
+    last = kept[-1]["count"] if len(kept) == top and kept else -1
+    s["top"] = kept
+    s["ignored"] = {"allow_listed_top": [{"ip": t["ip"], "count": t["count"]} for t in left_out
+                                         if t["count"] >= last]}
+    return s
 
 
 def cmd_stats(args, cfg: Config) -> int:
     since = parse_duration(args.since, "--since") if args.since else None
     now = time.time()
-    s = _store(args, cfg).stats(now - since if since is not None else None, now, args.top)
+    s = _top_offenders(_store(args, cfg), _allow(cfg), cfg.policy, now - since if since is not None else None,
+                       now, args.top)
     if args.json:
         print(json.dumps(stats_json(s), indent=2))
     else:
@@ -542,7 +595,7 @@ def cmd_rules_check(args, cfg: Config) -> int:
     rules = _ruleset(cfg, extra=[args.dir] if args.dir else [])
     problems, n_tests = check_rules(rules)
     for p in problems:
-        print(p, file=sys.stderr)
+        print(safe(p), file=sys.stderr)
     packs = rules.packs
     print(f"{len(packs)} pack(s) ({', '.join(packs)}), {len(rules.rules)} rules, {n_tests} tests: "
           + (f"{len(problems)} problem(s)" if problems else "OK"))
@@ -576,9 +629,9 @@ def cmd_export(args, cfg: Config) -> int:
     if o.path is None:
         sys.stdout.write(content)
     elif write(o, content):
-        print(f"{o.path}: {len(bans):,} bans written", file=sys.stderr)
+        print(safe(f"{o.path}: {len(bans):,} bans written"), file=sys.stderr)
     else:
-        print(f"{o.path}: unchanged", file=sys.stderr)
+        print(safe(f"{o.path}: unchanged"), file=sys.stderr)
     return 0
 
 
@@ -625,10 +678,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config)
         return COMMANDS[args.command](args, cfg)
     except UsageError as e:
-        print(f"logban: {e}", file=sys.stderr)
+        print(safe(f"logban: {e}"), file=sys.stderr)
         return e.exit_status
     except (StoreError, FirewallError) as e:
-        print(f"logban: {e}", file=sys.stderr)
+        print(safe(f"logban: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -639,5 +692,5 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:                      # noqa: BLE001 - one line, no traceback
         if os.environ.get("LOGBAN_DEBUG"):
             raise
-        print(f"logban: error: {type(e).__name__}: {e}", file=sys.stderr)
+        print(safe(f"logban: error: {type(e).__name__}: {e}"), file=sys.stderr)
         return 1

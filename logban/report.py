@@ -2,12 +2,55 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
 from .parse import Offence, ParseStats, iso
 
 TRACK_MAX = 200_000      # addresses counted exactly; beyond, the least active are dropped
+
+# What a terminal may act on rather than show: C0 controls, DEL, C1 controls, lone
+# surrogates (a file name's undecodable bytes), line and paragraph separators and the
+# bidirectional overrides (they reorder what the admin reads).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape(m: re.Match) -> str:
+    c = ord(m.group())
+    if 0xDC80 <= c <= 0xDCFF:                 # surrogateescape: the original byte
+        return f"\\x{c - 0xDC00:02x}"
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def safe(text) -> str:
+    """Text an attacker may have written (log lines, names, reasons, file names), fit for a
+    terminal: control characters escaped (ESC as \\x1b), invalid UTF-8 as \\xNN, ordinary
+    printable text, UTF-8 included, as it is. JSON output needs none of this: json.dumps
+    (ensure_ascii) escapes every control and non-ASCII character already."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "backslashreplace")
+    elif not isinstance(text, str):
+        text = "" if text is None else str(text)
+    return _UNSAFE.sub(_escape, text)
+
+
+class AllowFilter:
+    """Leaves out the offences of clients the allow-list covers (loopback, this host's own
+    addresses, [allow] addresses and verified host names): never offenders in a report."""
+
+    def __init__(self, allow) -> None:
+        self.allow = allow
+        self.allow_listed = 0
+
+    def allowed(self, o: Offence) -> bool:
+        return self.allow.address_allowed(o.ip) or self.allow.name_allowed(o.name)
+
+    def __call__(self, offences: list[Offence]) -> list[Offence]:
+        allowed = self.allowed
+        keep = [o for o in offences if not allowed(o)]
+        self.allow_listed += len(offences) - len(keep)
+        return keep
 
 
 @dataclass
@@ -26,6 +69,7 @@ class ScanSummary:
     clients: dict[str, _Client] = field(default_factory=dict)
     approximate: bool = False        # some low-count addresses were dropped from `clients`
     seconds: float = 0.0
+    allow_listed: int = 0            # offences of allow-listed clients: counted apart, never offenders
 
     def add(self, offences: list[Offence]) -> None:
         by_kind, clients = self.by_kind, self.clients
@@ -68,6 +112,7 @@ def as_json(s: ScanSummary, stats: ParseStats, top: int) -> dict:
         "by_rule": {k: v for k, v in stats.hits.most_common()},
         "top": [{"ip": ip, "count": c.count, "kinds": dict(c.kinds.most_common()),
                  "first": iso(c.first), "last": iso(c.last)} for ip, c in s.top(top)],
+        "ignored": {"allow_listed": s.allow_listed},
         "skipped": {"no_header": stats.no_header, "bad_address": stats.bad_address,
                     "timeouts": stats.timeouts, "truncated": stats.truncated,
                     "unresolved": stats.unresolved},
@@ -89,6 +134,9 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
     rate = f", {stats.lines / s.seconds:,.0f} lines/s" if s.seconds > 0 else ""
     out = [f"Scanned {len(s.files)} file(s), {stats.lines:,} lines in {s.seconds:.2f} s{rate}.",
            f"Offences: {total:,} from {len(s.clients):,} address(es){' (approximate)' if s.approximate else ''}."]
+    if s.allow_listed:
+        out.append(f"Ignored: allow-listed {s.allow_listed:,} (offences of loopback, this host's own "
+                   "and [allow] clients: never offenders)")
     if total:
         out += ["", "By kind:"]
         w = max(len(k) for k in s.by_kind)
@@ -111,7 +159,7 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
     if skipped:
         out += ["", "Skipped:"] + [f"  {n:,} {what}" for n, what in skipped]
     if s.failed:
-        out += ["", "Could not read completely:"] + [f"  {f}" for f in s.failed]
+        out += ["", "Could not read completely:"] + [f"  {safe(f)}" for f in s.failed]
     return "\n".join(out)
 
 
@@ -149,8 +197,8 @@ def bans_table(bans: list, now: float, history: bool) -> str:
             state = "left " + format_duration(b.expires - now) if b.expires is not None else "permanent"
         flags = "".join(f for f, on in ((" dry-run", b.dry_run), (" escalated", b.escalated),
                                          (" manual", b.source == "manual")) if on)
-        rows.append((b.target, b.kind, f"{b.score:g}", _short(b.created), format_duration(b.duration),
-                     state, str(b.count), b.node or "-", flags.strip(), _cut(b.reason, 70)))
+        rows.append((safe(b.target), safe(b.kind), f"{b.score:g}", _short(b.created), format_duration(b.duration),
+                     safe(state), str(b.count), safe(b.node or "-"), flags.strip(), _cut(safe(b.reason), 70)))
     head = ("target", "kind", "score", "since (UTC)", "for", "state", "count", "node", "flags", "reason")
     w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     fmt = lambda r: "  ".join(c.ljust(w[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()  # noqa: E731
@@ -171,43 +219,49 @@ def stats_human(s: dict, since: str | None) -> str:
     out = [f"Offences{' in the last ' + since if since else ''}: {total:,} from {s['addresses']:,} address(es)."]
     if total:
         w = max(len(k) for k in s["by_kind"])
-        out += [f"  {k:<{w}}  {n:>9,}  {100 * n / total:5.1f}%" for k, n in s["by_kind"].items()]
+        out += [f"  {safe(k):<{w}}  {n:>9,}  {100 * n / total:5.1f}%" for k, n in s["by_kind"].items()]
     out += ["", f"Bans: {s['bans_total']:,} ({s['bans_active']:,} active, {s['bans_released']:,} released, "
                 f"{s['bans_escalated']:,} escalated, {s['bans_network']:,} networks, {s['bans_dry_run']:,} dry-run)."]
     nb = sum(s["bans_by_kind"].values())
     if nb:
         w = max(len(k) for k in s["bans_by_kind"])
-        out += [f"  {k:<{w}}  {n:>9,}  {100 * n / nb:5.1f}%" for k, n in s["bans_by_kind"].items()]
+        out += [f"  {safe(k):<{w}}  {n:>9,}  {100 * n / nb:5.1f}%" for k, n in s["bans_by_kind"].items()]
     if s["released_by"]:
-        out.append("  released by: " + ", ".join(f"{k} {n:,}" for k, n in sorted(s["released_by"].items())))
+        out.append("  released by: " + ", ".join(f"{safe(k)} {n:,}" for k, n in sorted(s["released_by"].items())))
     if s["top"]:
         out += ["", f"Top {len(s['top'])} offenders:"]
-        wip = max(len(t["ip"]) for t in s["top"])
+        wip = max(len(safe(t["ip"])) for t in s["top"])
         for t in s["top"]:
-            kinds = ", ".join(f"{k} {n}" for k, n in sorted(t["kinds"].items(), key=lambda kv: -kv[1]))
-            out.append(f"  {t['ip']:<{wip}}  {t['count']:>7,}  {_short(t['first'])}  {_short(t['last'])}  {kinds}")
+            kinds = ", ".join(f"{safe(k)} {n}" for k, n in sorted(t["kinds"].items(), key=lambda kv: -kv[1]))
+            out.append(f"  {safe(t['ip']):<{wip}}  {t['count']:>7,}  {_short(t['first'])}  {_short(t['last'])}  {kinds}")
+    ignored = s.get("ignored", {}).get("allow_listed_top")
+    if ignored:
+        out += ["", "Ignored: allow-listed, never offenders (their offences are in the counts above): "
+                + ", ".join(f"{safe(t['ip'])} {t['count']:,}" for t in ignored)]
     return "\n".join(out)
 
 
 def show_human(d: dict, bans: list, now: float) -> str:
-    out = [f"{d['target']}" + (f" (scored as {d['scored_as']})" if d["scored_as"] != d["target"] else "")
+    out = [f"{safe(d['target'])}" + (f" (scored as {safe(d['scored_as'])})" if d["scored_as"] != d["target"] else "")
            + (": BANNED" if d["banned"] else ": not banned")]
     o = d["offender"]
     if o:
         out.append(f"  score {o['score']:g} at {o['score_time']} (ban at {d['threshold']:g}); "
                    f"{o['offences']:,} offence(s) from {o['first_seen']} to {o['last_seen']}")
-        out.append(f"  kinds: {', '.join(o['kinds']) or '-'}" + (f"; verified name {o['name']}" if o["name"] else "")
+        out.append(f"  kinds: {safe(', '.join(o['kinds'])) or '-'}" + (f"; verified name {safe(o['name'])}" if o["name"] else "")
                    + (f"; score counts from {o['reset_at']}" if o["reset_at"] else ""))
     else:
         out.append("  no offences recorded")
     if bans:
         out += ["", "Bans:", bans_table(bans, now, True)]
-        out += ["", "Why:"] + [f"  {_short(b.created)} {b.target}: {b.reason}" + (f"\n      {_cut(b.text, 200)}" if b.text else "")
+        out += ["", "Why:"] + [f"  {_short(b.created)} {safe(b.target)}: {safe(b.reason)}"
+                               + (f"\n      {_cut(safe(b.text), 200)}" if b.text else "")
                                for b in bans]
     rec = d["offences"]["recent"]
     if rec:
         out += ["", f"Recent offences ({len(rec)} of {d['offences']['total']:,}):"]
-        out += [f"  {r['time']}  {r['node']:<10} {r['kind']:<15} {r['rule']:<28} {_cut(r['text'], 160)}" for r in rec]
+        out += [f"  {r['time']}  {safe(r['node']):<10} {safe(r['kind']):<15} {safe(r['rule']):<28} "
+                f"{_cut(safe(r['text']), 160)}" for r in rec]
     return "\n".join(out)
 
 
@@ -218,13 +272,13 @@ def firewall_human(st: dict) -> str:
         return "\n".join(out)
     for k in ("table", "chain"):
         if k in st:
-            out.append(f"{k:<13}{st[k]}")
+            out.append(f"{k:<13}{safe(st[k])}")
     if "sets" in st:
-        out.append(f"sets         {', '.join(st['sets'])}")
+        out.append(f"sets         {safe(', '.join(st['sets']))}")
     for hook, c in st.get("chains", {}).items():
-        out.append(f"chain        {hook} (priority {c['priority']}): {c['packets_blocked']:,} packets blocked")
+        out.append(f"chain        {safe(hook)} (priority {c['priority']}): {c['packets_blocked']:,} packets blocked")
     for r in st.get("hook_rules", []):
-        out.append(f"hook rule    {r}")
+        out.append(f"hook rule    {safe(r)}")
     e, d = st["elements"], st["drift"]
     out.append(f"elements     {e['ipv4']:,} IPv4, {e['ipv6']:,} IPv6"
                + ("" if st["kernel_timeouts"] else "  (no kernel timeouts: syncs remove them on time)"))
@@ -233,7 +287,7 @@ def firewall_human(st: dict) -> str:
                    " -- `logban firewall sync` repairs it")
         for k, v in st["drift_sample"].items():
             if v:
-                out.append(f"  {k}: {', '.join(v)}")
+                out.append(f"  {k}: {safe(', '.join(v))}")
     else:
         out.append("drift        none: the kernel holds exactly the active bans")
     return "\n".join(out)
