@@ -151,6 +151,7 @@ class AllowList:
             self._by_len[n.version].setdefault(n.prefixlen, set()).add(int(n.network_address))
         self.names = tuple(check_name_pattern(p) for p in names)
         self._cache: dict[str, bool] = {}
+        self._screened: dict[tuple[str, str | None], str | None] = {}
 
     def address_allowed(self, ip: str) -> bool:
         got = self._cache.get(ip)
@@ -185,6 +186,42 @@ class AllowList:
             return False
         n = name.lower().rstrip(".")
         return any(fnmatch.fnmatchcase(n, p) for p in self.names)
+
+    def screen(self, bans: Iterable) -> tuple[list, list[tuple[str, str]]]:
+        """What this node may enforce or publish, of bans read from anywhere (the store,
+        another node, a decision): the one gate between the store and the kernel or exports.
+
+        Each `target` is re-parsed strictly and must already be canonical (a row written
+        by logban is), must be bannable at all, and must not be allowed here (addresses,
+        networks, own addresses; a `name` on the row, the verified name of the client,
+        against the name patterns). Returns (the bans that pass, [(target, why)] refused).
+        """
+        ok: list = []
+        refused: list[tuple[str, str]] = []
+        cache = self._screened
+        for b in bans:
+            t, name = b.target, getattr(b, "name", None)
+            key = (t, name if self.names else None)
+            why = cache.get(key, False)
+            if why is False:
+                why = self._refusal(t, name)
+                if len(cache) > _CACHE_MAX:
+                    cache.clear()
+                cache[key] = why
+            if why is None:
+                ok.append(b)
+            else:
+                refused.append((t, why))
+        return ok, refused
+
+    def _refusal(self, target, name: str | None) -> str | None:
+        try:
+            canon = ban_target(target)
+        except ValueError as e:
+            return str(e)
+        if canon != target:
+            return f"not written as logban writes it ({canon})"
+        return self.why(target, name)
 
     def why(self, target: str, name: str | None = None) -> str | None:
         """Why `target` must not be banned, or None."""

@@ -26,7 +26,7 @@ from .allow import AllowList, Resolver
 from .config import Config, load_config
 from .engine import Engine
 from .errors import FirewallError, UsageError
-from .firewall import Firewall, choose, kernel_timeout, wanted
+from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
 from .parse import Clock, Offence, Parser
 from .rules import RuleSet, load_rules
@@ -150,6 +150,7 @@ class Daemon:
         # What this process enforces (the kernel holds it unless the backend is none): target -> end.
         self.kernel: dict[str, float] = {}
         self.remote_seen: set[int] = set()
+        self.refused_seen: set[str] = set()     # store bans this node refused to enforce (logged once)
         self.next_expiry: float | None = None
         self.exports_dirty = True           # the ban set may have changed: [[export]] files to check
         self._configure(cfg)
@@ -184,7 +185,22 @@ class Daemon:
         return self.cfg.dry_run or self.opts.dry_run
 
     def _firewall(self) -> Firewall:
-        return Firewall(choose(self.cfg.firewall, backend=self.opts.backend, dry_run=self.dry_run), self.store)
+        return Firewall(choose(self.cfg.firewall, backend=self.opts.backend, dry_run=self.dry_run), self.store,
+                        self.allow)
+
+    def _screen(self, bans) -> list:
+        """The bans this node may enforce and publish; each refusal logged once."""
+        ok, refused = self.allow.screen(bans)
+        self._note_refused(refused)
+        return ok
+
+    def _note_refused(self, refused: list[tuple[str, str]]) -> None:
+        for target, why in refused:
+            if target not in self.refused_seen:
+                if len(self.refused_seen) > 100_000:
+                    self.refused_seen.clear()
+                self.refused_seen.add(target)
+                log.warning("not enforced here: ban of %r: %s", target, why)
 
     # ---- running ----------------------------------------------------------------------------
     def run(self) -> int:
@@ -328,7 +344,7 @@ class Daemon:
                     continue
                 self.remote_seen.add(r.id)
                 offs.append(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line,
-                                    r.text.encode("utf-8", "replace"), None))
+                                    r.text.encode("utf-8", "replace"), r.name))
             # Ids are handed out before commit: a slow writer can commit a lower one later.
             top = rows[-1].id
             self.remote_low = max(self.remote_low, top - REMOTE_MARGIN)
@@ -347,7 +363,8 @@ class Daemon:
         self.next_expiry = self.store.next_expiry()
         self.exports_dirty = True
         now = time.time()
-        want = wanted(self.store.enforced(now), now)
+        want = self.firewall.want(now)
+        self._note_refused(self.firewall.refused)
         # Elements whose time is up are gone from the kernel by their own timeout.
         self.kernel = {t: e for t, e in self.kernel.items() if e > now + 1}
         add = {t: secs for t, secs in want.items() if t not in self.kernel}
@@ -392,7 +409,7 @@ class Daemon:
         self.exports_dirty = False
         if not self.cfg.exports:
             return
-        bans = [b for b in self.store.active_bans(time.time()) if not b.dry_run]
+        bans = self._screen(b for b in self.store.active_bans(time.time()) if not b.dry_run)
         for o in self.cfg.exports:
             try:
                 if write(o, render(o, bans)):
@@ -404,6 +421,7 @@ class Daemon:
     def _enforce(self, decided: list[Decision]) -> None:
         self.exports_dirty = True
         now = time.time()
+        decided = self._screen(decided)
         for d in decided:
             trig = d.trigger.raw[:TRIGGER_MAX].decode("utf-8", "replace") if d.trigger else ""
             log.info("ban %s %s score %g for %s (ban #%d%s) rule %s: %s", d.target, d.kind, d.score,
@@ -456,6 +474,7 @@ class Daemon:
             log.error("firewall %s sync skipped: the store is unreachable (%s)", why, short_error(e))
             return
         now = time.time()
+        self._note_refused(self.firewall.refused)
         self.kernel = {t: math.inf if secs is None else now + secs for t, secs in self.firewall.wanted.items()}
         if p.drift:
             log.warning("firewall %s sync: %d missing added, %d unknown removed, %d timeouts refreshed",
@@ -480,6 +499,7 @@ class Daemon:
             self.follower.close()
             self.follower = self._follower()
         self.firewall = self._firewall()
+        self.refused_seen.clear()
         self._sync("reload")
         self.exports_dirty = True
         log.info("reloaded %s", cfg.path or "the built-in defaults")

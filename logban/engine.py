@@ -47,7 +47,7 @@ class Engine:
         sc = self.scorer
         self.refresh_bans()
         for r in self.store.recent_offences(sc.policy.horizon):
-            sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line))
+            sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line, name=r.name))
 
     def release_allowed(self) -> list[str]:
         """Bans of targets the allow-list covers now are released."""

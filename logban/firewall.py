@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from .allow import AllowList
 from .errors import FirewallError
 
 KERNEL_TIMEOUT_MAX = 2_147_483      # seconds: ipset's maximum, used by every backend alike
@@ -619,33 +620,39 @@ def choose(opts: FirewallOptions, *, backend: str | None = None, dry_run: bool =
 
 
 class Firewall:
-    """The enforcing edge: a backend kept equal to the store's active bans."""
+    """The enforcing edge: a backend kept equal to the store's active bans that this
+    node's allow-list lets through (`AllowList.screen`: nothing read from the store
+    reaches the kernel unchecked)."""
 
     ATTEMPTS = 3
 
-    def __init__(self, backend: Backend, store) -> None:
+    def __init__(self, backend: Backend, store, allow: AllowList | None = None) -> None:
         self.backend, self.store = backend, store
+        self.allow = allow if allow is not None else AllowList()
         self.wanted: dict[str, int | None] = {}      # what the last sync put in the kernel
+        self.refused: list[tuple[str, str]] = []     # store bans the last look left out: (target, why)
 
     @property
     def enforcing(self) -> bool:
         return not isinstance(self.backend, NoBackend)
 
-    def _wanted(self, now: float | None) -> dict[str, int | None]:
+    def want(self, now: float | None = None) -> dict[str, int | None]:
+        """What the kernel should hold now: the store's enforced bans, screened."""
         at = time.time() if now is None else now
-        return wanted(self.store.enforced(at), at)
+        ok, self.refused = self.allow.screen(self.store.enforced(at))
+        return wanted(ok, at)
 
     def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
-        return plan(self._wanted(now), self.backend.elements() if have is None else have)
+        return plan(self.want(now), self.backend.elements() if have is None else have)
 
     def sync(self, now: float | None = None) -> Plan:
         """Make the kernel equal the store in one batch; returns what was different."""
         if not self.enforcing:
-            self.wanted = self._wanted(now)
+            self.wanted = self.want(now)
             return Plan()
         self.backend.setup()
         for attempt in range(self.ATTEMPTS):
-            want = self._wanted(now)
+            want = self.want(now)
             p = plan(want, self.backend.elements())
             try:
                 self.backend.apply(p.add, p.remove)

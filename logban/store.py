@@ -26,7 +26,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
@@ -69,6 +69,7 @@ class OffenceRow(SQLModel, table=True):
     file: str
     line: int
     text: str = ""
+    name: str | None = None                        # the client's verified name: other nodes' allow-lists read it
 
 
 class BanRow(SQLModel, table=True):
@@ -115,7 +116,7 @@ class PositionRow(SQLModel, table=True):
 OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
 POSITIONS = PositionRow.__table__
 
-OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text")
+OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text", "name")
 OFFENDER_COLS = ("target", "first_seen", "last_seen", "offences", "kinds", "name", "score", "score_time", "reset_at")
 BAN_COLS = ("target", "kind", "rule", "reason", "score", "created", "expires", "duration", "released",
             "release_reason", "escalated", "dry_run", "node", "source", "members", "text")     # count: in SQL
@@ -142,9 +143,16 @@ def _one_unreleased_ban(conn: Connection) -> None:
             ix.create(conn, checkfirst=True)
 
 
+def _offence_names(conn: Connection) -> None:
+    """0.4: offences keep the client's verified name, so every node's allow-list can read it."""
+    if "name" not in {c["name"] for c in sa.inspect(conn).get_columns("offences")}:
+        conn.exec_driver_sql("ALTER TABLE offences ADD COLUMN name VARCHAR")
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: POSITIONS.create(conn),          # 0.2: the daemon's read positions
     2: _one_unreleased_ban,
+    3: _offence_names,
 }
 
 
@@ -283,7 +291,7 @@ class Store:
             if offences:
                 conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
-                     o.raw[:TEXT_MAX].decode("utf-8", "replace")) for o, t in offences])
+                     o.raw[:TEXT_MAX].decode("utf-8", "replace"), o.name) for o, t in offences])
             # A ban resets its target's score: for targets in this batch that rides on the upsert.
             resets = {d.target: (d.expires if d.expires is not None and d.expires <= now else d.time)
                       for d in decisions}
@@ -444,15 +452,19 @@ class Store:
 
     # ---- reading -------------------------------------------------------------------------
     def active_bans(self, now: float) -> list[sa.Row]:
+        """Bans in force, with the client's last verified `name` (for the allow-list)."""
         with self.read() as conn:
-            q = sa.select(BANS).where(BANS.c.released.is_(None),
+            q = sa.select(BANS, OFFENDERS.c.name).join(
+                OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(BANS.c.released.is_(None),
                                       sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now)).order_by(BANS.c.created)
             return list(conn.execute(q))
 
     def enforced(self, now: float) -> list[sa.Row]:
-        """What the firewall must hold: (target, expires, dry_run) of the active bans that are not dry-run."""
+        """What the firewall must hold: (target, expires, dry_run, node, name) of the active bans
+        that are not dry-run; `name`: the client's last verified name, for the allow-list."""
         with self.read() as conn:
-            q = sa.select(BANS.c.target, BANS.c.expires, BANS.c.dry_run).where(
+            q = sa.select(BANS.c.target, BANS.c.expires, BANS.c.dry_run, BANS.c.node, OFFENDERS.c.name).join(
+                OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(
                 BANS.c.released.is_(None), BANS.c.dry_run.is_(False),
                 sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now))
             return list(conn.execute(q))

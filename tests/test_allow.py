@@ -1,4 +1,5 @@
 """The allow-list: networks, name patterns, this host, forward-confirmed lookups."""
+import ipaddress
 import time
 
 import pytest
@@ -56,3 +57,51 @@ def test_resolver_caches_and_bounds_time():
     r.names(["192.0.2.2"])
     assert calls.count("192.0.2.2") == 1
     r.close()
+
+
+# ---- what can ever be a target, and the gate between the store and the kernel -------------
+
+from collections import namedtuple  # noqa: E402
+
+from logban.allow import ban_target, unbannable  # noqa: E402
+
+Row = namedtuple("Row", "target name", defaults=(None,))
+
+
+def test_ban_target_is_strict_and_canonical():
+    assert ban_target("192.0.2.1") == "192.0.2.1" and ban_target("2001:DB8::1") == "2001:db8::1"
+    assert ban_target("::ffff:192.0.2.1") == "192.0.2.1" and ban_target("2001:db8::/64") == "2001:db8::/64"
+    for bad in ("198.51.100.1 }\ndelete table inet hostfw", "192.0.2.1/24", "2001:db8::1%eth0", " 192.0.2.1",
+                "192.0.2.1\n", "", "x" * 100, "192.0.2.0/24 timeout 1s", "add 192.0.2.1"):
+        with pytest.raises(ValueError):
+            ban_target(bad)
+
+
+@pytest.mark.parametrize("target", ["::/64", "::1", "::", "::192.0.2.1", "::ffff:0:0/96", "ff02::1", "fe80::/64",
+                                    "fe80::1", "224.0.0.0/4", "239.1.1.1", "169.254.0.1", "0.0.0.0", "0.0.0.0/0",
+                                    "::/0", "127.0.0.1", "255.255.255.255", "192.0.0.0/2"])
+def test_special_addresses_are_never_targets(target):
+    with pytest.raises(ValueError):
+        ban_target(target)
+
+
+def test_unbannable_addresses_and_networks():
+    assert unbannable(ipaddress.ip_address("2001:db8::1")) is None
+    assert "IPv4-compatible" in unbannable(ipaddress.ip_network("::/64"))
+    assert "multicast" in unbannable(ipaddress.ip_address("ff02::1"))
+    assert unbannable(ipaddress.ip_network("198.51.100.0/24")) is None
+
+
+def test_screen_lets_through_only_what_this_node_may_enforce():
+    a = AllowList(["192.0.2.0/28"], ["*.partner.example"], own=["198.51.100.53"])
+    rows = [Row("203.0.113.9"), Row("2001:db8:5::/64"),
+            Row("198.51.100.1 }\ndelete table inet hostfw"), Row("203.0.113.0/24 timeout 1s"),
+            Row("192.0.2.5"), Row("192.0.2.0/24"), Row("198.51.100.0/24"), Row("::/64"), Row("2001:DB8::1"),
+            Row("203.0.113.10", "mx1.partner.example"), Row("203.0.113.11", "partner.example.evil.example")]
+    ok, refused = a.screen(rows)
+    assert [r.target for r in ok] == ["203.0.113.9", "2001:db8:5::/64", "203.0.113.11"]
+    assert [t for t, _ in refused] == [r.target for r in rows if r not in ok]
+    why = dict(refused)
+    assert "allow-listed" in why["192.0.2.0/24"] and "allow-listed" in why["198.51.100.0/24"]
+    assert "partner.example" in why["203.0.113.10"] and "2001:db8::1" in why["2001:DB8::1"]
+    assert a.screen(rows) == (ok, refused)          # the same verdicts from the cache
