@@ -227,3 +227,44 @@ def test_two_writers_deciding_the_same_ban_make_one_with_an_exact_count(db_url):
     later = Decision("192.0.2.50", "dnsbl", "r", 5, now + 2, HOUR, 1, False, "y")   # b's memory says count 1
     b.record([], [later], node="b", dry_run=False, now=now + 2)
     assert [(x.node, x.count) for x in a.active_bans(now + 2)] == [("b", 2)]
+
+
+def test_verified_names_travel_with_offences_so_every_node_allows_the_partner(db_url):
+    """Node a sees a partner by its verified name and records it; node b, with the same
+    allow-list, reads a's offences with the name and does not ban; a ban of the partner
+    made elsewhere is refused by a's gate (the name is on the ban's offender)."""
+    names = ["*.outbound.example.com"]
+    a = Engine(Store(db_url), Policy(), AllowList(names=names, own=()), node="a", dry_run=False)
+    t = time.time() - 60
+    partner = [Offence(t + i, "192.0.2.44", "postfix", "r", "bad_helo", 5, "f", i, b"x", "mx7.outbound.example.com")
+               for i in range(3)]
+    a.add(partner)
+    a.close()
+    assert a.scorer.stats.decisions == 0
+    b_store = Store(db_url)
+    rows = b_store.offences_after(0, "b")
+    assert [r.name for r in rows] == ["mx7.outbound.example.com"] * 3
+    b = Engine(b_store, Policy(), AllowList(names=names, own=()), node="b", dry_run=False)
+    b.add([Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line, name=r.name) for r in rows],
+          record=False)
+    assert b.fresh() == [] and b.scorer.stats.allowed == 3
+    # a ban of the partner by a node (or a `logban ban`) that does not allow it ...
+    b_store.ban(Decision("192.0.2.44", "manual", "", 0, t, HOUR, 1, False, "t"), node="c", dry_run=False, now=t)
+    enforced = b_store.enforced(time.time())
+    assert [(r.target, r.name) for r in enforced] == [("192.0.2.44", "mx7.outbound.example.com")]
+    # ... is not what a node allowing the partner may enforce
+    ok, refused = AllowList(names=names, own=()).screen(enforced)
+    assert ok == [] and "outbound.example.com" in refused[0][1]
+    assert AllowList(own=()).screen(enforced)[0] == enforced
+
+
+def test_a_version_3_database_gains_offence_names(tmp_path):
+    e = engine(url(tmp_path))
+    e.add([off("192.0.2.1", time.time() - 10)])
+    e.close()
+    with sqlite3.connect(tmp_path / "logban.db") as c:           # what logban 0.3 left behind
+        c.execute("ALTER TABLE offences DROP COLUMN name")
+        c.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    s = Store(url(tmp_path))
+    assert s.schema_version() == store_mod.SCHEMA_VERSION
+    assert [(r.ip, r.name) for r in s.offences_after(0, "other")] == [("192.0.2.1", None)]
