@@ -208,7 +208,8 @@ def _store(args, cfg: Config):
 
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
     from .firewall import Firewall, choose
-    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store)
+    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store,
+                    AllowList(cfg.allow.addresses, cfg.allow.hostnames))
 
 
 def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
@@ -404,7 +405,7 @@ def cmd_list(args, cfg: Config) -> int:
 
 def cmd_ban(args, cfg: Config) -> int:
     try:        # never a target that cuts the host off (loopback, multicast, ...), nor a sloppy spelling
-        target = ban_target(args.target.strip())
+        target = ban_target(args.target)
     except ValueError as e:
         raise UsageError(f"ban {args.target!r}: not a ban target: {e}") from None
     if args.duration is None:
@@ -624,7 +625,10 @@ def cmd_export(args, cfg: Config) -> int:
     from .export import ExportOptions, render, write
     store = _store(args, cfg)
     o = ExportOptions(args.format, args.output, action=args.action)
-    bans = [b for b in store.active_bans(time.time()) if not b.dry_run]
+    bans, refused = AllowList(cfg.allow.addresses, cfg.allow.hostnames).screen(
+        b for b in store.active_bans(time.time()) if not b.dry_run)
+    for target, why in refused:
+        print(safe(f"logban: left out {target!r}: {why}"), file=sys.stderr)
     content = render(o, bans)
     if o.path is None:
         sys.stdout.write(content)
