@@ -20,12 +20,12 @@ def _escape(m: re.Match) -> str:
     c = ord(m.group())
     if 0xDC80 <= c <= 0xDCFF:                 # surrogateescape: the original byte
         return f"\\x{c - 0xDC00:02x}"
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    return f"\\x{c:02x}" if c < 0x80 else f"\\u{c:04x}"     # \\xNN past 0x7f: an invalid UTF-8 byte
 
 
 def safe(text) -> str:
     """Text an attacker may have written (log lines, names, reasons, file names), fit for a
-    terminal: control characters escaped (ESC as \\x1b), invalid UTF-8 as \\xNN, ordinary
+    terminal: control characters escaped (ESC as \\x1b, C1 as \\u0085), invalid UTF-8 as \\xNN, ordinary
     printable text, UTF-8 included, as it is. JSON output needs none of this: json.dumps
     (ensure_ascii) escapes every control and non-ASCII character already."""
     if isinstance(text, (bytes, bytearray)):
