@@ -270,7 +270,9 @@ def cmd_scan(args, cfg: Config) -> int:
         _check_rule_durations(cfg, rules)
         engine = _engine(args, cfg, _store(args, cfg), allow)
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
-        sinks.append(engine.add)
+        # First: with [allow] resolve, the engine fills in the verified name of a client about
+        # to be banned, and the report then leaves that client out too if the name is allowed.
+        sinks.insert(0, engine.add)
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)

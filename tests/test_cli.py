@@ -40,6 +40,7 @@ def test_scan_json_report(logban):
     assert rep["by_kind"]["unknown_user"] == sum(1 for x in EXPECTED if x["kind"] == "unknown_user")
     assert [t["ip"] for t in rep["top"]][0] == "192.0.2.70" and rep["top"][0]["count"] == 4
     assert rep["skipped"]["unresolved"] == 2
+    assert rep["ignored"] == {"allow_listed": 0}
     opener = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
     total = 0
     for f in (SAMPLES / "logs").rglob("*"):

@@ -18,3 +18,36 @@ def test_distributed_attack_keeps_the_summary_bounded_and_linear(monkeypatch):
     assert s.approximate
     assert s.top(1)[0][0] == "192.0.2.7" and s.top(1)[0][1].count == 50
     assert sum(s.by_kind.values()) == 10_050
+
+
+def test_safe_escapes_what_a_terminal_acts_on_and_keeps_printable_text():
+    from logban.report import safe
+    assert safe(b"\x1b[2J\x1b]0;owned\x07") == "\\x1b[2J\\x1b]0;owned\\x07"
+    assert safe("tab\there\nnl\r\x00\x7f") == "tab\\x09here\\x0anl\\x0d\\x00\\x7f"
+    assert safe("\u0085\u009b") == "\\u0085\\u009b"                     # C1 controls
+    assert safe(b"\xc2\x9b") == "\\u009b" and safe(b"\x9b\xff") == "\\x9b\\xff"   # C1 vs invalid UTF-8
+    assert safe("\u202eevil\u2028") == "\\u202eevil\\u2028"              # bidi override, line separator
+    assert safe("caf\u00e9 \u65e5\u672c \u2603 [192.0.2.7] <a@b>") == "caf\u00e9 \u65e5\u672c \u2603 [192.0.2.7] <a@b>"
+    assert safe(b"caf\xc3\xa9") == "caf\u00e9"
+    assert safe("mail\udcff.log") == "mail\\xff.log"                    # a file name's undecodable byte
+    assert safe(None) == "" and safe(3) == "3"
+
+
+def test_allow_filter_leaves_allow_listed_clients_out_of_the_summary():
+    from logban.allow import AllowList
+    from logban.parse import ParseStats
+    from logban.report import AllowFilter, as_json, human
+    keep = AllowFilter(AllowList(["198.51.100.0/24"], ["*.mailout.example.com"], own=["192.0.2.2"]))
+    offs = [Offence(1.0, ip, "sendmail", "r", "unknown_user", 2.0, "f", i, b"", name)
+            for i, (ip, name) in enumerate([("127.0.0.1", "localhost"), ("::1", None), ("192.0.2.2", None),
+                                             ("198.51.100.9", None), ("203.0.113.9", "out-1.mailout.example.com"),
+                                             ("192.0.2.66", None), ("192.0.2.66", "bot.example.biz")])]
+    s = ScanSummary(files=["f"])
+    s.add(keep(offs))
+    s.allow_listed = keep.allow_listed
+    assert keep.allow_listed == 5 and list(s.clients) == ["192.0.2.66"] and s.by_kind == {"unknown_user": 2}
+    rep = as_json(s, ParseStats(lines=7), 10)
+    assert rep["ignored"] == {"allow_listed": 5} and [t["ip"] for t in rep["top"]] == ["192.0.2.66"]
+    out = human(s, ParseStats(lines=7), 10)
+    assert "Ignored: allow-listed 5 " in out and "127.0.0.1" not in out
+    assert "Ignored" not in human(ScanSummary(files=["f"]), ParseStats(), 10)
