@@ -102,6 +102,14 @@ def ban_target(text: str) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
+def valid_target(text) -> bool:
+    """Whether a target read from somewhere (a store row) is one logban could have written."""
+    try:
+        return ban_target(text) == text
+    except ValueError:
+        return False
+
+
 _TARGET_CHARS = regex.compile(r"[0-9A-Fa-f:.]{2,60}(?:/[0-9]{1,3})?")
 
 

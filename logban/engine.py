@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .allow import AllowList, Resolver
+from .allow import AllowList, Resolver, valid_target
 from .parse import Offence
 from .score import Decision, Policy, Scorer
 from .store import Store
@@ -51,7 +51,8 @@ class Engine:
 
     def release_allowed(self) -> list[str]:
         """Bans of targets the allow-list covers now are released."""
-        gone = [b.target for b in self.store.unreleased() if self.allow.target_allowed(b.target)]
+        gone = [b.target for b in self.store.unreleased()
+                if valid_target(b.target) and self.allow.target_allowed(b.target)]
         if gone:
             done = self.store.release(gone, "allow-list", time.time())
             self.stats.released_allow += sum(done.values())
@@ -63,7 +64,8 @@ class Engine:
         """The scorer's view of the bans made equal to the store's (changed by `logban ban`/`unban`, or at start)."""
         sc = self.scorer
         sc.history = self.store.history()
-        live = self.store.unreleased()
+        # A row no logban wrote (0.0.0.0/0 would make every client look banned already) is ignored.
+        live = [b for b in self.store.unreleased() if valid_target(b.target)]
         keep = {b.target for b in live}
         for t in [t for t in sc.active if t not in keep]:
             sc.release(t)
