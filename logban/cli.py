@@ -388,7 +388,12 @@ def _related(target: str, candidates) -> list[str]:
     net = ipaddress.ip_network(target)
     out = []
     for c in candidates:
-        n = ipaddress.ip_network(c)
+        try:        # a bad row in the store (written by anything) must not stop unban or show
+            n = ipaddress.ip_network(c, strict=False)
+        except (ValueError, TypeError):
+            if c == target:
+                out.append(c)
+            continue
         if n.version == net.version and (net.subnet_of(n) or n.subnet_of(net)):
             out.append(c)
     return out
@@ -655,6 +660,8 @@ def cmd_firewall(args, cfg: Config) -> int:
         p = fw.sync()
         print(f"{b.name}: {len(p.missing)} missing added, {len(p.unknown)} unknown removed, "
               f"{len(p.stale)} timeouts refreshed")
+        for target, why in fw.refused:
+            print(safe(f"logban: not enforced here: ban of {target!r}: {why}"), file=sys.stderr)
         return 0
     now = time.time()
     active = store.active_bans(now)
@@ -666,7 +673,9 @@ def cmd_firewall(args, cfg: Config) -> int:
         status |= b.describe() | {
             "elements": {"ipv4": sum(1 for t in have if ":" not in t), "ipv6": sum(1 for t in have if ":" in t)},
             "drift": {"missing": len(p.missing), "unknown": len(p.unknown), "stale": len(p.stale)},
-            "drift_sample": {"missing": p.missing[:10], "unknown": p.unknown[:10], "stale": p.stale[:10]}}
+            "drift_sample": {"missing": p.missing[:10], "unknown": p.unknown[:10], "stale": p.stale[:10]},
+            # store bans this node will not enforce (allow-listed here, or no valid target)
+            "refused": len(fw.refused), "refused_sample": [{"target": t, "why": w} for t, w in fw.refused[:10]]}
     if args.json:
         print(json.dumps(status, indent=2))
         return 0

@@ -202,3 +202,35 @@ def test_ban_takes_canonical_targets_and_unban_show_take_anything_parseable(logb
         for t in ("fe80::1", "::192.0.2.1", "ff02::1", "192.0.2.1/24"):
             r = logban(*c, cmd, t)
             assert r.returncode == 0, (cmd, t, r.stderr)
+
+
+def _add_rows(db_file, template: str, targets):
+    """Rows a buggy or hostile writer could have left in the store: copies of a real ban."""
+    import sqlite3
+    con = sqlite3.connect(db_file)
+    cols = [r[1] for r in con.execute("PRAGMA table_info(bans)") if r[1] not in ("id", "target")]
+    for t in targets:
+        con.execute(f"INSERT INTO bans (target, {', '.join(cols)}) SELECT ?, {', '.join(cols)} FROM bans "
+                    "WHERE target = ?", (t, template))
+    con.commit()
+    con.close()
+
+
+def test_bad_rows_in_the_store_can_still_be_shown_listed_and_unbanned(logban, tmp_path):
+    db_file = tmp_path / "logban.db"
+    c = ("--db", f"sqlite:///{db_file}")
+    assert logban(*c, "ban", "198.51.100.9", "--reason", "spam").returncode == 0
+    _add_rows(db_file, "198.51.100.9", ["fe80::1", "ff02::1", "not-an-ip\x1b[2J", "192.0.2.1/24"])
+    r = logban(*c, "list")
+    assert r.returncode == 0, r.stderr
+    assert_terminal_safe(r.stdout)
+    assert "not-an-ip\\x1b[2J" in r.stdout.decode()
+    for t in ("192.0.2.7", "fe80::1"):
+        r = logban(*c, "show", t)
+        assert r.returncode == 0, (t, r.stderr)
+        assert_terminal_safe(r.stdout)
+    r = logban(*c, "unban", "fe80::1", "ff02::1", "192.0.2.1/24")
+    assert r.returncode == 0, r.stderr
+    assert "lifted fe80::1" in r.stdout.decode() and "lifted 192.0.2.1/24" in r.stdout.decode()
+    left = {b["target"] for b in json.loads(logban(*c, "list", "--json").stdout)}
+    assert left == {"198.51.100.9", "not-an-ip\x1b[2J"}
