@@ -75,6 +75,7 @@ def test_store_rows_reach_the_kernel_only_through_the_gate(lab, tmp_path, kind):
         st = json.loads(server("-c", str(cfg), "firewall", "status", "--json").stdout)
         assert st["elements"] == {"ipv4": 1, "ipv6": 1}
         assert st["drift"] == {"missing": 0, "unknown": 0, "stale": 0}
+        assert st["refused"] == len(CRAFTED) + 1 and "allow-listed" in r.stderr and "hostfw" in r.stderr
         # the exports trust the rows no more than the kernel does
         out = server("-c", str(cfg), "export", "--format", "plain")
         assert out.stdout.split() == ["192.0.2.2", "2001:db8:2::2"]
