@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+from .allow import unbannable
 from .rules import Rule, RuleSet
 
 _MONTHS = {m.encode(): i for i, m in enumerate(
@@ -75,8 +76,18 @@ class ParseStats:
     bad_address: int = 0           # a rule matched, but its address field was no address
     timeouts: int = 0              # rule matches stopped by the time limit
     truncated: int = 0             # lines longer than max_line
+    truncated_skipped: int = 0     # cut lines on which rules that read the line end were not applied
+    not_target: int = 0            # a rule's address can never be banned (unspecified, multicast, link-local, ...)
     unresolved: int = 0            # keyed offences whose key never met an address
     hits: Counter = field(default_factory=Counter)   # rule id -> matches (links too)
+
+
+def not_target(ip: str) -> bool:
+    """A canonical address that is never a ban target: unspecified or "this network" (0/8),
+    IPv4-compatible (::/96), multicast, link-local, broadcast. Loopback is a target here:
+    reports count it as allow-listed, further down."""
+    net = ipaddress.ip_network(ip)
+    return not net.network_address.is_loopback and unbannable(net) is not None
 
 
 def canonical_ip(raw: str) -> str | None:
@@ -236,7 +247,7 @@ class Parser:
 
     def __init__(self, rules: RuleSet, *, clock: Clock | None = None, max_line: int = 8192,
                  match_timeout: float = 0.05, any_program: bool = False,
-                 collect_suspicious: int = 0) -> None:
+                 collect_suspicious: int = 0, rate_prefix6: int = 64) -> None:
         self.rules = rules
         self.clock = clock or Clock()
         self.max_line = max_line
@@ -250,9 +261,15 @@ class Parser:
         self._pending: dict[tuple, list[Offence]] = {}
         self._pending_n = 0
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
-        self._ip_cache: dict[bytes, str | None] = {}
+        self._ip_cache: dict[bytes, str] = {}       # raw -> canonical address, "" for no ban target
         self._applies: dict[str, frozenset[int]] = {}
-        self._rates: dict[tuple[str, str], list[float]] = {}   # (rule, ip) -> [window start, count]
+        if not 0 <= rate_prefix6 <= 128:
+            raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
+        self.rate_prefix6 = rate_prefix6
+        # (rule, scoring target) -> [window start, count], oldest first: a flood of new
+        # keys evicts the oldest windows, never the whole table.
+        self._rates: dict[tuple[str, str], list[float]] = {}
+        self._rate_nets: dict[str, str] = {}        # IPv6 address -> its /rate_prefix6 network
         self._build_prefilter(rules.rules)
 
     # ---- pre-filter -------------------------------------------------------
@@ -360,21 +377,29 @@ class Parser:
             le = find(b"\n", ls)
             if le < 0:
                 le = len(chunk)
-            if le - ls > max_line:
+            cut = le - ls > max_line
+            if cut:
                 le = ls + max_line
                 self.stats.truncated += 1
             line = chunk[ls:le]
             if line.endswith(b"\r"):
                 line = line[:-1]
             self.stats.candidates += 1
-            if handle(line, lineno + 1, rules_for(cand[ls]), out):
+            if handle(line, lineno + 1, rules_for(cand[ls]), out, cut):
                 matched.add(ls)
         if self._suspicious_max:
             self._collect_suspicious(chunk, lines_before, matched)
         self.stats.offences += len(out)
         return out
 
-    def _line(self, line: bytes, lineno: int, rules: list[Rule], out: list[Offence]) -> bool:
+    def _line(self, line: bytes, lineno: int, rules: list[Rule], out: list[Offence], cut: bool = False) -> bool:
+        """Apply `rules` to one line; `cut`: the line was cut at max_line.
+
+        A rule whose match reads the line end (`Rule.tail`: a `$`, a look-ahead
+        guard) is never applied to a cut line: what the cut removed (the MTA's own
+        field, a second copy the guard looks for) could change what it takes.
+        Rules that read the client field first need no end and still apply.
+        """
         h = parse_header(line, self.clock)
         if h is None:
             self.stats.no_header += 1
@@ -383,9 +408,12 @@ class Parser:
         hits, timeout = self.stats.hits, self.timeout
         best: Rule | None = None
         best_m = None
-        took = False
+        took = skipped = False
         for r in rules:
             if r.order not in allowed or (r.needle and r.needle not in line):
+                continue
+            if cut and r.tail:
+                skipped = True
                 continue
             try:
                 m = r.regex.match(line, h.start, timeout=timeout)
@@ -400,11 +428,16 @@ class Parser:
                 self._link(r, m, h, out)
             elif best is None or r.score > best.score:
                 best, best_m = r, m
+        if skipped:
+            self.stats.truncated_skipped += 1
         if best is not None:
             self._offence(best, best_m, h, line, lineno, out)
         return took
 
     def _ip(self, m) -> str | None:
+        """The canonical address, "" when it can never be a ban target, None when it is no address.
+
+        The verdict is cached per raw bytes, so the check costs one dict look-up."""
         raw = m.group("ip")
         ip = self._ip_cache.get(raw)
         if ip is None:
@@ -412,6 +445,8 @@ class Parser:
             if ip is None:
                 self.stats.bad_address += 1
                 return None
+            if not_target(ip):
+                ip = ""
             if len(self._ip_cache) > _LIMIT:
                 self._ip_cache.clear()
             self._ip_cache[raw] = ip
@@ -429,15 +464,30 @@ class Parser:
             return None
         return raw.decode("ascii", "replace").lower()
 
+    def _rate_target(self, ip: str) -> str:
+        """What a rate counter is kept for: an IPv4 address, or an IPv6 address's /rate_prefix6
+        network (the scorer's target), so rotating addresses inside one /64 count together."""
+        if ":" not in ip:
+            return ip
+        net = self._rate_nets.get(ip)
+        if net is None:
+            net = ipaddress.IPv6Network((ip, self.rate_prefix6), strict=False).with_prefixlen
+            if len(self._rate_nets) > _LIMIT:
+                self._rate_nets.clear()          # a cache: clearing it loses no count
+            self._rate_nets[ip] = net
+        return net
+
     def _over_rate(self, r: Rule, ip: str, t: float) -> bool:
         """Count one match of a rate rule; True once per window when the count passes `rate_over`."""
-        k = (r.id, ip)
-        w = self._rates.get(k)
+        k = (r.id, self._rate_target(ip))
+        rates = self._rates
+        w = rates.pop(k, None)                   # taken out and put back: the newest go last
         if w is None or t - w[0] > r.rate_per:
-            if len(self._rates) > _LIMIT:
-                self._rates.clear()
-            self._rates[k] = [t, 1]
+            while len(rates) >= _LIMIT:
+                del rates[next(iter(rates))]     # the oldest window goes, never all of them
+            rates[k] = [t, 1]
             return r.rate_over < 1
+        rates[k] = w
         w[1] += 1
         if w[1] > r.rate_over:
             w[0], w[1] = t, 0      # the next offence needs a whole new period's worth
@@ -447,14 +497,18 @@ class Parser:
     def _offence(self, r: Rule, m, h: Header, line: bytes, lineno: int, out: list[Offence]) -> None:
         if r.key is None or r.has_ip:
             ip = self._ip(m)
-            if ip is not None and (not r.rate_over or self._over_rate(r, ip, h.time)):
+            if ip == "":
+                self.stats.not_target += 1
+            elif ip is not None and (not r.rate_over or self._over_rate(r, ip, h.time)):
                 out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line,
                                    self._name(m) if r.has_name else None))
             return
         key = self._key(r, m, h)
         ip = self._links.get(key)
         o = Offence(h.time, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line)
-        if ip is not None:
+        if ip == "":
+            self.stats.not_target += 1
+        elif ip is not None:
             out.append(o)
         elif r.pack in self._earlier:
             self._pending.setdefault(key, []).append(o)
@@ -468,18 +522,21 @@ class Parser:
 
     def _link(self, r: Rule, m, h: Header, out: list[Offence]) -> None:
         ip = self._ip(m)
+        key = self._key(r, m, h)
+        self._links.pop(key, None)      # a key seen again (a pid reused) no longer means the old client
         if ip is None:
             return
-        key = self._key(r, m, h)
-        self._links.pop(key, None)
-        self._links[key] = ip
+        self._links[key] = ip           # "": no ban target; offences keyed to it are counted, not emitted
         if len(self._links) > _LIMIT:
             del self._links[next(iter(self._links))]
         if r.resolves == "earlier":
             for o in self._pending.pop(key, ()):
+                self._pending_n -= 1
+                if ip == "":
+                    self.stats.not_target += 1
+                    continue
                 o.ip = ip
                 out.append(o)
-                self._pending_n -= 1
 
     def finish(self) -> None:
         """End of input: keyed offences still waiting for an address are given up."""
