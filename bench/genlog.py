@@ -1,7 +1,10 @@
 """Generate a realistic mixed Postfix mail log for benchmarks.
 
 About 80% benign lines (connects, deliveries, queue manager chatter) and 20%
-offences from thousands of IPv4 and IPv6 addresses, with RFC 3164 time stamps.
+offences from thousands of IPv4 and IPv6 addresses, with RFC 3164 time stamps in
+local time. The lines span --span seconds (a day by default) and by default end a minute
+before now, so that a scan sees recent offences on any date; --start sets the first stamp
+instead (for a log that is the same on every run).
 """
 from __future__ import annotations
 
@@ -48,12 +51,14 @@ OFFENCES = [
 ]
 
 
-def generate(lines: int, seed: int, offenders: int, out) -> None:
+def generate(lines: int, seed: int, offenders: int, out, start: datetime | None = None,
+             span: float = 86400.0) -> None:
+    """`start`: the first line's local time (naive); default `span` seconds before a minute ago."""
     rng = random.Random(seed)
     pool = [_ip(rng) for _ in range(offenders)]
     benign_pool = [_ip(rng) for _ in range(2000)]
-    t = datetime(2026, 11, 20, 0, 0, 0)
-    step = timedelta(seconds=86400 / lines)
+    step = timedelta(seconds=span / max(lines, 1))
+    t = start - step if start is not None else datetime.now() - timedelta(seconds=60 + span)
     write = out.write
     for _ in range(lines):
         t += step
@@ -71,11 +76,17 @@ def main() -> None:
     ap.add_argument("-n", "--lines", type=int, default=1_000_000)
     ap.add_argument("--offenders", type=int, default=5000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--start", type=datetime.fromisoformat, metavar="YYYY-MM-DDTHH:MM:SS",
+                    help="local time of the first line (default: --span before a minute ago)")
+    ap.add_argument("--span", type=float, default=86400.0, metavar="SECONDS",
+                    help="how long the lines cover (default: 86400, a day)")
     ap.add_argument("-o", "--output", default="-")
     a = ap.parse_args()
+    if a.start is not None and a.start.tzinfo is not None:
+        a.start = a.start.astimezone().replace(tzinfo=None)      # the stamps are local time
     out = sys.stdout if a.output == "-" else open(a.output, "w", encoding="ascii")
     with out:
-        generate(a.lines, a.seed, a.offenders, out)
+        generate(a.lines, a.seed, a.offenders, out, a.start, a.span)
 
 
 if __name__ == "__main__":

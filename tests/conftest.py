@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,20 @@ def run_logban(*args: str, stdin: bytes | None = None, timeout: float = 120) -> 
         args = ("--backend", "none", *args)     # as root, auto would be the root namespace's firewall
     return subprocess.run([sys.executable, "-m", "logban", *args], input=stdin, capture_output=True,
                           timeout=timeout, env=env, cwd=ROOT)
+
+
+def bsd_stamp(t: float, utc: bool = False) -> str:
+    """An RFC 3164 header stamp ("Dec  2 10:00:00") for epoch `t`, local time or UTC."""
+    return time.strftime("%b %e %H:%M:%S", time.gmtime(t) if utc else time.localtime(t))
+
+
+def touch_now(*paths) -> None:
+    """Set the files' mtime to this process's clock. `scan` infers the year RFC 3164 stamps
+    leave out from a file's mtime; under a shifted clock (libfaketime) the kernel still
+    stamps written files with the real time, which would put "recent" lines in another year."""
+    now = time.time()
+    for p in paths:
+        os.utime(p, (now, now))
 
 
 def skip_or_fail(why: str) -> None:

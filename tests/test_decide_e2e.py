@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, touch_now
 
 
 @pytest.fixture
@@ -22,6 +22,7 @@ def recent_log(path, lines):
     with open(path, "w") as f:
         for i, msg in enumerate(lines):
             f.write(f"{(t + timedelta(seconds=i)):%b %e %H:%M:%S} mx postfix/smtpd[1{i}]: {msg}\n")
+    touch_now(path)
     return path
 
 
@@ -74,6 +75,7 @@ def test_unban_clears_the_score(logban, db, tmp_path):
     t = datetime.now() - timedelta(minutes=1)
     (tmp_path / "b.log").write_text("".join(
         f"{t:%b %e %H:%M:%S} mx postfix/smtpd[9]: {UNKNOWN.format(ip='192.0.2.71', i=i)}\n" for i in range(2)))
+    touch_now(tmp_path / "b.log")
     logban("--db", db, "scan", "--apply", str(tmp_path / "b.log"))
     assert json.loads(logban("--db", db, "list", "--json").stdout) == []
 
@@ -134,7 +136,9 @@ def test_unopenable_database_exits_1_and_is_not_damaged(logban, tmp_path):
 def test_reader_during_heavy_writes(logban, db, tmp_path):
     """`list` and `stats` while `scan --apply` writes: they neither block it nor fail."""
     log = tmp_path / "big.log"
+    # genlog stamps the day before now, inside the retention: scan --apply prunes none of it.
     subprocess.run([sys.executable, str(ROOT / "bench" / "genlog.py"), "-n", "300000", "-o", str(log)], check=True)
+    touch_now(log)
     assert logban("--db", db, "list").returncode == 0            # the database exists before the writer starts
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     writer = subprocess.Popen([sys.executable, "-m", "logban", "--db", db, "--backend", "none", "scan", "--apply", "--json", str(log)],
@@ -162,6 +166,7 @@ def test_scan_apply_twice_counts_each_line_once(logban, db, tmp_path):
     old = tmp_path / "mail.log.2.gz"
     old.write_bytes(gzip.compress(b"".join(recent_log(tmp_path / "x", [DNSBL.format(ip="203.0.113.9")]).read_bytes()
                                            for _ in range(1))))
+    touch_now(old)
 
     def offences() -> int:
         with sqlite3.connect(db.removeprefix("sqlite:///")) as c:
@@ -175,6 +180,7 @@ def test_scan_apply_twice_counts_each_line_once(logban, db, tmp_path):
     assert offences() == 4 and json.loads(r.stdout)["applied"]["offences"] == 0
     with open(log, "a") as f:                       # the live file grew: only the new line counts
         f.write(open(recent_log(tmp_path / "y", [UNKNOWN.format(ip="198.51.100.9", i=9)])).read())
+    touch_now(log)
     r = logban("--db", db, "scan", "--apply", "--json", str(log))
     assert json.loads(r.stdout)["applied"]["offences"] == 1 and offences() == 5
     with sqlite3.connect(db.removeprefix("sqlite:///")) as c:
@@ -182,5 +188,6 @@ def test_scan_apply_twice_counts_each_line_once(logban, db, tmp_path):
     r = logban("--db", db, "scan", "--apply", "--reapply", "--json", str(old))
     assert json.loads(r.stdout)["applied"]["offences"] == 1 and offences() == 6
     log.write_text(open(tmp_path / "y").read())     # a different file under the same name: read whole
+    touch_now(log)
     r = logban("--db", db, "scan", "--apply", "--json", str(log))
     assert json.loads(r.stdout)["applied"]["offences"] == 1 and offences() == 7

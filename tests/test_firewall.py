@@ -15,6 +15,7 @@ from logban.config import firewall_options as options_from
 from logban.errors import UsageError
 from logban.firewall import (KERNEL_TIMEOUT_MAX, REFRESH_CAPPED, FirewallOptions, _src, kernel_timeout,
                              plan, wanted)
+from conftest import bsd_stamp, touch_now
 from netlab import Lab, need_netns, need_tools
 
 Ban = namedtuple("Ban", "target expires dry_run")
@@ -229,12 +230,15 @@ def test_sync_removes_what_the_store_does_not_know(lab, server):
 
 
 def _attack_log(path, n: int) -> None:
-    """n distinct IPv6 /64s rejected by a DNSBL: n bans, the client's own /64 among them."""
+    """n distinct IPv6 /64s rejected by a DNSBL: n bans, the client's own /64 among them.
+    Stamped (UTC) one a second, the last a minute ago: the bans are still running on any date."""
+    t0 = time.time() - 60 - n
     with open(path, "w") as f:
         for i in range(n):
             a = "2001:db8:2::5" if i == n // 2 else f"2001:db8:{0x100 + (i >> 16):x}:{i & 0xffff:x}::1"
-            f.write(f"Nov 22 10:{i // 3600 % 60:02d}:{i // 60 % 60:02d} mx postfix/postscreen[9]: DNSBL rank 5 "
+            f.write(f"{bsd_stamp(t0 + i, utc=True)} mx postfix/postscreen[9]: DNSBL rank 5 "
                     f"for [{a}]:4{i % 1000:03d}\n")
+    touch_now(path)
 
 
 @pytest.mark.parametrize("n", [4000])
