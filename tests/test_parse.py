@@ -258,3 +258,91 @@ def test_verified_name_only_from_the_mta():
             b"[192.0.2.12] (may be forged), reject=550 5.7.1 <s@example.net>... Relaying denied\n")
     assert [(o.ip, o.name) for o in p.parse_lines(data)] == [
         ("192.0.2.10", "mx1.mailout.example.com"), ("192.0.2.11", None), ("192.0.2.12", None)]
+
+
+# ---- cut lines, never-targets, rate keys --------------------------------
+
+def test_a_cut_line_is_never_read_by_rules_that_need_its_end():
+    # The qlog guard would see one " remoteip=" on the cut line: the real one is past max_line.
+    fake = ("Nov 20 05:00:00 mx qmail-smtpd[4731]: qlogenvelope: result=rejected code=553 reason=relaying "
+            "helo=x remoteip=198.51.100.9 " + "p" * 8300 + " mailfrom=a@example.biz localport=25 "
+            "remoteip=203.0.113.146 remoteport=40000 pid=4731")
+    p = parser()
+    assert p.parse_lines(fake.encode()) == []
+    assert p.stats.truncated == 1 and p.stats.truncated_skipped == 1
+    # The same line, whole, is skipped by the guard; without the skip, the cut line would give the fake.
+    assert offences(fake, max_line=20_000) == []
+    rule = RULES.by_id("qmail-qlog-rejected")
+    cut = fake.encode()[:8192]
+    assert rule.tail and rule.regex.match(cut, cut.index(b"qlogenvelope")).group("ip") == b"198.51.100.9"
+
+
+def test_a_cut_line_still_feeds_rules_that_read_the_client_field_first():
+    line = ("Nov 20 05:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.1]: 454 4.7.1 "
+            "<a@example.net>: Relay access denied; from=<a@example.org> to=<a@example.net> proto=ESMTP helo=<"
+            + "h" * 9000 + ">")
+    p = parser()
+    assert [(o.ip, o.rule) for o in p.parse_lines(line.encode())] == [("192.0.2.1", "postfix-relay-denied")]
+    assert p.stats.truncated == 1      # (postfix-helo-is-us, which reads the end, was skipped)
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0", "0.1.2.3", "224.0.0.1", "239.1.2.3", "169.254.7.7", "255.255.255.255",
+                                  "::", "::5", "::c633:6407", "fe80::1", "ff02::1", "::ffff:224.0.0.1"])
+def test_addresses_that_are_never_ban_targets_make_no_offence(addr):
+    p = parser()
+    line = f"Nov 20 05:00:00 mx postfix/smtpd[1]: lost connection after AUTH from unknown[{addr}]\n"
+    assert p.parse_lines(line.encode() * 2) == []
+    assert p.stats.not_target == 2 and p.stats.bad_address == 0
+
+
+@pytest.mark.parametrize("addr, want", [("127.0.0.1", "127.0.0.1"), ("::1", "::1"), ("::ffff:127.0.0.2", "127.0.0.2"),
+                                        ("2001:db8::1", "2001:db8::1"), ("192.0.2.1", "192.0.2.1")])
+def test_loopback_and_ordinary_addresses_still_make_offences(addr, want):
+    line = f"Nov 20 05:00:00 mx postfix/smtpd[1]: lost connection after AUTH from unknown[{addr}]"
+    assert [o.ip for o in offences(line)] == [want]
+
+
+def test_a_link_to_a_never_target_does_not_leave_the_old_client_behind():
+    text = ("Nov 20 05:02:02 mx tcpserver[1]: pid 4731 from 198.51.100.150\n"
+            "Nov 20 05:02:03 mx qmail-smtpd[4731]: 553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\n"
+            "Nov 20 05:02:04 mx tcpserver[1]: pid 4731 from 0.0.0.0\n"
+            "Nov 20 05:02:05 mx qmail-smtpd[4731]: 553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)\n")
+    p = parser()
+    assert [(o.ip, o.line) for o in p.parse_lines(text.encode())] == [("198.51.100.150", 2)]
+    assert p.stats.not_target == 1
+
+
+def _connects(addrs, minute="10:00"):
+    return b"".join(b"Nov 20 %s:%02d mx postfix/smtpd[1]: connect from unknown[%s]\n" % (minute.encode(), i % 60, a.encode())
+                    for i, a in enumerate(addrs))
+
+
+def test_rate_rule_counts_addresses_rotating_inside_one_ipv6_64_together():
+    rotating = [f"2001:db8:1:2::{i:x}" for i in range(1, 32)]
+    got = parser().parse_lines(_connects(rotating))
+    assert [(o.ip, o.rule) for o in got] == [("2001:db8:1:2::1f", "postfix-connect-rate")]
+    # Two /64s: neither passes 30. With rate_prefix6=128 each address counts alone.
+    split = [f"2001:db8:1:{i % 2}::{i:x}" for i in range(1, 32)]
+    assert parser().parse_lines(_connects(split)) == []
+    assert parser(rate_prefix6=128).parse_lines(_connects(rotating)) == []
+    assert [o.ip for o in parser(rate_prefix6=48).parse_lines(_connects(split))] == ["2001:db8:1:1::1f"]
+
+
+def test_a_flood_of_new_rate_keys_does_not_reset_a_busy_counter():
+    from logban import parse
+    p = parser()
+    r = RULES.by_id("postfix-connect-rate")
+    t0 = REF
+    for _ in range(27):
+        assert not p._over_rate(r, "192.0.2.90", t0)
+    # 200k+ fresh keys (a spray of addresses), while 192.0.2.90 keeps connecting.
+    fired = []
+    touch = {50_000, 100_000, 150_000, parse._LIMIT + 4000}
+    for i in range(parse._LIMIT + 5000):
+        p._over_rate(r, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", t0 + 1)
+        if i in touch:
+            fired.append(p._over_rate(r, "192.0.2.90", t0 + 2))
+    assert fired == [False, False, False, True]          # the 31st connection in the minute
+    assert len(p._rates) <= parse._LIMIT
+    # The oldest keys went first.
+    assert (r.id, "10.0.0.0") not in p._rates and (r.id, "192.0.2.90") in p._rates

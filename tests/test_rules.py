@@ -130,3 +130,69 @@ def test_hint_derivation(pattern, tagged, hint):
 
 def test_literal_runs_skip_groups_and_classes():
     assert literal_runs(r"ab[cd]ef(?:gh)ij\.k", True) == [("ab", True), ("ef", False), ("ij.k", False)]
+
+
+# ---- lint: the address group's left edge, bounded guards, cut lines ---------
+
+OLD_CHK = (r"CHKUSER rejected rcpt: from <[^\s<>]{0,512}> remote <[^\s<>:]{0,255}:[^\s<>:]{0,255}:{{IP}}> "
+           r"rcpt <[^\s<>]{0,512}> : not existing recipient$")
+
+
+def _expanded(pattern: str) -> str:
+    from logban.rules import expand
+    return expand(pattern, ())
+
+
+@pytest.mark.parametrize("pattern, why", [
+    (OLD_CHK, "swallow"),                                   # {{IP}} right after ':' (the old chkuser macro)
+    (r"remote <[^\s<>]{0,600}:{{IP}}>", "swallow"),
+    (r"host=[^\s]{0,64}{{IP}}", "swallow"),                  # a field that can end with a digit
+    (r"remote <[^\s<>]{0,600}:(?P<ip>[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){1,7})>", "hold ':'"),
+    (r"remote <[^\s<>:]{0,99}:(?P<ip>[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){1,7})>", "hex digits"),
+    (r"(?!.{0,8192}? remoteip=.{0,8192}? remoteip=)result=rejected remoteip={{IP}}", "bounded look-ahead"),
+    (r"(?![^\n]{0,500} x=)res x={{IP}}", "bounded look-ahead"),
+])
+def test_lint_fires_on_patterns_that_let_client_text_choose_the_address(pattern, why):
+    got = lint_pattern(_expanded(pattern))
+    assert got is not None and why in got
+
+
+@pytest.mark.parametrize("pattern", [
+    r"RCPT from (?P<name>[^\s\[\]]{0,255})\[{{IP}}\]: ",
+    r"{{IP}} pid \d{1,10}: ",
+    r"origin_ip: {{IP}} origin_rdns: ",
+    r"relay=(?:(?P<name>[^\s\[\],]{1,255}) )?\[{{IP}}\]$",
+    r"(?!.*? remoteip=.*? remoteip=)result=rejected code=\d{3}(?: [a-z]{1,9}=\S{0,512}){0,40}? remoteip={{IP}}(?: |$)",
+    # the fixed chkuser field: IPv4 after the last ':', IPv6 fenced by a non-address character
+    r"remote <[^\s<>]{0,600}:(?P<ip>[0-9]{1,3}(?:\.[0-9]{1,3}){3}|(?<=[^\s<>:0-9A-Fa-f][0-9A-Fa-f]{0,63}::?)"
+    r"[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{0,4}){1,7})> rcpt <",
+])
+def test_lint_accepts_fields_that_pin_the_address(pattern):
+    assert lint_pattern(_expanded(pattern)) is None
+
+
+def test_shipped_packs_pass_the_lint_and_the_fixed_rules_are_clean():
+    rules = load_rules(own_names=("mx.example.com",))
+    assert [(r.id, lint_pattern(r.regex.pattern.decode())) for r in rules.rules
+            if lint_pattern(r.regex.pattern.decode())] == []
+
+
+def test_rules_check_names_the_rule_whose_address_can_be_swallowed(tmp_path):
+    pack = GOOD.replace("match = 'rejected client {{IP}}$'", "match = '''rejected client [^\\s<>:]{0,255}:{{IP}}$'''")
+    pack = pack.replace("rejected client 192.0.2.1", "rejected client x:192.0.2.1")
+    d = write_pack(tmp_path, pack)
+    problems, _ = check_rules(load_rules([d], shipped=False))
+    assert len(problems) == 1 and "rule mine-bad" in problems[0] and "swallow" in problems[0]
+
+
+def test_rules_that_read_the_line_end_are_marked_and_named():
+    from logban.rules import lint_notes, tail_reason
+    rules = load_rules()
+    tail = {r.id for r in rules.rules if r.tail}
+    assert {"qmail-qlog-rejected", "qmail-chkuser-unknown", "sendmail-auth-failure", "spamdyke-rbl"} <= tail
+    assert not {"postfix-relay-denied", "postfix-sasl-failed", "sendmail-relaying-denied", "postscreen-pregreet"} & tail
+    notes = lint_notes(rules.by_id("qmail-qlog-rejected"))
+    assert len(notes) == 1 and "rule qmail-qlog-rejected" in notes[0] and "max_line" in notes[0]
+    assert "client-written" in notes[0]
+    assert lint_notes(rules.by_id("postfix-relay-denied")) == []
+    assert tail_reason(r"a\$b[$]") is None and tail_reason(r"a(?=b)") and tail_reason(r"a\Z") and tail_reason("a$")
