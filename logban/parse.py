@@ -377,7 +377,9 @@ class Parser:
             le = find(b"\n", ls)
             if le < 0:
                 le = len(chunk)
-            cut = le - ls > max_line
+            # A line of exactly max_line bytes may be one the reader (sources.chunks,
+            # the follower) already cut there: it counts as cut too.
+            cut = le - ls >= max_line
             if cut:
                 le = ls + max_line
                 self.stats.truncated += 1

@@ -346,3 +346,16 @@ def test_a_flood_of_new_rate_keys_does_not_reset_a_busy_counter():
     assert len(p._rates) <= parse._LIMIT
     # The oldest keys went first.
     assert (r.id, "10.0.0.0") not in p._rates and (r.id, "192.0.2.90") in p._rates
+
+
+def test_a_line_the_reader_already_cut_at_max_line_counts_as_cut():
+    # sources.chunks and the follower cut an endless line to exactly max_line bytes.
+    from io import BytesIO
+    from logban.sources import chunks
+    fake = ("Nov 20 05:00:00 mx qmail-smtpd[4731]: qlogenvelope: result=rejected code=553 reason=relaying "
+            "helo=x remoteip=198.51.100.9 " + "p" * 20_000 + " remoteip=203.0.113.146 remoteport=40000\n").encode()
+    p = parser(max_line=8192)
+    got = []
+    for chunk in chunks(BytesIO(b"x\n" * 3 + fake), 8192, size=4096):
+        got += p.feed(chunk, 0)
+    assert got == [] and p.stats.truncated == 1 and p.stats.truncated_skipped == 1
