@@ -208,8 +208,7 @@ def _store(args, cfg: Config):
 
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
     from .firewall import Firewall, choose
-    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store,
-                    AllowList(cfg.allow.addresses, cfg.allow.hostnames))
+    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store, _allow(cfg))
 
 
 def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
@@ -632,7 +631,7 @@ def cmd_export(args, cfg: Config) -> int:
     from .export import ExportOptions, render, write
     store = _store(args, cfg)
     o = ExportOptions(args.format, args.output, action=args.action)
-    bans, refused = AllowList(cfg.allow.addresses, cfg.allow.hostnames).screen(
+    bans, refused = _allow(cfg).screen(
         b for b in store.active_bans(time.time()) if not b.dry_run)
     for target, why in refused:
         print(safe(f"logban: left out {target!r}: {why}"), file=sys.stderr)
