@@ -126,7 +126,8 @@ def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) 
 
 def _parser(cfg: Config, rules: RuleSet, mta: list[str] | None, **kw) -> Parser:
     return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
-                  match_timeout=cfg.parse.match_timeout, any_program=bool(mta), **kw)
+                  match_timeout=cfg.parse.match_timeout, any_program=bool(mta),
+                  rate_prefix6=cfg.policy.ipv6_prefix, **kw)
 
 
 class _Progress:

@@ -158,3 +158,19 @@ def test_events_into_a_closed_pipe_is_not_an_error(logban):
     p = subprocess.run(f"{sys.executable} -m logban scan --events samples/logs | head -1", shell=True,
                        capture_output=True, cwd=ROOT)
     assert p.returncode == 0 and b"Traceback" not in p.stderr and p.stdout.count(b"\n") == 1
+
+
+def test_scan_rates_follow_the_configured_ipv6_prefix(logban, tmp_path):
+    """Rate rules count an IPv6 client by its scoring network: the /64 by default,
+    the address itself with [ban] ipv6_prefix = 128."""
+    log = tmp_path / "mail.log"
+    log.write_text("".join(f"Nov 20 01:00:{i:02d} mx postfix/smtpd[1]: connect from unknown[2001:db8:1:2::{i + 1:x}]\n"
+                           for i in range(40)))
+    r = logban("scan", "--events", str(log))
+    assert r.returncode == 0, r.stderr
+    assert [e["rule"] for e in events(r.stdout)] == ["postfix-connect-rate"]
+    cfg = tmp_path / "logban.toml"
+    cfg.write_text("[ban]\nipv6_prefix = 128\n")
+    r = logban("-c", str(cfg), "scan", "--events", str(log))
+    assert r.returncode == 0, r.stderr
+    assert events(r.stdout) == []
