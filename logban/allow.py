@@ -58,12 +58,30 @@ NEVER = tuple(ipaddress.ip_network(n) for n in (
 ))
 
 
+_NEVER_NUMS: dict[int, tuple[tuple[int, int], ...]] = {
+    v: tuple((int(n.network_address), n.prefixlen) for n in NEVER if n.version == v) for v in (4, 6)}
+
+
+def special(version: int, num: int, plen: int) -> bool:
+    """The fast form of `unbannable`: whether the network (number, prefix length) is or holds a special address."""
+    bits = 32 if version == 4 else 128
+    for n, p in _NEVER_NUMS[version]:
+        shift = bits - (p if p < plen else plen)        # two networks overlap when their shorter prefix agrees
+        if num >> shift == n >> shift:
+            return True
+    return False
+
+
 def unbannable(net: Network | ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """Why an address or network can never be banned (it is or holds a special address), or None."""
     if isinstance(net, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+        if not special(net.version, int(net), net.max_prefixlen):
+            return None
         for n in NEVER:
             if net in n:
                 return f"{net} is a {_special_name(n)} address ({n})"
+        return None
+    if not special(net.version, int(net.network_address), net.prefixlen):
         return None
     for n in NEVER:
         if n.version == net.version and net.overlaps(n):
@@ -157,6 +175,7 @@ class AllowList:
         self._by_len: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
         for n in self.networks:
             self._by_len[n.version].setdefault(n.prefixlen, set()).add(int(n.network_address))
+        self._nums = [(n.version, int(n.network_address), n.prefixlen) for n in self.networks]
         self.names = tuple(check_name_pattern(p) for p in names)
         self._cache: dict[str, bool] = {}
         self._screened: dict[tuple[str, str | None], str | None] = {}
@@ -185,9 +204,15 @@ class AllowList:
     def target_allowed(self, target: str) -> bool:
         """An address or a network a ban would cover: refused when it is allowed or holds an allowed address."""
         net = ipaddress.ip_network(target, strict=False)
-        if self._net_allowed(net):
+        return self.covers(net.version, int(net.network_address), net.prefixlen)
+
+    def covers(self, version: int, num: int, plen: int) -> bool:
+        """Whether the network (number, prefix length) is allowed or holds an allowed address."""
+        if self._num_allowed(version, num, plen):
             return True
-        return any(a.version == net.version and a.subnet_of(net) for a in self.networks)
+        bits = 32 if version == 4 else 128
+        return any(v == version and p >= plen and (n >> (bits - plen)) == (num >> (bits - plen))
+                   for v, n, p in self._nums)
 
     def name_allowed(self, name: str | None) -> bool:
         if not name or not self.names:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .allow import AllowList, ip_address, unbannable
+from .allow import AllowList, ip_address, special
 from .parse import Offence
 from .units import format_duration
 
@@ -154,29 +154,34 @@ class Scorer:
         got = self._target.get(ip)
         if got is None:
             p = self.policy
-            ok = unbannable(ip_address(ip)) is None
-            if ":" in ip:
-                net = network_of(ip, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
-                got = (net if net is not None and self.network_ok(net) else ip, None, ok)
+            a = ip_address(ip)
+            v, num = a.version, int(a)
+            ok = not special(v, num, a.max_prefixlen)
+            if v == 6:
+                net = self._network(ip, v, num, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
+                got = (net or ip, None, ok)
             else:
-                net = network_of(ip, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
-                got = (ip, net if net is not None and self.network_ok(net) else None, ok)
+                net = self._network(ip, v, num, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
+                got = (ip, net, ok)
             if len(self._target) > 200_000:
                 self._target.clear()
             self._target[ip] = got
         return got
 
-    def network_ok(self, net: str) -> bool:
-        """Whether a network may be banned as a whole: it holds no allow-listed, own or
-        special address, and no client allowed by its verified name."""
+    def _network(self, ip: str, version: int, num: int, prefix: int) -> str | None:
+        """The network of `prefix` around an address, when it may be banned as a whole: it holds
+        no allow-listed, own or special address, and no client allowed by its verified name."""
+        net = network_of(ip, prefix)
         ok = self._net_ok.get(net)
         if ok is None:
-            ok = (net not in self._partners and unbannable(ipaddress.ip_network(net)) is None
-                  and not self.allow.target_allowed(net))
+            drop = (32 if version == 4 else 128) - prefix
+            num = num >> drop << drop
+            ok = (net not in self._partners and not special(version, num, prefix)
+                  and not self.allow.covers(version, num, prefix))
             if len(self._net_ok) > 200_000:
                 self._net_ok.clear()
             self._net_ok[net] = ok
-        return ok
+        return net if ok else None
 
     def _partner(self, ip: str) -> None:
         """A client allowed by verified name: its neighbours are banned one by one, never its network."""
