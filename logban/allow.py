@@ -120,12 +120,32 @@ def ban_target(text: str) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
+def canonical_num(text) -> tuple[int, int, int] | None:
+    """(version, network number, prefix length) of a target written exactly as logban
+    writes one (canonical address, or canonical network without host bits), else None.
+    The C parser and printer, not ipaddress: a sync reads every active ban."""
+    if not isinstance(text, str):
+        return None
+    addr, slash, plen = text.partition("/")
+    fam, bits = (socket.AF_INET6, 128) if ":" in addr else (socket.AF_INET, 32)
+    try:
+        packed = socket.inet_pton(fam, addr)
+        if socket.inet_ntop(fam, packed) != addr:
+            return None
+    except (OSError, ValueError):
+        return None
+    num = int.from_bytes(packed, "big")
+    if not slash:
+        return (6 if bits == 128 else 4), num, bits
+    if not plen.isdigit() or str(int(plen)) != plen or int(plen) >= bits or num & ((1 << (bits - int(plen))) - 1):
+        return None
+    return (6 if bits == 128 else 4), num, int(plen)
+
+
 def valid_target(text) -> bool:
     """Whether a target read from somewhere (a store row) is one logban could have written."""
-    try:
-        return ban_target(text) == text
-    except ValueError:
-        return False
+    got = canonical_num(text)
+    return got is not None and not special(*got)
 
 
 _TARGET_CHARS = regex.compile(r"[0-9A-Fa-f:.]{2,60}(?:/[0-9]{1,3})?")
@@ -211,7 +231,7 @@ class AllowList:
         if self._num_allowed(version, num, plen):
             return True
         bits = 32 if version == 4 else 128
-        return any(v == version and p >= plen and (n >> (bits - plen)) == (num >> (bits - plen))
+        return plen < bits and any(v == version and p >= plen and (n >> (bits - plen)) == (num >> (bits - plen))
                    for v, n, p in self._nums)
 
     def name_allowed(self, name: str | None) -> bool:
@@ -248,13 +268,18 @@ class AllowList:
         return ok, refused
 
     def _refusal(self, target, name: str | None) -> str | None:
-        try:
-            canon = ban_target(target)
-        except ValueError as e:
-            return str(e)
-        if canon != target:
+        got = canonical_num(target)
+        if got is None or special(*got):           # the slow path says why
+            try:
+                canon = ban_target(target)
+            except ValueError as e:
+                return str(e)
             return f"not written as logban writes it ({canon})"
-        return self.why(target, name)
+        if self.covers(*got):
+            return "allow-listed address"
+        if self.name_allowed(name):
+            return f"allow-listed name {name}"
+        return None
 
     def why(self, target: str, name: str | None = None) -> str | None:
         """Why `target` must not be banned, or None."""
