@@ -190,7 +190,7 @@ def test_rules_that_read_the_line_end_are_marked_and_named():
     rules = load_rules()
     tail = {r.id for r in rules.rules if r.tail}
     assert {"qmail-qlog-rejected", "qmail-chkuser-unknown", "sendmail-auth-failure", "spamdyke-rbl"} <= tail
-    assert not {"postfix-relay-denied", "postfix-sasl-failed", "sendmail-relaying-denied", "postscreen-pregreet"} & tail
+    assert not {"postfix-relay-denied", "postfix-sasl-failed", "sendmail-pregreet", "postscreen-pregreet"} & tail
     notes = lint_notes(rules.by_id("qmail-qlog-rejected"))
     assert len(notes) == 1 and "rule qmail-qlog-rejected" in notes[0] and "max_line" in notes[0]
     assert "client-written" in notes[0]
