@@ -54,7 +54,7 @@ def parse_network(text: str, strict: bool = True) -> Network:
 # whose /64 holds ::1, multicast, link-local, broadcast, "this network").
 NEVER = tuple(ipaddress.ip_network(n) for n in (
     "0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "255.255.255.255/32",
-    "::/96", "::ffff:0:0/96", "fe80::/10", "ff00::/8",
+    "::/128", "::1/128", "::/96", "::ffff:0:0/96", "fe80::/10", "ff00::/8",
 ))
 
 
@@ -90,6 +90,8 @@ def unbannable(net: Network | ipaddress.IPv4Address | ipaddress.IPv6Address) -> 
 
 
 def _special_name(n: Network) -> str:
+    if n.network_address.is_unspecified and n.prefixlen == n.max_prefixlen:
+        return "unspecified"
     if n.is_loopback:
         return "loopback"
     if n.is_multicast:

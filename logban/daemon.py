@@ -178,7 +178,8 @@ class Daemon:
         if mta is not None:
             rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names, only_packs=(mta,))
         return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
-                      match_timeout=cfg.parse.match_timeout, any_program=mta is not None)
+                      match_timeout=cfg.parse.match_timeout, any_program=mta is not None,
+                      rate_prefix6=cfg.policy.ipv6_prefix)
 
     @property
     def dry_run(self) -> bool:
