@@ -87,7 +87,8 @@ def test_special_addresses_are_never_targets(target):
 
 def test_unbannable_addresses_and_networks():
     assert unbannable(ipaddress.ip_address("2001:db8::1")) is None
-    assert "IPv4-compatible" in unbannable(ipaddress.ip_network("::/64"))
+    assert "unspecified" in unbannable(ipaddress.ip_network("::/64"))
+    assert "IPv4-compatible" in unbannable(ipaddress.ip_address("::c000:201"))
     assert "multicast" in unbannable(ipaddress.ip_address("ff02::1"))
     assert unbannable(ipaddress.ip_network("198.51.100.0/24")) is None
 
