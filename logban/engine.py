@@ -84,13 +84,16 @@ class Engine:
     def add(self, offences: list[Offence], *, record: bool = True) -> None:
         """Score offences; `record=False`: another node's, already in the store, counted here too."""
         sc, buf = self.scorer, self._offences
+        st = sc.stats
         target_of, resolver = sc.target_of, self.resolver
         for o in offences:
             if resolver is not None and o.name is None and sc.would_ban(o):
                 # Only a client about to be banned costs a DNS lookup, never every line.
                 o.name = resolver.names([o.ip]).get(o.ip)
+            before = st.allowed + st.not_target
             ds = sc.add(o)
-            if record:
+            if record and st.allowed + st.not_target == before:
+                # Allow-listed and special clients are never offenders: not recorded, not in stats.
                 buf.append((o, target_of(o.ip)[0]))
             if ds:
                 self._pending.extend(ds)
