@@ -18,7 +18,7 @@ from .errors import FirewallError, StoreError, UsageError
 from .parse import Clock, Offence, Parser, canonical_ip, iso
 from .report import (AllowFilter, ScanSummary, as_json, ban_json, bans_table, event, firewall_human, human, safe,
                      show_human, stats_human, stats_json)
-from .rules import RuleSet, lint_pattern, load_rules
+from .rules import RuleSet, lint_notes, lint_pattern, load_rules
 from .score import Decision, Scorer
 from .sources import READ_ERRORS, Source, chunks, expand, open_source
 from .units import format_duration, parse_duration
@@ -609,6 +609,10 @@ def cmd_rules_check(args, cfg: Config) -> int:
           + (f"{len(problems)} problem(s)" if problems else "OK"))
     if rules.inactive:
         print("inactive until configured: " + ", ".join(rules.inactive))
+    tail = [r.id for r in rules.rules if lint_notes(r)]
+    if tail:
+        print(safe(f"note: {len(tail)} rule(s) read the line end, so lines cut at max_line are not given "
+                   f"to them: {', '.join(tail)}"))
     return 2 if problems else 0
 
 
