@@ -12,7 +12,7 @@ import pytest
 
 from conftest import ROOT
 
-from daemonproc import NET, Daemon, append, dnsbl, sasl
+from daemonproc import NET, Daemon, append, dnsbl, sasl, stamp
 
 
 @pytest.fixture
@@ -219,7 +219,7 @@ def test_prometheus_metrics_on_loopback(tmp_path, log, daemons):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     d = start(daemons, tmp_path, "--follow", str(log), config=f'metrics = "127.0.0.1:{port}"\n')
-    append(log, sasl(f"{NET}.1") + "Nov 22 10:00:00 mx postfix/smtpd[7]: connect from unknown[" + NET + ".1]\n"
+    append(log, sasl(f"{NET}.1") + f"{stamp()} mx postfix/smtpd[7]: connect from unknown[{NET}.1]\n"
            + dnsbl(f"{NET}.2"))
     d.wait_log(f"ban {NET}.2")
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()

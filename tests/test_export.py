@@ -87,8 +87,10 @@ def _free_port() -> int:
 
 
 def _query(port: int, name: str, rtype: str = "A") -> list[str]:
+    # dig on the real clock: under libfaketime (the shifted-clock CI run) its threads hang.
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     r = subprocess.run(["dig", "@127.0.0.1", "-p", str(port), "+short", "+time=2", "+tries=2", name, rtype],
-                       capture_output=True, text=True, timeout=15)
+                       capture_output=True, text=True, timeout=15, env=env)
     return r.stdout.split("\n")[:-1]
 
 
