@@ -115,6 +115,7 @@ def as_json(s: ScanSummary, stats: ParseStats, top: int) -> dict:
         "ignored": {"allow_listed": s.allow_listed},
         "skipped": {"no_header": stats.no_header, "bad_address": stats.bad_address,
                     "timeouts": stats.timeouts, "truncated": stats.truncated,
+                    "truncated_skipped": stats.truncated_skipped, "not_target": stats.not_target,
                     "unresolved": stats.unresolved},
         "seconds": round(s.seconds, 3),
     }
@@ -155,6 +156,8 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
         (stats.bad_address, "matches whose address field held no address"),
         (stats.timeouts, "lines whose rule match ran out of time"),
         (stats.truncated, "lines cut at the length limit"),
+        (stats.truncated_skipped, "cut lines not given to rules that read the line end"),
+        (stats.not_target, "matches naming an address that is never banned (multicast, link-local, ...)"),
         (stats.unresolved, "offences whose session never named a client")) if n]
     if skipped:
         out += ["", "Skipped:"] + [f"  {n:,} {what}" for n, what in skipped]
@@ -290,4 +293,7 @@ def firewall_human(st: dict) -> str:
                 out.append(f"  {k}: {safe(', '.join(v))}")
     else:
         out.append("drift        none: the kernel holds exactly the active bans")
+    if st.get("refused"):
+        out.append(f"refused      {st['refused']:,} store bans not enforced here (allow-listed here, or no valid target):")
+        out += [f"  {safe(r['target'])}: {safe(r['why'])}" for r in st["refused_sample"]]
     return "\n".join(out)
