@@ -67,21 +67,22 @@ def test_a_ban_on_one_node_reaches_the_others_kernel(nodes, tmp_path, pg_url, pg
         # mx2 runs in the lab's namespace, whose loopback is its own: it reaches the server by its socket.
         via_socket = f"{pg_url.rsplit('@', 1)[0]}@/{pg_url.rsplit('/', 1)[1]}?host={pg_server.base}&port={pg_server.port}"
         b, _ = nodes("mx2", backend="nftables", prefix=["ip", "netns", "exec", lab.srv], db=via_socket)
-        assert lab.connects("192.0.2.2")
+        assert lab.connects("198.51.100.2")
         t0 = time.monotonic()
-        append(log_a, dnsbl("192.0.2.2"))         # seen by mx1 only
-        wait_for(lambda: "192.0.2.2" in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout,
+        # 198.51.100.x: a CI host may own an address in 192.0.2.0/24 (never banned: its own)
+        append(log_a, dnsbl("198.51.100.2"))         # seen by mx1 only
+        wait_for(lambda: "198.51.100.2" in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout,
                  5, "mx1's ban in mx2's kernel")
         assert time.monotonic() - t0 < 5
-        assert not lab.connects("192.0.2.2") and lab.connects("192.0.2.3")
+        assert not lab.connects("198.51.100.2") and lab.connects("198.51.100.3")
         # mx2 enforces it either as mx1's ban or by counting mx1's offence itself: one ban either way.
         assert a.query("SELECT count(*) FROM bans") == [(1,)]
         # An unban anywhere lifts it everywhere.
         from conftest import run_logban
-        assert run_logban("--db", a.url, "unban", "192.0.2.2").returncode == 0
-        wait_for(lambda: "192.0.2.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout,
+        assert run_logban("--db", a.url, "unban", "198.51.100.2").returncode == 0
+        wait_for(lambda: "198.51.100.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout,
                  5, "the unban in mx2's kernel")
-        assert lab.connects("192.0.2.2")
+        assert lab.connects("198.51.100.2")
     finally:
         lab.close()
 
