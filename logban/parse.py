@@ -257,7 +257,7 @@ class Parser:
         self.file = "-"
         self.suspicious: list[tuple[str, int, bytes]] = []
         self._suspicious_max = collect_suspicious
-        self._links: dict[tuple, str] = {}
+        self._links: dict[tuple, tuple[str, str | None]] = {}
         self._pending: dict[tuple, list[Offence]] = {}
         self._pending_n = 0
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
@@ -506,8 +506,8 @@ class Parser:
                                    self._name(m) if r.has_name else None))
             return
         key = self._key(r, m, h)
-        ip = self._links.get(key)
-        o = Offence(h.time, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line)
+        ip, name = self._links.get(key, (None, None))
+        o = Offence(h.time, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name)
         if ip == "":
             self.stats.not_target += 1
         elif ip is not None:
@@ -528,7 +528,10 @@ class Parser:
         self._links.pop(key, None)      # a key seen again (a pid reused) no longer means the old client
         if ip is None:
             return
-        self._links[key] = ip           # "": no ban target; offences keyed to it are counted, not emitted
+        # "": no ban target; offences keyed to it are counted, not emitted. The name the MTA
+        # verified on the link line goes with them (an allow-listed partner stays one).
+        name = self._name(m) if r.has_name else None
+        self._links[key] = (ip, name)
         if len(self._links) > _LIMIT:
             del self._links[next(iter(self._links))]
         if r.resolves == "earlier":
@@ -537,7 +540,7 @@ class Parser:
                 if ip == "":
                     self.stats.not_target += 1
                     continue
-                o.ip = ip
+                o.ip, o.name = ip, name
                 out.append(o)
 
     def finish(self) -> None:

@@ -359,3 +359,16 @@ def test_a_line_the_reader_already_cut_at_max_line_counts_as_cut():
     for chunk in chunks(BytesIO(b"x\n" * 3 + fake), 8192, size=4096):
         got += p.feed(chunk, 0)
     assert got == [] and p.stats.truncated == 1 and p.stats.truncated_skipped == 1
+
+
+def test_offences_tied_by_a_link_carry_the_name_the_mta_verified_on_it():
+    """sendmail's "User unknown" names no client: the relay= link line does, with its
+    verified name, which the allow-list's name patterns need (a partner stays one)."""
+    def lines(relay: str) -> bytes:
+        return (f"Nov 20 10:00:00 mx sm-mta[2005]: 4AKA0001234500: <nobody@example.com>... User unknown\n"
+                f"Nov 20 10:00:00 mx sm-mta[2005]: 4AKA0001234500: from=<b@mailout.example.com>, size=0, "
+                f"class=0, nrcpts=0, proto=ESMTP, daemon=MTA, relay={relay}\n").encode()
+    [o] = parser().parse_lines(lines("mx1.mailout.example.com [198.51.100.50]"))
+    assert (o.ip, o.name) == ("198.51.100.50", "mx1.mailout.example.com")
+    [o] = parser().parse_lines(lines("mx1.mailout.example.com [198.51.100.50] (may be forged)"))
+    assert (o.ip, o.name) == ("198.51.100.50", None)

@@ -28,7 +28,7 @@ def run(line: str) -> tuple[list[str], set[str]]:
     """Addresses of the offences the shipped packs make of `line`, and the addresses links learnt."""
     p = Parser(RULES, clock=Clock("UTC", reference=REF), max_line=MAX_LINE)
     got = [o.ip for o in p.parse_lines(line.encode("utf-8", "surrogateescape"))]
-    return got, set(p._links.values()) - {""}
+    return got, {ip for ip, _ in p._links.values()} - {""}
 
 
 def fragments(fake: str) -> list[str]:
