@@ -122,6 +122,10 @@ def ban_target(text: str) -> str:
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
 
 
+def ip_address_text(version: int, num: int) -> str:
+    return str(ipaddress.IPv4Address(num) if version == 4 else ipaddress.IPv6Address(num))
+
+
 def canonical_num(text) -> tuple[int, int, int] | None:
     """(version, network number, prefix length) of a target written exactly as logban
     writes one (canonical address, or canonical network without host bits), else None.
@@ -142,6 +146,9 @@ def canonical_num(text) -> tuple[int, int, int] | None:
     if not plen.isdigit() or str(int(plen)) != plen or int(plen) >= bits or num & ((1 << (bits - int(plen))) - 1):
         return None
     return (6 if bits == 128 else 4), num, int(plen)
+
+
+TIME_MAX = 253_402_300_799          # 9999-12-31T23:59:59Z: later ends break every date format
 
 
 def valid_target(text) -> bool:
@@ -201,6 +208,8 @@ class AllowList:
         self.names = tuple(check_name_pattern(p) for p in names)
         self._cache: dict[str, bool] = {}
         self._screened: dict[tuple[str, str | None], str | None] = {}
+        self._partners: frozenset[str] = frozenset()
+        self._partner_nums: list[tuple[int, int]] = []
 
     def address_allowed(self, ip: str) -> bool:
         got = self._cache.get(ip)
@@ -242,20 +251,31 @@ class AllowList:
         n = name.lower().rstrip(".")
         return any(fnmatch.fnmatchcase(n, p) for p in self.names)
 
-    def screen(self, bans: Iterable) -> tuple[list, list[tuple[str, str]]]:
+    def screen(self, bans: Iterable, partners: Iterable[str] | None = None) -> tuple[list, list[tuple[str, str]]]:
         """What this node may enforce or publish, of bans read from anywhere (the store,
         another node, a decision): the one gate between the store and the kernel or exports.
 
         Each `target` is re-parsed strictly and must already be canonical (a row written
         by logban is), must be bannable at all, and must not be allowed here (addresses,
         networks, own addresses; a `name` on the row, the verified name of the client,
-        against the name patterns). Returns (the bans that pass, [(target, why)] refused).
+        against the name patterns); a network must not hold one of `partners`, addresses
+        seen under a name the patterns allow (`Store.partners`). Returns (the bans that
+        pass, [(target, why)] refused); None: the partners given last time.
         """
+        partners = self._partners if partners is None else frozenset(partners)
+        if partners != self._partners:
+            self._partners = partners
+            self._partner_nums = [(a.version, int(a)) for a in map(ip_address, partners)]
+            self._screened.clear()
         ok: list = []
         refused: list[tuple[str, str]] = []
         cache = self._screened
         for b in bans:
             t, name = b.target, getattr(b, "name", None)
+            exp = getattr(b, "expires", None)
+            if exp is not None and not (isinstance(exp, (int, float)) and 0 <= exp <= TIME_MAX):
+                refused.append((t, f"its end {exp!r} is no time"))
+                continue
             key = (t, name if self.names else None)
             why = cache.get(key, False)
             if why is False:
@@ -281,6 +301,12 @@ class AllowList:
             return "allow-listed address"
         if self.name_allowed(name):
             return f"allow-listed name {name}"
+        v, num, plen = got
+        bits = 32 if v == 4 else 128
+        if plen < bits:
+            for pv, pnum in self._partner_nums:
+                if pv == v and pnum >> (bits - plen) == num >> (bits - plen):
+                    return f"holds {ip_address_text(pv, pnum)}, a client allowed by its verified name"
         return None
 
     def why(self, target: str, name: str | None = None) -> str | None:

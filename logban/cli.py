@@ -124,10 +124,11 @@ def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) 
                       own_names=cfg.parse.own_names, only_packs=tuple(mta or ()))
 
 
-def _parser(cfg: Config, rules: RuleSet, mta: list[str] | None, **kw) -> Parser:
+def _parser(cfg: Config, rules: RuleSet, mta: list[str] | None, scorer: Scorer, **kw) -> Parser:
+    """Rate rules count per the scorer's target, never for an allow-listed client."""
     return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
                   match_timeout=cfg.parse.match_timeout, any_program=bool(mta),
-                  rate_prefix6=cfg.policy.ipv6_prefix, **kw)
+                  rate_key=scorer.rate_key, **kw)
 
 
 class _Progress:
@@ -252,7 +253,6 @@ def cmd_scan(args, cfg: Config) -> int:
     if (args.dry_run or args.node or args.reapply) and not args.apply:
         raise UsageError("--dry-run, --node and --reapply go with --apply")
     rules = _ruleset(cfg, args.mta)
-    parser = _parser(cfg, rules, args.mta)
     sources = expand(args.paths)
     summary = ScanSummary(files=[s.name for s in sources])
     allow = _allow(cfg)
@@ -273,6 +273,7 @@ def cmd_scan(args, cfg: Config) -> int:
         # First: with [allow] resolve, the engine fills in the verified name of a client about
         # to be banned, and the report then leaves that client out too if the name is allowed.
         sinks.insert(0, engine.add)
+    parser = _parser(cfg, rules, args.mta, engine.scorer if engine is not None else Scorer(cfg.policy, allow))
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
@@ -427,6 +428,9 @@ def cmd_ban(args, cfg: Config) -> int:
     if allow.target_allowed(target):
         raise UsageError(f"{target} is allow-listed (allow.addresses, loopback or this host's own address): not banned")
     store = _store(args, cfg)
+    _, refused = allow.screen([Decision(target, "manual", "", 0.0, 0.0, None, 1, False, "")], store.partners(allow))
+    if refused:
+        raise UsageError(f"{target}: not banned: {refused[0][1]}")
     now = time.time()
     scorer = Scorer(cfg.policy, allow)
     scorer.history = store.history()
@@ -498,7 +502,7 @@ def cmd_test_rules(args, cfg: Config) -> int:
         if r is None:
             raise UsageError(f"--rule: no active rule with id {args.rule!r}")
         rules = RuleSet([r])
-    parser = _parser(cfg, rules, args.mta, collect_suspicious=args.unmatched)
+    parser = _parser(cfg, rules, args.mta, Scorer(cfg.policy, _allow(cfg)), collect_suspicious=args.unmatched)
     samples: dict[str, list[Offence]] = {}
 
     def sink(offs: list[Offence]) -> None:
@@ -619,7 +623,10 @@ def cmd_rules_check(args, cfg: Config) -> int:
 def cmd_run(args, cfg: Config) -> int:
     import logging
     from .daemon import Daemon, Options
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s logban: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S")
+    from .daemon import SafeFormatter
+    handler = logging.StreamHandler()
+    handler.setFormatter(SafeFormatter("%(asctime)s logban: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     follow = [p.resolve() if not p.is_absolute() else p for p in args.follow]
     d = Daemon(cfg, Options(args.config, args.db, args.backend, _node(args, cfg), args.dry_run, follow))
     return d.run()
@@ -636,8 +643,9 @@ def cmd_export(args, cfg: Config) -> int:
     from .export import ExportOptions, render, write
     store = _store(args, cfg)
     o = ExportOptions(args.format, args.output, action=args.action)
-    bans, refused = _allow(cfg).screen(
-        b for b in store.active_bans(time.time()) if not b.dry_run)
+    allow = _allow(cfg)
+    bans, refused = allow.screen((b for b in store.active_bans(time.time()) if not b.dry_run),
+                                 store.partners(allow))
     for target, why in refused:
         print(safe(f"logban: left out {target!r}: {why}"), file=sys.stderr)
     content = render(o, bans)

@@ -12,7 +12,7 @@ from .errors import UsageError
 from .export import FORMATS, ExportOptions
 from .firewall import ACTIONS, BACKENDS, FirewallOptions
 from .score import DEFAULT_DURATIONS, Policy
-from .units import parse_duration
+from .units import check_duration, parse_duration
 
 DEFAULT_PATH = Path("/etc/logban/logban.toml")
 
@@ -67,7 +67,7 @@ def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = 
     if isinstance(v, str):
         secs = parse_duration(v, f"{path}: {key}")
     elif isinstance(v, (int, float)) and not isinstance(v, bool):
-        secs = float(v)
+        secs = check_duration(float(v), v, f"{path}: {key}")
     else:
         raise UsageError(f"{path}: {key} must be a duration like \"12h\"" + (' or "permanent"' if permanent else ""))
     if secs < 0 or (secs == 0 and not zero):

@@ -29,6 +29,7 @@ from .errors import FirewallError, UsageError
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
 from .parse import Clock, Offence, Parser
+from .report import safe
 from .rules import RuleSet, load_rules
 from .score import Decision
 from .store import NOTIFY_CHANNEL, UNREACHABLE, Store, short_error
@@ -138,6 +139,15 @@ class Metrics:
         self.server, self.thread = pc.start_http_server(int(port), addr=host.strip("[]"), registry=reg)
 
 
+class SafeFormatter(logging.Formatter):
+    """The daemon's log carries text attackers wrote (the line that decided a ban, rows of
+    the store): each record is one line with control characters escaped, so it can
+    neither drive the admin's terminal nor forge a line of its own in the journal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe(super().format(record))
+
+
 class Daemon:
     def __init__(self, cfg: Config, opts: Options) -> None:
         self.opts = opts
@@ -169,17 +179,21 @@ class Daemon:
         for s in specs:
             if s.mta is not None and s.mta not in packs:
                 raise UsageError(f"{cfg.path}: follow {s.path}: no rule pack {s.mta!r} (have: {', '.join(sorted(packs))})")
-        self.parsers = {mta: self._parser(cfg, rules, mta) for mta in {s.mta for s in specs}}
+        self.parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
         self.cfg, self.rules, self.specs = cfg, rules, specs
         self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
 
     @staticmethod
-    def _parser(cfg: Config, rules: RuleSet, mta: str | None) -> Parser:
+    def _parser(cfg: Config, rules: RuleSet, mta: str | None, rate_key) -> Parser:
         if mta is not None:
             rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names, only_packs=(mta,))
         return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
                       match_timeout=cfg.parse.match_timeout, any_program=mta is not None,
-                      rate_prefix6=cfg.policy.ipv6_prefix)
+                      rate_key=rate_key)
+
+    def _rate_key(self, ip: str, name: str | None) -> str | None:
+        """Rate rules count per the engine's scoring target (it runs before any line is read)."""
+        return self.engine.scorer.rate_key(ip, name)
 
     @property
     def dry_run(self) -> bool:
@@ -189,9 +203,10 @@ class Daemon:
         return Firewall(choose(self.cfg.firewall, backend=self.opts.backend, dry_run=self.dry_run), self.store,
                         self.allow)
 
-    def _screen(self, bans) -> list:
-        """The bans this node may enforce and publish; each refusal logged once."""
-        ok, refused = self.allow.screen(bans)
+    def _screen(self, bans, partners: list[str] | None = None) -> list:
+        """The bans this node may enforce and publish; each refusal logged once. `partners`:
+        as read from the store (None: as last read; deciding needs no database)."""
+        ok, refused = self.allow.screen(bans, partners)
         self._note_refused(refused)
         return ok
 
@@ -410,7 +425,8 @@ class Daemon:
         self.exports_dirty = False
         if not self.cfg.exports:
             return
-        bans = self._screen(b for b in self.store.active_bans(time.time()) if not b.dry_run)
+        bans = self._screen((b for b in self.store.active_bans(time.time()) if not b.dry_run),
+                            self.store.partners(self.allow))
         for o in self.cfg.exports:
             try:
                 if write(o, render(o, bans)):

@@ -46,6 +46,8 @@ class Engine:
         self.release_allowed()
         sc = self.scorer
         self.refresh_bans()
+        for ip in self.store.partners(self.allow):
+            sc.partner(ip)
         for r in self.store.recent_offences(sc.policy.horizon):
             sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line, name=r.name))
 
@@ -102,7 +104,7 @@ class Engine:
             self.flush()
 
     def has_unsaved(self) -> bool:
-        return bool(self._offences or self._pending)
+        return bool(self._offences or self._pending or self.scorer.new_partners)
 
     def unsaved(self) -> int:
         """Offences not in the store yet."""
@@ -117,7 +119,7 @@ class Engine:
         """Offences and decisions to the store in one transaction, with the read positions
         they come up to."""
         now = time.time()
-        if not self._offences and not self._pending:
+        if not self._offences and not self._pending and not self.scorer.new_partners:
             if positions:
                 self.store.save_positions(self.node, positions, now)
             return
@@ -127,7 +129,8 @@ class Engine:
             scores[t] = o.time
         scores = {t: sc.score(t, at) for t, at in scores.items()}
         self.store.record(self._offences, self._pending, node=self.node, dry_run=self.dry_run, now=now,
-                          scores=scores, positions=positions)
+                          scores=scores, positions=positions, partners=sc.new_partners)
+        sc.new_partners = []
         self.stats.offences += len(self._offences)
         self.stats.bans += len(self._pending)
         self.stats.expired_on_arrival += sum(1 for d in self._pending if d.expires is not None and d.expires <= now)

@@ -28,6 +28,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import regex
+
 from .allow import valid_target
 from .errors import UsageError
 
@@ -49,8 +51,12 @@ def _iso(t: float | None) -> str:
 
 
 def _safe(text: str) -> str:
-    """Attacker-free, but keep map and zone syntax intact: one line, no field separators that matter."""
-    return " ".join(text.replace(":", " ").split())[:200]
+    """Keep map and zone syntax intact whatever a store row holds: one line of plain
+    printable ASCII, without the separators and quotes the formats give meaning to."""
+    return " ".join(_UNSAFE.sub(" ", text).split())[:200]
+
+
+_UNSAFE = regex.compile(r'[^A-Za-z0-9 .,;()/+=@_#!?*%&-]')
 
 
 def _message(o: ExportOptions, b) -> str:

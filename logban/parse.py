@@ -14,6 +14,7 @@ import ipaddress
 import re
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
@@ -63,7 +64,10 @@ class Offence:
 
 
 def iso(t: float) -> str:
-    d = datetime.fromtimestamp(t, timezone.utc)
+    try:
+        d = datetime.fromtimestamp(t, timezone.utc)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return repr(t)                  # a store row no logban wrote: shown, not a crash
     return d.strftime("%Y-%m-%dT%H:%M:%S") + (f".{d.microsecond:06d}" if d.microsecond else "") + "Z"
 
 
@@ -247,7 +251,11 @@ class Parser:
 
     def __init__(self, rules: RuleSet, *, clock: Clock | None = None, max_line: int = 8192,
                  match_timeout: float = 0.05, any_program: bool = False,
-                 collect_suspicious: int = 0, rate_prefix6: int = 64) -> None:
+                 collect_suspicious: int = 0, rate_prefix6: int = 64,
+                 rate_key: Callable[[str, str | None], str | None] | None = None) -> None:
+        """`rate_key(ip, name)`: what a rate rule counts a client's matches for (the scorer's
+        target), None for a client never counted (allow-listed); without it an IPv4
+        address, or an IPv6 address's /rate_prefix6 network."""
         self.rules = rules
         self.clock = clock or Clock()
         self.max_line = max_line
@@ -266,6 +274,7 @@ class Parser:
         if not 0 <= rate_prefix6 <= 128:
             raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
         self.rate_prefix6 = rate_prefix6
+        self._rate_key = rate_key
         # (rule, scoring target) -> [window start, count], oldest first: a flood of new
         # keys evicts the oldest windows, never the whole table.
         self._rates: dict[tuple[str, str], list[float]] = {}
@@ -479,9 +488,12 @@ class Parser:
             self._rate_nets[ip] = net
         return net
 
-    def _over_rate(self, r: Rule, ip: str, t: float) -> bool:
+    def _over_rate(self, r: Rule, ip: str, name: str | None, t: float) -> bool:
         """Count one match of a rate rule; True once per window when the count passes `rate_over`."""
-        k = (r.id, self._rate_target(ip))
+        target = self._rate_target(ip) if self._rate_key is None else self._rate_key(ip, name)
+        if target is None:
+            return False
+        k = (r.id, target)
         rates = self._rates
         w = rates.pop(k, None)                   # taken out and put back: the newest go last
         if w is None or t - w[0] > r.rate_per:
@@ -501,9 +513,10 @@ class Parser:
             ip = self._ip(m)
             if ip == "":
                 self.stats.not_target += 1
-            elif ip is not None and (not r.rate_over or self._over_rate(r, ip, h.time)):
-                out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line,
-                                   self._name(m) if r.has_name else None))
+            elif ip is not None:
+                name = self._name(m) if r.has_name else None
+                if not r.rate_over or self._over_rate(r, ip, name, h.time):
+                    out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name))
             return
         key = self._key(r, m, h)
         ip, name = self._links.get(key, (None, None))

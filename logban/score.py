@@ -133,6 +133,8 @@ class Scorer:
         self._target: dict[str, tuple[str, str | None, bool]] = {}         # ip -> (target, its IPv4 network, bannable)
         self._net_ok: dict[str, bool] = {}          # network -> may it be a target
         self._partners: set[str] = set()            # networks holding a client allowed by verified name
+        self._partner_ips: set[str] = set()
+        self.new_partners: list[tuple[str, str, float]] = []   # (ip, name, time) first seen: for the store
         self.configure(policy, allow or AllowList(own=()))
 
     def configure(self, policy: Policy, allow: AllowList) -> None:
@@ -183,8 +185,21 @@ class Scorer:
             self._net_ok[net] = ok
         return net if ok else None
 
-    def _partner(self, ip: str) -> None:
+    def rate_key(self, ip: str, name: str | None) -> str | None:
+        """What a rate rule counts `ip`'s matches for: its scoring target (an address where
+        its network may not be banned); None for a client that is never an offender."""
+        if self.allow.address_allowed(ip) or self.allow.name_allowed(name):
+            return None
+        target, _, ok = self._where(ip)
+        return target if ok else None
+
+    def partner(self, ip: str, name: str | None = None, t: float = 0.0) -> None:
         """A client allowed by verified name: its neighbours are banned one by one, never its network."""
+        if name is not None and ip not in self._partner_ips:
+            if len(self._partner_ips) >= 100_000:
+                self._partner_ips.clear()
+            self._partner_ips.add(ip)
+            self.new_partners.append((ip, name, t))
         p = self.policy
         net = network_of(ip, p.ipv6_prefix if ":" in ip else p.ipv4_prefix)
         if net not in self._partners:
@@ -241,7 +256,7 @@ class Scorer:
             return []
         if self.allow.name_allowed(o.name):
             st.allowed += 1
-            self._partner(o.ip)
+            self.partner(o.ip, o.name, o.time)
             return []
         target, net, ok = self._where(o.ip)
         if not ok:
@@ -274,7 +289,7 @@ class Scorer:
         if not ok or self.allow.address_allowed(o.ip) or self.banned(target, net, o.time):
             return
         if self.allow.name_allowed(o.name):
-            self._partner(o.ip)
+            self.partner(o.ip)
             return
         self.tracks.setdefault(target, []).append((o.time, o.score, o.kind, o.rule))
 

@@ -132,6 +132,18 @@ _OFFENDER_MERGE = """ ON CONFLICT (target) DO UPDATE SET
  name = COALESCE(excluded.name, offenders.name),
  reset_at = CASE WHEN excluded.reset_at > offenders.reset_at THEN excluded.reset_at ELSE offenders.reset_at END"""
 
+
+
+def _number(col: sa.Column) -> sa.Label:
+    """A time or score as a number whatever a row holds: SQLite keeps text written into a
+    REAL column as text (a row no logban wrote); CAST makes it a number there, and is a
+    no-op on PostgreSQL. Read this way, no such row can stop a command or the daemon."""
+    return sa.cast(col, sa.Float).label(col.name)
+
+
+BAN_READ = tuple(_number(c) if c.name in ("score", "created", "expires", "duration", "released") else c
+                 for c in BANS.c)
+
 # version -> what turns a database of that version into the next one
 def _one_unreleased_ban(conn: Connection) -> None:
     """0.3: older duplicates of an unreleased ban are released as replaced, then the unique index."""
@@ -154,6 +166,15 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     2: _one_unreleased_ban,
     3: _offence_names,
 }
+
+
+def _clean(text: str | None) -> str | None:
+    """Log text as the database keeps it: PostgreSQL text holds no NUL byte."""
+    return None if text is None else text.replace("\x00", "\\x00")
+
+
+def _text(raw: bytes) -> str:
+    return _clean(raw[:TEXT_MAX].decode("utf-8", "replace"))
 
 
 def kind_names(bits: int) -> list[str]:
@@ -282,16 +303,21 @@ class Store:
     # ---- writing --------------------------------------------------------------------------
     def record(self, offences: list[tuple[Offence, str]], decisions: list[Decision], *,
                node: str, dry_run: bool, now: float, scores: dict[str, float] | None = None,
-               positions: list[dict] = ()) -> None:
-        """One transaction: offences (with their scored target), new bans, and the read
-        positions they were read up to, so a crash can neither lose nor repeat a line."""
+               positions: list[dict] = (), partners: list[tuple[str, str, float]] = ()) -> None:
+        """One transaction: offences (with their scored target), new bans, the read
+        positions they were read up to (so a crash can neither lose nor repeat a line), and
+        clients allowed by their verified name (ip, name, time): remembered, without an
+        offence, so no node and no restart forgets that their networks are never banned."""
         with self.write() as conn:
             if positions:
                 self._save_positions(conn, node, positions, now)
+            if partners:
+                conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE, [
+                    (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in partners])
             if offences:
                 conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
-                     o.raw[:TEXT_MAX].decode("utf-8", "replace"), o.name) for o, t in offences])
+                     _text(o.raw), _clean(o.name)) for o, t in offences])
             # A ban resets its target's score: for targets in this batch that rides on the upsert.
             resets = {d.target: (d.expires if d.expires is not None and d.expires <= now else d.time)
                       for d in decisions}
@@ -306,7 +332,7 @@ class Store:
             a = agg.get(t)
             if a is None:
                 agg[t] = {"target": t, "first_seen": o.time, "last_seen": o.time, "offences": 1,
-                          "kinds": _KIND_BIT.get(o.kind, 0), "name": o.name,
+                          "kinds": _KIND_BIT.get(o.kind, 0), "name": _clean(o.name),
                           "score": scores.get(t, 0.0), "score_time": o.time, "reset_at": resets.get(t, 0.0)}
             else:
                 a["offences"] += 1
@@ -314,7 +340,7 @@ class Store:
                 a["first_seen"] = min(a["first_seen"], o.time)
                 if o.time >= a["last_seen"]:
                     a["last_seen"] = a["score_time"] = o.time
-                    a["name"] = o.name or a["name"]
+                    a["name"] = _clean(o.name) or a["name"]
         conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
                              [tuple(a[c] for c in OFFENDER_COLS) for a in agg.values()])
         return set(agg) & set(resets)
@@ -338,7 +364,7 @@ class Store:
             rows.append((
                 d.target, d.kind, d.rule, d.reason, d.score, d.time, exp, d.duration,
                 exp if over else None, "expiry" if over else None, d.escalated, dry_run, node, source,
-                ",".join(d.members), trig.raw[:TEXT_MAX].decode("utf-8", "replace") if trig else "", d.target))
+                ",".join(d.members), _text(trig.raw) if trig else "", d.target))
             ended.append((d.target, d.time))
             if d.target not in reset_done:
                 resets.append({"b_target": d.target, "b_at": exp if over else d.time})
@@ -454,31 +480,31 @@ class Store:
     def active_bans(self, now: float) -> list[sa.Row]:
         """Bans in force, with the client's last verified `name` (for the allow-list)."""
         with self.read() as conn:
-            q = sa.select(BANS, OFFENDERS.c.name).join(
+            q = sa.select(*BAN_READ, OFFENDERS.c.name).join(
                 OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(BANS.c.released.is_(None),
-                                      sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now)).order_by(BANS.c.created)
+                                      sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now)).order_by(BANS.c.created)
             return list(conn.execute(q))
 
     def enforced(self, now: float) -> list[sa.Row]:
         """What the firewall must hold: (target, expires, dry_run, node, name) of the active bans
         that are not dry-run; `name`: the client's last verified name, for the allow-list."""
         with self.read() as conn:
-            q = sa.select(BANS.c.target, BANS.c.expires, BANS.c.dry_run, BANS.c.node, OFFENDERS.c.name).join(
+            q = sa.select(BANS.c.target, _number(BANS.c.expires), BANS.c.dry_run, BANS.c.node, OFFENDERS.c.name).join(
                 OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(
                 BANS.c.released.is_(None), BANS.c.dry_run.is_(False),
-                sa.or_(BANS.c.expires.is_(None), BANS.c.expires > now))
+                sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now))
             return list(conn.execute(q))
 
     def bans(self, *, target: str | None = None) -> list[sa.Row]:
         with self.read() as conn:
-            q = sa.select(BANS).order_by(BANS.c.created, BANS.c.id)
+            q = sa.select(*BAN_READ).order_by(BANS.c.created, BANS.c.id)
             if target is not None:
                 q = q.where(BANS.c.target == target)
             return list(conn.execute(q))
 
     def unreleased(self) -> list[sa.Row]:
         with self.read() as conn:
-            return list(conn.execute(sa.select(BANS).where(BANS.c.released.is_(None))))
+            return list(conn.execute(sa.select(*BAN_READ).where(BANS.c.released.is_(None))))
 
     def history(self) -> dict[str, Past]:
         """The latest ban of every target: what escalation and ban counts build on."""
@@ -497,6 +523,15 @@ class Store:
                  .where(OFFENCES.c.time >= newest - horizon, OFFENCES.c.time > OFFENDERS.c.reset_at)
                  .order_by(OFFENCES.c.time))
             return list(conn.execute(q))
+
+    def partners(self, allow) -> list[str]:
+        """Addresses whose last verified name `allow`'s name patterns cover."""
+        if not allow.names:
+            return []
+        like = [OFFENDERS.c.name.like(p.replace("*", "%").replace("?", "_")) for p in allow.names]
+        with self.read() as conn:
+            rows = conn.execute(sa.select(OFFENDERS.c.target, OFFENDERS.c.name).where(sa.or_(*like)))
+            return [t for t, n in rows if "/" not in t and allow.name_allowed(n)]
 
     def offender(self, target: str) -> sa.Row | None:
         with self.read() as conn:

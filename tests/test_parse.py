@@ -334,14 +334,14 @@ def test_a_flood_of_new_rate_keys_does_not_reset_a_busy_counter():
     r = RULES.by_id("postfix-connect-rate")
     t0 = REF
     for _ in range(27):
-        assert not p._over_rate(r, "192.0.2.90", t0)
+        assert not p._over_rate(r, "192.0.2.90", None, t0)
     # 200k+ fresh keys (a spray of addresses), while 192.0.2.90 keeps connecting.
     fired = []
     touch = {50_000, 100_000, 150_000, parse._LIMIT + 4000}
     for i in range(parse._LIMIT + 5000):
-        p._over_rate(r, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", t0 + 1)
+        p._over_rate(r, f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}", None, t0 + 1)
         if i in touch:
-            fired.append(p._over_rate(r, "192.0.2.90", t0 + 2))
+            fired.append(p._over_rate(r, "192.0.2.90", None, t0 + 2))
     assert fired == [False, False, False, True]          # the 31st connection in the minute
     assert len(p._rates) <= parse._LIMIT
     # The oldest keys went first.
@@ -372,3 +372,21 @@ def test_offences_tied_by_a_link_carry_the_name_the_mta_verified_on_it():
     assert (o.ip, o.name) == ("198.51.100.50", "mx1.mailout.example.com")
     [o] = parser().parse_lines(lines("mx1.mailout.example.com [198.51.100.50] (may be forged)"))
     assert (o.ip, o.name) == ("198.51.100.50", None)
+
+
+def test_rate_counts_follow_the_scorers_target_and_skip_allow_listed_clients():
+    """With the scorer's key: a /64 holding an allow-listed address is counted per address,
+    so a partner's many connections are charged neither to itself nor to a neighbour."""
+    from logban.allow import AllowList
+    from logban.score import Policy, Scorer
+    sc = Scorer(Policy(), AllowList(["2001:db8:7::50"], own=()))
+    p = parser(rate_key=sc.rate_key)
+    lines = [("mx.partner.example", "2001:db8:7::50")] * 60 + [("unknown", "2001:db8:7::51")] * 2
+    got = p.parse_lines(b"".join(
+        f"Nov 20 10:00:{i % 60:02d} mx postfix/smtpd[1]: connect from {n}[{ip}]\n".encode()
+        for i, (n, ip) in enumerate(lines)))
+    assert got == []
+    rotating = [f"2001:db8:8::{i:x}" for i in range(40)]          # no allow-listed neighbour: one /64
+    got = p.parse_lines(b"".join(f"Nov 20 10:01:{i:02d} mx postfix/smtpd[1]: connect from unknown[{ip}]\n".encode()
+                                 for i, ip in enumerate(rotating)))
+    assert len(got) == 1 and got[0].kind == "protocol_abuse"

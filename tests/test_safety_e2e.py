@@ -143,3 +143,30 @@ def test_daemon_enforces_other_nodes_bans_but_not_what_it_allows(tmp_path):
             d.stop()
         lab.run(lab.srv, "nft", "delete", "table", "inet", "logban")
         lab.close()
+
+
+def test_a_partner_allowed_by_name_keeps_its_networks_across_runs_and_nodes(tmp_path, logban):
+    """The partner is seen first (one run), the bots in its /24 and /64 later (another run,
+    as after a restart or on another node): only address bans; a network ban covering the
+    partner made elsewhere is refused by the gate, in the exports too."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[parse]\ntimezone = "UTC"\n[allow]\nhostnames = ["*.mailout.example.com"]\n')
+    db = ("-c", str(cfg), "--db", f"sqlite:///{tmp_path / 'logban.db'}", "--backend", "none")
+    stamp = time.strftime("%b %e %H:%M:%S", time.gmtime(time.time() - 120))
+    partner = tmp_path / "partner.log"
+    partner.write_text("".join(
+        f"{stamp} mx sm-mta[2006]: 4AKA00012345{i}: mx1.mailout.example.com [{ip}] did not issue "
+        f"MAIL/EXPN/VRFY/ETRN during connection to MTA\n" for i, ip in enumerate(("198.51.100.50", "2001:db8:5::50"))))
+    bots = tmp_path / "bots.log"
+    bots.write_text("".join(
+        f"{stamp} mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 <v@example.net>: "
+        f"Relay access denied; from=<a@example.org> to=<v@example.net> proto=ESMTP helo=<x>\n"
+        for ip in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8:5::66") for _ in range(3)))
+    assert logban(*db, "scan", "--apply", str(partner)).returncode == 0
+    assert logban(*db, "scan", "--apply", str(bots)).returncode == 0
+    bans = {b["target"] for b in json.loads(logban(*db, "list", "--json").stdout)}
+    assert bans == {"198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8:5::66"}
+    assert logban(*db, "ban", "198.51.100.0/24").returncode == 0      # by hand: the admin's call ...
+    out = logban(*db, "export", "--format", "plain")
+    assert "198.51.100.0/24" not in out.stdout.decode()                # ... but never enforced over a partner
+    assert b"198.51.100.50" in out.stderr and b"verified name" in out.stderr
