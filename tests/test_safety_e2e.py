@@ -170,3 +170,42 @@ def test_a_partner_allowed_by_name_keeps_its_networks_across_runs_and_nodes(tmp_
     out = logban(*db, "export", "--format", "plain")
     assert "198.51.100.0/24" not in out.stdout.decode()                # ... but never enforced over a partner
     assert b"198.51.100.50" in out.stderr and b"verified name" in out.stderr
+
+
+def test_durations_past_a_century_and_non_numbers_are_refused(tmp_path, logban):
+    db = ("--db", f"sqlite:///{tmp_path / 'logban.db'}", "--backend", "none")
+    for d in ("9999999999999999999w", "5300w"):
+        r = logban(*db, "ban", "203.0.113.51", "--for", d)
+        assert r.returncode == 2 and b"100 years" in r.stderr and b"Traceback" not in r.stderr
+    for v in ("inf", "nan", "1e300"):
+        cfg = tmp_path / f"{v}.toml"
+        cfg.write_text(f"[ban.durations]\nrelay_denied = {v}\n")
+        r = logban("-c", str(cfg), *db, "list")
+        assert r.returncode == 2 and b"relay_denied" in r.stderr
+    assert json.loads(logban(*db, "list", "--json").stdout) == []
+
+
+def test_store_text_reaches_exports_and_the_daemons_log_escaped(tmp_path, logban):
+    """A crafted kind cannot break a map's quoting or put control bytes in a zone; a HELO with
+    terminal escapes reaches the daemon's log escaped, one line per record."""
+    db_path = tmp_path / "logban.db"
+    db = ("--db", f"sqlite:///{db_path}", "--backend", "none")
+    assert logban(*db, "ban", "203.0.113.9").returncode == 0
+    con = sqlite3.connect(db_path)
+    con.execute("UPDATE bans SET kind = ?", ('x"\x00\x1b[31m$\\ OK\n250',))
+    con.commit()
+    con.close()
+    for fmt in ("postfix", "sendmail", "rbldnsd"):
+        out = logban(*db, "export", "--format", fmt).stdout
+        line = next(ln for ln in out.split(b"\n") if ln.startswith((b"203.", b"Connect:")))
+        assert all(32 <= c < 127 for c in line) and line.count(b'"') == (2 if fmt == "sendmail" else 0), line
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path / "d", "--follow", str(log))
+    try:
+        d.start()
+        append(log, dnsbl("198.51.100.77").replace("from=<a@b.example>", "from=<\x1b]0;PW\x07\x1b[31m@x>"))
+        ln = d.wait_log("ban 198.51.100.77 dnsbl")
+        assert "\x1b" not in "".join(d.lines) and "\x07" not in "".join(d.lines) and "\\x1b]0;PW" in ln
+    finally:
+        d.stop()

@@ -263,3 +263,33 @@ def test_a_version_3_database_gains_offence_names(tmp_path):
     s = Store(url(tmp_path))
     assert s.schema_version() == store_mod.SCHEMA_VERSION
     assert [(r.ip, r.name) for r in s.offences_after(0, "other")] == [("192.0.2.1", None)]
+
+
+def test_nul_bytes_and_odd_text_in_log_lines_are_stored_on_every_backend(db_url):
+    """PostgreSQL text holds no NUL: a HELO with one must not stop recording (or the daemon)."""
+    e = engine(db_url)
+    t = time.time() - 30
+    e.add([Offence(t + i, "203.0.113.60", "postfix", "r", "relay_denied", 2, "f", i,
+                   b"helo=<x\x00y> \xff\x1b[2J", "n\x00me.example") for i in range(3)])
+    e.close()
+    [b] = e.store.active_bans(time.time())
+    assert b.target == "203.0.113.60" and "\x00" not in b.text and "x\\x00y" in b.text
+    assert all("\x00" not in r.text and "\x00" not in r.name for r in e.store.offences_after(0, "other"))
+
+
+def test_rows_whose_times_are_no_numbers_are_read_as_numbers_or_refused(tmp_path):
+    s = Store(url(tmp_path))
+    now = time.time()
+    s.ban(Decision("203.0.113.9", "manual", "", 0, now, HOUR, 1, False, "t"), node="a", dry_run=False, now=now)
+    with sqlite3.connect(tmp_path / "logban.db") as c:
+        for target, exp in (("203.0.113.13", float("inf")), ("203.0.113.15", "abc"), ("203.0.113.16", 1e300)):
+            c.execute("INSERT INTO bans (target, kind, rule, reason, score, created, expires, duration, count, "
+                      "escalated, dry_run, node, source, members, text) VALUES (?, 'virus', '', '', 5, ?, ?, 'x', 1, "
+                      "0, 0, 'b', 'auto', '', '')", (target, now, exp))
+    rows = s.active_bans(now)
+    assert all(isinstance(r.expires, float) for r in rows)
+    assert "203.0.113.15" not in {r.target for r in rows}          # 'abc' reads as 0: over long ago
+    ok, refused = AllowList(own=()).screen(s.enforced(now))
+    assert [r.target for r in ok] == ["203.0.113.9"] and {t for t, _ in refused} == {"203.0.113.13", "203.0.113.16"}
+    e = Engine(s, Policy(), AllowList(own=()), node="a", dry_run=False)      # the daemon's start reads them
+    e.close()
