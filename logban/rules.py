@@ -174,16 +174,7 @@ def literal_runs(src: str, tagged: bool) -> list[tuple[str, bool]] | None:
     while i < n:
         c = src[i]
         if c == "(":
-            depth, j = 1, i + 1
-            while j < n and depth:
-                if src[j] == "\\":
-                    j += 2
-                    continue
-                if src[j] == "[":
-                    j = _class_end(src, j)
-                    continue
-                depth += {"(": 1, ")": -1}.get(src[j], 0)
-                j += 1
+            j = _group_end(src, i)
             content = src[i + 1:j - 1]
             if regex.fullmatch(r"\?[a-zA-Z]+", content):
                 if set(content) & set("ixX"):
