@@ -142,10 +142,12 @@ class Clock:
     def _bsd(self, stamp: bytes) -> float | None:
         mo = _MONTHS[stamp[:3]]
         d, h, mi, s = int(stamp[4:6]), int(stamp[7:9]), int(stamp[10:12]), 0
-        ref_year = time.gmtime(self.reference).tm_year
-        # A line stamped more than two days after the reference is from the year
-        # before: December lines read in January, or a log read long after.
-        for y in (ref_year, ref_year - 1, ref_year - 2, ref_year - 3, ref_year - 4):
+        # The reference's year where the stamps were written (in Sydney the new year starts
+        # while it is still the old one in UTC). A line stamped more than two days after the
+        # reference is from the year before: December lines read in January, or a log read
+        # long after; a line just after a New Year the reference has not reached is not.
+        ref_year = datetime.fromtimestamp(self.reference, self.zone).year
+        for y in range(ref_year + 1, ref_year - 5, -1):
             try:
                 t = self._local(y, mo, d, h, mi, s)
             except (ValueError, OverflowError):

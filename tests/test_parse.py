@@ -390,3 +390,14 @@ def test_rate_counts_follow_the_scorers_target_and_skip_allow_listed_clients():
     got = p.parse_lines(b"".join(f"Nov 20 10:01:{i:02d} mx postfix/smtpd[1]: connect from unknown[{ip}]\n".encode()
                                  for i, ip in enumerate(rotating)))
     assert len(got) == 1 and got[0].kind == "protocol_abuse"
+
+
+def test_year_inference_uses_the_year_where_the_stamps_were_written():
+    """East of UTC the new year begins while UTC is still in the old one; a line just after
+    New Year that the reference has not quite reached belongs to the new year too."""
+    sydney = Clock("Australia/Sydney", reference=calendar.timegm((2026, 12, 31, 14, 0, 0)))   # 01:00 on 1 Jan there
+    assert iso(sydney.bsd(b"Jan  1 00:30", b"00")) == "2026-12-31T13:30:00Z"
+    utc = Clock("UTC", reference=calendar.timegm((2026, 12, 31, 23, 59, 0)))
+    assert iso(utc.bsd(b"Jan  1 00:01", b"00")) == "2027-01-01T00:01:00Z"         # within two days ahead
+    assert iso(utc.bsd(b"Jan  5 00:01", b"00")) == "2026-01-05T00:01:00Z"         # beyond: the year before
+    assert iso(utc.bsd(b"Dec 31 23:58", b"00")) == "2026-12-31T23:58:00Z"
