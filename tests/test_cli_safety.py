@@ -4,10 +4,17 @@ clients are never offenders in reports; attacker-written text never reaches the 
 import ipaddress
 import json
 import re
+import time
 
 import pytest
 
+from conftest import bsd_stamp, touch_now
 from logban.allow import host_addresses
+
+
+def stamp(s: int) -> str:
+    """An hour ago plus `s` seconds: recorded offences stay inside the retention on any date."""
+    return bsd_stamp(int(time.time()) - 3600 + s)
 
 
 def _own_address() -> str | None:
@@ -29,10 +36,10 @@ def sendmail_log(path, own: str | None):
     (one claims a farm name, but sendmail says it may be forged: not verified)."""
     lines = []
     for i in range(1, 4):        # 3 x "User unknown" for relay=localhost [127.0.0.1]
-        lines += [f"Nov 20 10:00:0{i} mx sm-mta[200{i}]: 4AKA000000000{i}: <nobody@mx.example.com>... User unknown",
-                  f"Nov 20 10:00:0{i} mx sm-mta[200{i}]: 4AKA000000000{i}: from=<root@mx.example.com>, size=0, "
+        lines += [f"{stamp(i)} mx sm-mta[200{i}]: 4AKA000000000{i}: <nobody@mx.example.com>... User unknown",
+                  f"{stamp(i)} mx sm-mta[200{i}]: 4AKA000000000{i}: from=<root@mx.example.com>, size=0, "
                   "class=0, nrcpts=0, proto=ESMTP, daemon=MTA, relay=localhost [127.0.0.1]"]
-    denied = ("Nov 20 10:01:{s:02d} mx sm-mta[30{s:02d}]: 4AKB00000000{s:02d}: ruleset=check_rcpt, arg1=<x@example.net>, "
+    denied = ("{t} mx sm-mta[30{s:02d}]: 4AKB00000000{s:02d}: ruleset=check_rcpt, arg1=<x@example.net>, "
               "relay={relay}, reject=550 5.7.1 <x@example.net>... Relaying denied")
     clients = ["partner.example.org [198.51.100.2]",                        # [allow] addresses
                "out-7.mailout.example.com [203.0.113.9]",                   # [allow] hostnames, verified
@@ -41,8 +48,9 @@ def sendmail_log(path, own: str | None):
                "out-8.mailout.example.com [192.0.2.67] (may be forged)"]    # attacker, name not verified
     if own:
         clients.append(f"mx.example.com {_relay(own)}")                     # this host itself
-    lines += [denied.format(s=s, relay=c) for s, c in enumerate(clients)]
+    lines += [denied.format(t=stamp(60 + s), s=s, relay=c) for s, c in enumerate(clients)]
     path.write_text("\n".join(lines) + "\n")
+    touch_now(path)
     return path, 3 + 2 + (1 if own else 0)
 
 
@@ -107,11 +115,12 @@ def assert_terminal_safe(out: bytes):
 
 
 def evil_log(path, ip="192.0.2.5", n=3):
-    line = (b"Nov 20 01:00:0%d mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[" + ip.encode()
+    line = (b"%s mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[" + ip.encode()
             + b"]: 550 5.1.1 <" + EVIL + b"caf\xc3\xa9@example.com>: Recipient address rejected: User unknown "
             b"in local recipient table; from=<a@example.org> to=<u@example.com> proto=ESMTP helo=<" + EVIL + b">\n")
-    suspicious = b"Nov 20 01:00:09 mx postfix/smtpd[1]: warning: " + EVIL + b" illegal address\n"
-    path.write_bytes(b"".join(line % i for i in range(n)) + suspicious)
+    suspicious = stamp(9).encode() + b" mx postfix/smtpd[1]: warning: " + EVIL + b" illegal address\n"
+    path.write_bytes(b"".join(line % stamp(i).encode() for i in range(n)) + suspicious)
+    touch_now(path)
     return path
 
 

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from daemonproc import Daemon, dnsbl, append
+from conftest import touch_now
+from daemonproc import Daemon, append, dnsbl
 from netlab import Lab, need_netns, need_tools
 from test_firewall import Server
 
@@ -96,6 +97,7 @@ def test_promotion_never_covers_the_hosts_own_or_an_allowed_address(lab, tmp_pat
                "198.51.100.20", "198.51.100.21", "198.51.100.22", "192.0.2.20", "192.0.2.21", "192.0.2.22"]
     log = tmp_path / "mail.log"
     log.write_text("".join(f"{stamp} mx postfix/postscreen[9]: DNSBL rank 5 for [{c}]:4000\n" for c in clients))
+    touch_now(log)
     cfg = tmp_path / "c.toml"
     cfg.write_text('[allow]\naddresses = ["198.51.100.250"]\n')
     try:
@@ -162,13 +164,16 @@ def test_a_partner_allowed_by_name_keeps_its_networks_across_runs_and_nodes(tmp_
         f"{stamp} mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[{ip}]: 554 5.7.1 <v@example.net>: "
         f"Relay access denied; from=<a@example.org> to=<v@example.net> proto=ESMTP helo=<x>\n"
         for ip in ("198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8:5::66") for _ in range(3)))
+    touch_now(partner, bots)
     assert logban(*db, "scan", "--apply", str(partner)).returncode == 0
     assert logban(*db, "scan", "--apply", str(bots)).returncode == 0
     bans = {b["target"] for b in json.loads(logban(*db, "list", "--json").stdout)}
     assert bans == {"198.51.100.1", "198.51.100.2", "198.51.100.3", "2001:db8:5::66"}
-    assert logban(*db, "ban", "198.51.100.0/24").returncode == 0      # by hand: the admin's call ...
+    r = logban(*db, "ban", "198.51.100.0/24")                         # not by hand ...
+    assert r.returncode == 2 and b"198.51.100.50" in r.stderr
+    insert_ban(tmp_path / "logban.db", "198.51.100.0/24")               # ... and not from another node
     out = logban(*db, "export", "--format", "plain")
-    assert "198.51.100.0/24" not in out.stdout.decode()                # ... but never enforced over a partner
+    assert "198.51.100.0/24" not in out.stdout.decode()
     assert b"198.51.100.50" in out.stderr and b"verified name" in out.stderr
 
 
