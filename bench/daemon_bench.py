@@ -135,7 +135,7 @@ def latency(n: int, tmp: Path) -> None:
 
 def follow_rate(rate: int, seconds: float, tmp: Path) -> None:
     src = HERE / "out" / "mail-1000000.log"
-    if not src.exists():
+    if not src.exists() or time.time() - src.stat().st_mtime > 86400:      # stamps relative to its day
         src.parent.mkdir(exist_ok=True)
         subprocess.run([sys.executable, str(HERE / "genlog.py"), "-n", "1000000", "-o", str(src)], check=True)
     lines = src.read_bytes().splitlines(keepends=True)

@@ -56,7 +56,7 @@ def main() -> None:
     a = ap.parse_args()
     OUT.mkdir(exist_ok=True)
     log = OUT / f"mail-{a.lines}.log"
-    if not log.exists():
+    if not log.exists() or time.time() - log.stat().st_mtime > 86400:      # stamps relative to its day
         subprocess.run([sys.executable, str(HERE / "genlog.py"), "-n", str(a.lines), "-o", str(log)], check=True)
     size = log.stat().st_size
     print(f"log: {log} ({a.lines:,} lines, {size / 2**20:.0f} MiB, about 20% offence lines)")
