@@ -13,6 +13,7 @@ migrates an older database in one transaction, and refuses a newer one.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +28,7 @@ from .rules import KINDS
 from .score import Decision, Past
 
 SCHEMA_VERSION = 4
+PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
@@ -242,6 +244,7 @@ def make_engine(url: str) -> Engine:
 class Store:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
+        self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
         self.engine = make_engine(self.url)
         self.shared = self.engine.dialect.name == "postgresql"        # several nodes: LISTEN/NOTIFY
         try:
@@ -312,6 +315,7 @@ class Store:
             if positions:
                 self._save_positions(conn, node, positions, now)
             if partners:
+                self._partners = {}
                 conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE, [
                     (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in partners])
             if offences:
@@ -524,14 +528,22 @@ class Store:
                  .order_by(OFFENCES.c.time))
             return list(conn.execute(q))
 
-    def partners(self, allow) -> list[str]:
-        """Addresses whose last verified name `allow`'s name patterns cover."""
+    def partners(self, allow, max_age: float = PARTNERS_TTL) -> list[str]:
+        """Addresses whose last verified name `allow`'s name patterns cover. The query reads
+        every offender (no index serves `%.example.com`): its answer is reused for `max_age`
+        seconds, since a sync or an export may ask for it every second."""
         if not allow.names:
             return []
+        now = time.monotonic()
+        hit = self._partners.get(allow.names)
+        if hit is not None and now - hit[0] < max_age:
+            return hit[1]
         like = [OFFENDERS.c.name.like(p.replace("*", "%").replace("?", "_")) for p in allow.names]
         with self.read() as conn:
             rows = conn.execute(sa.select(OFFENDERS.c.target, OFFENDERS.c.name).where(sa.or_(*like)))
-            return [t for t, n in rows if "/" not in t and allow.name_allowed(n)]
+            got = [t for t, n in rows if "/" not in t and allow.name_allowed(n)]
+        self._partners = {allow.names: (now, got)}
+        return got
 
     def offender(self, target: str) -> sa.Row | None:
         with self.read() as conn:
