@@ -131,7 +131,6 @@ class Scorer:
         self._wide: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}   # other active networks
         self._members: dict[str, dict[str, tuple[float, str, str]]] = {}   # /24 -> ip -> (expires, kind, rule)
         self._target: dict[str, tuple[str, str | None, bool]] = {}         # ip -> (target, its IPv4 network, bannable)
-        self._net_ok: dict[str, bool] = {}          # network -> may it be a target
         self._partners: set[str] = set()            # networks holding a client allowed by verified name
         self._partner_ips: set[str] = set()
         self.new_partners: list[tuple[str, str, float]] = []   # (ip, name, time) first seen: for the store
@@ -141,7 +140,6 @@ class Scorer:
         """A policy and allow-list (at start, or reloaded): the scores and bans stay."""
         self.policy, self.allow = policy, allow
         self._target.clear()                 # prefix lengths and the allow-list may have changed
-        self._net_ok.clear()
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
                       else f"decaying, half-life {format_duration(policy.half_life)}")
@@ -158,13 +156,13 @@ class Scorer:
             p = self.policy
             a = ip_address(ip)
             v, num = a.version, int(a)
-            ok = not special(v, num, a.max_prefixlen)
             if v == 6:
                 net = self._network(ip, v, num, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
-                got = (net or ip, None, ok)
             else:
                 net = self._network(ip, v, num, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
-                got = (ip, net, ok)
+            # A network that holds no special address proves its member is none either.
+            ok = net is not None or not special(v, num, a.max_prefixlen)
+            got = (net or ip, None, ok) if v == 6 else (ip, net, ok)
             if len(self._target) > 200_000:
                 self._target.clear()
             self._target[ip] = got
@@ -174,16 +172,14 @@ class Scorer:
         """The network of `prefix` around an address, when it may be banned as a whole: it holds
         no allow-listed, own or special address, and no client allowed by its verified name."""
         net = network_of(ip, prefix)
-        ok = self._net_ok.get(net)
-        if ok is None:
-            drop = (32 if version == 4 else 128) - prefix
-            num = num >> drop << drop
-            ok = (net not in self._partners and not special(version, num, prefix)
-                  and not self.allow.covers(version, num, prefix))
-            if len(self._net_ok) > 200_000:
-                self._net_ok.clear()
-            self._net_ok[net] = ok
-        return net if ok else None
+        if net in self._partners:
+            return None
+        drop = (32 if version == 4 else 128) - prefix
+        num = num >> drop << drop
+        # Numbers, not a cache: as cheap as a lookup, and nothing to bound.
+        if special(version, num, prefix) or self.allow.covers(version, num, prefix):
+            return None
+        return net
 
     def rate_key(self, ip: str, name: str | None) -> str | None:
         """What a rate rule counts `ip`'s matches for: its scoring target (an address where
@@ -207,7 +203,6 @@ class Scorer:
                 self._partners.clear()
             self._partners.add(net)
             self._target.clear()
-            self._net_ok.pop(net, None)
 
     def banned(self, target: str, net: str | None, t: float) -> bool:
         for k in (target, net):
