@@ -191,9 +191,9 @@ class Daemon:
                       match_timeout=cfg.parse.match_timeout, any_program=mta is not None,
                       rate_key=rate_key)
 
-    def _rate_key(self, ip: str, name: str | None) -> str | None:
+    def _rate_key(self, ip: str, name: str | None, t: float) -> str | None:
         """Rate rules count per the engine's scoring target (it runs before any line is read)."""
-        return self.engine.scorer.rate_key(ip, name)
+        return self.engine.scorer.rate_key(ip, name, t)
 
     @property
     def dry_run(self) -> bool:

@@ -43,6 +43,7 @@ _SPLOGGER = re.compile(rb"\d{9,11}\.\d{6} ")
 SUSPICIOUS = re.compile(rb"(?i)reject|denied|fail|warning|blocked|listed|attack|illegal|refused")
 
 _LIMIT = 200_000          # entries kept in each correlation or cache table
+_TIME_MAX = 253_402_300_799   # 9999-12-31T23:59:59Z
 
 
 @dataclass(slots=True)
@@ -254,10 +255,10 @@ class Parser:
     def __init__(self, rules: RuleSet, *, clock: Clock | None = None, max_line: int = 8192,
                  match_timeout: float = 0.05, any_program: bool = False,
                  collect_suspicious: int = 0, rate_prefix6: int = 64,
-                 rate_key: Callable[[str, str | None], str | None] | None = None) -> None:
-        """`rate_key(ip, name)`: what a rate rule counts a client's matches for (the scorer's
-        target), None for a client never counted (allow-listed); without it an IPv4
-        address, or an IPv6 address's /rate_prefix6 network."""
+                 rate_key: Callable[[str, str | None, float], str | None] | None = None) -> None:
+        """`rate_key(ip, name, time)`: what a rate rule counts a client's matches for (the
+        scorer's target), None for a client never counted (allow-listed); without it an
+        IPv4 address, or an IPv6 address's /rate_prefix6 network."""
         self.rules = rules
         self.clock = clock or Clock()
         self.max_line = max_line
@@ -414,7 +415,7 @@ class Parser:
         Rules that read the client field first need no end and still apply.
         """
         h = parse_header(line, self.clock)
-        if h is None:
+        if h is None or not 0 <= h.time <= _TIME_MAX:       # year 9999 or a tai64n of another era
             self.stats.no_header += 1
             return False
         allowed = self._allowed(h.program)
@@ -492,7 +493,7 @@ class Parser:
 
     def _over_rate(self, r: Rule, ip: str, name: str | None, t: float) -> bool:
         """Count one match of a rate rule; True once per window when the count passes `rate_over`."""
-        target = self._rate_target(ip) if self._rate_key is None else self._rate_key(ip, name)
+        target = self._rate_target(ip) if self._rate_key is None else self._rate_key(ip, name, t)
         if target is None:
             return False
         k = (r.id, target)

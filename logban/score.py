@@ -181,10 +181,15 @@ class Scorer:
             return None
         return net
 
-    def rate_key(self, ip: str, name: str | None) -> str | None:
+    def rate_key(self, ip: str, name: str | None, t: float = 0.0) -> str | None:
         """What a rate rule counts `ip`'s matches for: its scoring target (an address where
-        its network may not be banned); None for a client that is never an offender."""
-        if self.allow.address_allowed(ip) or self.allow.name_allowed(name):
+        its network may not be banned); None for a client that is never an offender. Rate
+        rules read every connection: a partner is learned from its first one, not only from
+        its first offence."""
+        if self.allow.address_allowed(ip):
+            return None
+        if self.allow.name_allowed(name):
+            self.partner(ip, name, t)
             return None
         target, _, ok = self._where(ip)
         return target if ok else None

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, SQLModel
 
+from .allow import TIME_MAX, canonical_num
 from .errors import StoreError
 from .parse import Offence
 from .rules import KINDS
@@ -141,6 +142,17 @@ def _number(col: sa.Column) -> sa.Label:
     REAL column as text (a row no logban wrote); CAST makes it a number there, and is a
     no-op on PostgreSQL. Read this way, no such row can stop a command or the daemon."""
     return sa.cast(col, sa.Float).label(col.name)
+
+
+OFFENCE_READ = tuple(_number(c) if c.name in ("time", "score") else c for c in OFFENCES.c)
+SCORE_MAX = 1_000.0
+
+
+def _sane(rows) -> list[sa.Row]:
+    """Offence rows a scorer may count: no row another node (or anyone who can write to the
+    store) made can stop a daemon that reads it, nor count for more than a rule could."""
+    return [r for r in rows if canonical_num(r.ip) is not None and 0 < r.time <= TIME_MAX
+            and 0 < r.score <= SCORE_MAX]
 
 
 BAN_READ = tuple(_number(c) if c.name in ("score", "created", "expires", "duration", "released") else c
@@ -452,8 +464,8 @@ class Store:
     def offences_after(self, after_id: int, not_node: str, limit: int = 50_000) -> list[sa.Row]:
         """Offences other nodes recorded, by id: what a node adds to its own scores."""
         with self.read() as conn:
-            return list(conn.execute(sa.select(OFFENCES).where(OFFENCES.c.id > after_id, OFFENCES.c.node != not_node)
-                                     .order_by(OFFENCES.c.id).limit(limit)))
+            return _sane(conn.execute(sa.select(*OFFENCE_READ).where(
+                OFFENCES.c.id > after_id, OFFENCES.c.node != not_node).order_by(OFFENCES.c.id).limit(limit)))
 
     def listen_dsn(self) -> str | None:
         """A libpq connection string for LISTEN (PostgreSQL only)."""
@@ -476,8 +488,11 @@ class Store:
         cut = now - retention
         with self.write() as conn:
             n = conn.execute(sa.delete(OFFENCES).where(OFFENCES.c.time < cut)).rowcount
+            # Rows without offences are partners (clients allowed by verified name): kept, so
+            # no network ban is ever made over one that was last seen long ago.
             conn.execute(sa.delete(OFFENDERS).where(
-                OFFENDERS.c.last_seen < cut, ~OFFENDERS.c.target.in_(sa.select(BANS.c.target))))
+                OFFENDERS.c.last_seen < cut, OFFENDERS.c.offences > 0,
+                ~OFFENDERS.c.target.in_(sa.select(BANS.c.target))))
             return n
 
     # ---- reading -------------------------------------------------------------------------
@@ -514,19 +529,21 @@ class Store:
         """The latest ban of every target: what escalation and ban counts build on."""
         with self.read() as conn:
             last = sa.select(sa.func.max(BANS.c.id)).group_by(BANS.c.target)
-            q = sa.select(BANS.c.target, BANS.c.created, BANS.c.duration, BANS.c.count).where(BANS.c.id.in_(last))
-            return {t: Past(c, d, n) for t, c, d, n in conn.execute(q)}
+            q = sa.select(BANS.c.target, _number(BANS.c.created), _number(BANS.c.duration),
+                          sa.cast(BANS.c.count, sa.Integer).label("count")).where(BANS.c.id.in_(last))
+            return {t: Past(c, d, n) for t, c, d, n in conn.execute(q)
+                    if 0 <= c <= TIME_MAX and (d is None or d >= 0) and n >= 0}
 
     def recent_offences(self, horizon: float) -> list[sa.Row]:
         """Offences that may still count toward a score: within `horizon` of the newest, after each reset."""
         with self.read() as conn:
-            newest = conn.execute(sa.select(sa.func.max(OFFENCES.c.time))).scalar()
+            newest = conn.execute(sa.select(sa.func.max(sa.cast(OFFENCES.c.time, sa.Float)))).scalar()
             if newest is None:
                 return []
-            q = (sa.select(OFFENCES).join(OFFENDERS, OFFENDERS.c.target == OFFENCES.c.target)
+            q = (sa.select(*OFFENCE_READ).join(OFFENDERS, OFFENDERS.c.target == OFFENCES.c.target)
                  .where(OFFENCES.c.time >= newest - horizon, OFFENCES.c.time > OFFENDERS.c.reset_at)
                  .order_by(OFFENCES.c.time))
-            return list(conn.execute(q))
+            return _sane(conn.execute(q))
 
     def partners(self, allow, max_age: float = PARTNERS_TTL) -> list[str]:
         """Addresses whose last verified name `allow`'s name patterns cover. The query reads
@@ -541,13 +558,15 @@ class Store:
         like = [OFFENDERS.c.name.like(p.replace("*", "%").replace("?", "_")) for p in allow.names]
         with self.read() as conn:
             rows = conn.execute(sa.select(OFFENDERS.c.target, OFFENDERS.c.name).where(sa.or_(*like)))
-            got = [t for t, n in rows if "/" not in t and allow.name_allowed(n)]
+            got = [t for t, n in rows if canonical_num(t) is not None and "/" not in t and allow.name_allowed(n)]
         self._partners = {allow.names: (now, got)}
         return got
 
     def offender(self, target: str) -> sa.Row | None:
         with self.read() as conn:
-            r = conn.execute(sa.select(OFFENDERS).where(OFFENDERS.c.target == target)).first()
+            r = conn.execute(sa.select(*(sa.cast(c, sa.Integer).label(c.name) if c.name in ("offences", "kinds")
+                                         else _number(c) if c.type.python_type is float else c for c in OFFENDERS.c))
+                             .where(OFFENDERS.c.target == target)).first()
             return r
 
     def offences_of(self, targets: list[str], ips: list[str], limit: int) -> tuple[int, list[sa.Row]]:

@@ -214,3 +214,18 @@ def test_store_text_reaches_exports_and_the_daemons_log_escaped(tmp_path, logban
         assert "\x1b" not in "".join(d.lines) and "\x07" not in "".join(d.lines) and "\\x1b]0;PW" in ln
     finally:
         d.stop()
+
+
+def test_a_partner_is_learned_from_its_connections_not_only_from_offences(tmp_path, logban):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[parse]\ntimezone = "UTC"\n[allow]\nhostnames = ["*.mailout.example.com"]\n')
+    db = ("-c", str(cfg), "--db", f"sqlite:///{tmp_path / 'logban.db'}", "--backend", "none")
+    stamp = time.strftime("%b %e %H:%M:%S", time.gmtime(time.time() - 120))
+    log = tmp_path / "mail.log"
+    log.write_text(f"{stamp} mx postfix/smtpd[1]: connect from out1.mailout.example.com[198.51.100.10]\n" + "".join(
+        f"{stamp} mx postfix/postscreen[9]: DNSBL rank 5 for [{ip}]:4000\n"
+        for ip in ("198.51.100.20", "198.51.100.21", "198.51.100.22")))
+    touch_now(log)
+    assert logban(*db, "scan", "--apply", str(log)).returncode == 0
+    bans = {b["target"] for b in json.loads(logban(*db, "list", "--json").stdout)}
+    assert bans == {"198.51.100.20", "198.51.100.21", "198.51.100.22"}

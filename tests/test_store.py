@@ -293,3 +293,37 @@ def test_rows_whose_times_are_no_numbers_are_read_as_numbers_or_refused(tmp_path
     assert [r.target for r in ok] == ["203.0.113.9"] and {t for t, _ in refused} == {"203.0.113.13", "203.0.113.16"}
     e = Engine(s, Policy(), AllowList(own=()), node="a", dry_run=False)      # the daemon's start reads them
     e.close()
+
+
+def test_rows_no_logban_wrote_cannot_stop_a_node_that_reads_them(tmp_path):
+    """Offence and ban rows with garbage addresses, times or scores (another node, anyone with
+    write access) are left out of what a scorer reads; partners survive the retention."""
+    db = url(tmp_path)
+    e = engine(db)
+    now = time.time()
+    e.add([off("198.51.100.77", now - 100)])
+    e.scorer.partner("198.51.100.10", "out1.mailout.example.com", now - 90 * 86400)
+    e.close()
+    e.store.ban(Decision("198.51.100.76", "manual", "", 0, now - 50, 10.0, 1, False, "t"), node="a", dry_run=False,
+                now=now - 50)
+    with sqlite3.connect(tmp_path / "logban.db") as c:
+        cols = "time, target, ip, mta, rule, kind, score, node, file, line, text"
+        for t, ip, score in ((now - 5, "garbage", 1), ("abc", "198.51.100.78", 1), (now - 5, "198.51.100.79", "x"),
+                             (now - 5, "198.51.100.80", -9e999), (now - 5, "198.51.100.81", 1e300)):
+            c.execute(f"INSERT INTO offences ({cols}) VALUES (?, ?, ?, 'p', 'r', 'dnsbl', ?, 'mx2', 'f', 1, '')",
+                      (t, ip, ip, score))
+            c.execute("INSERT OR IGNORE INTO offenders (target, score, score_time, first_seen, last_seen, offences, "
+                      "kinds, reset_at) VALUES (?, 0, 0, 0, ?, 1, 0, 0)", (ip, now))
+        c.execute("UPDATE bans SET created = 'abc', duration = 'NaN', count = 'lots'")
+        c.execute("UPDATE offenders SET kinds = 'k' WHERE target = '198.51.100.77'")
+    s = Store(db)
+    assert [r.ip for r in s.offences_after(0, "mx1")] == []
+    assert {r.ip for r in s.recent_offences(3600)} == {"198.51.100.77"}
+    assert all(isinstance(p.created, float) and isinstance(p.count, int) for p in s.history().values())
+    assert s.offender("198.51.100.77").kinds == 0
+    e = Engine(s, Policy(), AllowList(names=["*.mailout.example.com"], own=()), node="mx1", dry_run=False)
+    e.add([off("198.51.100.76", now, "dnsbl", 5)])       # escalation reads the odd history row
+    e.close()
+    assert "198.51.100.76" in {b.target for b in s.active_bans(time.time())}
+    s.prune(now, 30 * 86400)
+    assert s.partners(AllowList(names=["*.mailout.example.com"], own=()), max_age=0) == ["198.51.100.10"]
