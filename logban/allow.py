@@ -9,6 +9,7 @@ for a client about to be banned, in threads with a time limit, never per line.
 """
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import functools
 import ipaddress
@@ -23,6 +24,7 @@ import regex
 
 _NAME_PATTERN = regex.compile(r"[A-Za-z0-9*?_-]+(?:\.[A-Za-z0-9*?_-]+)*\.?")
 _CACHE_MAX = 100_000
+_SCREEN_MAX = 1_000_000          # verdicts kept: every active ban's, up to a million
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -64,6 +66,8 @@ _NEVER_NUMS: dict[int, tuple[tuple[int, int], ...]] = {
 
 def special(version: int, num: int, plen: int) -> bool:
     """The fast form of `unbannable`: whether the network (number, prefix length) is or holds a special address."""
+    if version == 6 and num >> 125 == 1 and plen >= 3:
+        return False                # global unicast 2000::/3 holds none (the common case, first)
     bits = 32 if version == 4 else 128
     for n, p in _NEVER_NUMS[version]:
         shift = bits - (p if p < plen else plen)        # two networks overlap when their shorter prefix agrees
@@ -204,10 +208,12 @@ class AllowList:
         self._by_len: dict[int, dict[int, set[int]]] = {4: {}, 6: {}}
         for n in self.networks:
             self._by_len[n.version].setdefault(n.prefixlen, set()).add(int(n.network_address))
-        self._nums = [(n.version, int(n.network_address), n.prefixlen) for n in self.networks]
+        # version -> sorted first addresses: a network holds an allowed one when one starts inside it
+        # (CIDR networks nest or are apart)
+        self._starts = {v: sorted(int(n.network_address) for n in self.networks if n.version == v) for v in (4, 6)}
         self.names = tuple(check_name_pattern(p) for p in names)
         self._cache: dict[str, bool] = {}
-        self._screened: dict[tuple[str, str | None], str | None] = {}
+        self._screened: dict = {}      # target (or (target, name)) -> why refused, or None
         self._partners: frozenset[str] = frozenset()
         self._partner_nums: list[tuple[int, int]] = []
 
@@ -242,8 +248,11 @@ class AllowList:
         if self._num_allowed(version, num, plen):
             return True
         bits = 32 if version == 4 else 128
-        return plen < bits and any(v == version and p >= plen and (n >> (bits - plen)) == (num >> (bits - plen))
-                   for v, n, p in self._nums)
+        if plen >= bits:
+            return False
+        starts = self._starts[version]
+        i = bisect.bisect_left(starts, num)
+        return i < len(starts) and starts[i] < num + (1 << (bits - plen))
 
     def name_allowed(self, name: str | None) -> bool:
         if not name or not self.names:
@@ -269,24 +278,26 @@ class AllowList:
             self._screened.clear()
         ok: list = []
         refused: list[tuple[str, str]] = []
-        cache = self._screened
+        cache, names = self._screened, bool(self.names)
+        keep, refuse = ok.append, refused.append
         for b in bans:
-            t, name = b.target, getattr(b, "name", None)
+            t = b.target
             exp = getattr(b, "expires", None)
             if exp is not None and not (isinstance(exp, (int, float)) and 0 <= exp <= TIME_MAX):
-                refused.append((t, f"its end {exp!r} is no time"))
+                refuse((t, f"its end {exp!r} is no time"))
                 continue
-            key = (t, name if self.names else None)
+            name = getattr(b, "name", None) if names else None
+            key = (t, name) if names else t       # a name matters only where patterns read it
             why = cache.get(key, False)
             if why is False:
                 why = self._refusal(t, name)
-                if len(cache) > _CACHE_MAX:
+                if len(cache) >= _SCREEN_MAX:
                     cache.clear()
                 cache[key] = why
             if why is None:
-                ok.append(b)
+                keep(b)
             else:
-                refused.append((t, why))
+                refuse((t, why))
         return ok, refused
 
     def _refusal(self, target, name: str | None) -> str | None:

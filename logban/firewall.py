@@ -639,7 +639,8 @@ class Firewall:
     def want(self, now: float | None = None) -> dict[str, int | None]:
         """What the kernel should hold now: the store's enforced bans, screened."""
         at = time.time() if now is None else now
-        ok, self.refused = self.allow.screen(self.store.enforced(at), self.store.partners(self.allow))
+        ok, self.refused = self.allow.screen(self.store.enforced(at, names=bool(self.allow.names)),
+                                             self.store.partners(self.allow))
         return wanted(ok, at)
 
     def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:

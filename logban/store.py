@@ -504,12 +504,15 @@ class Store:
                                       sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now)).order_by(BANS.c.created)
             return list(conn.execute(q))
 
-    def enforced(self, now: float) -> list[sa.Row]:
-        """What the firewall must hold: (target, expires, dry_run, node, name) of the active bans
-        that are not dry-run; `name`: the client's last verified name, for the allow-list."""
+    def enforced(self, now: float, names: bool = True) -> list[sa.Row]:
+        """What the firewall must hold: (target, expires, dry_run, node[, name]) of the active
+        bans that are not dry-run; `name`: the client's last verified name, for an allow-list
+        with name patterns (`names`; without them the join is work for nothing)."""
         with self.read() as conn:
-            q = sa.select(BANS.c.target, _number(BANS.c.expires), BANS.c.dry_run, BANS.c.node, OFFENDERS.c.name).join(
-                OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(
+            cols = [BANS.c.target, _number(BANS.c.expires), BANS.c.dry_run, BANS.c.node]
+            q = (sa.select(*cols, OFFENDERS.c.name).join(OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True)
+                 if names else sa.select(*cols))
+            q = q.where(
                 BANS.c.released.is_(None), BANS.c.dry_run.is_(False),
                 sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now))
             return list(conn.execute(q))

@@ -106,3 +106,16 @@ def test_screen_lets_through_only_what_this_node_may_enforce():
     assert "allow-listed" in why["192.0.2.0/24"] and "allow-listed" in why["198.51.100.0/24"]
     assert "partner.example" in why["203.0.113.10"] and "2001:db8::1" in why["2001:DB8::1"]
     assert a.screen(rows) == (ok, refused)          # the same verdicts from the cache
+
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 32)), max_size=6),
+       st.integers(0, 2**32 - 1), st.integers(0, 32))
+def test_covers_agrees_with_ipaddress(allowed, num, plen):
+    nets = [str(ipaddress.ip_network((n, p), strict=False)) for n, p in allowed]
+    a = AllowList(nets, own=())
+    q = ipaddress.ip_network((num, plen), strict=False)
+    want = any(q.overlaps(ipaddress.ip_network(n)) for n in [*nets, "127.0.0.0/8"])
+    assert a.covers(4, int(q.network_address), plen) == want
