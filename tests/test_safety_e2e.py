@@ -12,7 +12,7 @@ import pytest
 from conftest import touch_now
 from daemonproc import Daemon, append, dnsbl
 from netlab import Lab, need_netns, need_tools
-from test_firewall import Server
+from test_firewall import Server, lab  # noqa: F401 (the namespaces fixture)
 
 # Rows another node, a compromised node or a hand-edited database could hold.
 CRAFTED = (
@@ -37,14 +37,6 @@ def insert_ban(db_path, target: str, node: str = "other", dry_run: bool = False)
         (target, now, now + 3600, dry_run, node))
     con.commit()
     con.close()
-
-
-@pytest.fixture
-def lab(tmp_path):
-    need_netns()
-    lab = Lab(tmp_path)
-    yield lab
-    lab.close()
 
 
 @pytest.mark.parametrize("kind", ["nftables", "ipset"])
