@@ -116,10 +116,7 @@ def ban_target(text: str) -> str:
     """
     if not isinstance(text, str) or not text or len(text) > 64 or not _TARGET_CHARS.fullmatch(text):
         raise ValueError(f"{text!r} is not an address or network")
-    net = ipaddress.ip_network(text, strict=True)
-    if isinstance(net, ipaddress.IPv6Network) and net.network_address.ipv4_mapped is not None \
-            and net.prefixlen >= 96:
-        net = ipaddress.ip_network((net.network_address.ipv4_mapped, net.prefixlen - 96))
+    net = parse_network(text)
     why = unbannable(net)
     if why:
         raise ValueError(why)
@@ -227,10 +224,6 @@ class AllowList:
             self._cache[ip] = got
         return got
 
-    def _net_allowed(self, net: Network) -> bool:
-        """True when `net` lies wholly inside an allowed network."""
-        return self._num_allowed(net.version, int(net.network_address), net.prefixlen)
-
     def _num_allowed(self, version: int, num: int, prefixlen: int) -> bool:
         bits = 32 if version == 4 else 128
         for plen, nums in self._by_len[version].items():
@@ -318,14 +311,6 @@ class AllowList:
             for pv, pnum in self._partner_nums:
                 if pv == v and pnum >> (bits - plen) == num >> (bits - plen):
                     return f"holds {ip_address_text(pv, pnum)}, a client allowed by its verified name"
-        return None
-
-    def why(self, target: str, name: str | None = None) -> str | None:
-        """Why `target` must not be banned, or None."""
-        if self.target_allowed(target):
-            return "allow-listed address"
-        if self.name_allowed(name):
-            return f"allow-listed name {name}"
         return None
 
 
