@@ -15,12 +15,12 @@ import functools
 import ipaddress
 import socket
 import time
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import regex
-
 
 _NAME_PATTERN = regex.compile(r"[A-Za-z0-9*?_-]+(?:\.[A-Za-z0-9*?_-]+)*\.?")
 _CACHE_MAX = 100_000

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from logban.cli import check_rules
+from logban.cli.rules import check_rules
 from logban.errors import UsageError
 from logban.rules import derive_hint, lint_pattern, load_rules, literal_runs
 

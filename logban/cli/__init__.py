@@ -1,0 +1,44 @@
+"""The `logban` command: arguments in, one of the stages out, exit status as the contract says."""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..config import load_config
+from ..errors import FirewallError, StoreError, UsageError
+from ..report import safe
+from .args import build_parser
+from .bans import cmd_ban, cmd_list, cmd_show, cmd_unban
+from .daemon import cmd_reload, cmd_run
+from .export import cmd_export
+from .firewall import cmd_firewall
+from .rules import cmd_rules_check, cmd_test_rules
+from .scan import cmd_scan
+from .stats import cmd_stats
+
+COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "export": cmd_export, "run": cmd_run, "reload": cmd_reload, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
+            "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        cfg = load_config(args.config)
+        return COMMANDS[args.command](args, cfg)
+    except UsageError as e:
+        print(safe(f"logban: {e}"), file=sys.stderr)
+        return e.exit_status
+    except (StoreError, FirewallError) as e:
+        print(safe(f"logban: {e}"), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # stdout went away (`logban scan --events ... | head`): not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except Exception as e:                      # noqa: BLE001 - one line, no traceback
+        if os.environ.get("LOGBAN_DEBUG"):
+            raise
+        print(safe(f"logban: error: {type(e).__name__}: {e}"), file=sys.stderr)
+        return 1

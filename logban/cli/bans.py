@@ -1,0 +1,113 @@
+"""`logban list`, `ban`, `unban`, `show`: the bans by hand."""
+from __future__ import annotations
+
+import json
+import time
+
+from ..allow import ban_target
+from ..config import Config
+from ..errors import UsageError
+from ..parse import iso
+from ..report import (
+    ban_json,
+    bans_table,
+    show_human,
+)
+from ..score import Decision, Scorer
+from ..units import format_duration, parse_duration
+from .common import _allow, _enforce, _node, _related, _store, parse_target
+
+
+def cmd_list(args, cfg: Config) -> int:
+    store = _store(args, cfg)
+    now = time.time()
+    bans = store.bans() if args.all else store.active_bans(now)
+    if args.json:
+        print(json.dumps([ban_json(b) for b in bans], indent=2))
+    else:
+        print(bans_table(bans, now, args.all))
+    return 0
+
+
+def cmd_ban(args, cfg: Config) -> int:
+    try:        # never a target that cuts the host off (loopback, multicast, ...), nor a sloppy spelling
+        target = ban_target(args.target)
+    except ValueError as e:
+        raise UsageError(f"ban {args.target!r}: not a ban target: {e}") from None
+    if args.duration is None:
+        duration = cfg.policy.base_duration("manual")
+    elif args.duration.strip() == "permanent":
+        duration = None
+    else:
+        duration = parse_duration(args.duration, "--for")
+        if duration <= 0:
+            raise UsageError(f"--for: {args.duration!r} must be above zero")
+    allow = _allow(cfg)
+    if allow.target_allowed(target):
+        raise UsageError(f"{target} is allow-listed (allow.addresses, loopback or this host's own address): not banned")
+    store = _store(args, cfg)
+    _, refused = allow.screen([Decision(target, "manual", "", 0.0, 0.0, None, 1, False, "")], store.partners(allow))
+    if refused:
+        raise UsageError(f"{target}: not banned: {refused[0][1]}")
+    now = time.time()
+    scorer = Scorer(cfg.policy, allow)
+    scorer.history = store.history()
+    _, count, _ = scorer.duration(target, "manual", "", now)
+    reason = args.reason or "banned by hand"
+    d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
+    store.ban(d, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run, now=now)
+    print(f"banned {target} for {format_duration(duration)}" + (" (dry run)" if cfg.dry_run or args.dry_run else ""))
+    print(_enforce(args, cfg, store, dry_run=args.dry_run))
+    return 0
+
+
+def cmd_unban(args, cfg: Config) -> int:
+    targets = [parse_target(t) for t in args.targets]      # all checked before anything changes
+    store = _store(args, cfg)
+    now = time.time()
+    active = {b.target for b in store.active_bans(now)}
+    policy = cfg.policy
+    for t in targets:
+        hit = _related(t, active)
+        scored = Scorer(policy).target_of(t)[0] if "/" not in t else t
+        done = store.release(dict.fromkeys([*hit, t, scored]), "unban", now)
+        lifted = [x for x in hit if done.get(x)]
+        if lifted:
+            print(f"unbanned {t}: lifted {', '.join(lifted)}; score cleared")
+        else:
+            print(f"{t}: not banned; score cleared")
+    print(_enforce(args, cfg, store))
+    return 0
+
+
+def cmd_show(args, cfg: Config) -> int:
+    target = parse_target(args.target)
+    store = _store(args, cfg)
+    now = time.time()
+    scored = Scorer(cfg.policy).target_of(target)[0] if "/" not in target else target
+    every = store.bans()
+    related = set(_related(target, {b.target for b in every}))
+    bans = [b for b in every if b.target in related]
+    from ..store import kind_names
+    off = store.offender(scored)
+    ips = [target] if "/" not in target else []
+    total, recent = store.offences_of([scored, target], ips, args.offences)
+    active = [b for b in bans if b.released is None and (b.expires is None or b.expires > now)]
+    data = {
+        "target": target, "scored_as": scored, "banned": bool(active),
+        "offender": None if off is None else {
+            "score": off.score, "score_time": iso(off.score_time) if off.score_time else None,
+            "first_seen": iso(off.first_seen), "last_seen": iso(off.last_seen), "offences": off.offences,
+            "kinds": kind_names(off.kinds), "name": off.name,
+            "reset_at": iso(off.reset_at) if off.reset_at else None},
+        "bans": [ban_json(b) for b in bans],
+        "offences": {"total": total, "recent": [
+            {"time": iso(r.time), "ip": r.ip, "mta": r.mta, "rule": r.rule, "kind": r.kind, "score": r.score,
+             "node": r.node, "file": r.file, "line": r.line, "text": r.text} for r in recent]},
+        "threshold": cfg.policy.threshold,
+    }
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(show_human(data, bans, now))
+    return 0

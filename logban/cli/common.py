@@ -1,0 +1,189 @@
+"""What the commands share: config to stages, log sources to a parser, targets from arguments."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..allow import AllowList, Resolver, parse_network
+from ..config import Config
+from ..errors import FirewallError, UsageError
+from ..parse import Clock, Offence, Parser, canonical_ip
+from ..report import (
+    safe,
+)
+from ..rules import RuleSet, load_rules
+from ..score import Scorer
+from ..sources import READ_ERRORS, Source, chunks, open_source
+
+
+def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) -> RuleSet:
+    return load_rules(cfg.rule_dirs + list(extra), disable=cfg.disable,
+                      own_names=cfg.parse.own_names, only_packs=tuple(mta or ()))
+
+
+def _parser(cfg: Config, rules: RuleSet, mta: list[str] | None, scorer: Scorer, **kw) -> Parser:
+    """Rate rules count per the scorer's target, never for an allow-listed client."""
+    return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
+                  match_timeout=cfg.parse.match_timeout, any_program=bool(mta),
+                  rate_key=scorer.rate_key, **kw)
+
+
+class _Progress:
+    """A status line on stderr while a long scan runs, only on a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
+
+    def show(self, name: str, lines: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.last > 0.5:
+            self.last = now
+            rate = lines / max(now - self.start, 1e-9)
+            sys.stderr.write(f"\r\x1b[Kscanning {safe(name)}: {lines:,} lines ({rate:,.0f}/s)")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.enabled and self.last != self.start:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
+
+
+def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
+    """`chunk` without its first `n` lines, and how many it had of them."""
+    pos = 0
+    for i in range(n):
+        nl = chunk.find(b"\n", pos)
+        if nl < 0:
+            return b"", i + (1 if pos < len(chunk) else 0)
+        pos = nl + 1
+    return chunk[pos:], n
+
+
+def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Offence]], None],
+                 progress: _Progress | None = None, *, skip: Callable[[Source], int] | None = None,
+                 read_to: Callable[[Source, int], None] | None = None) -> list[str]:
+    """Run every source through the parser in order; names of sources not read to the end.
+    `skip(src)`: lines of it applied before, not read again; `read_to(src, lines)`: after each chunk."""
+    failed = []
+    for src in sources:
+        parser.file = src.name
+        parser.clock.set_reference(src.mtime() or time.time())
+        lines = 0
+        left = skip(src) if skip else 0
+        try:
+            stream = open_source(src)
+            try:
+                for chunk in chunks(stream, parser.max_line):
+                    if left:
+                        chunk, dropped = _skip_lines(chunk, left)
+                        left -= dropped
+                        lines += dropped
+                        if not chunk:
+                            continue
+                    before = parser.stats.lines
+                    offs = parser.feed(chunk, lines)
+                    lines += parser.stats.lines - before
+                    if offs:
+                        sink(offs)
+                    if read_to:
+                        read_to(src, lines)
+                    if progress:
+                        progress.show(src.name, parser.stats.lines)
+            finally:
+                if src.path is not None:
+                    stream.close()
+        except READ_ERRORS as e:
+            print(safe(f"logban: {src.name}: {e} (read {lines:,} lines)"), file=sys.stderr)
+            failed.append(src.name)
+    parser.finish()
+    return failed
+
+
+def _store(args, cfg: Config):
+    from ..store import (
+        Store,  # SQLAlchemy takes a third of a second to import: only when needed
+    )
+    return Store(args.db or cfg.database)
+
+
+def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
+    from ..firewall import Firewall, choose
+    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store, _allow(cfg))
+
+
+def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
+    """After the store changed: the kernel follows. Returns a note for the user."""
+    fw = _firewall(args, cfg, store, dry_run=dry_run)
+    if not fw.enforcing:
+        return "not enforced: firewall backend none" + (" (dry run)" if cfg.dry_run or dry_run else
+                                                         " (not root)" if os.geteuid() else "")
+    try:
+        p = fw.sync()
+    except FirewallError as e:
+        raise FirewallError(f"{e} (the store has the change; `logban firewall sync` enforces it)") from None
+    return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed"
+
+
+def _node(args, cfg: Config) -> str:
+    return getattr(args, "node", None) or cfg.node or socket.gethostname()
+
+
+def _check_rule_durations(cfg: Config, rules: RuleSet) -> None:
+    for rid in cfg.policy.rule_durations:
+        if rules.by_id(rid) is None:
+            raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
+
+
+def _allow(cfg: Config) -> AllowList:
+    """The config's allow-list, with loopback and this host's own addresses."""
+    return AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+
+
+def _engine(args, cfg: Config, store, allow: AllowList | None = None):
+    from ..engine import Engine
+    allow = allow or _allow(cfg)
+    resolver = Resolver(cfg.allow.resolve_timeout) if cfg.allow.resolve else None
+    return Engine(store, cfg.policy, allow, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run,
+                  resolver=resolver)
+
+
+def parse_target(text: str, what: str = "target") -> str:
+    """An address or network as the store spells it; a malformed one is the user's mistake."""
+    bad = f"{what} {text!r}: not an address or network (like 192.0.2.7, 198.51.100.0/24, 2001:db8::/64)"
+    if "/" not in text:
+        ip = canonical_ip(text.strip())
+        if ip is None:
+            raise UsageError(bad)
+        return ip
+    try:
+        net = parse_network(text, strict=False)
+    except ValueError:
+        raise UsageError(bad) from None
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def _related(target: str, candidates) -> list[str]:
+    """Of `candidates`, those that cover `target` or lie inside it."""
+    net = ipaddress.ip_network(target)
+    out = []
+    for c in candidates:
+        try:        # a bad row in the store (written by anything) must not stop unban or show
+            n = ipaddress.ip_network(c, strict=False)
+        except (ValueError, TypeError):
+            if c == target:
+                out.append(c)
+            continue
+        if n.version == net.version and (net.subnet_of(n) or n.subnet_of(net)):
+            out.append(c)
+    return out
+
+
+def _text(raw: bytes, n: int) -> str:
+    """The first `n` characters of a log line (invalid UTF-8 as \\xNN escapes)."""
+    return raw.decode("utf-8", "backslashreplace")[:n]

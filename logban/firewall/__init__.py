@@ -1,0 +1,108 @@
+"""Where a decision becomes a firewall element: the kernel made to hold exactly the
+active bans of the store.
+
+The store is the truth; the kernel follows it. `Firewall.sync` lists what the
+kernel holds, computes the difference to the active bans (`plan`, pure) and
+applies it in one batch: one `nft -f -` transaction, one `ipset restore`, or one
+libiptc commit, never one process per ban. Every element carries its remaining
+ban time as a kernel timeout, so bans end on time even while logban is down;
+bans longer than the kernel accepts are refreshed by later syncs. A crash between
+a database commit and the kernel update is repaired by the next sync.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping
+
+from ..allow import AllowList
+from ..errors import FirewallError
+from .backend import Backend, NoBackend, iptables_mode
+from .hooks import _src
+from .ipset import Ipset
+from .iptables import Iptables
+from .nftables import Nftables
+from .plan import (
+    ACTIONS,
+    BACKENDS,
+    KERNEL_TIMEOUT_MAX,
+    REFRESH_CAPPED,
+    SLACK,
+    FirewallOptions,
+    Plan,
+    kernel_timeout,
+    plan,
+    wanted,
+)
+
+__all__ = ["ACTIONS", "BACKENDS", "KERNEL_TIMEOUT_MAX", "REFRESH_CAPPED", "SLACK", "Backend", "Firewall",
+           "FirewallOptions", "Ipset", "Iptables", "Nftables", "NoBackend", "Plan", "choose", "iptables_mode",
+           "kernel_timeout", "plan", "wanted", "_src"]
+
+
+def choose(opts: FirewallOptions, *, backend: str | None = None, dry_run: bool = False) -> Backend:
+    """The backend the options name (`backend`, from --backend, over them); `auto` is what
+    this host uses (none when not root)."""
+    name = backend or opts.backend
+    if dry_run:
+        return NoBackend(opts)
+    if name == "auto":
+        if os.geteuid() != 0:
+            return NoBackend(opts)          # a firewall needs root: decisions are recorded only
+        mode = iptables_mode()
+        if shutil.which("nft") or mode == "nf_tables":
+            name = "nftables"
+        elif mode == "legacy":
+            name = "ipset" if shutil.which("ipset") else "iptables"
+        else:
+            return NoBackend(opts)
+    return {"nftables": Nftables, "ipset": Ipset, "iptables": Iptables, "none": NoBackend}[name](opts)
+
+
+class Firewall:
+    """The enforcing edge: a backend kept equal to the store's active bans that this
+    node's allow-list lets through (`AllowList.screen`: nothing read from the store
+    reaches the kernel unchecked)."""
+
+    ATTEMPTS = 3
+
+    def __init__(self, backend: Backend, store, allow: AllowList | None = None) -> None:
+        self.backend, self.store = backend, store
+        self.allow = allow if allow is not None else AllowList()
+        self.wanted: dict[str, int | None] = {}      # what the last sync put in the kernel
+        self.refused: list[tuple[str, str]] = []     # store bans the last look left out: (target, why)
+
+    @property
+    def enforcing(self) -> bool:
+        return not isinstance(self.backend, NoBackend)
+
+    def want(self, now: float | None = None) -> dict[str, int | None]:
+        """What the kernel should hold now: the store's enforced bans, screened."""
+        at = time.time() if now is None else now
+        ok, self.refused = self.allow.screen(self.store.enforced(at, names=bool(self.allow.names)),
+                                             self.store.partners(self.allow))
+        return wanted(ok, at)
+
+    def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
+        return plan(self.want(now), self.backend.elements() if have is None else have)
+
+    def sync(self, now: float | None = None) -> Plan:
+        """Make the kernel equal the store in one batch; returns what was different."""
+        if not self.enforcing:
+            self.wanted = self.want(now)
+            return Plan()
+        self.backend.setup()
+        for attempt in range(self.ATTEMPTS):
+            want = self.want(now)
+            p = plan(want, self.backend.elements())
+            try:
+                self.backend.apply(p.add, p.remove)
+                self.wanted = want
+                return p
+            except FirewallError:
+                # A kernel timeout ran out between listing and applying (nft refuses to
+                # delete what is gone): list again and retry.
+                if attempt == self.ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")

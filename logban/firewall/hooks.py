@@ -1,0 +1,141 @@
+"""logban's rules in the iptables INPUT/FORWARD chains, shared by the ipset and iptables backends."""
+from __future__ import annotations
+
+import glob
+import ipaddress
+import os
+import shlex
+import shutil
+
+from ..errors import FirewallError
+from .backend import _run
+from .plan import FirewallOptions
+
+
+def _iptc():
+    """python-iptables, told where the xtables extensions live (it does not look in Debian's multiarch path)."""
+    if "XTABLES_LIBDIR" not in os.environ:
+        for d in [*glob.glob("/usr/lib/*/xtables"), "/usr/lib/xtables", "/usr/lib64/xtables", "/lib/xtables"]:
+            if os.path.isdir(d):
+                os.environ["XTABLES_LIBDIR"] = d
+                break
+    try:
+        import iptc
+    except Exception as e:         # noqa: BLE001 - XTablesError and friends: one line
+        raise FirewallError(f"python-iptables cannot load libiptc: {e}") from None
+    return iptc
+
+
+def _filter_table(v6: bool):
+    """libiptc's filter table (IPv4 or IPv6), read afresh."""
+    iptc = _iptc()
+    t = iptc.Table6(iptc.Table6.FILTER) if v6 else iptc.Table(iptc.Table.FILTER)
+    t.refresh()
+    return t
+
+
+class _Hooks:
+    """logban's rules in the INPUT (and FORWARD) chains, marked with the comment "logban".
+
+    Written with python-iptables where the host's iptables is legacy, and with the
+    iptables commands where it is nf_tables, so `iptables -S` shows them either way.
+    """
+
+    COMMENT = "logban"
+
+    def __init__(self, mode: str | None, chains: list[str]) -> None:
+        self.mode, self.chains = mode, chains
+
+    def specs(self, opts: FirewallOptions, v6: bool, match: list[str], jump: str) -> list[str]:
+        m = list(match)
+        if opts.ports:
+            m += ["-p", "tcp", "-m", "multiport", "--dports", ",".join(map(str, opts.ports))]
+        m += ["-m", "comment", "--comment", self.COMMENT]
+        if jump == "REJECT":
+            m += ["-j", "REJECT"] + (["--reject-with", "tcp-reset"] if opts.ports else [])
+        else:
+            m += ["-j", jump]
+        return m
+
+    def install(self, rules: dict[bool, list[str]]) -> None:
+        """Exactly these rules (per family: v6 True/False) at the head of each hooked chain."""
+        self.remove()
+        for v6, spec in rules.items():
+            for chain in self.chains:
+                if self.mode == "legacy":
+                    self._iptc_insert(v6, chain, spec)
+                else:
+                    _run(["ip6tables" if v6 else "iptables", "-w", "-I", chain, "1", *spec])
+
+    def remove(self) -> None:
+        for v6 in (False, True):
+            for chain in ("INPUT", "FORWARD"):
+                if self.mode == "legacy":
+                    self._iptc_remove(v6, chain)
+                    continue
+                cmd = "ip6tables" if v6 else "iptables"
+                if shutil.which(cmd) is None:
+                    continue
+                for line in _run([cmd, "-w", "-S", chain]).splitlines():
+                    if f"--comment {self.COMMENT} " in line and line.startswith(f"-A {chain} "):
+                        _run([cmd, "-w", "-D", *shlex.split(line)[1:]])
+
+    def present(self) -> list[str]:
+        out = []
+        for v6 in (False, True):
+            for chain in ("INPUT", "FORWARD"):
+                if self.mode == "legacy":
+                    t = _filter_table(v6)
+                    for r in (t.is_chain(chain) and _iptc().Chain(t, chain).rules) or []:
+                        if self._ours(r):
+                            out.append(f"{'ip6' if v6 else 'ip'}tables-legacy {chain}: "
+                                       f"{' '.join('-m ' + m.name for m in r.matches)} -j {r.target.name}")
+                else:
+                    cmd = "ip6tables" if v6 else "iptables"
+                    if shutil.which(cmd):
+                        out += [f"{cmd} {ln}" for ln in _run([cmd, "-w", "-S", chain]).splitlines()
+                                if f"--comment {self.COMMENT} " in ln]
+        return out
+
+    # python-iptables: the rule is parsed from the same iptables-style words.
+
+    def _ours(self, r) -> bool:
+        return any(m.name == "comment" and m.comment == self.COMMENT for m in r.matches)
+
+    def _iptc_insert(self, v6: bool, chain: str, spec: list[str]) -> None:
+        iptc = _iptc()
+        r = iptc.Rule6() if v6 else iptc.Rule()
+        words = list(spec)
+        while words:
+            w = words.pop(0)
+            if w == "-p":
+                r.protocol = words.pop(0)
+            elif w in ("-m", "-j"):
+                ext = (r.create_match if w == "-m" else r.create_target)(words.pop(0))
+                while words and words[0].startswith("--"):
+                    opt, vals = words.pop(0)[2:].replace("-", "_"), []
+                    while words and not words[0].startswith("-"):
+                        vals.append(words.pop(0))     # --match-set takes two words
+                    setattr(ext, opt, vals if len(vals) > 1 else vals[0])
+        t = _filter_table(v6)
+        iptc.Chain(t, chain).insert_rule(r)
+
+    def _iptc_remove(self, v6: bool, chain: str) -> None:
+        iptc = _iptc()
+        t = _filter_table(v6)
+        if not t.is_chain(chain):
+            return
+        t.autocommit = False
+        c = iptc.Chain(t, chain)
+        for r in [r for r in c.rules if self._ours(r)]:
+            c.delete_rule(r)
+        t.commit()
+        t.autocommit = True
+
+
+def _src(src: str) -> str:
+    """libiptc's "address/netmask" as the store spells the target."""
+    addr, _, mask = src.partition("/")
+    a = ipaddress.ip_address(addr)
+    plen = int(ipaddress.ip_address(mask)).bit_count() if mask and not mask.isdigit() else int(mask or a.max_prefixlen)
+    return addr if plen == a.max_prefixlen else f"{addr}/{plen}"

@@ -1,0 +1,124 @@
+"""What the kernel should hold, and what to change to get there (pure)."""
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+KERNEL_TIMEOUT_MAX = 2_147_483      # seconds: ipset's maximum, used by every backend alike
+# A kernel timeout off from the ban's remaining time by more than this is refreshed ...
+SLACK = 10
+# ... except a capped one (a ban longer than the kernel takes), refreshed once less
+# than a day of the cap is left, so that periodic syncs do not rewrite it every time.
+REFRESH_CAPPED = 86_400
+IPTABLES_LINEAR = 5_000            # iptables rules are matched one by one: warn beyond this
+ACTIONS = ("drop", "reject")
+BACKENDS = ("auto", "nftables", "ipset", "iptables", "none")
+
+
+@dataclass(frozen=True)
+class FirewallOptions:
+    backend: str = "auto"
+    action: str = "drop"
+    ports: tuple[int, ...] = ()     # TCP ports to close to banned clients; empty: all traffic
+    forward: bool = False           # the forward hook too (a mail server in a container)
+
+
+def kernel_timeout(expires: float | None, now: float) -> int | None:
+    """Seconds an element lives in the kernel; None: no timeout (a permanent ban)."""
+    if expires is None:
+        return None
+    return max(1, min(KERNEL_TIMEOUT_MAX, math.ceil(expires - now)))
+
+
+def _key(target: str) -> tuple[int, int, int]:
+    """(version, network number, prefix length) of a canonical address or CIDR."""
+    addr, _, plen = target.partition("/")
+    fam, bits = (socket.AF_INET6, 128) if ":" in addr else (socket.AF_INET, 32)
+    num = int.from_bytes(socket.inet_pton(fam, addr), "big")
+    return (6 if bits == 128 else 4), num, int(plen) if plen else bits
+
+
+def wanted(bans: Iterable, now: float) -> dict[str, int | None]:
+    """Kernel elements for the enforced active bans: target -> kernel timeout.
+
+    A target inside another banned network is left out: the network drops its
+    packets already, and nftables refuses overlapping intervals in one set.
+    """
+    want: dict[str, int | None] = {}
+    for b in bans:
+        if b.dry_run or (b.expires is not None and b.expires <= now):
+            continue
+        t = kernel_timeout(b.expires, now)
+        old = want.get(b.target, 0)
+        want[b.target] = None if t is None or old is None else max(t, old)
+    # Cheap first (prefix lengths from the text): a family can have covered targets only
+    # when one of its networks is shorter than its longest target.
+    shortest = {4: 33, 6: 129}
+    longest = {4: 0, 6: 0}
+    for target in want:
+        v = 6 if ":" in target else 4
+        _, slash, pl = target.partition("/")
+        plen = int(pl) if slash else (128 if v == 6 else 32)
+        if slash and plen < shortest[v]:
+            shortest[v] = plen
+        if plen > longest[v]:
+            longest[v] = plen
+    check = {v for v in (4, 6) if shortest[v] < longest[v]}
+    if not check:
+        return want
+    nets: dict[int, set[tuple[int, int]]] = {4: set(), 6: set()}       # version -> {(plen, number)}
+    keys = {t: _key(t) for t in want if (6 if ":" in t else 4) in check}
+    for target, (v, num, plen) in keys.items():
+        if "/" in target:
+            nets[v].add((plen, num))
+    lens = {v: sorted({p for p, _ in s}) for v, s in nets.items()}
+    for target, (v, num, plen) in keys.items():
+        bits = 128 if v == 6 else 32
+        for p in lens[v]:
+            if p >= plen:
+                break
+            if (p, num >> (bits - p) << (bits - p)) in nets[v]:
+                del want[target]
+                break
+    return want
+
+
+@dataclass
+class Plan:
+    add: dict[str, int | None] = field(default_factory=dict)      # target -> kernel timeout
+    remove: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)    # banned, not in the kernel
+    unknown: list[str] = field(default_factory=list)    # in the kernel, not banned
+    stale: list[str] = field(default_factory=list)      # in both, with the wrong time left
+
+    @property
+    def drift(self) -> int:
+        return len(self.missing) + len(self.unknown) + len(self.stale)
+
+
+def _stale(want: int | None, have: int | None) -> bool:
+    if want is None or have is None:
+        return want != have
+    if have > want + SLACK:
+        return True                 # the kernel would hold it after the ban ends
+    if want >= KERNEL_TIMEOUT_MAX:
+        return have < KERNEL_TIMEOUT_MAX - REFRESH_CAPPED
+    return have < want - SLACK
+
+
+def plan(want: Mapping[str, int | None], have: Mapping[str, int | None]) -> Plan:
+    """What makes the kernel (`have`) equal the store (`want`)."""
+    p = Plan()
+    for t, secs in want.items():
+        if t not in have:
+            p.missing.append(t)
+            p.add[t] = secs
+        elif _stale(secs, have[t]):
+            p.stale.append(t)
+            p.remove.append(t)
+            p.add[t] = secs
+    p.unknown = [t for t in have if t not in want]
+    p.remove.extend(p.unknown)
+    return p
