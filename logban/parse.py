@@ -158,6 +158,8 @@ class Clock:
         return None
 
     def iso(self, stamp: bytes) -> float | None:
+        if not stamp.isascii():
+            return None             # an RFC 5424 stamp is any non-space bytes: not a time
         text = stamp.decode("ascii").replace(",", ".").replace(" ", "T")
         head, sep, frac = text[:19], text[19:20], ""
         rest = text[19:]

@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 import regex
 
-from .errors import UsageError
 
 CHUNK = 1 << 20
 # What a missing, unreadable, truncated or corrupt file raises while it is read.
@@ -76,12 +75,19 @@ def expand(paths: list[str]) -> list[Source]:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 files += [Path(root, n) for n in names
                           if not n.startswith(".") and not n.endswith(_NOT_LOGS)]
-        elif p.exists():
-            files.append(p)
         else:
-            raise UsageError(f"{arg}: no such file or directory")
+            # A missing file is an unreadable input like any other: reported when it is
+            # read, and the others are still read (exit 1, not a usage error).
+            files.append(p)
     files = sorted(dict.fromkeys(files), key=_rotation_key)
     return [Source(str(f), f) for f in files] + out
+
+
+def read_error(e: BaseException) -> str:
+    """A read failure in the user's words: "No such file or directory", not "[Errno 2] ...: 'x'"."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror[:1].lower() + e.strerror[1:]
+    return str(e) or type(e).__name__
 
 
 def open_source(src: Source) -> BinaryIO:

@@ -80,8 +80,8 @@ def one_line_error(r) -> str:
 def test_bad_usage_exits_2_with_one_line(logban, tmp_path):
     r = logban("scan")
     assert r.returncode == 2 and "PATH" in one_line_error(r)
-    r = logban("scan", str(tmp_path / "missing.log"))
-    assert r.returncode == 2 and "no such file" in one_line_error(r)
+    r = logban("scan", str(tmp_path / "missing.log"))      # an unreadable input: exit 1 (contract)
+    assert r.returncode == 1 and "no such file" in one_line_error(r)
     r = logban("scan", "--top", "-3", "samples/logs")
     assert r.returncode == 2 and "--top" in one_line_error(r)
     r = logban("scan", "--top", "0", "samples/logs/sendmail")

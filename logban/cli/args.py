@@ -7,27 +7,78 @@ from pathlib import Path
 from .. import __version__
 from ..errors import UsageError
 
+COUNT_MAX = 1_000_000_000          # far above any real use; keeps SQL LIMITs in range
+
+EPILOG = """\
+exit status:
+  0  success
+  1  runtime failure (an unreadable input among several: the others are still read and reported;
+     the store or the firewall failed)
+  2  bad usage, bad config or bad rule pack (one line on stderr names the file, key or rule)
+  3  `status` only: the daemon is not running
+
+environment:
+  LOGBAN_DEBUG=1  show the Python traceback of an unexpected error instead of one line
+
+The global options -c, --db and --backend may be given before or after the command.
+`logban COMMAND --help` shows each command's options and examples."""
+
 
 class _Args(argparse.ArgumentParser):
+    def __init__(self, *a, **kw) -> None:
+        kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*a, **kw)
+
     def error(self, message: str) -> None:          # one line, exit 2
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
 def _count(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of 0 or more")
+    if not text.isdigit() or int(text) > COUNT_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to {COUNT_MAX:,}")
     return int(text)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = _Args(prog="logban", description="Ban hostile mail clients found in Postfix, sendmail and qmail logs.")
-    ap.add_argument("--version", action="version", version=f"logban {__version__}")
-    ap.add_argument("-c", "--config", type=Path, help="TOML config file (default: /etc/logban/logban.toml if present)")
-    ap.add_argument("--db", help="database URL (SQLAlchemy; default: SQLite)")
-    ap.add_argument("--backend", choices=("nftables", "ipset", "iptables", "none"), help="firewall backend")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Args)
+def _global_options(p: argparse.ArgumentParser, default) -> None:
+    """-c, --db, --backend: on the top parser (default None) and on every command (SUPPRESS,
+    so a command that does not name them keeps what was given before the command)."""
+    p.add_argument("-c", "--config", type=Path, metavar="FILE", default=default,
+                   help="TOML config file (default: /etc/logban/logban.toml if present)")
+    p.add_argument("--db", metavar="URL", default=default,
+                   help="database URL (SQLAlchemy; default: SQLite in /var/lib/logban as root, "
+                        "~/.local/state/logban otherwise)")
+    p.add_argument("--backend", choices=("nftables", "ipset", "iptables", "none"), default=default,
+                   help="firewall backend (default: [firewall] backend, auto; none without root)")
 
-    sc = sub.add_parser("scan", help="scan log files once and report offenders")
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {ln}" for ln in lines)
+
+
+class _Sub:
+    """Adds commands that all take the global options and end their help with examples."""
+
+    def __init__(self, action) -> None:
+        self.action = action
+
+    def add(self, name: str, help: str, *examples: str) -> argparse.ArgumentParser:
+        p = self.action.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".",
+                                   epilog=_examples(*examples) if examples else None)
+        _global_options(p, argparse.SUPPRESS)
+        return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = _Args(prog="logban", description="Ban hostile mail clients found in Postfix, sendmail and qmail logs.",
+               epilog=EPILOG)
+    ap.add_argument("--version", action="version", version=f"logban {__version__}")
+    _global_options(ap, None)
+    sub = _Sub(ap.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Args))
+
+    sc = sub.add("scan", "scan log files once and report offenders",
+                 "logban scan /var/log/mail.log*               # a rotated set, oldest first",
+                 "logban scan --events /var/log/mail.log | jq .ip",
+                 "logban scan --apply --dry-run samples/logs/  # record bans, never enforce them")
     sc.add_argument("paths", nargs="+", metavar="PATH", help="file, directory, rotated set member, or - for stdin")
     sc.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack (postfix, sendmail, qmail)")
     out = sc.add_mutually_exclusive_group()
@@ -42,60 +93,91 @@ def build_parser() -> argparse.ArgumentParser:
                     help="with --apply: also the lines an earlier scan --apply applied (they are counted again)")
     sc.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
 
-    ls = sub.add_parser("list", help="active bans (--all: history too)")
+    ls = sub.add("list", "active bans (--all: history too)",
+                 "logban list", "logban list --all", "logban list --json | jq '.[].target'")
     ls.add_argument("--all", action="store_true", help="every ban, released ones too")
     ls.add_argument("--json", action="store_true", help="a JSON array")
 
-    bn = sub.add_parser("ban", help="ban an address or network by hand")
-    bn.add_argument("target", metavar="TARGET", help="address or CIDR")
+    bn = sub.add("ban", "ban an address or network by hand",
+                 "logban ban 198.51.100.7", 'logban ban 203.0.113.0/24 --for 3d --reason "spam run"',
+                 "logban ban 2001:db8::/64 --for permanent --json")
+    bn.add_argument("target", metavar="TARGET", help="address or CIDR without host bits (198.51.100.0/24); "
+                                                     "a /8 or wider (IPv6 /32 or wider) needs --force")
     bn.add_argument("--for", dest="duration", metavar="DURATION",
                     help="how long (90s, 10m, 12h, 3d, 2w, or permanent; default: ban.durations.manual)")
     bn.add_argument("--reason", default="", metavar="TEXT", help="why, for the record")
     bn.add_argument("--dry-run", action="store_true", help="record as dry-run, never enforce")
+    bn.add_argument("--force", action="store_true", help="allow a ban of a /8 or wider (IPv6: /32 or wider)")
+    bn.add_argument("--json", action="store_true", help="the ban and the firewall's answer as one JSON object")
 
-    ub = sub.add_parser("unban", help="lift bans and clear the score of addresses or networks")
+    ub = sub.add("unban", "lift bans and clear the score of addresses or networks",
+                 "logban unban 198.51.100.7", "logban unban 203.0.113.0/24 2001:db8::5", "logban unban --json 198.51.100.7")
     ub.add_argument("targets", nargs="+", metavar="TARGET", help="address or CIDR (a network ban covering it is lifted)")
+    ub.add_argument("--json", action="store_true", help="what was lifted, as one JSON object")
 
-    sh = sub.add_parser("show", help="what logban knows about an address or network: score, offences, bans, why")
-    sh.add_argument("target", metavar="TARGET")
-    sh.add_argument("--json", action="store_true")
+    sh = sub.add("show", "what logban knows about an address or network: score, offences, bans, why",
+                 "logban show 198.51.100.7", "logban show 203.0.113.0/24 --offences 100", "logban show --json 2001:db8::5")
+    sh.add_argument("target", metavar="TARGET", help="address or CIDR")
+    sh.add_argument("--json", action="store_true", help="one JSON object")
     sh.add_argument("--offences", type=_count, default=20, metavar="N", help="recent offences shown (default 20)")
 
-    st = sub.add_parser("stats", help="offences and bans by kind, top offenders")
+    st = sub.add("stats", "offences and bans by kind, top offenders",
+                 "logban stats", "logban stats --since 24h --top 20", "logban stats --json")
     st.add_argument("--since", metavar="DURATION", help="only the last DURATION (like 24h, 7d)")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--top", type=_count, default=10, metavar="N", help="offenders listed (default 10)")
 
-    tr = sub.add_parser("test-rules", help="show what the rules make of a log file")
-    tr.add_argument("file", metavar="FILE")
+    tr = sub.add("test-rules", "show what the rules make of a log file",
+                 "logban test-rules /var/log/mail.log", "logban test-rules --rule postfix-unknown-user mail.log",
+                 "logban test-rules --mta sendmail --json maillog")
+    tr.add_argument("file", metavar="FILE", help="a log file (plain or compressed), a directory, or - for stdin")
     tr.add_argument("--rule", metavar="ID", help="only this rule")
     tr.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack")
     tr.add_argument("--samples", type=_count, default=3, metavar="N", help="matched lines shown per rule (default 3)")
     tr.add_argument("--unmatched", type=_count, default=20, metavar="N", help="suspicious unmatched lines shown (default 20)")
+    tr.add_argument("--json", action="store_true", help="one JSON object")
 
-    rn = sub.add_parser("run", help="the daemon: follow logs, ban, release, for as long as it runs")
+    rn = sub.add("run", "the daemon: follow logs, ban, release, for as long as it runs",
+                 "logban run                                   # as configured in /etc/logban/logban.toml",
+                 "logban run --follow /var/log/mail.log --dry-run",
+                 "logban --db sqlite:////tmp/t.db run --follow ./mail.log --backend none")
     rn.add_argument("--follow", action="append", type=Path, default=[], metavar="PATH",
-                    help="a log to follow (repeatable; adds to [[follow]] in the config)")
+                    help="a log file to follow (repeatable; adds to [[follow]] in the config)")
     rn.add_argument("--dry-run", action="store_true", help="decide and record, never touch the firewall")
     rn.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
-    sub.add_parser("reload", help="make the running daemon reload its config and rule packs (SIGHUP)")
+    sub.add("reload", "make the running daemon reload its config and rule packs (SIGHUP)",
+            "logban reload", "sudo systemctl reload logban      # the same under systemd")
 
-    ex = sub.add_parser("export", help="the active bans as a DNSBL zone or an MTA access map")
+    ex = sub.add("export", "the active bans as a DNSBL zone or an MTA access map",
+                 "logban export --format postfix -o /etc/postfix/logban.cidr",
+                 "logban export --format rbldnsd -o /var/lib/rbldnsd/logban4",
+                 "logban export --format json | jq length")
     ex.add_argument("--format", required=True, choices=("rbldnsd", "rbldnsd6", "postfix", "postfix-hash",
-                                                        "sendmail", "plain", "json"))
+                                                        "sendmail", "plain", "json"),
+                    help="rbldnsd (ip4set zone), rbldnsd6 (ip6tset), postfix (cidr map), postfix-hash, "
+                         "sendmail (access map), plain (one target a line), json")
     ex.add_argument("-o", "--output", type=Path, metavar="FILE",
-                    help="replace FILE atomically (and build the map: postmap, makemap) instead of printing")
-    ex.add_argument("--action", default="REJECT", help='postfix/sendmail: REJECT (default) or a code like "554 5.7.1"')
+                    help="replace FILE atomically (and build the map: postmap, makemap) instead of printing; "
+                         "its directory must exist")
+    ex.add_argument("--action", default="REJECT", metavar="ACTION",
+                    help='postfix/sendmail: REJECT (default) or a code like "554 5.7.1"')
 
-    fw = sub.add_parser("firewall", help="the kernel firewall: status, sync with the store, teardown")
-    fsub = fw.add_subparsers(dest="firewall_command", required=True, metavar="SUBCOMMAND", parser_class=_Args)
-    fs = fsub.add_parser("status", help="backend, table, sets, chains, element counts and drift from the store")
-    fs.add_argument("--json", action="store_true")
-    fsub.add_parser("sync", help="make the kernel hold exactly the active bans (re-adds, removes, refreshes)")
-    fsub.add_parser("teardown", help="remove everything logban created in the firewall (bans stay in the store)")
+    fw = sub.add("firewall", "the kernel firewall: status, sync with the store, teardown",
+                 "logban firewall status", "sudo logban firewall sync", "sudo logban --backend ipset firewall teardown")
+    fsub = _Sub(fw.add_subparsers(dest="firewall_command", required=True, metavar="SUBCOMMAND", parser_class=_Args))
+    fs = fsub.add("status", "backend, table, sets, chains, element counts and drift from the store",
+                  "logban firewall status", "logban firewall status --json")
+    fs.add_argument("--json", action="store_true", help="one JSON object")
+    fsub.add("sync", "make the kernel hold exactly the active bans (re-adds, removes, refreshes)",
+             "sudo logban firewall sync", "sudo logban firewall sync --backend nftables")
+    fsub.add("teardown", "remove everything logban created in the firewall (bans stay in the store)",
+             "sudo logban firewall teardown", "sudo logban firewall teardown --backend ipset")
 
-    rp = sub.add_parser("rules", help="rule pack tools")
-    rsub = rp.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND", parser_class=_Args)
-    ck = rsub.add_parser("check", help="validate and lint rule packs and run their tests")
-    ck.add_argument("dir", nargs="?", type=Path, metavar="DIR", help="a directory of packs layered over the shipped ones")
+    rp = sub.add("rules", "rule pack tools", "logban rules check", "logban rules check /etc/logban/rules.d")
+    rsub = _Sub(rp.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND", parser_class=_Args))
+    ck = rsub.add("check", "validate and lint rule packs and run their tests",
+                  "logban rules check", "logban rules check /etc/logban/rules.d", "logban rules check --json ./my-packs")
+    ck.add_argument("dir", nargs="?", type=Path, metavar="DIR",
+                    help="a directory of packs (*.toml) layered over the shipped ones")
+    ck.add_argument("--json", action="store_true", help="one JSON object: packs, rules, tests, problems")
     return ap

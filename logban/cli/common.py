@@ -18,7 +18,7 @@ from ..report import (
 )
 from ..rules import RuleSet, load_rules
 from ..score import Scorer
-from ..sources import READ_ERRORS, Source, chunks, open_source
+from ..sources import READ_ERRORS, Source, chunks, open_source, read_error
 
 
 def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) -> RuleSet:
@@ -98,8 +98,11 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
             finally:
                 if src.path is not None:
                     stream.close()
+        except BrokenPipeError:
+            raise                   # our stdout closed (`| head`): main() ends quietly
         except READ_ERRORS as e:
-            print(safe(f"logban: {src.name}: {e} (read {lines:,} lines)"), file=sys.stderr)
+            read = f" (after {lines:,} lines)" if lines else ""
+            print(safe(f"logban: {src.name}: {read_error(e)}{read}"), file=sys.stderr)
             failed.append(src.name)
     parser.finish()
     return failed
