@@ -25,7 +25,7 @@ from pathlib import Path
 from .allow import AllowList, Resolver
 from .config import Config, load_config
 from .engine import Engine
-from .errors import FirewallError, UsageError
+from .errors import ExportError, FirewallError, UsageError
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
 from .parse import Clock, Offence, Parser
@@ -42,6 +42,7 @@ RETRY_EVERY = 2.0           # seconds between attempts to reach a store that wen
 REMOTE_MARGIN = 10_000      # offence ids looked at again: ones taken before a commit that came late
 TRIGGER_MAX = 200           # characters of the deciding log line in the ban's log line
 EXPORT_EVERY = 2.0          # seconds at least between rewrites of the [[export]] files
+EXPORT_BACKOFF_MAX = 300.0  # a failing export is retried after 2 s, 4 s, ... at most this
 PRUNE_EVERY = 3600.0        # seconds between forgetting offences older than store.retention
 
 
@@ -163,6 +164,8 @@ class Daemon:
         self.refused_seen: set[str] = set()     # store bans this node refused to enforce (logged once)
         self.next_expiry: float | None = None
         self.exports_dirty = True           # the ban set may have changed: [[export]] files to check
+        self.export_delay = EXPORT_EVERY    # doubled after each failed export, back to EXPORT_EVERY after one that works
+        self.export_failing: dict[str, str] = {}    # path -> the error logged for it (logged once per change)
         self._configure(cfg)
 
     # ---- configuration (start and SIGHUP) ------------------------------------------------------
@@ -277,8 +280,8 @@ class Daemon:
                     self.reload_wanted = False
                     self._guard(self._reload)
                 if self.exports_dirty and mono >= next_export:
-                    next_export = mono + EXPORT_EVERY
                     self._guard(self._export)
+                    next_export = mono + self.export_delay
                 if watchdog and mono >= next_ping:
                     next_ping = mono + watchdog / 2
                     sd_notify("WATCHDOG=1\nSTATUS=" + self._status())
@@ -427,13 +430,24 @@ class Daemon:
             return
         bans = self._screen((b for b in self.store.active_bans(time.time()) if not b.dry_run),
                             self.store.partners(self.allow))
+        failed = False
         for o in self.cfg.exports:
+            key = str(o.path)
             try:
                 if write(o, render(o, bans)):
                     log.info("export %s: %d bans written to %s", o.format, len(bans), o.path)
-            except (OSError, subprocess.SubprocessError) as e:
-                log.error("export %s to %s failed: %s", o.format, o.path, e)
-                self.exports_dirty = True        # try again
+            except (OSError, subprocess.SubprocessError, ExportError, UsageError) as e:
+                failed = True
+                if self.export_failing.get(key) != str(e):      # one line per change, not per retry
+                    log.error("export %s to %s failed: %s (retrying, up to every %s)", o.format, o.path, e,
+                              format_duration(EXPORT_BACKOFF_MAX))
+                self.export_failing[key] = str(e)
+                continue
+            if self.export_failing.pop(key, None) is not None:
+                log.warning("export %s to %s works again", o.format, o.path)
+        # Retried with exponential backoff: a path that stays broken is not hammered every 2 s.
+        self.exports_dirty = failed
+        self.export_delay = min(self.export_delay * 2, EXPORT_BACKOFF_MAX) if failed else EXPORT_EVERY
 
     def _enforce(self, decided: list[Decision]) -> None:
         self.exports_dirty = True

@@ -16,5 +16,9 @@ class StoreError(Exception):
     """The database cannot be opened, read or migrated: a runtime failure (exit 1), told in one line."""
 
 
+class ExportError(Exception):
+    """An export file could not be written or its map built (permission, missing tool): exit 1."""
+
+
 class FirewallError(Exception):
     """The kernel firewall refused or failed (missing tool, no permission): exit 1, one line."""

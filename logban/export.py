@@ -31,7 +31,7 @@ from pathlib import Path
 import regex
 
 from .allow import valid_target
-from .errors import UsageError
+from .errors import ExportError, UsageError
 
 FORMATS = ("rbldnsd", "rbldnsd6", "postfix", "postfix-hash", "sendmail", "plain", "json")
 EXPAND_MAX = 65_536             # entries one network may become in a format without prefixes
@@ -153,16 +153,58 @@ def _groups(net) -> list[int]:
     return [(n >> (112 - 16 * i)) & 0xFFFF for i in range(8)]
 
 
+# The indexed map each format needs built beside its text, by which tool (Debian package).
+_MAP_TOOL = {"postfix-hash": ("postmap", "postfix", ".db"), "sendmail": ("makemap", "sendmail-bin", ".db")}
+
+
+def check_path(path: Path) -> None:
+    """A path the user gave that cannot be an export file: a usage error, before any work.
+    Its directory is never created: a typo must not leave directories behind."""
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory; name the file to write")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: no such directory (logban does not create it)")
+
+
+def unwritable(path: Path) -> str | None:
+    """Why this process cannot replace `path` (a new file is made in its directory), or None."""
+    d = path.parent
+    if not d.is_dir():
+        return f"{d}: no such directory"
+    if not os.access(d, os.W_OK):
+        st = os.statvfs(d)
+        return f"{d}: " + ("read-only file system" if st.f_flag & os.ST_RDONLY else "not writable by this user")
+    return None
+
+
 def write(o: ExportOptions, content: str) -> bool:
-    """Replace o.path with `content` atomically, only when it differs; build the map. True: written."""
+    """Replace o.path with `content` atomically, only when it differs; build the map. True: written.
+    Raises UsageError for a path that cannot be a file, ExportError when writing or building fails."""
     path = o.path
+    check_path(path)
+    tool = _MAP_TOOL.get(o.format)
+    if tool and shutil.which(tool[0]) is None:
+        raise ExportError(f"{path}: {o.format} needs {tool[0]} to build {path.name}{tool[2]}, and it is not "
+                          f"installed (Debian: apt install {tool[1]}); nothing written")
     try:
-        if path.read_text(encoding="utf-8") == content:
-            return False
+        same = path.read_text(encoding="utf-8") == content
     except (FileNotFoundError, UnicodeDecodeError):
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        same = False
+    except OSError as e:
+        raise ExportError(f"{path}: cannot read: {e.strerror}") from None
+    if same and not _map_stale(o):
+        return False
+    if not same:
+        _replace(path, content)
+    _build(o)
+    return True
+
+
+def _replace(path: Path, content: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    except OSError as e:
+        raise ExportError(f"{path}: cannot write: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(content)
@@ -170,23 +212,42 @@ def write(o: ExportOptions, content: str) -> bool:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ExportError(f"{path}: cannot write: {e.strerror}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _build(o)
-    return True
+
+
+def _map_stale(o: ExportOptions) -> bool:
+    """The built map is missing or older than its text (an earlier build failed)."""
+    tool = _MAP_TOOL.get(o.format)
+    if tool is None:
+        return False
+    try:
+        return Path(f"{o.path}{tool[2]}").stat().st_mtime < o.path.stat().st_mtime
+    except OSError:
+        return True
 
 
 def _build(o: ExportOptions) -> None:
     """The indexed map postfix and sendmail read, next to the text (itself atomic)."""
-    if o.format == "postfix-hash" and shutil.which("postmap"):
-        with tempfile.TemporaryDirectory() as conf:
-            # postmap reads main.cf for its defaults; a host with postmap but no Postfix
-            # configured (a DNSBL box) gets the built-in ones.
-            extra = [] if Path("/etc/postfix/main.cf").exists() else ["-c", conf]
-            if extra:
-                Path(conf, "main.cf").write_text("")
-            subprocess.run(["postmap", *extra, str(o.path)], check=True, capture_output=True, timeout=300)
-    elif o.format == "sendmail" and shutil.which("makemap"):
-        with open(o.path, "rb") as src:
-            subprocess.run(["makemap", "hash", str(o.path)], stdin=src, check=True, capture_output=True, timeout=300)
+    try:
+        if o.format == "postfix-hash":
+            with tempfile.TemporaryDirectory() as conf:
+                # postmap reads main.cf for its defaults; a host with postmap but no Postfix
+                # configured (a DNSBL box) gets the built-in ones.
+                extra = [] if Path("/etc/postfix/main.cf").exists() else ["-c", conf]
+                if extra:
+                    Path(conf, "main.cf").write_text("")
+                subprocess.run(["postmap", *extra, str(o.path)], check=True, capture_output=True, timeout=300)
+        elif o.format == "sendmail":
+            with open(o.path, "rb") as src:
+                subprocess.run(["makemap", "hash", str(o.path)], stdin=src, check=True, capture_output=True,
+                               timeout=300)
+    except subprocess.CalledProcessError as e:
+        why = (e.stderr or b"").decode("utf-8", "replace").strip().splitlines()
+        raise ExportError(f"{o.path}: {e.cmd[0]} failed: {why[-1] if why else f'exit {e.returncode}'}") from None
+    except (OSError, subprocess.SubprocessError) as e:
+        raise ExportError(f"{o.path}: building the map failed: {getattr(e, 'strerror', None) or e}") from None

@@ -197,25 +197,69 @@ def kind_names(bits: int) -> list[str]:
 
 # ---- where the database lives -------------------------------------------------------------
 
-def default_url() -> str:
+def state_dir() -> Path:
+    """logban's own state directory: the one directory it creates on demand (0700)."""
     if os.geteuid() == 0:
-        base = Path("/var/lib/logban")
-    else:
-        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "logban"
-    return f"sqlite:///{base / 'logban.db'}"
+        return Path("/var/lib/logban")
+    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "logban"
 
 
-def _sqlite_engine(url: sa.URL) -> Engine:
+def default_url() -> str:
+    return f"sqlite:///{state_dir() / 'logban.db'}"
+
+
+def _create_db_file(p: Path) -> None:
+    """A new store, 0600 in a 0700 directory: it holds SASL user names and client addresses.
+    SQLite gives its -wal and -shm files the database file's mode. Only logban's own state
+    directory is made on demand: a typo in --db must not leave directories behind."""
+    if not p.parent.is_dir():
+        if p.parent != state_dir():
+            raise StoreError(f"{p.parent}: no such directory (logban creates only its own, {state_dir()})")
+        try:
+            p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"{p.parent}: cannot create the database directory: {e.strerror}") from None
+    try:
+        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+    except FileExistsError:
+        pass                        # made meanwhile by another logban: SQLite opens it
+    except OSError as e:
+        raise StoreError(f"{p}: cannot create the database: {e.strerror}") from None
+
+
+def _sqlite_ro_connect(path: str):
+    """A read-only connection: `mode=ro` reads a store beside a writing daemon (WAL) where this
+    user may only read; on a read-only mount, where SQLite cannot make the WAL index, the file
+    is read as `immutable` (nothing can write it there anyway)."""
+    import sqlite3
+    from urllib.parse import quote
+    uri = f"file:{quote(path)}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError as e:
+        conn.close()
+        if "unable to open" not in str(e) and "readonly" not in str(e):
+            raise
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5, check_same_thread=False)
+    return conn
+
+
+def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
     path = url.database
-    if path and path != ":memory:":
+    memory = not path or path == ":memory:"
+    if not memory:
         p = Path(path)
         if p.is_dir():
             raise StoreError(f"{p}: is a directory, not a database file")
-        try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"{p.parent}: cannot create the database directory: {e.strerror}") from None
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
+        if readonly and not p.exists():
+            readonly = False        # nothing to read yet: made as a writer would make it
+        if not readonly and not p.exists():
+            _create_db_file(p)
+    if readonly:
+        engine = sa.create_engine(url, creator=lambda: _sqlite_ro_connect(path), poolclass=sa.pool.NullPool)
+    else:
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record) -> None:
@@ -223,9 +267,11 @@ def _sqlite_engine(url: sa.URL) -> Engine:
         # cover DDL, and a migration must be all or nothing.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA busy_timeout = 30000")
-        cur.execute("PRAGMA journal_mode = WAL")
-        cur.execute("PRAGMA synchronous = NORMAL")
+        # A reader never waits for a writer in WAL mode; it must not queue 30 s either.
+        cur.execute(f"PRAGMA busy_timeout = {5000 if readonly else 30000}")
+        if not readonly:
+            cur.execute("PRAGMA journal_mode = WAL")
+            cur.execute("PRAGMA synchronous = NORMAL")
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -237,14 +283,14 @@ def _sqlite_engine(url: sa.URL) -> Engine:
     return engine
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, readonly: bool = False) -> Engine:
     try:
         u = sa.make_url(url)
     except sa.exc.ArgumentError:
         raise StoreError(f"{url!r} is not a database URL (like sqlite:////var/lib/logban/logban.db)") from None
     try:
         if u.get_backend_name() == "sqlite":
-            return _sqlite_engine(u)
+            return _sqlite_engine(u, readonly)
         # A database that went away must fail fast, not hang: the daemon goes on without it.
         return sa.create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 5})
     except (ImportError, sa.exc.NoSuchModuleError) as e:
@@ -254,13 +300,19 @@ def make_engine(url: str) -> Engine:
 # ---- the store ----------------------------------------------------------------------------
 
 class Store:
-    def __init__(self, url: str | None = None) -> None:
+    last_opened = "database"
+    def __init__(self, url: str | None = None, *, readonly: bool = False) -> None:
+        """`readonly`: for commands that only read (list, show, stats, export, firewall status):
+        no migration, no write transaction, so a store this user may only read, or one on a
+        read-only mount, serves them, and they never wait behind a writer."""
         self.url = url or default_url()
+        Store.last_opened = self._where()           # for main()'s one-line errors
+        self.readonly = readonly
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
-        self.engine = make_engine(self.url)
+        self.engine = make_engine(self.url, readonly)
         self.shared = self.engine.dialect.name == "postgresql"        # several nodes: LISTEN/NOTIFY
         try:
-            self._migrate()
+            self._check_version() if readonly else self._migrate()
         except sa.exc.SQLAlchemyError as e:
             self.engine.dispose()
             raise StoreError(f"{self._where()}: cannot open the database: {short_error(e)}") from None
@@ -310,6 +362,20 @@ class Store:
                 step(conn)                          # an exception rolls all steps back
                 version += 1
             conn.execute(sa.update(Meta.__table__).where(Meta.key == "schema_version").values(value=str(version)))
+
+    def _check_version(self) -> None:
+        """A reader's open: the schema must be this logban's (a writer migrates it)."""
+        with self.read() as conn:
+            if not sa.inspect(conn).has_table("meta"):
+                raise StoreError(f"{self._where()}: not a logban database (no meta table)")
+            row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
+        version = int(row[0]) if row else 0
+        if version != SCHEMA_VERSION:
+            newer = version > SCHEMA_VERSION
+            raise StoreError(f"{self._where()}: database schema version {version} is "
+                             f"{'newer' if newer else 'older'} than this logban's ({SCHEMA_VERSION}); "
+                             + ("upgrade logban" if newer else "a writing command (ban, unban, scan --apply, run) "
+                                                              "migrates it"))
 
     def schema_version(self) -> int:
         with self.read() as conn:

@@ -5,7 +5,7 @@ import os
 import sys
 
 from ..config import load_config
-from ..errors import FirewallError, StoreError, UsageError
+from ..errors import ExportError, FirewallError, StoreError, UsageError
 from ..report import safe
 from .args import build_parser
 from .bans import cmd_ban, cmd_list, cmd_show, cmd_unban
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(safe(f"logban: {e}"), file=sys.stderr)
         return e.exit_status
-    except (StoreError, FirewallError) as e:
+    except (StoreError, FirewallError, ExportError) as e:
         print(safe(f"logban: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -40,5 +40,16 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:                      # noqa: BLE001 - one line, no traceback
         if os.environ.get("LOGBAN_DEBUG"):
             raise
-        print(safe(f"logban: error: {type(e).__name__}: {e}"), file=sys.stderr)
+        print(safe(f"logban: {_one_line(e)}"), file=sys.stderr)
         return 1
+
+
+def _one_line(e: Exception) -> str:
+    """An unexpected error in one line: a database's own message without SQLAlchemy's SQL dump,
+    a file error with its file, anything else with its type (LOGBAN_DEBUG=1 shows the traceback)."""
+    if type(e).__module__.startswith("sqlalchemy"):
+        from ..store import Store, short_error
+        return f"{Store.last_opened}: {short_error(e)}"
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return f"error: {type(e).__name__}: {e}"

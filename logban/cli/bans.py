@@ -19,7 +19,7 @@ from .common import _allow, _enforce, _node, _related, _store, parse_target
 
 
 def cmd_list(args, cfg: Config) -> int:
-    store = _store(args, cfg)
+    store = _store(args, cfg, readonly=True)
     now = time.time()
     bans = store.bans() if args.all else store.active_bans(now)
     if args.json:
@@ -82,7 +82,7 @@ def cmd_unban(args, cfg: Config) -> int:
 
 def cmd_show(args, cfg: Config) -> int:
     target = parse_target(args.target)
-    store = _store(args, cfg)
+    store = _store(args, cfg, readonly=True)
     now = time.time()
     scored = Scorer(cfg.policy).target_of(target)[0] if "/" not in target else target
     every = store.bans()

@@ -108,11 +108,11 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
     return failed
 
 
-def _store(args, cfg: Config):
+def _store(args, cfg: Config, *, readonly: bool = False):
     from ..store import (
         Store,  # SQLAlchemy takes a third of a second to import: only when needed
     )
-    return Store(args.db or cfg.database)
+    return Store(args.db or cfg.database, readonly=readonly)
 
 
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):

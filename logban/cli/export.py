@@ -12,8 +12,10 @@ from .common import _allow, _store
 
 
 def cmd_export(args, cfg: Config) -> int:
-    from ..export import ExportOptions, render, write
-    store = _store(args, cfg)
+    from ..export import ExportOptions, check_path, render, write
+    if args.output is not None:
+        check_path(args.output)             # before any work: a path that cannot be the file
+    store = _store(args, cfg, readonly=True)
     o = ExportOptions(args.format, args.output, action=args.action)
     allow = _allow(cfg)
     bans, refused = allow.screen((b for b in store.active_bans(time.time()) if not b.dry_run),

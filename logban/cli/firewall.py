@@ -15,7 +15,7 @@ from .common import _firewall, _store
 
 
 def cmd_firewall(args, cfg: Config) -> int:
-    store = _store(args, cfg)
+    store = _store(args, cfg, readonly=args.firewall_command == "status")
     fw = _firewall(args, cfg, store)
     b = fw.backend
     if args.firewall_command == "teardown":

@@ -52,7 +52,7 @@ def _top_offenders(store, allow: AllowList, policy, since: float | None, now: fl
 def cmd_stats(args, cfg: Config) -> int:
     since = parse_duration(args.since, "--since") if args.since else None
     now = time.time()
-    s = _top_offenders(_store(args, cfg), _allow(cfg), cfg.policy, now - since if since is not None else None,
+    s = _top_offenders(_store(args, cfg, readonly=True), _allow(cfg), cfg.policy, now - since if since is not None else None,
                        now, args.top)
     if args.json:
         print(json.dumps(stats_json(s), indent=2))
