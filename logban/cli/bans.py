@@ -1,6 +1,7 @@
 """`logban list`, `ban`, `unban`, `show`: the bans by hand."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
 
@@ -15,7 +16,7 @@ from ..report import (
 )
 from ..score import Decision, Scorer
 from ..units import format_duration, parse_duration
-from .common import _allow, _enforce, _node, _related, _store, parse_target
+from .common import _allow, _check_backend, _enforce, _node, _related, _store, parse_target
 
 
 def cmd_list(args, cfg: Config) -> int:
@@ -29,11 +30,28 @@ def cmd_list(args, cfg: Config) -> int:
     return 0
 
 
-def cmd_ban(args, cfg: Config) -> int:
+# A manual ban this wide drops a large part of the Internet: --force says it is meant.
+WIDE = {4: 8, 6: 32}
+
+
+def _manual_target(text: str, force: bool) -> str:
+    """The target of `logban ban`: strict as the config (no host bits), not too wide unless forced."""
     try:        # never a target that cuts the host off (loopback, multicast, ...), nor a sloppy spelling
-        target = ban_target(args.target)
+        target = ban_target(text)
     except ValueError as e:
-        raise UsageError(f"ban {args.target!r}: not a ban target: {e}") from None
+        hint = ""
+        if "host bits" in str(e):
+            hint = f" (the network is {ipaddress.ip_network(text.strip(), strict=False)})"
+        raise UsageError(f"ban {text!r}: not a ban target: {e}{hint}") from None
+    net = ipaddress.ip_network(target)
+    if net.prefixlen <= WIDE[net.version] and not force:
+        raise UsageError(f"ban {target}: a /{net.prefixlen} holds {net.num_addresses:,} addresses; "
+                         f"--force bans a /{WIDE[net.version]} or wider")
+    return target
+
+
+def cmd_ban(args, cfg: Config) -> int:
+    target = _manual_target(args.target, args.force)
     if args.duration is None:
         duration = cfg.policy.base_duration("manual")
     elif args.duration.strip() == "permanent":
@@ -42,6 +60,7 @@ def cmd_ban(args, cfg: Config) -> int:
         duration = parse_duration(args.duration, "--for")
         if duration <= 0:
             raise UsageError(f"--for: {args.duration!r} must be above zero")
+    _check_backend(args, cfg, dry_run=args.dry_run)         # before anything is recorded
     allow = _allow(cfg)
     if allow.target_allowed(target):
         raise UsageError(f"{target} is allow-listed (allow.addresses, loopback or this host's own address): not banned")
@@ -55,28 +74,43 @@ def cmd_ban(args, cfg: Config) -> int:
     _, count, _ = scorer.duration(target, "manual", "", now)
     reason = args.reason or "banned by hand"
     d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
-    store.ban(d, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run, now=now)
-    print(f"banned {target} for {format_duration(duration)}" + (" (dry run)" if cfg.dry_run or args.dry_run else ""))
-    print(_enforce(args, cfg, store, dry_run=args.dry_run))
+    dry = cfg.dry_run or args.dry_run
+    store.ban(d, node=_node(args, cfg), dry_run=dry, now=now)
+    note = _enforce(args, cfg, store, dry_run=args.dry_run)
+    if args.json:
+        print(json.dumps({"target": target, "kind": "manual", "reason": reason, "since": iso(now),
+                          "until": None if duration is None else iso(now + duration), "count": count,
+                          "dry_run": dry, "firewall": note}, indent=2))
+    else:
+        print(f"banned {target} for {format_duration(duration)}" + (" (dry run)" if dry else ""))
+        print(note)
     return 0
 
 
 def cmd_unban(args, cfg: Config) -> int:
     targets = [parse_target(t) for t in args.targets]      # all checked before anything changes
+    _check_backend(args, cfg)
     store = _store(args, cfg)
     now = time.time()
-    active = {b.target for b in store.active_bans(now)}
+    active = {b.target: b for b in store.active_bans(now)}
     policy = cfg.policy
+    results, in_kernel = [], False
     for t in targets:
         hit = _related(t, active)
         scored = Scorer(policy).target_of(t)[0] if "/" not in t else t
         done = store.release(dict.fromkeys([*hit, t, scored]), "unban", now)
         lifted = [x for x in hit if done.get(x)]
-        if lifted:
-            print(f"unbanned {t}: lifted {', '.join(lifted)}; score cleared")
-        else:
-            print(f"{t}: not banned; score cleared")
-    print(_enforce(args, cfg, store))
+        in_kernel |= any(not active[x].dry_run for x in lifted)
+        results.append({"target": t, "lifted": lifted, "score_cleared": True})
+    # The kernel is touched only to lift something it may hold (a lazy sync creates nothing).
+    note = _enforce(args, cfg, store) if in_kernel else "firewall: nothing to lift"
+    if args.json:
+        print(json.dumps({"unbanned": results, "firewall": note}, indent=2))
+        return 0
+    for r in results:
+        print(f"unbanned {r['target']}: lifted {', '.join(r['lifted'])}; score cleared" if r["lifted"]
+              else f"{r['target']}: not banned; score cleared")
+    print(note)
     return 0
 
 

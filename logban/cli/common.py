@@ -115,6 +115,12 @@ def _store(args, cfg: Config, *, readonly: bool = False):
     return Store(args.db or cfg.database, readonly=readonly)
 
 
+def _check_backend(args, cfg: Config, *, dry_run: bool = False) -> None:
+    """Refuses (one line) a backend this process may not drive, before anything is recorded."""
+    from ..firewall import choose
+    choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run)
+
+
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
     from ..firewall import Firewall, choose
     return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store, _allow(cfg))
@@ -127,7 +133,7 @@ def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
         return "not enforced: firewall backend none" + (" (dry run)" if cfg.dry_run or dry_run else
                                                          " (not root)" if os.geteuid() else "")
     try:
-        p = fw.sync()
+        p = fw.sync(lazy=True)
     except FirewallError as e:
         raise FirewallError(f"{e} (the store has the change; `logban firewall sync` enforces it)") from None
     return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed"

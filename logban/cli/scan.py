@@ -21,6 +21,7 @@ from ..score import Scorer
 from ..sources import Source, expand
 from .common import (
     _allow,
+    _check_backend,
     _check_rule_durations,
     _enforce,
     _engine,
@@ -54,6 +55,7 @@ def cmd_scan(args, cfg: Config) -> int:
     engine = applied = None
     if args.apply:
         _check_rule_durations(cfg, rules)
+        _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
         engine = _engine(args, cfg, _store(args, cfg), allow)
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         # First: with [allow] resolve, the engine fills in the verified name of a client about
@@ -135,7 +137,7 @@ class Applied:
 
 def applied_json(engine) -> dict:
     es, ss = engine.stats, engine.scorer.stats
-    return {"database": engine.store.url, "dry_run": engine.dry_run, "offences": es.offences,
+    return {"database": engine.store.where(engine.store.url), "dry_run": engine.dry_run, "offences": es.offences,
             "bans": es.bans, "network_bans": es.network_bans, "escalated": es.escalated,
             "already_expired": es.expired_on_arrival, "allowed": ss.allowed, "while_banned": ss.while_banned,
             "evicted": ss.evicted, "released_by_allow_list": es.released_allow}
@@ -143,7 +145,7 @@ def applied_json(engine) -> dict:
 
 def applied_human(engine) -> str:
     a = applied_json(engine)
-    out = [f"Recorded in {engine.store.where(a['database'])}: {a['offences']:,} offences, {a['bans']:,} ban(s)"
+    out = [f"Recorded in {a['database']}: {a['offences']:,} offences, {a['bans']:,} ban(s)"
            + (" (dry run: never enforced)" if a["dry_run"] else "") + "."]
     extra = [f"{a[k]:,} {what}" for k, what in (
         ("network_bans", "network bans"), ("escalated", "escalated"),

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping
 
 from ..allow import AllowList
-from ..errors import FirewallError
+from ..errors import FirewallError, UsageError
 from .backend import Backend, NoBackend, iptables_mode
 from .hooks import _src
 from .ipset import Ipset
@@ -41,12 +41,31 @@ __all__ = ["ACTIONS", "BACKENDS", "KERNEL_TIMEOUT_MAX", "REFRESH_CAPPED", "SLACK
            "kernel_timeout", "plan", "wanted", "_src"]
 
 
+CAP_NET_ADMIN = 12
+
+
+def may_admin_network() -> bool:
+    """Root, or a process given CAP_NET_ADMIN (a systemd unit's AmbientCapabilities)."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/proc/self/status") as f:
+            eff = next((ln.split()[1] for ln in f if ln.startswith("CapEff:")), "0")
+        return bool(int(eff, 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, ValueError):
+        return False
+
+
 def choose(opts: FirewallOptions, *, backend: str | None = None, dry_run: bool = False) -> Backend:
     """The backend the options name (`backend`, from --backend, over them); `auto` is what
-    this host uses (none when not root)."""
+    this host uses (none when not root). A named backend without the right to change the
+    firewall is refused here, before a command records anything."""
     name = backend or opts.backend
     if dry_run:
         return NoBackend(opts)
+    if name not in ("auto", "none") and not may_admin_network():
+        raise UsageError(f"firewall backend {name}: changing the firewall needs root or CAP_NET_ADMIN "
+                         f"(running as uid {os.geteuid()}); use --backend none to record only")
     if name == "auto":
         if os.geteuid() != 0:
             return NoBackend(opts)          # a firewall needs root: decisions are recorded only
@@ -87,10 +106,15 @@ class Firewall:
     def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
         return plan(self.want(now), self.backend.elements() if have is None else have)
 
-    def sync(self, now: float | None = None) -> Plan:
-        """Make the kernel equal the store in one batch; returns what was different."""
+    def sync(self, now: float | None = None, *, lazy: bool = False) -> Plan:
+        """Make the kernel equal the store in one batch; returns what was different.
+        `lazy`: a command's sync that has nothing to enforce and finds nothing to lift
+        leaves the kernel alone (creates no table or chain)."""
         if not self.enforcing:
             self.wanted = self.want(now)
+            return Plan()
+        if lazy and not self.want(now) and not self.backend.elements():
+            self.wanted = {}
             return Plan()
         self.backend.setup()
         for attempt in range(self.ATTEMPTS):
