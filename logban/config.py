@@ -166,7 +166,8 @@ def _allow(data: dict, path: Path) -> AllowConfig:
 def _keys(table: dict, allowed: set[str], where: str, path: Path) -> None:
     for k in table:
         if k not in allowed:
-            raise UsageError(f"{path}: unknown key {where}{k!r} (allowed: {', '.join(sorted(allowed))})")
+            # The key as the user wrote it (safe() escapes control characters when printed).
+            raise UsageError(f"{path}: unknown key {where}{k} (allowed: {', '.join(sorted(allowed))})")
 
 
 def _strings(v, key: str, path: Path) -> tuple[str, ...]:

@@ -171,7 +171,8 @@ class Daemon:
     # ---- configuration (start and SIGHUP) ------------------------------------------------------
     def _configure(self, cfg: Config) -> None:
         """Everything derived from the config; raises UsageError before changing anything."""
-        rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names)
+        rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names,
+                           disable_key=f"{cfg.path or 'config'}: rules.disable")
         for rid in cfg.policy.rule_durations:
             if rules.by_id(rid) is None:
                 raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")

@@ -699,6 +699,8 @@ def load_pack(path: Path, own_names: tuple[str, ...] = ()) -> tuple[list[Rule], 
 
 
 def _pack_files(d: Path) -> list[Path]:
+    if d.is_file():
+        raise UsageError(f"{d}: is a file, not a rule pack directory (give the directory that holds the *.toml packs)")
     if not d.is_dir():
         raise UsageError(f"{d}: rule pack directory does not exist")
     return sorted(d.glob("*.toml"))
@@ -706,10 +708,11 @@ def _pack_files(d: Path) -> list[Path]:
 
 def load_rules(extra_dirs: list[Path] = (), *, disable: tuple[str, ...] = (),
                own_names: tuple[str, ...] = (), shipped: bool = True,
-               only_packs: tuple[str, ...] = ()) -> RuleSet:
+               only_packs: tuple[str, ...] = (), disable_key: str = "disable") -> RuleSet:
     """Shipped packs, then users' packs: a user rule with a shipped id replaces it.
 
     Two rules with one id within the shipped packs, or within the user's, is an error.
+    `disable_key`: where `disable` came from, for its errors ("/etc/logban/logban.toml: rules.disable").
     """
     layers = ([_pack_files(shipped_rules_dir())] if shipped else []) + [_pack_files(Path(d)) for d in extra_dirs]
     merged: dict[str, Rule] = {}
@@ -733,7 +736,7 @@ def load_rules(extra_dirs: list[Path] = (), *, disable: tuple[str, ...] = (),
     known = set(merged) | set(inactive) | user_disabled
     for rid in disable:
         if rid not in known:
-            raise UsageError(f"disable: no rule with id {rid!r}")
+            raise UsageError(f"{disable_key}: no rule with id {rid!r}")
     out = [r for rid, r in merged.items() if rid not in disable and rid not in user_disabled
            and (not only_packs or r.pack in only_packs)]
     if only_packs and not out:

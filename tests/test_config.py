@@ -30,7 +30,7 @@ def test_config_values(tmp_path):
     ("[parse]\ntimezone = \"Mars/Olympus\"\n", "parse.timezone"),
     ("[parse]\nmax_line = 10\n", "parse.max_line"),
     ("[parse]\nown_names = \"mx\"\n", "parse.own_names"),
-    ("[parse]\nspeed = 1\n", "parse.'speed'"),
+    ("[parse]\nspeed = 1\n", "parse.speed"),
     ("[firewal]\n", "'firewal'"),
     ("[parse\n", "not valid TOML"),
 ])
@@ -72,7 +72,7 @@ def test_bad_scoring_values(tmp_path):
                       ('[ban]\nsubnet_bans = 1\n', "ban.subnet_bans"),
                       ('[ban]\nfactor = 0.5\n', "ban.factor"),
                       ('[ban]\nescalate = "yes"\n', "ban.escalate"),
-                      ('[ban]\nwhat = 1\n', "ban.'what'"),
+                      ('[ban]\nwhat = 1\n', "ban.what"),
                       ('dry_run = 1\n', "dry_run")):
         p.write_text(body)
         with pytest.raises(UsageError, match=key.replace(".", r"\.").replace("'", "'")):

@@ -74,7 +74,7 @@ def test_write_is_atomic_and_only_on_change(tmp_path):
     ({"format": "bind", "path": "/x"}, "export[0].format"), ({"format": "plain", "path": "x"}, "export[0].path"),
     ({"format": "plain", "path": "/x", "text": "{nope}"}, "export[0].text"),
     ({"format": "rbldnsd", "path": "/x", "a_record": "localhost"}, "export[0].a_record"),
-    ({"format": "plain", "path": "/x", "mode": 1}, "export[0].'mode'")])
+    ({"format": "plain", "path": "/x", "mode": 1}, "export[0].mode")])
 def test_bad_export_config_names_the_key(table, key):
     with pytest.raises(UsageError, match=key.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
         options_from([table], "c.toml")

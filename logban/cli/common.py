@@ -23,7 +23,8 @@ from ..sources import READ_ERRORS, Source, chunks, open_source, read_error
 
 def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) -> RuleSet:
     return load_rules(cfg.rule_dirs + list(extra), disable=cfg.disable,
-                      own_names=cfg.parse.own_names, only_packs=tuple(mta or ()))
+                      own_names=cfg.parse.own_names, only_packs=tuple(mta or ()),
+                      disable_key=f"{cfg.path or 'config'}: rules.disable")
 
 
 def _parser(cfg: Config, rules: RuleSet, mta: list[str] | None, scorer: Scorer, **kw) -> Parser:

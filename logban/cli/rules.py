@@ -1,6 +1,7 @@
 """`logban test-rules` and `rules check`: rule packs against logs, and linted."""
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -34,6 +35,16 @@ def cmd_test_rules(args, cfg: Config) -> int:
 
     failed = feed_sources(expand([args.file]), parser, sink)
     st = parser.stats
+    if args.json:
+        print(json.dumps({
+            "lines": st.lines, "candidates": st.candidates, "offences": st.offences, "failed": failed,
+            "rules": [{"id": r.id, "kind": None if r.link else r.kind, "link": bool(r.link),
+                       "hits": st.hits.get(r.id, 0),
+                       "samples": [{"line": o.line, "ip": o.ip, "text": _text(o.raw, 200)}
+                                   for o in samples.get(r.id, [])]} for r in rules.rules],
+            "inactive": list(rules.inactive),
+            "suspicious": [{"line": n, "text": _text(raw, 300)} for _, n, raw in parser.suspicious]}, indent=2))
+        return 1 if failed else 0
     print(f"{st.lines:,} lines, {st.candidates:,} with a rule hint, {st.offences:,} offences.")
     print("\nHits per rule:")
     w = max(len(r.id) for r in rules.rules)
@@ -76,6 +87,12 @@ def check_rules(rules: RuleSet) -> tuple[list[str], int]:
 def cmd_rules_check(args, cfg: Config) -> int:
     rules = _ruleset(cfg, extra=[args.dir] if args.dir else [])
     problems, n_tests = check_rules(rules)
+    tail = [r.id for r in rules.rules if lint_notes(r)]
+    if args.json:
+        print(json.dumps({"packs": list(rules.packs), "rules": len(rules.rules), "tests": n_tests,
+                          "problems": problems, "ok": not problems, "inactive": list(rules.inactive),
+                          "reads_line_end": tail}, indent=2))
+        return 2 if problems else 0
     for p in problems:
         print(safe(p), file=sys.stderr)
     packs = rules.packs
@@ -83,7 +100,6 @@ def cmd_rules_check(args, cfg: Config) -> int:
           + (f"{len(problems)} problem(s)" if problems else "OK"))
     if rules.inactive:
         print("inactive until configured: " + ", ".join(rules.inactive))
-    tail = [r.id for r in rules.rules if lint_notes(r)]
     if tail:
         print(safe(f"note: {len(tail)} rule(s) read the line end, so lines cut at max_line are not given "
                    f"to them: {', '.join(tail)}"))
