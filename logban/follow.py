@@ -15,6 +15,7 @@ import glob
 import hashlib
 import os
 import select
+import stat
 import sys
 import time
 from dataclasses import dataclass, field
@@ -365,3 +366,26 @@ class Follower:
                 fs.f = None
         if self._notifier is not None:
             self._notifier.stop()
+
+
+def unfollowable(path: Path) -> str | None:
+    """Why `path` can never be followed as a live log, or None (a missing file is waited for).
+    Checked without opening it: opening a FIFO would block."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return e.strerror.lower() if e.strerror else str(e)
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory; follow a log file (logban scan reads directories)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file (a FIFO or device cannot be followed; pipe it to `logban scan -`)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        return (e.strerror or str(e)).lower()
+    if path.name.endswith((".gz", ".bz2", ".xz")) or head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ")):
+        return "compressed; the daemon follows the live log (logban scan reads compressed files)"
+    return None

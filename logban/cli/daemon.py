@@ -1,7 +1,10 @@
 """`logban run` and `reload`: the daemon."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..config import Config
+from ..errors import UsageError
 from .common import _node
 
 
@@ -13,8 +16,19 @@ def cmd_run(args, cfg: Config) -> int:
     handler.setFormatter(SafeFormatter("%(asctime)s logban: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"))
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     follow = [p.resolve() if not p.is_absolute() else p for p in args.follow]
+    _check_follows(follow, [p for p, _ in cfg.daemon.follow], cfg)
     d = Daemon(cfg, Options(args.config, args.db, args.backend, _node(args, cfg), args.dry_run, follow))
     return d.run()
+
+
+def _check_follows(given: list[Path], configured: list[Path], cfg: Config) -> None:
+    """A log that can never be followed is a usage error at start, named with where it came from."""
+    from ..follow import unfollowable
+    for where, paths in (("--follow", given), (f"{cfg.path}: follow", configured)):
+        for p in paths:
+            why = unfollowable(p)
+            if why:
+                raise UsageError(f"{where} {p}: {why}")
 
 
 def cmd_reload(args, cfg: Config) -> int:
