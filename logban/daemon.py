@@ -29,6 +29,7 @@ from .errors import ExportError, FirewallError, UsageError
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
 from .parse import Clock, Offence, Parser
+from .pidfile import default_pid_file, write_pid
 from .report import safe
 from .rules import RuleSet, load_rules
 from .score import Decision
@@ -98,12 +99,6 @@ class Listener:
 
     def stop(self) -> None:
         self._stop.set()
-
-
-def default_pid_file() -> Path:
-    if os.geteuid() == 0:
-        return Path("/run/logban/logban.pid")
-    return Path(os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/logban-{os.getuid()}") / "logban.pid"
 
 
 @dataclass
@@ -542,10 +537,7 @@ class Daemon:
         return f"{len(self.engine.scorer.active)} bans active, {st.bans} added, {st.offences} offences"
 
     def _write_pid(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(f"{os.getpid()}\n")
-        os.replace(tmp, path)
+        write_pid(path)         # O_NOFOLLOW, in a directory that is ours (pidfile.py)
 
     def _on_stop(self, signum, _frame) -> None:
         log.info("%s: stopping", signal.Signals(signum).name)
@@ -553,17 +545,3 @@ class Daemon:
 
     def _on_hup(self, _signum, _frame) -> None:
         self.reload_wanted = True
-
-
-def send_reload(pid_file: Path) -> int:
-    """`logban reload`: SIGHUP to the running daemon."""
-    try:
-        pid = int(pid_file.read_text().split()[0])
-        os.kill(pid, signal.SIGHUP)
-    except FileNotFoundError:
-        raise UsageError(f"{pid_file}: no pid file; is `logban run` running?") from None
-    except (ValueError, IndexError):
-        raise UsageError(f"{pid_file}: not a pid file") from None
-    except ProcessLookupError:
-        raise UsageError(f"{pid_file}: process {pid} is not running") from None
-    return pid

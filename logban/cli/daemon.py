@@ -17,6 +17,8 @@ def cmd_run(args, cfg: Config) -> int:
     logging.basicConfig(level=logging.INFO, handlers=[handler])
     follow = [p.resolve() if not p.is_absolute() else p for p in args.follow]
     _check_follows(follow, [p for p, _ in cfg.daemon.follow], cfg)
+    from ..pidfile import check_dir, default_pid_file
+    check_dir((cfg.daemon.pid_file or default_pid_file()).parent, create=True)   # refused before any work
     d = Daemon(cfg, Options(args.config, args.db, args.backend, _node(args, cfg), args.dry_run, follow))
     return d.run()
 
@@ -32,7 +34,7 @@ def _check_follows(given: list[Path], configured: list[Path], cfg: Config) -> No
 
 
 def cmd_reload(args, cfg: Config) -> int:
-    from ..daemon import default_pid_file, send_reload
+    from ..pidfile import default_pid_file, send_reload
     pid = send_reload(cfg.daemon.pid_file or default_pid_file())
     print(f"asked logban (pid {pid}) to reload")
     return 0
