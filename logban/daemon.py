@@ -25,6 +25,7 @@ from pathlib import Path
 from .allow import AllowList, Resolver
 from .config import Config, load_config
 from .engine import Engine
+from .export import SYSTEMD_HINT, unwritable_exports
 from .errors import ExportError, FirewallError, UsageError
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
@@ -181,6 +182,8 @@ class Daemon:
         self.parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
         self.cfg, self.rules, self.specs = cfg, rules, specs
         self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+        for o, why in unwritable_exports(cfg.exports):     # at start and at each reload
+            log.warning("export %s to %s: this daemon cannot write it (%s)%s", o.format, o.path, why, SYSTEMD_HINT)
 
     @staticmethod
     def _parser(cfg: Config, rules: RuleSet, mta: str | None, rate_key) -> Parser:

@@ -166,15 +166,25 @@ def check_path(path: Path) -> None:
         raise UsageError(f"{path.parent}: no such directory (logban does not create it)")
 
 
-def unwritable(path: Path) -> str | None:
-    """Why this process cannot replace `path` (a new file is made in its directory), or None."""
-    d = path.parent
+SYSTEMD_HINT = ("; under systemd list its directory in ReadWritePaths= "
+                "(packaging/logban-exports.conf: /etc/systemd/system/logban.service.d/exports.conf)")
+
+
+def unwritable(path: Path, root: Path = Path("/")) -> str | None:
+    """Why a process whose root is `root` cannot replace `path` (a new file is made in its
+    directory), or None. `root` = /proc/PID/root: as the daemon sees it, in its own mount
+    namespace (a systemd unit's ProtectSystem=strict makes /etc and /var read-only)."""
+    d = root / path.parent.relative_to("/") if path.is_absolute() else root / path.parent
     if not d.is_dir():
-        return f"{d}: no such directory"
+        return f"{path.parent}: no such directory"
     if not os.access(d, os.W_OK):
         st = os.statvfs(d)
-        return f"{d}: " + ("read-only file system" if st.f_flag & os.ST_RDONLY else "not writable by this user")
+        return f"{path.parent}: " + ("read-only file system" if st.f_flag & os.ST_RDONLY else "not writable")
     return None
+
+
+def unwritable_exports(exports: Iterable[ExportOptions], root: Path = Path("/")) -> list[tuple[ExportOptions, str]]:
+    return [(o, why) for o in exports if o.path is not None and (why := unwritable(o.path, root))]
 
 
 def write(o: ExportOptions, content: str) -> bool:

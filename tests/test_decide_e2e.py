@@ -176,7 +176,7 @@ def test_scan_apply_twice_counts_each_line_once(logban, db, tmp_path):
     assert r.returncode == 0, r.stderr
     assert offences() == 4
     r = logban("--db", db, "scan", "--apply", "--json", str(log), str(old))
-    assert r.returncode == 0 and b"4 lines applied by an earlier scan --apply were skipped" in r.stderr
+    assert r.returncode == 0 and b"4 lines applied by an earlier scan --apply were not applied again" in r.stderr
     assert offences() == 4 and json.loads(r.stdout)["applied"]["offences"] == 0
     with open(log, "a") as f:                       # the live file grew: only the new line counts
         f.write(open(recent_log(tmp_path / "y", [UNKNOWN.format(ip="198.51.100.9", i=9)])).read())

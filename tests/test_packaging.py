@@ -32,7 +32,7 @@ def test_unit_verifies_with_systemd_analyze(tmp_path):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed")
     unit = tmp_path / "logban.service"
-    unit.write_text((PKG / "logban.service").read_text().replace("/usr/local/bin/logban", shutil.which("true")))
+    unit.write_text((PKG / "logban.service").read_text().replace("/opt/logban/bin/logban", shutil.which("true")))
     r = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     bad = [ln for ln in r.stderr.splitlines() if "logban.service" in ln and
            any(w in ln for w in ("Unknown", "Failed to parse", "Invalid", "ignoring"))]

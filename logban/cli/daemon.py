@@ -1,10 +1,12 @@
 """`logban run` and `reload`: the daemon."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from ..config import Config
 from ..errors import UsageError
+from ..report import safe
 from .common import _node
 
 
@@ -35,6 +37,12 @@ def _check_follows(given: list[Path], configured: list[Path], cfg: Config) -> No
 
 def cmd_reload(args, cfg: Config) -> int:
     from ..pidfile import default_pid_file, send_reload
+    from ..export import SYSTEMD_HINT, unwritable_exports
     pid = send_reload(cfg.daemon.pid_file or default_pid_file())
     print(f"asked logban (pid {pid}) to reload")
+    # As the daemon sees them (its mount namespace, through /proc): the unit's sandbox may
+    # leave an [[export]] path read-only that this shell can write.
+    for o, why in unwritable_exports(cfg.exports, Path(f"/proc/{pid}/root")):
+        print(safe(f"logban: warning: export {o.format} to {o.path}: the daemon cannot write it ({why}){SYSTEMD_HINT}"),
+              file=sys.stderr)
     return 0

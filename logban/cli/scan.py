@@ -58,21 +58,23 @@ def cmd_scan(args, cfg: Config) -> int:
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
         engine = _engine(args, cfg, _store(args, cfg), allow)
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
+        for src in sources:
+            applied.skip(src)
         # First: with [allow] resolve, the engine fills in the verified name of a client about
         # to be banned, and the report then leaves that client out too if the name is allowed.
-        sinks.insert(0, engine.add)
+        # Lines an earlier scan --apply applied are read (the report shows them) but not applied.
+        sinks.insert(0, lambda offs: engine.add(applied.new(offs)))
     parser = _parser(cfg, rules, args.mta, engine.scorer if engine is not None else Scorer(cfg.policy, allow))
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
-    summary.failed = feed_sources(sources, parser, sink, progress, skip=applied and applied.skip,
-                                  read_to=applied and applied.read_to)
+    summary.failed = feed_sources(sources, parser, sink, progress, read_to=applied and applied.read_to)
     note = None
     if engine is not None:
         applied.flush()
         if applied.skipped:
-            print(f"logban: {applied.skipped:,} lines applied by an earlier scan --apply were skipped "
-                  "(--reapply counts them again)", file=sys.stderr)
+            print(f"logban: {applied.skipped:,} lines applied by an earlier scan --apply were not applied again "
+                  "(--reapply counts them again); the report still shows what they contain", file=sys.stderr)
         engine.close()
         engine.store.prune(time.time(), cfg.retention)
         note = _enforce(args, cfg, engine.store, dry_run=args.dry_run)
@@ -99,6 +101,7 @@ class Applied:
         self.engine, self.node, self.again = engine, node, again
         self.saved = engine.store.positions(node)
         self.now: dict[str, dict] = {}          # path -> position read up to in this run
+        self.done: dict[str, int] = {}          # source name -> its first lines, applied before
         self.skipped = 0
         engine.batch = 1 << 62                  # flushed here, with positions
 
@@ -120,7 +123,14 @@ class Applied:
         self.now[path] = {"node": self.node, "path": path, "dev": st.st_dev, "inode": st.st_ino,
                           "fingerprint": fp, "fp_len": n, "offset": 0, "lines": lines}
         self.skipped += lines
+        self.done[src.name] = lines
         return lines
+
+    def new(self, offs: list[Offence]) -> list[Offence]:
+        """The offences of lines not applied before."""
+        if not self.done:
+            return offs
+        return [o for o in offs if o.line > self.done.get(o.file, 0)]
 
     def read_to(self, src: Source, lines: int) -> None:
         if src.path is None:
