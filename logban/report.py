@@ -130,6 +130,28 @@ def _short(t: float) -> str:
     return iso(t)[:19].replace("T", " ")
 
 
+KINDS_WIDTH = 48          # characters of the kinds column; the rest is summed up as "+N more"
+
+
+def _kinds_cell(kinds: list[tuple[str, int]]) -> str:
+    """The kinds of one offender, most frequent first, within KINDS_WIDTH: a row never wraps."""
+    parts = [f"{safe(k)} {n}" for k, n in kinds]
+    for keep in range(len(parts), 0, -1):
+        cell = ", ".join(parts[:keep]) + (f", +{len(parts) - keep} more" if keep < len(parts) else "")
+        if len(cell) <= KINDS_WIDTH or keep == 1:
+            return cell
+    return ""
+
+
+def top_table(rows: list[tuple[str, int, float, float, list[tuple[str, int]]]]) -> list[str]:
+    """The top offenders with a header row: (address, count, first, last, kinds by count)."""
+    wip = max(len("address"), *(len(safe(ip)) for ip, *_ in rows))
+    out = [f"  {'address':<{wip}}  {'count':>7}  {'first seen (UTC)':<19}  {'last seen (UTC)':<19}  kinds"]
+    for ip, count, first, last, kinds in rows:
+        out.append(f"  {safe(ip):<{wip}}  {count:>7,}  {_short(first)}  {_short(last)}  {_kinds_cell(kinds)}")
+    return out
+
+
 def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
     total = sum(s.by_kind.values())
     rate = f", {stats.lines / s.seconds:,.0f} lines/s" if s.seconds > 0 else ""
@@ -146,11 +168,7 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
     rows = s.top(top)
     if rows:
         out += ["", f"Top {len(rows)} offenders:"]
-        wip = max(len(ip) for ip, _ in rows)
-        out.append(f"  {'address':<{wip}}  {'count':>7}  {'first seen (UTC)':<19}  {'last seen (UTC)':<19}  kinds")
-        for ip, c in rows:
-            kinds = ", ".join(f"{k} {n}" for k, n in c.kinds.most_common())
-            out.append(f"  {ip:<{wip}}  {c.count:>7,}  {_short(c.first)}  {_short(c.last)}  {kinds}")
+        out += top_table([(ip, c.count, c.first, c.last, c.kinds.most_common()) for ip, c in rows])
     skipped = [(n, what) for n, what in (
         (stats.no_header, "candidate lines without a header logban understands"),
         (stats.bad_address, "matches whose address field held no address"),
@@ -158,7 +176,8 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
         (stats.truncated, "lines cut at the length limit"),
         (stats.truncated_skipped, "cut lines not given to rules that read the line end"),
         (stats.not_target, "matches naming an address that is never banned (multicast, link-local, ...)"),
-        (stats.unresolved, "offences whose session never named a client")) if n]
+        (stats.unresolved, "offences whose session never named a client (their line names a queue id or "
+                           "pid, and no line read ties that to an address)")) if n]
     if skipped:
         out += ["", "Skipped:"] + [f"  {n:,} {what}" for n, what in skipped]
     if s.failed:
@@ -223,8 +242,13 @@ def stats_human(s: dict, since: str | None) -> str:
     if total:
         w = max(len(k) for k in s["by_kind"])
         out += [f"  {safe(k):<{w}}  {n:>9,}  {100 * n / total:5.1f}%" for k, n in s["by_kind"].items()]
-    out += ["", f"Bans: {s['bans_total']:,} ({s['bans_active']:,} active, {s['bans_released']:,} released, "
-                f"{s['bans_escalated']:,} escalated, {s['bans_network']:,} networks, {s['bans_dry_run']:,} dry-run)."]
+    if since:       # the period's bans, and apart from them what is in force now, whatever its age
+        out += ["", f"Bans made in the last {since}: {s['bans_total']:,} ({s['bans_released']:,} since released, "
+                    f"{s['bans_escalated']:,} escalated, {s['bans_network']:,} networks, {s['bans_dry_run']:,} dry-run); "
+                    f"active now: {s['bans_active']:,}."]
+    else:
+        out += ["", f"Bans: {s['bans_total']:,} ({s['bans_active']:,} active, {s['bans_released']:,} released, "
+                    f"{s['bans_escalated']:,} escalated, {s['bans_network']:,} networks, {s['bans_dry_run']:,} dry-run)."]
     nb = sum(s["bans_by_kind"].values())
     if nb:
         w = max(len(k) for k in s["bans_by_kind"])
@@ -233,10 +257,8 @@ def stats_human(s: dict, since: str | None) -> str:
         out.append("  released by: " + ", ".join(f"{safe(k)} {n:,}" for k, n in sorted(s["released_by"].items())))
     if s["top"]:
         out += ["", f"Top {len(s['top'])} offenders:"]
-        wip = max(len(safe(t["ip"])) for t in s["top"])
-        for t in s["top"]:
-            kinds = ", ".join(f"{safe(k)} {n}" for k, n in sorted(t["kinds"].items(), key=lambda kv: -kv[1]))
-            out.append(f"  {safe(t['ip']):<{wip}}  {t['count']:>7,}  {_short(t['first'])}  {_short(t['last'])}  {kinds}")
+        out += top_table([(t["ip"], t["count"], t["first"], t["last"],
+                           sorted(t["kinds"].items(), key=lambda kv: -kv[1])) for t in s["top"]])
     ignored = s.get("ignored", {}).get("allow_listed_top")
     if ignored:
         out += ["", "Ignored: allow-listed, never offenders (their offences are in the counts above): "

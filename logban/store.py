@@ -227,6 +227,15 @@ def _create_db_file(p: Path) -> None:
         raise StoreError(f"{p}: cannot create the database: {e.strerror}") from None
 
 
+def _new_sqlite_file(url: str) -> bool:
+    try:
+        u = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        return False                # make_engine says what is wrong with it
+    return (u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:")
+            and not Path(u.database).exists())
+
+
 def _sqlite_ro_connect(path: str):
     """A read-only connection: `mode=ro` reads a store beside a writing daemon (WAL) where this
     user may only read; on a read-only mount, where SQLite cannot make the WAL index, the file
@@ -252,8 +261,6 @@ def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
         p = Path(path)
         if p.is_dir():
             raise StoreError(f"{p}: is a directory, not a database file")
-        if readonly and not p.exists():
-            readonly = False        # nothing to read yet: made as a writer would make it
         if not readonly and not p.exists():
             _create_db_file(p)
     if readonly:
@@ -306,10 +313,12 @@ class Store:
         no migration, no write transaction, so a store this user may only read, or one on a
         read-only mount, serves them, and they never wait behind a writer."""
         self.url = url or default_url()
-        Store.last_opened = self._where()           # for main()'s one-line errors
+        if readonly and _new_sqlite_file(self.url):
+            readonly = False        # nothing to read yet: made as a writer would make it
         self.readonly = readonly
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
         self.engine = make_engine(self.url, readonly)
+        Store.last_opened = self._where()           # for main()'s one-line errors
         self.shared = self.engine.dialect.name == "postgresql"        # several nodes: LISTEN/NOTIFY
         try:
             self._check_version() if readonly else self._migrate()

@@ -31,7 +31,7 @@ def test_config_values(tmp_path):
     ("[parse]\nmax_line = 10\n", "parse.max_line"),
     ("[parse]\nown_names = \"mx\"\n", "parse.own_names"),
     ("[parse]\nspeed = 1\n", "parse.speed"),
-    ("[firewal]\n", "'firewal'"),
+    ("[firewal]\n", "unknown key firewal "),
     ("[parse\n", "not valid TOML"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, key):

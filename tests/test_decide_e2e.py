@@ -13,6 +13,7 @@ from conftest import ROOT, touch_now
 
 @pytest.fixture
 def db(tmp_path):
+    (tmp_path / "state").mkdir(mode=0o700)       # logban creates no directory for --db
     return f"sqlite:///{tmp_path / 'state' / 'logban.db'}"
 
 

@@ -6,7 +6,6 @@ import lzma
 
 import pytest
 
-from logban.errors import UsageError
 from logban.sources import chunks, expand, open_source
 
 
@@ -22,8 +21,10 @@ def test_rotated_sets_are_read_oldest_first(tmp_path):
 
 def test_stdin_and_missing_paths(tmp_path):
     assert [s.name for s in expand(["-"])] == ["-"]
-    with pytest.raises(UsageError, match="no such file"):
-        expand([str(tmp_path / "nope.log")])
+    # A missing file is an input that cannot be read, reported when it is read (exit 1), not a usage error.
+    [src] = expand([str(tmp_path / "nope.log")])
+    with pytest.raises(FileNotFoundError):
+        open_source(src)
 
 
 @pytest.mark.parametrize("compress, name", [
