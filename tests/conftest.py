@@ -1,6 +1,9 @@
 import os
+import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -10,13 +13,56 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
 
 
-def run_logban(*args: str, stdin: bytes | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real `logban` process, as a user runs it."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def run_logban(*args: str, stdin: bytes | None = None, timeout: float = 120, env: dict | None = None,
+               prefix: list[str] = ()) -> subprocess.CompletedProcess:
+    """The real `logban` process, as a user runs it; `prefix`: a command it runs under
+    (`as_nobody(...)`, `ip netns exec NS`); `env`: added to the environment."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
     if "--backend" not in args:
         args = ("--backend", "none", *args)     # as root, auto would be the root namespace's firewall
-    return subprocess.run([sys.executable, "-m", "logban", *args], input=stdin, capture_output=True,
+    return subprocess.run([*prefix, sys.executable, "-m", "logban", *args], input=stdin, capture_output=True,
                           timeout=timeout, env=env, cwd=ROOT)
+
+
+def _unsearchable() -> dict[Path, set[str]]:
+    """Directories on the way to this interpreter and the checkout that other users cannot
+    enter (pyenv under /root), each with the names below it that the way goes through."""
+    out: dict[Path, set[str]] = {}
+    for p in {Path(sys.executable), Path(os.path.realpath(sys.executable)), Path(sys.prefix),
+              Path(sys.base_prefix), ROOT}:
+        for child, d in zip([p, *p.parents], p.parents):
+            if not d.stat().st_mode & 0o001:
+                out.setdefault(d, set()).add(child.name)
+    return out
+
+
+def as_nobody(hold: Path, setup: str = "") -> list[str]:
+    """A command prefix: what follows runs as the unprivileged user nobody, in a mount
+    namespace of its own (nothing leaks to the host) where `setup` ran first as root (a
+    read-only bind mount, say). Directories that hide this interpreter from other users are
+    replaced there by a tmpfs holding only the way through, so nobody needs no capability."""
+    if os.geteuid() != 0 or not all(shutil.which(t) for t in ("unshare", "setpriv")):
+        skip_or_fail("needs root, unshare and setpriv to run logban as nobody")
+    lines = ["set -e", setup]
+    for i, (d, names) in enumerate(sorted(_unsearchable().items())):
+        keep = hold / f"hold{i}"
+        keep.mkdir(parents=True, exist_ok=True)
+        lines += [f"mount --bind {shlex.quote(str(d))} {shlex.quote(str(keep))}",
+                  f"mount -t tmpfs -o mode=755 tmpfs {shlex.quote(str(d))}"]
+        for n in names:
+            src, dst = shlex.quote(str(keep / n)), shlex.quote(str(d / n))
+            lines += [f"if [ -d {src} ]; then mkdir -p {dst}; else touch {dst}; fi", f"mount --bind {src} {dst}"]
+    lines.append('exec setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME=/nonexistent "$@"')
+    return ["unshare", "-m", "sh", "-c", "\n".join(lines), "sh"]
+
+
+@pytest.fixture
+def public_tmp():
+    """A temporary directory other users can enter (pytest's own are 0700)."""
+    d = Path(tempfile.mkdtemp(prefix="logban-test-", dir="/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def bsd_stamp(t: float, utc: bool = False) -> str:
