@@ -1,7 +1,10 @@
 """The shipped service files: the default config loads as it is, and the unit is sane."""
 import configparser
+import re
 import shutil
 import subprocess
+
+from pathlib import Path
 
 import pytest
 
@@ -37,3 +40,22 @@ def test_unit_verifies_with_systemd_analyze(tmp_path):
     bad = [ln for ln in r.stderr.splitlines() if "logban.service" in ln and
            any(w in ln for w in ("Unknown", "Failed to parse", "Invalid", "ignoring"))]
     assert not bad, r.stderr
+
+
+def test_unit_runs_logban_where_the_readme_install_puts_it():
+    readme = (ROOT / "README.md").read_text()
+    unit = (PKG / "logban.service").read_text()
+    exec_start = next(ln.split("=", 1)[1].split()[0] for ln in unit.splitlines() if ln.startswith("ExecStart="))
+    venv = exec_start.removesuffix("/bin/logban")
+    assert f"sudo python3 -m venv {venv} && sudo {venv}/bin/pip install" in readme
+    assert "sudo python3 -m pip install" not in readme and "\npython3 -m pip install" not in readme   # PEP 668
+
+
+def test_exports_drop_in_opens_exactly_the_readme_export_directories():
+    readme = (ROOT / "README.md").read_text()
+    toml_paths = re.findall(r'^path = "(/[^"]+)"', readme, flags=re.M)
+    assert toml_paths, "the README's [[export]] examples"
+    text = (PKG / "logban-exports.conf").read_text()
+    rw = sorted(ln.split("=", 1)[1].strip() for ln in text.splitlines() if ln.startswith("ReadWritePaths="))
+    assert rw == sorted({str(Path(p).parent) for p in toml_paths})
+    assert "logban.service.d/exports.conf" in readme and "logban-exports.conf" in readme
