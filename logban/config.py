@@ -188,7 +188,9 @@ def load_config(path: Path | None) -> Config:
         raise UsageError(f"{path}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise UsageError(f"{path}: not valid TOML: {e}") from None
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:            # a directory, no permission: in words, without "[Errno N]"
+        raise UsageError(f"{path}: cannot read config: {(e.strerror or str(e)).lower()}") from None
+    except UnicodeDecodeError as e:
         raise UsageError(f"{path}: cannot read config: {e}") from None
     _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store", "firewall",
                  "daemon", "follow", "export"}, "", path)

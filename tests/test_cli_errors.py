@@ -299,3 +299,13 @@ def test_scan_apply_again_reports_the_lines_it_does_not_apply_again(tmp_path):
     assert b["applied"]["offences"] == 0 and b["offences"] == a["offences"] and b["by_kind"] == a["by_kind"]
     r = run_logban("--db", db, "scan", "--apply", "--dry-run", str(SAMPLES / "logs"))
     assert b"Top 10 offenders:" in r.stdout
+
+
+def test_config_that_cannot_be_read_is_one_line(tmp_path, public_tmp):
+    r = run_logban("-c", str(tmp_path), "list")
+    assert r.returncode == 2 and one_line(r) == f"logban: {tmp_path}: cannot read config: is a directory\n"
+    cfg = public_tmp / "logban.toml"
+    cfg.write_text("[ban]\n")
+    cfg.chmod(0o600)                                # root's
+    r = run_logban("-c", str(cfg), "list", prefix=as_nobody(public_tmp))
+    assert r.returncode == 2 and one_line(r) == f"logban: {cfg}: cannot read config: permission denied\n"

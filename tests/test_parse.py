@@ -73,6 +73,13 @@ def test_iso_and_rfc5424_stamps(line, want):
     assert h is not None and h.time == pytest.approx(want) and line[h.start:] == b"x"
 
 
+@pytest.mark.parametrize("stamp", [b"2026-11-20T05:00:\xe903Z", b"2026-11-20T05:00:03\xc3\xa9Z", b"\xff" * 20,
+                                   "２０２６-11-20T05:00:03Z".encode()])
+def test_rfc5424_stamp_with_non_ascii_bytes_is_no_time(stamp):
+    """Issue 13: one such byte aborted `scan` and stopped the daemon (UnicodeDecodeError)."""
+    assert parse_header(b"<22>1 " + stamp + b" mx postfix/smtpd 802 - - x", Clock("UTC", reference=REF)) is None
+
+
 def test_tai64n_stamp_and_untagged_message():
     label = (1 << 62) + 10 + int(utc(2026, 11, 20, 4, 0, 0))
     line = b"@%016x%08x CHKUSER rejected rcpt: x" % (label, 500_000_000)
