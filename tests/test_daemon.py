@@ -294,6 +294,7 @@ def test_old_offences_are_forgotten_after_the_retention(tmp_path, log, daemons, 
 
 def test_exports_follow_the_ban_set(tmp_path, log, daemons):
     out = tmp_path / "exports" / "bans.txt"
+    out.parent.mkdir()                  # logban creates no directory for an export (issue 13)
     d = start(daemons, tmp_path, "--follow", str(log),
               config=f'[ban.durations]\ndnsbl = "3s"\n[[export]]\nformat = "plain"\npath = "{out}"\n')
     deadline = time.monotonic() + 5
