@@ -12,17 +12,16 @@ migrates an older database in one transaction, and refuses a newer one.
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel
 
 from .allow import TIME_MAX, canonical_num
+from .dbfile import default_url, make_engine, new_sqlite_file, state_dir  # noqa: F401 - state_dir, default_url: API
 from .errors import StoreError
 from .parse import Offence
 from .rules import KINDS
@@ -195,115 +194,6 @@ def kind_names(bits: int) -> list[str]:
     return [k for k, b in _KIND_BIT.items() if bits & b]
 
 
-# ---- where the database lives -------------------------------------------------------------
-
-def state_dir() -> Path:
-    """logban's own state directory: the one directory it creates on demand (0700)."""
-    if os.geteuid() == 0:
-        return Path("/var/lib/logban")
-    return Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state") / "logban"
-
-
-def default_url() -> str:
-    return f"sqlite:///{state_dir() / 'logban.db'}"
-
-
-def _create_db_file(p: Path) -> None:
-    """A new store, 0600 in a 0700 directory: it holds SASL user names and client addresses.
-    SQLite gives its -wal and -shm files the database file's mode. Only logban's own state
-    directory is made on demand: a typo in --db must not leave directories behind."""
-    if not p.parent.is_dir():
-        if p.parent != state_dir():
-            raise StoreError(f"{p.parent}: no such directory (logban creates only its own, {state_dir()})")
-        try:
-            p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"{p.parent}: cannot create the database directory: {e.strerror}") from None
-    try:
-        os.close(os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
-    except FileExistsError:
-        pass                        # made meanwhile by another logban: SQLite opens it
-    except OSError as e:
-        raise StoreError(f"{p}: cannot create the database: {e.strerror}") from None
-
-
-def _new_sqlite_file(url: str) -> bool:
-    try:
-        u = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        return False                # make_engine says what is wrong with it
-    return (u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:")
-            and not Path(u.database).exists())
-
-
-def _sqlite_ro_connect(path: str):
-    """A read-only connection: `mode=ro` reads a store beside a writing daemon (WAL) where this
-    user may only read; on a read-only mount, where SQLite cannot make the WAL index, the file
-    is read as `immutable` (nothing can write it there anyway)."""
-    import sqlite3
-    from urllib.parse import quote
-    uri = f"file:{quote(path)}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
-    try:
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-    except sqlite3.OperationalError as e:
-        conn.close()
-        if "unable to open" not in str(e) and "readonly" not in str(e):
-            raise
-        conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5, check_same_thread=False)
-    return conn
-
-
-def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
-    path = url.database
-    memory = not path or path == ":memory:"
-    if not memory:
-        p = Path(path)
-        if p.is_dir():
-            raise StoreError(f"{p}: is a directory, not a database file")
-        if not readonly and not p.exists():
-            _create_db_file(p)
-    if readonly:
-        engine = sa.create_engine(url, creator=lambda: _sqlite_ro_connect(path), poolclass=sa.pool.NullPool)
-    else:
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _connect(dbapi_conn, _record) -> None:
-        # Transactions are ours to begin (see _begin): pysqlite's own would not
-        # cover DDL, and a migration must be all or nothing.
-        dbapi_conn.isolation_level = None
-        cur = dbapi_conn.cursor()
-        # A reader never waits for a writer in WAL mode; it must not queue 30 s either.
-        cur.execute(f"PRAGMA busy_timeout = {5000 if readonly else 30000}")
-        if not readonly:
-            cur.execute("PRAGMA journal_mode = WAL")
-            cur.execute("PRAGMA synchronous = NORMAL")
-        cur.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _begin(conn: Connection) -> None:
-        # A writer takes the write lock up front: a read lock upgraded later can
-        # fail at once with "database is locked" whatever the busy timeout.
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("write") else "BEGIN")
-
-    return engine
-
-
-def make_engine(url: str, readonly: bool = False) -> Engine:
-    try:
-        u = sa.make_url(url)
-    except sa.exc.ArgumentError:
-        raise StoreError(f"{url!r} is not a database URL (like sqlite:////var/lib/logban/logban.db)") from None
-    try:
-        if u.get_backend_name() == "sqlite":
-            return _sqlite_engine(u, readonly)
-        # A database that went away must fail fast, not hang: the daemon goes on without it.
-        return sa.create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 5})
-    except (ImportError, sa.exc.NoSuchModuleError) as e:
-        raise StoreError(f"{u.render_as_string()}: no driver for this database: {e}") from None
-
-
 # ---- the store ----------------------------------------------------------------------------
 
 class Store:
@@ -313,7 +203,7 @@ class Store:
         no migration, no write transaction, so a store this user may only read, or one on a
         read-only mount, serves them, and they never wait behind a writer."""
         self.url = url or default_url()
-        if readonly and _new_sqlite_file(self.url):
+        if readonly and new_sqlite_file(self.url):
             readonly = False        # nothing to read yet: made as a writer would make it
         self.readonly = readonly
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}

@@ -1,4 +1,5 @@
 """The store on a real SQLite file and a real PostgreSQL server: schema, migrations, bans, releases, restarts."""
+import os
 import sqlite3
 import time
 
@@ -36,10 +37,10 @@ def test_new_database_is_wal_with_a_schema_version(tmp_path):
 
 
 def test_default_path_follows_xdg_when_not_root(monkeypatch, tmp_path):
-    monkeypatch.setattr(store_mod.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path))
     assert store_mod.default_url() == f"sqlite:///{tmp_path}/logban/logban.db"
-    monkeypatch.setattr(store_mod.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert store_mod.default_url() == "sqlite:////var/lib/logban/logban.db"
 
 
