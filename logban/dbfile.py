@@ -114,6 +114,9 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
         if u.get_backend_name() == "sqlite":
             return _sqlite_engine(u, readonly)
         # A database that went away must fail fast, not hang: the daemon goes on without it.
-        return sa.create_engine(u, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+        args: dict = {"connect_timeout": 5}
+        if readonly and u.get_backend_name() == "postgresql":
+            args["options"] = "-c default_transaction_read_only=on"     # a reader's session writes nothing
+        return sa.create_engine(u, pool_pre_ping=True, connect_args=args)
     except (ImportError, sa.exc.NoSuchModuleError) as e:
         raise StoreError(f"{u.render_as_string()}: no driver for this database: {e}") from None
