@@ -120,3 +120,16 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
         return sa.create_engine(u, pool_pre_ping=True, connect_args=args)
     except (ImportError, sa.exc.NoSuchModuleError) as e:
         raise StoreError(f"{u.render_as_string()}: no driver for this database: {e}") from None
+
+
+def unwritable_hint(url: sa.URL, readonly: bool) -> str:
+    """Why a writer cannot open a SQLite store SQLite only calls "unable to open": its
+    directory is read-only or not ours (a writer makes -wal and -shm files beside it)."""
+    if readonly or url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return ""
+    d = Path(url.database).parent
+    if os.access(d, os.W_OK) and os.access(url.database, os.W_OK):
+        return ""
+    ro = os.path.isdir(d) and bool(os.statvfs(d).f_flag & os.ST_RDONLY)
+    why = f"{d} is on a read-only file system" if ro else f"{url.database} or {d} is not writable by this user"
+    return f" ({why}; list, show, stats and export only read it)"

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel
 
 from .allow import TIME_MAX, canonical_num
-from .dbfile import default_url, make_engine, new_sqlite_file, state_dir  # noqa: F401 - state_dir, default_url: API
+from .dbfile import default_url, make_engine, new_sqlite_file, state_dir, unwritable_hint  # noqa: F401 - API
 from .errors import StoreError
 from .parse import Offence
 from .rules import KINDS
@@ -214,7 +214,8 @@ class Store:
             self._check_version() if readonly else self._migrate()
         except sa.exc.SQLAlchemyError as e:
             self.engine.dispose()
-            raise StoreError(f"{self._where()}: cannot open the database: {short_error(e)}") from None
+            raise StoreError(f"{self._where()}: cannot open the database: {short_error(e)}"
+                             + unwritable_hint(self.engine.url, readonly)) from None
 
     def _where(self) -> str:
         return self.where(self.url)
