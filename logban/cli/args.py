@@ -15,7 +15,6 @@ exit status:
   1  runtime failure (an unreadable input among several: the others are still read and reported;
      the store or the firewall failed)
   2  bad usage, bad config or bad rule pack (one line on stderr names the file, key or rule)
-  3  `status` only: the daemon is not running
 
 environment:
   LOGBAN_DEBUG=1  show the Python traceback of an unexpected error instead of one line
