@@ -104,6 +104,14 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     ok(run_logban("--db", url, "--backend", "nftables", "ban", "198.51.100.9", prefix=inside))
     assert "inet logban" in logban_tables(netns)    # the check above can fail
 
+    def elements() -> str:
+        return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "inet", "logban", "ban4"],
+                              capture_output=True, text=True).stdout
+
+    assert "198.51.100.9" in elements()
+    r = ok(run_logban("--db", url, "--backend", "nftables", "unban", "198.51.100.9", prefix=inside))
+    assert "198.51.100.9" not in elements() and b"1 removed" in r.stdout      # lifting does touch it
+
 
 def test_a_named_backend_without_root_is_refused_before_anything_is_recorded(public_tmp):
     d = public_tmp / "state"
