@@ -6,6 +6,7 @@ bans, ban history, the offences that still count), so a restart forgets nothing.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -25,6 +26,13 @@ class EngineStats:
     released_allow: int = 0          # bans released because the allow-list now covers them
     network_bans: int = 0
     escalated: int = 0
+
+
+def _end(b) -> float:
+    """When a ban row ends (-inf: no row)."""
+    if b is None:
+        return -math.inf
+    return math.inf if b.expires is None else b.expires
 
 
 class Engine:
@@ -65,16 +73,29 @@ class Engine:
     def refresh_bans(self) -> None:
         """The scorer's view of the bans made equal to the store's (changed by `logban ban`/`unban`, or at start)."""
         sc = self.scorer
-        sc.history = self.store.history()
+        # Enforcing, dry-run bans are records of what would have happened: they neither hold
+        # a client as banned nor escalate its next ban. A dry run builds on both.
+        real = not self.dry_run
+        sc.history = self.store.history(real_only=real)
         # A row no logban wrote (0.0.0.0/0 would make every client look banned already) is ignored.
-        live = [b for b in self.store.unreleased() if valid_target(b.target)]
-        keep = {b.target for b in live}
-        for t in [t for t in sc.active if t not in keep]:
+        longest: dict[str, object] = {}         # a dry run may see a real and a dry-run ban of one target
+        for b in self.store.unreleased(real_only=real):
+            if valid_target(b.target) and _end(b) >= _end(longest.get(b.target)):
+                longest[b.target] = b
+        for t in [t for t in sc.active if t not in longest]:
             sc.release(t)
-        for b in live:
-            if b.target not in sc.active:
+        for t, b in longest.items():
+            if sc.active.get(t) != _end(b):
                 sc.mark_banned(Decision(b.target, b.kind, b.rule, b.score, b.created, b.duration, b.count,
                                         b.escalated, b.reason))
+
+    def set_dry_run(self, dry_run: bool) -> None:
+        """Switched by a reload: from now on bans are recorded as this says, and the scorer
+        holds as banned what this mode counts (see `refresh_bans`)."""
+        if dry_run != self.dry_run:
+            self.flush()
+            self.dry_run = dry_run
+            self.refresh_bans()
 
     def reconfigure(self, policy: Policy, allow: AllowList) -> list[str]:
         """A reloaded config: new policy and allow-list, the same state."""

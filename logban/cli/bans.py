@@ -51,7 +51,7 @@ def cmd_ban(args, cfg: Config) -> int:
         raise UsageError(f"{target}: not banned: {refused[0][1]}")
     now = time.time()
     scorer = Scorer(cfg.policy, allow)
-    scorer.history = store.history()
+    scorer.history = store.history(real_only=not (cfg.dry_run or args.dry_run))
     _, count, _ = scorer.duration(target, "manual", "", now)
     reason = args.reason or "banned by hand"
     d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
@@ -76,7 +76,7 @@ def cmd_unban(args, cfg: Config) -> int:
             print(f"unbanned {t}: lifted {', '.join(lifted)}; score cleared")
         else:
             print(f"{t}: not banned; score cleared")
-    print(_enforce(args, cfg, store))
+    print(_enforce(args, cfg, store, lifting=True))
     return 0
 
 

@@ -113,21 +113,26 @@ def _store(args, cfg: Config):
 
 
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
+    """The firewall; in a dry run it adds nothing and still lifts what must go."""
     from ..firewall import Firewall, choose
-    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store, _allow(cfg))
+    return Firewall(choose(cfg.firewall, backend=args.backend), store, _allow(cfg), dry_run=cfg.dry_run or dry_run)
 
 
-def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
-    """After the store changed: the kernel follows. Returns a note for the user."""
+def _enforce(args, cfg: Config, store, *, dry_run: bool = False, lifting: bool = False) -> str:
+    """After the store changed: the kernel follows. `lifting`: the change only ended bans.
+    Returns a note for the user."""
     fw = _firewall(args, cfg, store, dry_run=dry_run)
-    if not fw.enforcing:
-        return "not enforced: firewall backend none" + (" (dry run)" if cfg.dry_run or dry_run else
+    if not fw.has_backend:
+        return "not enforced: firewall backend none" + (" (dry run)" if fw.dry_run else
                                                          " (not root)" if os.geteuid() else "")
+    if fw.dry_run and not lifting:
+        return f"{fw.backend.name}: dry run, nothing added"
     try:
         p = fw.sync()
     except FirewallError as e:
         raise FirewallError(f"{e} (the store has the change; `logban firewall sync` enforces it)") from None
-    return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed"
+    return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed" + (" (dry run: nothing added)"
+                                                                               if fw.dry_run else "")
 
 
 def _node(args, cfg: Config) -> str:
