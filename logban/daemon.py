@@ -163,6 +163,7 @@ class Daemon:
         self.refused_seen: set[str] = set()     # store bans this node refused to enforce (logged once)
         self.next_expiry: float | None = None
         self.exports_dirty = True           # the ban set may have changed: [[export]] files to check
+        self.future_told, self.future_next = 0, 0.0
         self._configure(cfg)
 
     # ---- configuration (start and SIGHUP) ------------------------------------------------------
@@ -179,7 +180,11 @@ class Daemon:
         for s in specs:
             if s.mta is not None and s.mta not in packs:
                 raise UsageError(f"{cfg.path}: follow {s.path}: no rule pack {s.mta!r} (have: {', '.join(sorted(packs))})")
-        self.parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
+        parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
+        for mta, p in parsers.items():
+            if mta in getattr(self, "parsers", {}):
+                p.adopt(self.parsers[mta])      # a reload keeps sessions, links and rate windows
+        self.parsers = parsers
         self.cfg, self.rules, self.specs = cfg, rules, specs
         self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
 
@@ -221,10 +226,22 @@ class Daemon:
     # ---- running ----------------------------------------------------------------------------
     def run(self) -> int:
         self.store = Store(self.opts.db or self.cfg.database)
+        try:
+            lock = self.store.run_lock(self.opts.node)
+        except BaseException:
+            self.store.close()
+            raise
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
         c = self.cfg
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
-                             resolver=resolver, batch=1 << 62)      # flushed by the loop, with positions
+                             resolver=resolver, batch=1 << 62,      # flushed by the loop, with positions
+                             clock_skew=c.parse.clock_skew, future="now")
         self.remote_low = self.store.max_offence_id()           # other nodes' offences: from here on
         self.firewall = self._firewall()
         self._sync("start")
@@ -435,6 +452,7 @@ class Daemon:
                     m.offences.labels(o.kind).inc()
             if offs:
                 self.engine.add(offs)
+        self._note_future()
         if m is not None:
             failures = sum(p.stats.no_header + p.stats.bad_address + p.stats.timeouts for p in self.parsers.values())
             if failures > m.failures_seen:
@@ -444,6 +462,17 @@ class Daemon:
                 if fs.f is not None:
                     m.lag.labels(str(fs.spec.path)).set(max(0, os.fstat(fs.f.fileno()).st_size - fs.offset))
         return bool(chunks)
+
+    def _note_future(self) -> None:
+        """Stamps ahead of this host's clock (a sender's clock, forwarded RFC 5424 stamps): said
+        at the first one, then at most hourly."""
+        n = self.engine.stats.future
+        if n > self.future_told and time.monotonic() >= self.future_next:
+            self.future_next = time.monotonic() + 3600
+            log.warning("%d offence(s) stamped more than %s ahead of this host's clock were counted as "
+                        "read now (%d so far); check the clocks, or parse.clock_skew", n - self.future_told,
+                        format_duration(self.engine.clock_skew), n)
+            self.future_told = n
 
     def _export(self) -> None:
         from .export import render, write
@@ -544,6 +573,8 @@ class Daemon:
             log.error("reload refused, the running config stays: %s", e)
             return
         released = self.engine.reconfigure(cfg.policy, self.allow)
+        self.engine.set_dry_run(self.dry_run)
+        self.engine.clock_skew = cfg.parse.clock_skew
         self.next_expiry = self.store.next_expiry()
         for t in released:
             log.info("release %s (allow-listed now)", t)
@@ -551,9 +582,20 @@ class Daemon:
             self.engine.flush(self.follower.positions())
             self.follower.close()
             self.follower = self._follower()
-        self.firewall = self._firewall()
+        old, self.firewall = self.firewall, self._firewall()
         self.refused_seen.clear()
-        self._sync("reload")
+        if type(old.backend) is not type(self.firewall.backend) and old.has_backend:
+            # The new backend holds the bans first; then the old one's elements are lifted,
+            # or they would drop traffic with no one left to lift them.
+            self._sync("reload")
+            try:
+                old.backend.teardown()
+                log.info("firewall: %s replaced by %s; its elements are lifted", old.backend.name,
+                         self.firewall.backend.name)
+            except FirewallError as e:
+                log.error("firewall: lifting the old %s elements failed: %s", old.backend.name, e)
+        else:
+            self._sync("reload")
         self.exports_dirty = True
         log.info("reloaded %s", cfg.path or "the built-in defaults")
         sd_notify("STATUS=" + self._status())

@@ -26,6 +26,7 @@ class EngineStats:
     released_allow: int = 0          # bans released because the allow-list now covers them
     network_bans: int = 0
     escalated: int = 0
+    future: int = 0                  # offences stamped ahead of this host's clock by more than the skew
 
 
 def _end(b) -> float:
@@ -37,8 +38,14 @@ def _end(b) -> float:
 
 class Engine:
     def __init__(self, store: Store, policy: Policy, allow: AllowList, *, node: str, dry_run: bool,
-                 resolver: Resolver | None = None, batch: int = BATCH) -> None:
+                 resolver: Resolver | None = None, batch: int = BATCH, clock_skew: float = 300.0,
+                 future: str = "skip") -> None:
+        """`future`: what becomes of an offence stamped more than `clock_skew` ahead of this
+        host's clock: "skip" (left out, counted in stats.future) or "now" (counted as read
+        now: a daemon reads lines as they are written). A ban must never be stretched into
+        the future by a sender's wrong clock."""
         self.store, self.node, self.dry_run = store, node, dry_run
+        self.clock_skew, self.future_now = clock_skew, future == "now"
         self.allow = allow
         self.resolver = resolver if allow.names else None
         self.batch = batch
@@ -109,6 +116,9 @@ class Engine:
         sc, buf = self.scorer, self._offences
         st = sc.stats
         target_of, resolver = sc.target_of, self.resolver
+        now = time.time()
+        if offences and max(o.time for o in offences) > now + self.clock_skew:
+            offences = self._future(offences, now)
         for o in offences:
             if resolver is not None and o.name is None and sc.would_ban(o):
                 # Only a client about to be banned costs a DNS lookup, never every line.
@@ -123,6 +133,17 @@ class Engine:
                 self._fresh.extend(ds)
         if len(buf) >= self.batch:
             self.flush()
+
+    def _future(self, offences: list[Offence], now: float) -> list[Offence]:
+        out = []
+        for o in offences:
+            if o.time > now + self.clock_skew:
+                self.stats.future += 1
+                if not self.future_now:
+                    continue
+                o.time = now
+            out.append(o)
+        return out
 
     def has_unsaved(self) -> bool:
         return bool(self._offences or self._pending or self.scorer.new_partners)

@@ -15,7 +15,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -85,6 +85,11 @@ class ParseStats:
     not_target: int = 0            # a rule's address can never be banned (unspecified, multicast, link-local, ...)
     unresolved: int = 0            # keyed offences whose key never met an address
     hits: Counter = field(default_factory=Counter)   # rule id -> matches (links too)
+
+    def add(self, other: ParseStats) -> None:
+        """Another parser's counts added to these (several logs read apart, reported as one)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 def not_target(ip: str) -> bool:

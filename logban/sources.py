@@ -44,7 +44,7 @@ class Source:
             return None
 
 
-def _rotation_key(p: Path) -> tuple:
+def rotation_key(p: Path) -> tuple:
     """Sort key: one rotated set together, its oldest member first."""
     name = p.name
     for suf in _COMPRESSED:
@@ -80,7 +80,7 @@ def expand(paths: list[str]) -> list[Source]:
             files.append(p)
         else:
             raise UsageError(f"{arg}: no such file or directory")
-    files = sorted(dict.fromkeys(files), key=_rotation_key)
+    files = sorted(dict.fromkeys(files), key=rotation_key)
     return [Source(str(f), f) for f in files] + out
 
 

@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..allow import AllowList, Resolver, parse_network
@@ -65,42 +65,52 @@ def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
     return chunk[pos:], n
 
 
+def read_source(src: Source, parser: Parser, left: int = 0) -> Iterator[tuple[list[Offence], int]]:
+    """(offences, lines of `src` read so far) for each chunk of `src`, its first `left` lines
+    skipped (applied before). Raises what READ_ERRORS names."""
+    parser.file = src.name
+    parser.clock.set_reference(src.mtime() or time.time())
+    lines = 0
+    stream = open_source(src)
+    try:
+        for chunk in chunks(stream, parser.max_line):
+            if left:
+                chunk, dropped = _skip_lines(chunk, left)
+                left -= dropped
+                lines += dropped
+                if not chunk:
+                    continue
+            before = parser.stats.lines
+            offs = parser.feed(chunk, lines)
+            lines += parser.stats.lines - before
+            yield offs, lines
+    finally:
+        if src.path is not None:
+            stream.close()
+
+
+def read_failed(src: Source, e: BaseException, parser: Parser, failed: list[str]) -> None:
+    print(safe(f"logban: {src.name}: {e} (read {parser.stats.lines:,} lines)"), file=sys.stderr)
+    failed.append(src.name)
+
+
 def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Offence]], None],
                  progress: _Progress | None = None, *, skip: Callable[[Source], int] | None = None,
                  read_to: Callable[[Source, int], None] | None = None) -> list[str]:
     """Run every source through the parser in order; names of sources not read to the end.
     `skip(src)`: lines of it applied before, not read again; `read_to(src, lines)`: after each chunk."""
-    failed = []
+    failed: list[str] = []
     for src in sources:
-        parser.file = src.name
-        parser.clock.set_reference(src.mtime() or time.time())
-        lines = 0
-        left = skip(src) if skip else 0
         try:
-            stream = open_source(src)
-            try:
-                for chunk in chunks(stream, parser.max_line):
-                    if left:
-                        chunk, dropped = _skip_lines(chunk, left)
-                        left -= dropped
-                        lines += dropped
-                        if not chunk:
-                            continue
-                    before = parser.stats.lines
-                    offs = parser.feed(chunk, lines)
-                    lines += parser.stats.lines - before
-                    if offs:
-                        sink(offs)
-                    if read_to:
-                        read_to(src, lines)
-                    if progress:
-                        progress.show(src.name, parser.stats.lines)
-            finally:
-                if src.path is not None:
-                    stream.close()
+            for offs, lines in read_source(src, parser, skip(src) if skip else 0):
+                if offs:
+                    sink(offs)
+                if read_to:
+                    read_to(src, lines)
+                if progress:
+                    progress.show(src.name, parser.stats.lines)
         except READ_ERRORS as e:
-            print(safe(f"logban: {src.name}: {e} (read {lines:,} lines)"), file=sys.stderr)
-            failed.append(src.name)
+            read_failed(src, e, parser, failed)
     parser.finish()
     return failed
 
@@ -155,7 +165,7 @@ def _engine(args, cfg: Config, store, allow: AllowList | None = None):
     allow = allow or _allow(cfg)
     resolver = Resolver(cfg.allow.resolve_timeout) if cfg.allow.resolve else None
     return Engine(store, cfg.policy, allow, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run,
-                  resolver=resolver)
+                  resolver=resolver, clock_skew=cfg.parse.clock_skew, future="skip")
 
 
 def parse_target(text: str, what: str = "target") -> str:
