@@ -499,11 +499,12 @@ class Daemon:
             log.info("ban %s %s score %g for %s (ban #%d%s) rule %s%s: %s", d.target, d.kind, d.score,
                      format_duration(d.duration), d.count, ", escalated" if d.escalated else "", d.rule, dry, trig)
             for m in d.members:
-                log.info("release %s (aggregated into %s)", m, d.target)
+                if d.trigger is None or m != d.trigger.ip:     # the newest member was never banned alone
+                    log.info("release %s (aggregated into %s)", m, d.target)
             if self.metrics is not None:
                 self.metrics.bans_added.labels(d.kind).inc()
                 if d.members:
-                    self.metrics.bans_released.labels("aggregated").inc(len(d.members))
+                    self.metrics.bans_released.labels("aggregated").inc(len(d.members) - 1)
         add = {d.target: kernel_timeout(d.expires, now) for d in decided if d.expires is None or d.expires > now}
         # Only what this process knows the kernel holds: a member never enforced here (refused,
         # or its time ran out) is not there to delete.
