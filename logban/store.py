@@ -462,6 +462,8 @@ class Store:
             self._reset_many(conn, rows)
 
     def _reset_many(self, conn: Connection, rows: list[dict]) -> None:
+        if not rows:
+            return                      # an empty executemany would run the statement once, unbound
         conn.execute(self._RESET, [{"b_target": r["b_target"], "b_at": r["b_at"]} for r in rows])
 
     def _release(self, conn: Connection, target: str, reason: str, at: float) -> int:
