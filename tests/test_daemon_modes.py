@@ -84,7 +84,8 @@ def test_dry_run_adds_nothing_then_reload_enforces_and_the_dry_run_ban_holds_nob
     log = tmp_path / "mail.log"
     log.write_text("")
     d = Daemon(tmp_path, "--follow", str(log), backend="nftables")
-    configure(d, "dry_run = true")
+    metrics = 'metrics = "127.0.0.1:9187"\n'
+    configure(d, "dry_run = true", metrics)
     daemons.append(d.start(prefix=["ip", "netns", "exec", lab.srv]))
     append(log, dnsbl(ATTACKER))
     d.wait_log(f"ban {ATTACKER} dnsbl")
@@ -93,8 +94,11 @@ def test_dry_run_adds_nothing_then_reload_enforces_and_the_dry_run_ban_holds_nob
     assert not any("lift" in ln or "release" in ln for ln in d.lines), d.lines
     assert nft_elements(lab) is None, "a dry run made logban's table"
     assert lab.connects(ATTACKER)
+    r = lab.run(lab.srv, sys.executable, "-c", "import urllib.request as u; "
+                "print(u.urlopen('http://127.0.0.1:9187/metrics', timeout=10).read().decode())")
+    assert "logban_bans_active 1.0" in r.stdout, r.stdout + r.stderr
 
-    reload(d, "dry_run = false")
+    reload(d, "dry_run = false", metrics)
     append(log, dnsbl(ATTACKER))        # the dry-run ban is a record: it holds nobody
     wait_for(lambda: ATTACKER in (nft_elements(lab) or set()), what="the real ban in the kernel")
     assert not lab.connects(ATTACKER)
@@ -105,7 +109,7 @@ def test_dry_run_adds_nothing_then_reload_enforces_and_the_dry_run_ban_holds_nob
     assert ATTACKER in nft_elements(lab), "the daemon lifted its own ban"
     assert not any(f"release {ATTACKER}" in ln for ln in d.lines), d.lines
 
-    reload(d, "dry_run = true")       # back to a dry run: what is enforced stays, nothing new is added
+    reload(d, "dry_run = true", metrics)       # back to a dry run: what is enforced stays, nothing new is added
     append(log, dnsbl(OTHER))
     d.wait_log(f"ban {OTHER} dnsbl")
     time.sleep(1.5)
