@@ -89,7 +89,8 @@ class Engine:
         for b in self.store.unreleased(real_only=real):
             if valid_target(b.target) and _end(b) >= _end(longest.get(b.target)):
                 longest[b.target] = b
-        for t in [t for t in sc.active if t not in longest]:
+        pending = {d.target for d in self._pending}     # decided here, not recorded yet
+        for t in [t for t in sc.active if t not in longest and t not in pending]:
             sc.release(t)
         for t, b in longest.items():
             if sc.active.get(t) != _end(b):
