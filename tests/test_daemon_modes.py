@@ -19,16 +19,6 @@ ATTACKER, OTHER = "198.51.100.2", "198.51.100.3"     # client addresses of the n
 
 
 @pytest.fixture
-def daemons():
-    running: list[Daemon] = []
-    yield running
-    for d in running:
-        if d.p is not None and d.p.poll() is None:
-            d.p.kill()
-            d.p.wait(10)
-
-
-@pytest.fixture
 def lab(tmp_path):
     need_netns()
     need_tools("nft")
