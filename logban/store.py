@@ -317,6 +317,13 @@ class Store:
             yield conn
 
     def _migrate(self) -> None:
+        # Looked at first without a write lock: a command beside a busy daemon, with nothing
+        # to migrate, must not queue behind its writes.
+        with self.read() as conn:
+            if sa.inspect(conn).has_table("meta"):
+                row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
+                if row and row[0] == str(SCHEMA_VERSION):
+                    return
         with self.write() as conn:
             if not sa.inspect(conn).has_table("meta"):
                 SQLModel.metadata.create_all(conn)

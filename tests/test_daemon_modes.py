@@ -261,3 +261,30 @@ def test_log_lines_say_who_decided_and_every_release_has_one(tmp_path, lab, daem
     assert not any("reconcil" in ln or "does not exist" in ln for ln in d.lines), "".join(d.lines)
     assert nft_elements(lab) == {f"{NET}.0/24"}
     assert d.stop() == 0
+
+
+def test_a_cli_sync_never_lifts_a_ban_the_daemon_has_not_recorded_yet(tmp_path, lab, daemons):
+    """Issue 12: the daemon put a ban in the kernel before committing it; a `logban firewall
+    sync` run in between took it for an unknown element and lifted it, until the next
+    periodic sync. Now a ban is recorded first, then enforced."""
+    import sqlite3
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path, "--follow", str(log), backend="nftables")
+    configure(d, tables="sync_interval = \"1h\"\n")
+    daemons.append(d.start(prefix=["ip", "netns", "exec", lab.srv]))
+    holder = sqlite3.connect(d.db, timeout=10, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")          # the store is slow to take a write
+    try:
+        append(log, dnsbl(ATTACKER))
+        time.sleep(1.5)                         # decided by now, waiting to be recorded
+        r = cli(d, "firewall", "sync", ns=lab.srv, backend="nftables")
+        assert r.returncode == 0, r.stderr
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    d.wait_log(f"ban {ATTACKER}")
+    wait_for(lambda: ATTACKER in (nft_elements(lab) or set()), what="the ban in the kernel")
+    time.sleep(1.5)
+    assert ATTACKER in nft_elements(lab) and not lab.connects(ATTACKER)
+    assert d.stop() == 0
