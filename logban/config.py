@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ class ParseConfig:
     timezone: str | None = None        # for RFC 3164 stamps; None = this host's zone
     max_line: int = 8192
     match_timeout: float = 0.05
+    # How far a log stamp may run ahead of this host's clock (a sender's clock off a little).
+    # Beyond it, the daemon counts the offence when it read it; `scan --apply` leaves it out.
+    clock_skew: float = 300.0
 
 
 @dataclass
@@ -76,7 +80,7 @@ def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = 
 
 
 def _number(v, key: str, path: Path, lo: float, hi: float, *, whole: bool = False, lo_open: bool = False) -> float:
-    ok = isinstance(v, int if whole else (int, float)) and not isinstance(v, bool)
+    ok = isinstance(v, int if whole else (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     if not ok or v < lo or v > hi or (lo_open and v == lo):
         what = "a whole number" if whole else "a number"
         raise UsageError(f"{path}: {key} must be {what} {'above' if lo_open else 'from'} {lo:g}"
@@ -200,7 +204,7 @@ def load_config(path: Path | None) -> Config:
     cfg.rule_dirs = [Path(d) for d in _strings(rules.get("dirs", []), "rules.dirs", path)]
     cfg.disable = _strings(rules.get("disable", []), "rules.disable", path)
     p = data.get("parse", {})
-    _keys(p, {"own_names", "timezone", "max_line", "match_timeout"}, "parse.", path)
+    _keys(p, {"own_names", "timezone", "max_line", "match_timeout", "clock_skew"}, "parse.", path)
     pc = cfg.parse
     pc.own_names = _strings(p.get("own_names", []), "parse.own_names", path)
     if "timezone" in p:
@@ -221,6 +225,10 @@ def load_config(path: Path | None) -> Config:
         if isinstance(secs, bool) or not isinstance(secs, (int, float)) or not 0 < secs <= 10:
             raise UsageError(f"{path}: parse.match_timeout must be above 0 and at most 10 seconds")
         pc.match_timeout = float(secs)
+    if "clock_skew" in p:
+        pc.clock_skew = _duration(p["clock_skew"], "parse.clock_skew", path, zero=True)
+        if pc.clock_skew > 86400:
+            raise UsageError(f"{path}: parse.clock_skew must be at most a day, not {p['clock_skew']!r}")
     for k in ("score", "ban", "allow", "store", "firewall", "daemon"):
         if not isinstance(data.get(k, {}), dict):
             raise UsageError(f"{path}: {k} must be a table ([{k}])")

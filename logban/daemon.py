@@ -162,6 +162,7 @@ class Daemon:
         self.exports_dirty = True           # the ban set may have changed: [[export]] files to check
         self.export_delay = EXPORT_EVERY    # doubled after each failed export, back to EXPORT_EVERY after one that works
         self.export_failing: dict[str, str] = {}    # path -> the error logged for it (logged once per change)
+        self.future_told, self.future_next = 0, 0.0
         self._configure(cfg)
 
     # ---- configuration (start and SIGHUP) ------------------------------------------------------
@@ -179,7 +180,11 @@ class Daemon:
         for s in specs:
             if s.mta is not None and s.mta not in packs:
                 raise UsageError(f"{cfg.path}: follow {s.path}: no rule pack {s.mta!r} (have: {', '.join(sorted(packs))})")
-        self.parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
+        parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
+        for mta, p in parsers.items():
+            if mta in getattr(self, "parsers", {}):
+                p.adopt(self.parsers[mta])      # a reload keeps sessions, links and rate windows
+        self.parsers = parsers
         self.cfg, self.rules, self.specs = cfg, rules, specs
         self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
         for o, why in unwritable_exports(cfg.exports):     # at start and at each reload
@@ -202,8 +207,8 @@ class Daemon:
         return self.cfg.dry_run or self.opts.dry_run
 
     def _firewall(self) -> Firewall:
-        return Firewall(choose(self.cfg.firewall, backend=self.opts.backend, dry_run=self.dry_run), self.store,
-                        self.allow)
+        return Firewall(choose(self.cfg.firewall, backend=self.opts.backend), self.store, self.allow,
+                        dry_run=self.dry_run)
 
     def _screen(self, bans, partners: list[str] | None = None) -> list:
         """The bans this node may enforce and publish; each refusal logged once. `partners`:
@@ -223,10 +228,22 @@ class Daemon:
     # ---- running ----------------------------------------------------------------------------
     def run(self) -> int:
         self.store = Store(self.opts.db or self.cfg.database)
+        try:
+            lock = self.store.run_lock(self.opts.node)
+        except BaseException:
+            self.store.close()
+            raise
+        try:
+            return self._run()
+        finally:
+            lock.release()
+
+    def _run(self) -> int:
         c = self.cfg
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
-                             resolver=resolver, batch=1 << 62)      # flushed by the loop, with positions
+                             resolver=resolver, batch=1 << 62,      # flushed by the loop, with positions
+                             clock_skew=c.parse.clock_skew, future="now")
         self.remote_low = self.store.max_offence_id()           # other nodes' offences: from here on
         self.firewall = self._firewall()
         self._sync("start")
@@ -249,6 +266,7 @@ class Daemon:
         next_sync, next_cluster, next_ping = mono + c.daemon.sync_interval, mono + CLUSTER_EVERY, 0.0
         next_prune = next_export = mono
         self.rev = self.store.revision()
+        self.cleared_mark = time.time() - 2
         try:
             while not self.stopping:
                 ne = self.next_expiry
@@ -256,10 +274,15 @@ class Daemon:
                                    self.listener.wake_r if self.listener is not None else None)
                 got = self._read() if self._may_read() else False
                 fresh = self.engine.fresh()
-                if fresh:
-                    self._enforce(fresh)        # the kernel first: it needs no database
+                if fresh and self.offline_since is not None:
+                    self._enforce(fresh)        # the store is away: the kernel needs no database
+                    fresh = []
                 if got or fresh or (self.offline_since is not None and self.engine.has_unsaved()):
                     self._guard(lambda: self.engine.flush(self.follower.positions()))
+                if fresh:
+                    # Recorded first, then enforced: a `logban firewall sync` run meanwhile
+                    # finds the ban in the store and cannot take it for an unknown element.
+                    self._enforce(fresh)
                 if self.next_expiry is not None and time.time() >= self.next_expiry:
                     self._guard(self._expire)
                 mono = time.monotonic()
@@ -371,12 +394,14 @@ class Daemon:
                 self.engine.add(offs, record=False)
                 fresh = self.engine.fresh()
                 if fresh:
-                    self._enforce(fresh)
                     self.engine.flush(self.follower.positions())
+                    self._enforce(fresh)
+        self._cleared()
         r = self.store.revision()
         if r == self.rev:
             return
         self.rev = r
+        before = set(self.engine.scorer.active)
         self.engine.refresh_bans()
         self.next_expiry = self.store.next_expiry()
         self.exports_dirty = True
@@ -385,14 +410,31 @@ class Daemon:
         self._note_refused(self.firewall.refused)
         # Elements whose time is up are gone from the kernel by their own timeout.
         self.kernel = {t: e for t, e in self.kernel.items() if e > now + 1}
-        add = {t: secs for t, secs in want.items() if t not in self.kernel}
+        add = {t: secs for t, secs in want.items() if t not in self.kernel} if self.firewall.enforcing else {}
         remove = [t for t in self.kernel if t not in want]
-        if not add and not remove or not self._apply(add, remove, now):
+        gone = sorted((before - set(self.engine.scorer.active)) | set(remove))
+        if (add or remove) and not self._apply(add, remove, now):
             return
         for t in add:
-            log.info("enforce %s (banned elsewhere)%s", t, "" if self.firewall.enforcing else ": not, backend none")
-        for t in remove:
-            log.info("lift %s (released elsewhere)", t)
+            log.info("enforce %s (banned elsewhere)", t)
+        if gone:
+            why = self.store.release_reasons(gone)
+            for t in gone:
+                log.info("release %s (%s, elsewhere)", t, why.get(t) or "released")
+            if self.metrics is not None:
+                for t in gone:
+                    self.metrics.bans_released.labels(why.get(t) or "released").inc()
+        self._gauge()
+
+    def _cleared(self) -> None:
+        """Scores cleared elsewhere (`logban unban` of a client that was scored, not banned):
+        the offences before the clearing no longer count here either."""
+        now = time.time()
+        got = self.store.cleared_since(self.cleared_mark, now)
+        for target, at in got:
+            self.engine.scorer.clear(target, at)
+        # Looked at again for a moment: a reset stamped just before this look may commit after it.
+        self.cleared_mark = max(self.cleared_mark, got[-1][1] if len(got) == 10_000 else now - 2)
 
     def _follower(self) -> Follower:
         return Follower(self.specs, self.store.positions(self.opts.node), max_line=self.cfg.parse.max_line,
@@ -412,6 +454,7 @@ class Daemon:
                     m.offences.labels(o.kind).inc()
             if offs:
                 self.engine.add(offs)
+        self._note_future()
         if m is not None:
             failures = sum(p.stats.no_header + p.stats.bad_address + p.stats.timeouts for p in self.parsers.values())
             if failures > m.failures_seen:
@@ -421,6 +464,17 @@ class Daemon:
                 if fs.f is not None:
                     m.lag.labels(str(fs.spec.path)).set(max(0, os.fstat(fs.f.fileno()).st_size - fs.offset))
         return bool(chunks)
+
+    def _note_future(self) -> None:
+        """Stamps ahead of this host's clock (a sender's clock, forwarded RFC 5424 stamps): said
+        at the first one, then at most hourly."""
+        n = self.engine.stats.future
+        if n > self.future_told and time.monotonic() >= self.future_next:
+            self.future_next = time.monotonic() + 3600
+            log.warning("%d offence(s) stamped more than %s ahead of this host's clock were counted as "
+                        "read now (%d so far); check the clocks, or parse.clock_skew", n - self.future_told,
+                        format_duration(self.engine.clock_skew), n)
+            self.future_told = n
 
     def _export(self) -> None:
         from .export import render, write
@@ -452,35 +506,47 @@ class Daemon:
         self.exports_dirty = True
         now = time.time()
         decided = self._screen(decided)
+        dry = " (dry run: not enforced)" if self.dry_run else ""
         for d in decided:
             trig = d.trigger.raw[:TRIGGER_MAX].decode("utf-8", "replace") if d.trigger else ""
-            log.info("ban %s %s score %g for %s (ban #%d%s) rule %s: %s", d.target, d.kind, d.score,
-                     format_duration(d.duration), d.count, ", escalated" if d.escalated else "", d.rule, trig)
+            log.info("ban %s %s score %g for %s (ban #%d%s) rule %s%s: %s", d.target, d.kind, d.score,
+                     format_duration(d.duration), d.count, ", escalated" if d.escalated else "", d.rule, dry, trig)
+            for m in d.members:
+                if d.trigger is None or m != d.trigger.ip:     # the newest member was never banned alone
+                    log.info("release %s (aggregated into %s)", m, d.target)
             if self.metrics is not None:
                 self.metrics.bans_added.labels(d.kind).inc()
+                if d.members:
+                    self.metrics.bans_released.labels("aggregated").inc(len(d.members) - 1)
         add = {d.target: kernel_timeout(d.expires, now) for d in decided if d.expires is None or d.expires > now}
-        members = [m for d in decided for m in d.members]
+        # Only what this process knows the kernel holds: a member never enforced here (refused,
+        # or its time ran out) is not there to delete.
+        members = [m for d in decided for m in d.members if m in self.kernel]
         ends = [d.expires for d in decided if d.expires is not None]
         if ends:
             self.next_expiry = min(ends) if self.next_expiry is None else min(self.next_expiry, *ends)
         self._apply(add, members, now)
+        self._gauge()
 
     def _apply(self, add: dict[str, int | None], remove: list[str], now: float) -> bool:
-        """One batch to the kernel (none with the `none` backend), and note what it holds.
-        False: the kernel was not what we thought (an overlapping network, an element gone),
-        and a full reconcile was done instead."""
-        if self.firewall.enforcing:
-            try:
-                self.firewall.backend.apply(add, remove)
-            except FirewallError as e:
-                log.warning("firewall: %s; reconciling", e)
-                self._sync("repair")
-                return False
+        """One batch to the kernel (in a dry run the removals only; nothing with the `none`
+        backend), and note what it holds. False: the kernel was not what we thought (an
+        overlapping network), and a full reconcile was done instead."""
+        try:
+            add = self.firewall.apply(add, remove)
+        except FirewallError as e:
+            log.warning("firewall: %s; reconciling", e)
+            self._sync("repair")
+            return False
         for t in remove:
             self.kernel.pop(t, None)
         for t, secs in add.items():
             self.kernel[t] = math.inf if secs is None else now + secs
         return True
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.bans_active.set(len(self.engine.scorer.active))
 
     def _expire(self) -> None:
         rows = self.store.expire(time.time())
@@ -491,7 +557,8 @@ class Daemon:
             log.info("release %s (%s ban over)", r.target, r.kind)
         if self.metrics is not None and rows:
             self.metrics.bans_released.labels("expiry").inc(len(rows))
-        if rows and self.firewall.enforcing and not self.firewall.backend.kernel_timeouts:
+        self._gauge()
+        if rows and self.firewall.has_backend and not self.firewall.backend.kernel_timeouts:
             self._sync("expiry")          # no kernel timeouts: take the rules out now
 
     def _sync(self, why: str) -> None:
@@ -509,8 +576,7 @@ class Daemon:
         if p.drift:
             log.warning("firewall %s sync: %d missing added, %d unknown removed, %d timeouts refreshed",
                         why, len(p.missing), len(p.unknown), len(p.stale))
-        if self.metrics is not None:
-            self.metrics.bans_active.set(len(self.engine.scorer.active))
+        self._gauge()
 
     def _reload(self) -> None:
         try:
@@ -521,6 +587,8 @@ class Daemon:
             log.error("reload refused, the running config stays: %s", e)
             return
         released = self.engine.reconfigure(cfg.policy, self.allow)
+        self.engine.set_dry_run(self.dry_run)
+        self.engine.clock_skew = cfg.parse.clock_skew
         self.next_expiry = self.store.next_expiry()
         for t in released:
             log.info("release %s (allow-listed now)", t)
@@ -528,9 +596,20 @@ class Daemon:
             self.engine.flush(self.follower.positions())
             self.follower.close()
             self.follower = self._follower()
-        self.firewall = self._firewall()
+        old, self.firewall = self.firewall, self._firewall()
         self.refused_seen.clear()
-        self._sync("reload")
+        if type(old.backend) is not type(self.firewall.backend) and old.has_backend:
+            # The new backend holds the bans first; then the old one's elements are lifted,
+            # or they would drop traffic with no one left to lift them.
+            self._sync("reload")
+            try:
+                old.backend.teardown()
+                log.info("firewall: %s replaced by %s; its elements are lifted", old.backend.name,
+                         self.firewall.backend.name)
+            except FirewallError as e:
+                log.error("firewall: lifting the old %s elements failed: %s", old.backend.name, e)
+        else:
+            self._sync("reload")
         self.exports_dirty = True
         log.info("reloaded %s", cfg.path or "the built-in defaults")
         sd_notify("STATUS=" + self._status())

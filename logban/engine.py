@@ -6,6 +6,7 @@ bans, ban history, the offences that still count), so a restart forgets nothing.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -25,12 +26,26 @@ class EngineStats:
     released_allow: int = 0          # bans released because the allow-list now covers them
     network_bans: int = 0
     escalated: int = 0
+    future: int = 0                  # offences stamped ahead of this host's clock by more than the skew
+
+
+def _end(b) -> float:
+    """When a ban row ends (-inf: no row)."""
+    if b is None:
+        return -math.inf
+    return math.inf if b.expires is None else b.expires
 
 
 class Engine:
     def __init__(self, store: Store, policy: Policy, allow: AllowList, *, node: str, dry_run: bool,
-                 resolver: Resolver | None = None, batch: int = BATCH) -> None:
+                 resolver: Resolver | None = None, batch: int = BATCH, clock_skew: float = 300.0,
+                 future: str = "skip") -> None:
+        """`future`: what becomes of an offence stamped more than `clock_skew` ahead of this
+        host's clock: "skip" (left out, counted in stats.future) or "now" (counted as read
+        now: a daemon reads lines as they are written). A ban must never be stretched into
+        the future by a sender's wrong clock."""
         self.store, self.node, self.dry_run = store, node, dry_run
+        self.clock_skew, self.future_now = clock_skew, future == "now"
         self.allow = allow
         self.resolver = resolver if allow.names else None
         self.batch = batch
@@ -65,16 +80,30 @@ class Engine:
     def refresh_bans(self) -> None:
         """The scorer's view of the bans made equal to the store's (changed by `logban ban`/`unban`, or at start)."""
         sc = self.scorer
-        sc.history = self.store.history()
+        # Enforcing, dry-run bans are records of what would have happened: they neither hold
+        # a client as banned nor escalate its next ban. A dry run builds on both.
+        real = not self.dry_run
+        sc.history = self.store.history(real_only=real)
         # A row no logban wrote (0.0.0.0/0 would make every client look banned already) is ignored.
-        live = [b for b in self.store.unreleased() if valid_target(b.target)]
-        keep = {b.target for b in live}
-        for t in [t for t in sc.active if t not in keep]:
+        longest: dict[str, object] = {}         # a dry run may see a real and a dry-run ban of one target
+        for b in self.store.unreleased(real_only=real):
+            if valid_target(b.target) and _end(b) >= _end(longest.get(b.target)):
+                longest[b.target] = b
+        pending = {d.target for d in self._pending}     # decided here, not recorded yet
+        for t in [t for t in sc.active if t not in longest and t not in pending]:
             sc.release(t)
-        for b in live:
-            if b.target not in sc.active:
+        for t, b in longest.items():
+            if sc.active.get(t) != _end(b):
                 sc.mark_banned(Decision(b.target, b.kind, b.rule, b.score, b.created, b.duration, b.count,
                                         b.escalated, b.reason))
+
+    def set_dry_run(self, dry_run: bool) -> None:
+        """Switched by a reload: from now on bans are recorded as this says, and the scorer
+        holds as banned what this mode counts (see `refresh_bans`)."""
+        if dry_run != self.dry_run:
+            self.flush()
+            self.dry_run = dry_run
+            self.refresh_bans()
 
     def reconfigure(self, policy: Policy, allow: AllowList) -> list[str]:
         """A reloaded config: new policy and allow-list, the same state."""
@@ -88,6 +117,9 @@ class Engine:
         sc, buf = self.scorer, self._offences
         st = sc.stats
         target_of, resolver = sc.target_of, self.resolver
+        now = time.time()
+        if offences and max(o.time for o in offences) > now + self.clock_skew:
+            offences = self._future(offences, now)
         for o in offences:
             if resolver is not None and o.name is None and sc.would_ban(o):
                 # Only a client about to be banned costs a DNS lookup, never every line.
@@ -102,6 +134,17 @@ class Engine:
                 self._fresh.extend(ds)
         if len(buf) >= self.batch:
             self.flush()
+
+    def _future(self, offences: list[Offence], now: float) -> list[Offence]:
+        out = []
+        for o in offences:
+            if o.time > now + self.clock_skew:
+                self.stats.future += 1
+                if not self.future_now:
+                    continue
+                o.time = now
+            out.append(o)
+        return out
 
     def has_unsaved(self) -> bool:
         return bool(self._offences or self._pending or self.scorer.new_partners)

@@ -15,7 +15,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
@@ -86,6 +86,11 @@ class ParseStats:
     unresolved: int = 0            # keyed offences whose key never met an address
     hits: Counter = field(default_factory=Counter)   # rule id -> matches (links too)
 
+    def add(self, other: ParseStats) -> None:
+        """Another parser's counts added to these (several logs read apart, reported as one)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
 
 def not_target(ip: str) -> bool:
     """A canonical address that is never a ban target: unspecified or "this network" (0/8),
@@ -116,15 +121,18 @@ class Clock:
         self.zone = ZoneInfo(tz) if tz else None
         self.reference = reference if reference is not None else time.time()
         self._cache: dict[bytes, float | None] = {}
+        self.last: float | None = None      # the latest RFC 3164 stamp read: which pass of a repeated hour
+
+    def adopt(self, old: Clock) -> None:
+        self.last = old.last
 
     def set_reference(self, reference: float) -> None:
         self.reference = reference
         self._cache.clear()
 
-    def _local(self, y: int, mo: int, d: int, h: int, mi: int, s: float) -> float:
-        if self.zone is None:
-            return time.mktime((y, mo, d, h, mi, int(s), 0, 0, -1)) + (s - int(s))
-        return datetime(y, mo, d, h, mi, int(s), int((s - int(s)) * 1e6), tzinfo=self.zone).timestamp()
+    def _local(self, y: int, mo: int, d: int, h: int, mi: int, s: float, fold: int = 0) -> float:
+        # A naive datetime is local time, and unlike mktime says which pass of a repeated hour.
+        return datetime(y, mo, d, h, mi, int(s), int((s - int(s)) * 1e6), tzinfo=self.zone, fold=fold).timestamp()
 
     def bsd(self, minute: bytes, sec: bytes) -> float | None:
         """`minute` is "Mmm dd hh:mm" (time zone changes fall on whole minutes)."""
@@ -132,15 +140,20 @@ class Clock:
         if t is None:
             if minute in self._cache:
                 return None
-            t = self._bsd(minute)
-            if len(self._cache) > _LIMIT:
-                self._cache.clear()
-            self._cache[minute] = t
+            t, ambiguous = self._bsd(minute)
+            if not ambiguous:           # a repeated hour's minutes depend on the lines before
+                if len(self._cache) > _LIMIT:
+                    self._cache.clear()
+                self._cache[minute] = t
             if t is None:
                 return None
-        return t + min(int(sec), 59)
+        t += min(int(sec), 59)
+        if self.last is None or t > self.last:
+            self.last = t
+        return t
 
-    def _bsd(self, stamp: bytes) -> float | None:
+    def _bsd(self, stamp: bytes) -> tuple[float | None, bool]:
+        """Epoch seconds of the minute, and whether it is in a repeated (DST fall-back) hour."""
         mo = _MONTHS[stamp[:3]]
         d, h, mi, s = int(stamp[4:6]), int(stamp[7:9]), int(stamp[10:12]), 0
         # The reference's year where the stamps were written (in Sydney the new year starts
@@ -154,8 +167,15 @@ class Clock:
             except (ValueError, OverflowError):
                 continue                     # 29 February of a common year
             if t <= self.reference + 2 * 86400:
-                return t
-        return None
+                later = self._local(y, mo, d, h, mi, s, fold=1)
+                if later == t:
+                    return t, False
+                # The hour after a fall-back is written twice. Its second pass is the later
+                # instant: once the log has gone past the first pass by more than a minute,
+                # and the later instant is not ahead of the reference.
+                second = self.last is not None and self.last > t + 60 and later <= self.reference + 60
+                return (later if second else t), True
+        return None, False
 
     def iso(self, stamp: bytes) -> float | None:
         if not stamp.isascii():
@@ -560,6 +580,15 @@ class Parser:
                     continue
                 o.ip, o.name = ip, name
                 out.append(o)
+
+    def adopt(self, old: Parser) -> None:
+        """Carry what `old` is in the middle of (queue-id and pid links, offences waiting for
+        their client, rate windows, statistics) over to this parser: a reload must not forget
+        a session that began before it."""
+        self._links, self._pending, self._pending_n = old._links, old._pending, old._pending_n
+        self._rates = old._rates
+        self.stats = old.stats
+        self.clock.adopt(old.clock)
 
     def finish(self) -> None:
         """End of input: keyed offences still waiting for an address are given up."""

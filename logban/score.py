@@ -14,6 +14,7 @@ instead, and such an IPv4 /24 is never made of its members' bans.
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import math
 from collections.abc import Mapping
@@ -106,6 +107,14 @@ class ScoreStats:
     decisions: int = 0
     network_bans: int = 0
     evicted: int = 0              # low scores dropped to bound memory
+
+
+def _insort(ev: list, e: tuple) -> None:
+    """Events kept in time order; nearly always an append."""
+    if not ev or ev[-1][0] <= e[0]:
+        ev.append(e)
+    else:
+        bisect.insort(ev, e, key=lambda x: x[0])
 
 
 def network_of(ip: str, prefix: int) -> str:
@@ -231,7 +240,12 @@ class Scorer:
         return self._score(ev, now) if ev else 0.0
 
     def _score(self, ev: list, now: float) -> float:
+        """The score at `now`, or at the newest offence when one is newer: offences arrive
+        out of time order (other nodes after an outage, an older rotated file applied later,
+        two followed files), and none may weigh more than its own score."""
         p = self.policy
+        if ev and ev[-1][0] > now:
+            now = ev[-1][0]
         if p.window is not None:
             cut = now - p.window
             while ev and ev[0][0] <= cut:
@@ -270,7 +284,7 @@ class Scorer:
             if len(self.tracks) >= self._evict_at:
                 self._evict(o.time)
             ev = self.tracks[target] = []
-        ev.append((o.time, o.score, o.kind, o.rule))
+        _insort(ev, (o.time, o.score, o.kind, o.rule))
         if len(ev) > _EVENTS_MAX:
             del ev[0]
         total = self._score(ev, o.time)
@@ -278,7 +292,8 @@ class Scorer:
             return []
         del self.tracks[target]            # the ban uses the score up: after it, start from zero
         kind, rule, reason = self._explain(ev, total)
-        d = self._decide(target, kind, rule, total, o.time, reason, o)
+        # Decided when the evidence was complete: at the newest offence that counted.
+        d = self._decide(target, kind, rule, total, max(o.time, ev[-1][0]), reason, o)
         if net is not None:
             return self._aggregate(net, d)
         return [d]
@@ -291,7 +306,7 @@ class Scorer:
         if self.allow.name_allowed(o.name):
             self.partner(o.ip)
             return
-        self.tracks.setdefault(target, []).append((o.time, o.score, o.kind, o.rule))
+        _insort(self.tracks.setdefault(target, []), (o.time, o.score, o.kind, o.rule))
 
     def _explain(self, ev: list, total: float) -> tuple[str, str, str]:
         """The kind the ban is for (the one that earns the longest ban), its rule, and a reason."""
@@ -340,6 +355,14 @@ class Scorer:
             # Networks of the scoring prefix are found by target_of; only others need the slow scan.
             if int(plen) != (p.ipv6_prefix if ":" in addr else p.ipv4_prefix):
                 self._wide[d.target] = ipaddress.ip_network(d.target)
+
+    def clear(self, target: str, at: float) -> None:
+        """The target's offences before `at` no longer count (its score was cleared elsewhere)."""
+        ev = self.tracks.get(target)
+        if ev:
+            ev[:] = [e for e in ev if e[0] >= at]
+            if not ev:
+                del self.tracks[target]
 
     def release(self, target: str) -> None:
         """The ban ended (expiry, unban, allow-list): the score starts from zero."""

@@ -43,7 +43,7 @@ class Source:
             return None
 
 
-def _rotation_key(p: Path) -> tuple:
+def rotation_key(p: Path) -> tuple:
     """Sort key: one rotated set together, its oldest member first."""
     name = p.name
     for suf in _COMPRESSED:
@@ -79,7 +79,7 @@ def expand(paths: list[str]) -> list[Source]:
             # A missing file is an unreadable input like any other: reported when it is
             # read, and the others are still read (exit 1, not a usage error).
             files.append(p)
-    files = sorted(dict.fromkeys(files), key=_rotation_key)
+    files = sorted(dict.fromkeys(files), key=rotation_key)
     return [Source(str(f), f) for f in files] + out
 
 

@@ -12,9 +12,14 @@ migrates an older database in one transaction, and refuses a newer one.
 """
 from __future__ import annotations
 
+import fcntl
+import math
+import os
+import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -27,7 +32,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
@@ -53,7 +58,9 @@ class OffenderRow(SQLModel, table=True):
     offences: int = 0
     kinds: int = 0                                 # bit set of kinds seen (kind_names)
     name: str | None = None                        # last verified client name
-    reset_at: float = 0.0                          # offences before this no longer count (ban, release)
+    # Offences before this no longer count (ban, release); indexed: a daemon looks for
+    # scores cleared by `logban unban` every second.
+    reset_at: float = Field(default=0.0, index=True)
 
 
 class OffenceRow(SQLModel, table=True):
@@ -74,13 +81,19 @@ class OffenceRow(SQLModel, table=True):
     name: str | None = None                        # the client's verified name: other nodes' allow-lists read it
 
 
+REAL_SLOT = "released IS NULL AND NOT dry_run"
+DRY_SLOT = "released IS NULL AND dry_run"
+
+
 class BanRow(SQLModel, table=True):
     __tablename__ = "bans"
     # One unreleased ban per target, whichever node or process decides it: two mail
-    # servers deciding the same ban at once make one ban.
+    # servers deciding the same ban at once make one ban. Dry-run bans have a slot of their
+    # own: a record of what would have happened never stands in the way of a real ban.
     __table_args__ = (sa.Index("ux_bans_unreleased_target", "target", unique=True,
-                               sqlite_where=sa.text("released IS NULL"),
-                               postgresql_where=sa.text("released IS NULL")),)
+                               sqlite_where=sa.text(REAL_SLOT), postgresql_where=sa.text(REAL_SLOT)),
+                      sa.Index("ux_bans_unreleased_dry_target", "target", unique=True,
+                               sqlite_where=sa.text(DRY_SLOT), postgresql_where=sa.text(DRY_SLOT)))
     id: int | None = Field(default=None, primary_key=True)
     target: str = Field(index=True)
     kind: str
@@ -163,9 +176,9 @@ def _one_unreleased_ban(conn: Connection) -> None:
     keep = sa.select(sa.func.max(BANS.c.id)).where(BANS.c.released.is_(None)).group_by(BANS.c.target)
     conn.execute(sa.update(BANS).where(BANS.c.released.is_(None), BANS.c.id.not_in(keep))
                  .values(released=BANS.c.created, release_reason="replaced"))
-    for ix in BANS.indexes:
-        if ix.name == "ux_bans_unreleased_target":
-            ix.create(conn, checkfirst=True)
+    # The index of this version; migration 4 gives it its present shape.
+    conn.exec_driver_sql("CREATE UNIQUE INDEX IF NOT EXISTS ux_bans_unreleased_target ON bans (target) "
+                         "WHERE released IS NULL")
 
 
 def _offence_names(conn: Connection) -> None:
@@ -174,10 +187,23 @@ def _offence_names(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE offences ADD COLUMN name VARCHAR")
 
 
+def _dry_run_slot(conn: Connection) -> None:
+    """0.5: dry-run bans no longer take the one unreleased slot of real bans. Of a target's
+    unreleased bans, the newest of each kind (real, dry-run) stays."""
+    keep = sa.select(sa.func.max(BANS.c.id)).where(BANS.c.released.is_(None)).group_by(BANS.c.target, BANS.c.dry_run)
+    conn.execute(sa.update(BANS).where(BANS.c.released.is_(None), BANS.c.id.not_in(keep))
+                 .values(released=BANS.c.created, release_reason="replaced"))
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ux_bans_unreleased_target")
+    for ix in [*BANS.indexes, *OFFENDERS.indexes]:
+        if ix.name.startswith("ux_bans_unreleased_") or ix.name == "ix_offenders_reset_at":
+            ix.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: POSITIONS.create(conn),          # 0.2: the daemon's read positions
     2: _one_unreleased_ban,
     3: _offence_names,
+    4: _dry_run_slot,
 }
 
 
@@ -245,6 +271,13 @@ class Store:
             yield conn
 
     def _migrate(self) -> None:
+        # Looked at first without a write lock: a command beside a busy daemon, with nothing
+        # to migrate, must not queue behind its writes.
+        with self.read() as conn:
+            if sa.inspect(conn).has_table("meta"):
+                row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
+                if row and row[0] == str(SCHEMA_VERSION):
+                    return
         with self.write() as conn:
             if not sa.inspect(conn).has_table("meta"):
                 SQLModel.metadata.create_all(conn)
@@ -339,35 +372,39 @@ class Store:
             if d.members:
                 # A network ban ends its members' bans, which may be in this very batch.
                 if rows:
-                    self._insert_ban_rows(conn, rows, ended)
+                    self._insert_ban_rows(conn, rows, ended, dry_run)
                     rows, ended = [], []
-                self._release_many(conn, [{"b_target": m, "b_at": d.time, "b_why": "aggregated"} for m in d.members])
+                self._release_many(conn, [{"b_target": m, "b_at": d.time, "b_why": "aggregated"} for m in d.members],
+                                   dry_run=dry_run)
             trig = d.trigger
             rows.append((
                 d.target, d.kind, d.rule, d.reason, d.score, d.time, exp, d.duration,
                 exp if over else None, "expiry" if over else None, d.escalated, dry_run, node, source,
                 ",".join(d.members), _text(trig.raw) if trig else "", d.target))
             ended.append((d.target, d.time))
-            if d.target not in reset_done:
+            # A dry-run ban resets no score: a real decision must not lose the evidence.
+            if d.target not in reset_done and not dry_run:
                 resets.append({"b_target": d.target, "b_at": exp if over else d.time})
         if rows:
-            self._insert_ban_rows(conn, rows, ended)
+            self._insert_ban_rows(conn, rows, ended, dry_run)
         if resets:
             self._reset_many(conn, resets)
 
     @staticmethod
-    def _insert_ban_rows(conn: Connection, rows: list[tuple], ended: list[tuple[str, float]]) -> None:
+    def _insert_ban_rows(conn: Connection, rows: list[tuple], ended: list[tuple[str, float]], dry_run: bool) -> None:
         """Insert bans; one already in force for a target (another node's) wins and the new one is
         dropped. A target's ban over by the new one's start is first released as expired."""
         mark = _mark(conn)
+        slot = DRY_SLOT if dry_run else REAL_SLOT
         conn.exec_driver_sql(
             f"UPDATE bans SET released = expires, release_reason = 'expiry' WHERE target = {mark} "
-            f"AND released IS NULL AND expires IS NOT NULL AND expires <= {mark}", ended)
-        # The count is the store's, not this process's memory: exact whichever node bans.
+            f"AND {slot} AND expires IS NOT NULL AND expires <= {mark}", ended)
+        # The count is the store's, not this process's memory: exact whichever node bans. A
+        # real ban counts real bans only (a dry-run week escalates nothing).
         conn.exec_driver_sql(
             _insert_sql(conn, BAN_COLS).replace(") VALUES (", ", count) VALUES (")[:-1]
-            + f", (SELECT count(*) + 1 FROM bans WHERE target = {mark}))"
-            + " ON CONFLICT (target) WHERE released IS NULL DO NOTHING", rows)
+            + f", (SELECT count(*) + 1 FROM bans WHERE target = {mark}{'' if dry_run else ' AND NOT dry_run'}))"
+            + f" ON CONFLICT (target) WHERE {slot} DO NOTHING", rows)
 
     def _save_positions(self, conn: Connection, node: str, positions: list[dict], now: float) -> None:
         """A position may name its own node (`scan --apply` keeps its own beside the daemon's)."""
@@ -386,16 +423,22 @@ class Store:
 
     _RELEASE = (sa.update(BANS).where(BANS.c.target == sa.bindparam("b_target"), BANS.c.released.is_(None))
                 .values(released=sa.bindparam("b_at"), release_reason=sa.bindparam("b_why")))
+    # A release by a decision (a network ban over its members, a manual ban replacing one) ends
+    # bans of its own kind only: a dry-run decision never ends a real ban.
+    _RELEASE_KIND = _RELEASE.where(BANS.c.dry_run == sa.bindparam("b_dry"))
     # Offences before `b_at` no longer count toward the target's score.
     _RESET = (sa.update(OFFENDERS).where(OFFENDERS.c.target == sa.bindparam("b_target"))
               .values(reset_at=sa.case((OFFENDERS.c.reset_at < sa.bindparam("b_at"), sa.bindparam("b_at")),
                                        else_=OFFENDERS.c.reset_at), score=0.0))
 
-    def _release_many(self, conn: Connection, rows: list[dict]) -> None:
-        conn.execute(self._RELEASE, rows)
-        self._reset_many(conn, rows)
+    def _release_many(self, conn: Connection, rows: list[dict], dry_run: bool) -> None:
+        conn.execute(self._RELEASE_KIND, [r | {"b_dry": dry_run} for r in rows])
+        if not dry_run:
+            self._reset_many(conn, rows)
 
     def _reset_many(self, conn: Connection, rows: list[dict]) -> None:
+        if not rows:
+            return                      # an empty executemany would run the statement once, unbound
         conn.execute(self._RESET, [{"b_target": r["b_target"], "b_at": r["b_at"]} for r in rows])
 
     def _release(self, conn: Connection, target: str, reason: str, at: float) -> int:
@@ -406,7 +449,7 @@ class Store:
     def ban(self, d: Decision, *, node: str, dry_run: bool, now: float) -> None:
         """A manual ban: an active ban of the same target is replaced."""
         with self.write() as conn:
-            self._release(conn, d.target, "replaced", now)
+            conn.execute(self._RELEASE_KIND, {"b_target": d.target, "b_at": now, "b_why": "replaced", "b_dry": dry_run})
             self._insert_bans(conn, [d], node=node, dry_run=dry_run, now=now, source="manual")
 
     def release(self, targets: Iterable[str], reason: str, now: float) -> dict[str, int]:
@@ -417,10 +460,12 @@ class Store:
     def expire(self, now: float) -> list[sa.Row]:
         """Mark bans whose time is over as released by expiry; returns them."""
         with self.write() as conn:
-            rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires, BANS.c.kind, BANS.c.dry_run).where(
-                BANS.c.released.is_(None), BANS.c.expires.is_not(None), BANS.c.expires <= now)).all()
+            over = (BANS.c.released.is_(None), BANS.c.expires.is_not(None), BANS.c.expires <= now)
+            rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires, BANS.c.kind, BANS.c.dry_run).where(*over)).all()
             if rows:
-                self._release_many(conn, [{"b_target": r.target, "b_at": r.expires, "b_why": "expiry"} for r in rows])
+                # Row by row, not by target: a target's real and dry-run bans end apart.
+                conn.execute(sa.update(BANS).where(*over).values(released=BANS.c.expires, release_reason="expiry"))
+                self._reset_many(conn, [{"b_target": r.target, "b_at": r.expires} for r in rows if not r.dry_run])
             return rows
 
     def max_offence_id(self) -> int:
@@ -432,6 +477,11 @@ class Store:
         with self.read() as conn:
             return _sane(conn.execute(sa.select(*OFFENCE_READ).where(
                 OFFENCES.c.id > after_id, OFFENCES.c.node != not_node).order_by(OFFENCES.c.id).limit(limit)))
+
+    def run_lock(self, node: str) -> RunLock:
+        """Held by the one `logban run` of this store and node; StoreError naming the holder
+        when another has it (two daemons would count every line twice)."""
+        return RunLock(self, node)
 
     def listen_dsn(self) -> str | None:
         """A libpq connection string for LISTEN (PostgreSQL only)."""
@@ -448,6 +498,23 @@ class Store:
         """Changes to the bans by anyone (a `logban ban`/`unban` beside the daemon) change this."""
         with self.read() as conn:
             return tuple(conn.execute(sa.select(sa.func.max(BANS.c.id), sa.func.count(BANS.c.released))).one())
+
+    def release_reasons(self, targets: list[str]) -> dict[str, str]:
+        """Why and where each target's latest ban ended ("unban by node", ...)."""
+        with self.read() as conn:
+            last = sa.select(sa.func.max(BANS.c.id)).where(BANS.c.target.in_(targets)).group_by(BANS.c.target)
+            q = sa.select(BANS.c.target, BANS.c.release_reason, BANS.c.node).where(
+                BANS.c.id.in_(last), BANS.c.released.is_not(None))
+            return {r.target: f"{_clean(r.release_reason) or 'released'}" for r in conn.execute(q)}
+
+    def cleared_since(self, mark: float, now: float) -> list[tuple[str, float]]:
+        """(target, reset_at) of the scores reset after `mark` (a ban, an unban), oldest first;
+        resets stamped in the future are left for later."""
+        with self.read() as conn:
+            at = sa.cast(OFFENDERS.c.reset_at, sa.Float)
+            q = (sa.select(OFFENDERS.c.target, at.label("at"))
+                 .where(OFFENDERS.c.reset_at > mark, OFFENDERS.c.reset_at <= now + 60).order_by(at).limit(10_000))
+            return [(t, a) for t, a in conn.execute(q) if math.isfinite(a)]
 
     def prune(self, now: float, retention: float) -> int:
         """Forget offences older than `retention`, and offenders seen only then and never banned."""
@@ -490,14 +557,19 @@ class Store:
                 q = q.where(BANS.c.target == target)
             return list(conn.execute(q))
 
-    def unreleased(self) -> list[sa.Row]:
+    def unreleased(self, real_only: bool = False) -> list[sa.Row]:
+        """Bans not released; `real_only`: not the dry-run ones."""
         with self.read() as conn:
-            return list(conn.execute(sa.select(*BAN_READ).where(BANS.c.released.is_(None))))
+            q = sa.select(*BAN_READ).where(BANS.c.released.is_(None))
+            return list(conn.execute(q.where(BANS.c.dry_run.is_(False)) if real_only else q))
 
-    def history(self) -> dict[str, Past]:
-        """The latest ban of every target: what escalation and ban counts build on."""
+    def history(self, real_only: bool = False) -> dict[str, Past]:
+        """The latest ban of every target: what escalation and ban counts build on. A node that
+        enforces builds on real bans only (`real_only`); a dry run on both."""
         with self.read() as conn:
             last = sa.select(sa.func.max(BANS.c.id)).group_by(BANS.c.target)
+            if real_only:
+                last = last.where(BANS.c.dry_run.is_(False))
             q = sa.select(BANS.c.target, _number(BANS.c.created), _number(BANS.c.duration),
                           sa.cast(BANS.c.count, sa.Integer).label("count")).where(BANS.c.id.in_(last))
             return {t: Past(c, d, n) for t, c, d, n in conn.execute(q)
@@ -586,6 +658,64 @@ class Store:
                 "top": [{"ip": ip, "count": n, "first": f, "last": la, "kinds": top_kinds.get(ip, {})}
                         for ip, n, f, la in tops],
             }
+
+
+class RunLock:
+    """SQLite: an flock on a file beside the database (`<db>.run.lock`, holding the pid and
+    node); PostgreSQL: a session advisory lock keyed by the node, on a connection kept open
+    for the daemon's life, named after the pid so a second one can say who holds it."""
+
+    KEY = 0x6C6F6762            # "logb": logban's advisory locks, apart from other applications'
+
+    def __init__(self, store: Store, node: str) -> None:
+        self.fd: int | None = None
+        self.conn = None
+        me = f"logban run pid {os.getpid()} on {socket.gethostname()}, node {node}"
+        if store.shared:
+            self._pg(store, node, me)
+        else:
+            path = store.engine.url.database
+            if path and path != ":memory:":
+                self._file(Path(path + ".run.lock"), me, store)
+
+    def _file(self, path: Path, me: str, store: Store) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"{store._where()}: already in use by {holder}; stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, me.encode() + b"\n")
+        self.fd = fd
+
+    def _pg(self, store: Store, node: str, me: str) -> None:
+        import psycopg
+        try:
+            conn = psycopg.connect(store.listen_dsn(), autocommit=True, connect_timeout=5, application_name=me[:63])
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, hashtext(%s))", (self.KEY, node)).fetchone()[0]
+            holder = None if got else conn.execute(
+                "SELECT a.application_name FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = %s "
+                "AND l.objid::bigint = (hashtext(%s)::bigint & 4294967295) AND l.objsubid = 2",
+                (self.KEY, node)).fetchone()
+        except psycopg.Error as e:
+            raise StoreError(f"{store._where()}: cannot take the node's lock: {short_error(e)}") from None
+        if not got:
+            conn.close()
+            raise StoreError(f"{store._where()}: node {node!r} is already run by "
+                             f"{holder[0] if holder else 'another logban'}; stop it first, or give this one "
+                             "another --node")
+        self.conn = conn
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
 
 
 def _mark(conn: Connection) -> str:

@@ -138,3 +138,14 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path}/logban.db"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def daemons():
+    """`logban run` processes (tests/daemonproc.Daemon) a test started: killed if still running."""
+    running: list = []
+    yield running
+    for d in running:
+        if d.p is not None and d.p.poll() is None:
+            d.p.kill()
+            d.p.wait(10)

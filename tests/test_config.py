@@ -33,6 +33,14 @@ def test_config_values(tmp_path):
     ("[parse]\nspeed = 1\n", "parse.speed"),
     ("[firewal]\n", "unknown key firewal "),
     ("[parse\n", "not valid TOML"),
+    # Issue 12: threshold = nan banned on every offence; every number is finite and sane.
+    ("[score]\nthreshold = nan\n", "score.threshold"),
+    ("[score]\nthreshold = inf\n", "score.threshold"),
+    ("[ban]\nfactor = nan\n", "ban.factor"),
+    ("[ban.durations]\nmanual = nan\n", "ban.durations.manual"),
+    ("[score]\nwindow = inf\n", "score.window"),
+    ("[ban]\nlookback = inf\n", "ban.lookback"),
+    ("[parse]\nclock_skew = \"2d\"\n", "parse.clock_skew"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, key):
     p = tmp_path / "logban.toml"
@@ -77,3 +85,4 @@ def test_bad_scoring_values(tmp_path):
         p.write_text(body)
         with pytest.raises(UsageError, match=key.replace(".", r"\.").replace("'", "'")):
             load_config(p)
+

@@ -22,16 +22,6 @@ def log(tmp_path):
     return p
 
 
-@pytest.fixture
-def daemons():
-    running: list[Daemon] = []
-    yield running
-    for d in running:
-        if d.p is not None and d.p.poll() is None:
-            d.p.kill()
-            d.p.wait(10)
-
-
 def start(daemons, tmp, *args, **kw) -> Daemon:
     d = Daemon(tmp, *args, **kw).start()
     daemons.append(d)

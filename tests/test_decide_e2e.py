@@ -192,3 +192,77 @@ def test_scan_apply_twice_counts_each_line_once(logban, db, tmp_path):
     touch_now(log)
     r = logban("--db", db, "scan", "--apply", "--json", str(log))
     assert json.loads(r.stdout)["applied"]["offences"] == 1 and offences() == 7
+
+
+def _stamped(path, entries):
+    """Postfix lines at given datetimes, in the order given."""
+    with open(path, "w") as f:
+        for i, (t, msg) in enumerate(entries):
+            f.write(f"{t:%b %e %H:%M:%S} mx postfix/smtpd[2{i}]: {msg}\n")
+    touch_now(path)
+    return path
+
+
+def _bans(logban, db):
+    return sorted((b["target"], b["since"], b["release_reason"])
+                  for b in json.loads(logban("--db", db, "list", "--all", "--json").stdout))
+
+
+def test_scan_apply_of_several_logs_decides_as_one_log_in_time_order(tmp_path, logban):
+    """Issue 12: files were applied one after another: a /24 ban dated before two of the
+    bans it was made of. Now the logs are merged by time; the result is that of one log."""
+    t = datetime.now() - timedelta(hours=3)
+    a = [(t + timedelta(hours=1), DNSBL.format(ip="198.51.100.7")),
+         (t + timedelta(hours=2), DNSBL.format(ip="198.51.100.8"))]
+    b = [(t, DNSBL.format(ip="198.51.100.9")),
+         (t + timedelta(hours=2, minutes=1), DNSBL.format(ip="198.51.100.10"))]
+    _stamped(tmp_path / "a.log", a)
+    _stamped(tmp_path / "b.log", b)
+    _stamped(tmp_path / "one.log", sorted(a + b))
+    db1, db2 = f"sqlite:///{tmp_path}/1.db", f"sqlite:///{tmp_path}/2.db"
+    assert logban("--db", db1, "scan", "--apply", str(tmp_path / "a.log"), str(tmp_path / "b.log")).returncode == 0
+    assert logban("--db", db2, "scan", "--apply", str(tmp_path / "one.log")).returncode == 0
+    got, want = _bans(logban, db1), _bans(logban, db2)
+    assert got == want
+    nets = [b for b in got if b[0] == "198.51.100.0/24"]
+    assert nets and all(b[1] >= max(x[1] for x in got if x[0] != "198.51.100.0/24") for b in nets)
+
+
+def test_scan_apply_after_logrotate_reads_nothing_twice(tmp_path, logban):
+    """Issue 12: after logrotate, scan --apply read mail.log.1 a second time: positions
+    were looked up by path only. A rotated (and then compressed) file is known by its content."""
+    import gzip
+    db = f"sqlite:///{tmp_path}/x.db"
+    log = tmp_path / "mail.log"
+    recent_log(log, [UNKNOWN.format(ip="198.51.100.30", i=i) for i in range(3)])
+    assert json.loads(logban("--db", db, "scan", "--apply", "--json", str(log)).stdout)["applied"]["offences"] == 3
+    log.rename(tmp_path / "mail.log.1")
+    recent_log(log, [UNKNOWN.format(ip="198.51.100.31", i=i) for i in range(2)])
+    r = logban("--db", db, "scan", "--apply", "--json", str(tmp_path / "mail.log.1"), str(log))
+    assert json.loads(r.stdout)["applied"]["offences"] == 2, r.stderr
+    # logrotate's next round: mail.log.1 compressed to mail.log.2.gz, mail.log to mail.log.1.
+    with open(tmp_path / "mail.log.1", "rb") as f, gzip.open(tmp_path / "mail.log.2.gz", "wb") as g:
+        g.write(f.read())
+    (tmp_path / "mail.log.1").unlink()
+    log.rename(tmp_path / "mail.log.1")
+    recent_log(log, [UNKNOWN.format(ip="198.51.100.32", i=0)])
+    r = logban("--db", db, "scan", "--apply", "--json", str(tmp_path))
+    assert json.loads(r.stdout)["applied"]["offences"] == 1, r.stderr
+    total = json.loads(logban("--db", db, "stats", "--json").stdout)
+    assert total["offences"] == 6
+
+
+def test_stamps_ahead_of_the_clock_never_stretch_a_ban(tmp_path, logban):
+    """Issue 12: an ISO stamp in 2031 gave a 6 h ban that lasted until 2031."""
+    db = f"sqlite:///{tmp_path}/x.db"
+    future = datetime.now().astimezone() + timedelta(days=5 * 365)
+    log = tmp_path / "mail.log"
+    log.write_text(f"{future.isoformat()} mx postfix/smtpd[3]: {DNSBL.format(ip='198.51.100.40')}\n"
+                   f"{datetime.now().astimezone().isoformat()} mx postfix/smtpd[3]: {DNSBL.format(ip='198.51.100.41')}\n")
+    r = logban("--db", db, "scan", "--apply", "--json", str(log))
+    applied = json.loads(r.stdout)["applied"]
+    assert applied["future"] == 1 and applied["bans"] == 1, r.stdout
+    r = logban("--db", db, "scan", "--apply", str(log), "--reapply")
+    assert b"ahead of this host's clock" in r.stdout
+    bans = json.loads(logban("--db", db, "list", "--json").stdout)
+    assert [b["target"] for b in bans] == ["198.51.100.41"]

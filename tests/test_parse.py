@@ -408,3 +408,30 @@ def test_year_inference_uses_the_year_where_the_stamps_were_written():
     assert iso(utc.bsd(b"Jan  1 00:01", b"00")) == "2027-01-01T00:01:00Z"         # within two days ahead
     assert iso(utc.bsd(b"Jan  5 00:01", b"00")) == "2026-01-05T00:01:00Z"         # beyond: the year before
     assert iso(utc.bsd(b"Dec 31 23:58", b"00")) == "2026-12-31T23:58:00Z"
+
+
+@pytest.mark.parametrize("tz", [None, "Europe/Berlin"])
+def test_a_repeated_dst_hour_is_read_in_order(tz, monkeypatch):
+    """Issue 12: during a DST fall-back hour RFC 3164 stamps were read an hour early. The
+    first pass is the earlier instant, the second (after the log went past it) the later."""
+    from datetime import datetime, timezone
+    if tz is None:
+        monkeypatch.setenv("TZ", "Europe/Berlin")
+        time.tzset()
+    try:
+        # Europe/Berlin falls back on 25 October 2026, 03:00 CEST -> 02:00 CET (01:00 UTC).
+        ref = datetime(2026, 10, 25, 4, 0, tzinfo=timezone.utc).timestamp()
+        c = Clock(tz, reference=ref)
+        got = [c.bsd(s, b"00") for s in (b"Oct 25 01:59", b"Oct 25 02:30", b"Oct 25 02:59",
+                                          b"Oct 25 02:10", b"Oct 25 02:40", b"Oct 25 03:05")]
+        want = [datetime(2026, 10, 24, 23, 59), datetime(2026, 10, 25, 0, 30), datetime(2026, 10, 25, 0, 59),
+                datetime(2026, 10, 25, 1, 10), datetime(2026, 10, 25, 1, 40), datetime(2026, 10, 25, 2, 5)]
+        assert got == [w.replace(tzinfo=timezone.utc).timestamp() for w in want]
+        assert got == sorted(got)
+        # Read long after (the reference a day later), the same lines give the same instants.
+        c = Clock(tz, reference=ref + 86400)
+        assert [c.bsd(s, b"00") for s in (b"Oct 25 02:30", b"Oct 25 02:59", b"Oct 25 02:10")] == [got[1], got[2], got[3]]
+    finally:
+        if tz is None:
+            monkeypatch.delenv("TZ")
+            time.tzset()

@@ -271,3 +271,38 @@ def test_network_ban_lasts_as_long_as_the_longest_member():
     net = ds[-1]
     assert net.target == "198.51.100.0/24" and "198.51.100.1" in net.members
     assert net.expires >= long_end
+
+
+def test_out_of_order_offences_never_weigh_more_than_their_score():
+    """Issue 12: with a half-life, an older offence applied after a newer one was weighed by
+    2^(positive): two failures three hours apart scored 244,590 and banned."""
+    sc = scorer(window=None, half_life=600.0)
+    assert sc.add(off("192.0.2.1", 3 * 3600)) == []
+    assert sc.add(off("192.0.2.1", 0)) == []                    # three hours older, applied after
+    assert sc.score("192.0.2.1", T0 + 3 * 3600) < 1.01
+    # With a window too: an older offence counts within the window of the newest one only.
+    sc = scorer()
+    assert feed(sc, [off("192.0.2.2", 3000 + i) for i in range(3)] + [off("192.0.2.2", 0), off("192.0.2.2", 1)]) == []
+    assert sc.add(off("192.0.2.2", 2990)) == []                 # four within ten minutes of the newest
+    [d] = sc.add(off("192.0.2.2", 2995))                        # five
+    assert d.time == T0 + 3002                                  # decided when the evidence was complete
+
+
+def test_shuffled_offences_decide_as_sorted_ones_do():
+    import random
+    evs = [off("192.0.2.3", t) for t in (0, 100, 250, 400, 520)]
+    rnd = random.Random(7)
+    for _ in range(20):
+        shuffled = evs[:]
+        rnd.shuffle(shuffled)
+        [d] = feed(scorer(), shuffled)
+        assert (d.time, d.score) == (T0 + 520, 5)
+
+
+def test_a_score_cleared_elsewhere_forgets_the_offences_before_it():
+    sc = scorer()
+    feed(sc, [off("192.0.2.4", i) for i in range(4)])
+    sc.clear("192.0.2.4", T0 + 10)
+    assert sc.score("192.0.2.4", T0 + 11) == 0
+    assert feed(sc, [off("192.0.2.4", 11 + i) for i in range(4)]) == []
+    assert len(feed(sc, [off("192.0.2.4", 20)])) == 1

@@ -328,3 +328,54 @@ def test_rows_no_logban_wrote_cannot_stop_a_node_that_reads_them(tmp_path):
     assert "198.51.100.76" in {b.target for b in s.active_bans(time.time())}
     s.prune(now, 30 * 86400)
     assert s.partners(AllowList(names=["*.mailout.example.com"], own=()), max_age=0) == ["198.51.100.10"]
+
+
+def _as_schema_4(s: Store) -> None:
+    """Turn a new store into what logban 0.4 wrote: one unreleased ban per target, dry run or not."""
+    with s.engine.begin() as c:
+        for ix in ("ux_bans_unreleased_target", "ux_bans_unreleased_dry_target", "ix_offenders_reset_at"):
+            c.exec_driver_sql(f"DROP INDEX {ix}")
+        c.exec_driver_sql("CREATE UNIQUE INDEX ux_bans_unreleased_target ON bans (target) WHERE released IS NULL")
+        c.exec_driver_sql("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+
+
+def test_dry_run_bans_take_no_slot_of_a_real_one_after_migration(db_url):
+    """Issue 12: a dry-run ban took the one unreleased slot, so the real ban of the same
+    client was never recorded (nothing enforced for up to 30 days)."""
+    now = time.time()
+    s = Store(db_url)
+    d = Decision("192.0.2.5", "dnsbl", "r", 5, now - 60, 6 * HOUR, 1, False, "why")
+    s.record([], [d], node="mx1", dry_run=True, now=now)
+    _as_schema_4(s)
+    s.close()
+    s = Store(db_url)                                   # migrates 4 -> 5
+    assert s.schema_version() == store_mod.SCHEMA_VERSION
+    s.record([], [Decision("192.0.2.5", "dnsbl", "r", 5, now, 6 * HOUR, 2, False, "why")],
+             node="mx1", dry_run=False, now=now)
+    rows = [(b.dry_run, b.released is None, b.count) for b in s.bans(target="192.0.2.5")]
+    assert rows == [(True, True, 1), (False, True, 1)]     # both stand; the real one is the first real one
+    assert [b.target for b in s.enforced(now)] == ["192.0.2.5"]
+    # A second dry-run decision of the same target is one record, not two; a real one likewise.
+    s.record([], [d], node="mx2", dry_run=True, now=now)
+    s.record([], [Decision("192.0.2.5", "dnsbl", "r", 5, now, 6 * HOUR, 2, False, "why")],
+             node="mx2", dry_run=False, now=now)
+    assert len(s.unreleased()) == 2 and len(s.unreleased(real_only=True)) == 1
+    # The dry-run ban ends on its own; the real one stays.
+    s.record([], [Decision("192.0.2.6", "dnsbl", "r", 5, now - 10, 5, 1, False, "why")], node="mx1",
+             dry_run=True, now=now - 10)
+    assert [r.target for r in s.expire(now)] == ["192.0.2.6"]
+    assert {b.target for b in s.unreleased()} == {"192.0.2.5"}
+
+
+def test_an_enforcing_engine_is_held_by_real_bans_only(db_url):
+    now = time.time()
+    e = Engine(Store(db_url), Policy(), AllowList(own=()), node="mx1", dry_run=True)
+    e.add([off("192.0.2.8", now - 5, "dnsbl", 5)])
+    e.flush()
+    assert "192.0.2.8" in e.scorer.active
+    e.set_dry_run(False)                                # reload: dry_run = false
+    assert "192.0.2.8" not in e.scorer.active
+    e.add([off("192.0.2.8", now - 1, "dnsbl", 5)])
+    e.flush()
+    real = [b for b in e.store.bans(target="192.0.2.8") if not b.dry_run]
+    assert len(real) == 1 and real[0].released is None and not real[0].escalated

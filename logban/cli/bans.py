@@ -70,7 +70,7 @@ def cmd_ban(args, cfg: Config) -> int:
         raise UsageError(f"{target}: not banned: {refused[0][1]}")
     now = time.time()
     scorer = Scorer(cfg.policy, allow)
-    scorer.history = store.history()
+    scorer.history = store.history(real_only=not (cfg.dry_run or args.dry_run))
     _, count, _ = scorer.duration(target, "manual", "", now)
     reason = args.reason or "banned by hand"
     d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
@@ -102,8 +102,8 @@ def cmd_unban(args, cfg: Config) -> int:
         lifted = [x for x in hit if done.get(x)]
         in_kernel |= any(not active[x].dry_run for x in lifted)
         results.append({"target": t, "lifted": lifted, "score_cleared": True})
-    # The kernel is touched only to lift something it may hold (a lazy sync creates nothing).
-    note = _enforce(args, cfg, store) if in_kernel else "firewall: nothing to lift"
+    # The kernel is touched only to lift something it may hold (a sync makes no table for nothing).
+    note = _enforce(args, cfg, store, lifting=True) if in_kernel else "firewall: nothing to lift"
     if args.json:
         print(json.dumps({"unbanned": results, "firewall": note}, indent=2))
         return 0

@@ -6,7 +6,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ..allow import AllowList, Resolver, parse_network
@@ -66,45 +66,56 @@ def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
     return chunk[pos:], n
 
 
+def read_source(src: Source, parser: Parser, left: int = 0) -> Iterator[tuple[list[Offence], int]]:
+    """(offences, lines of `src` read so far) for each chunk of `src`, its first `left` lines
+    skipped (applied before). Raises what READ_ERRORS names."""
+    parser.file = src.name
+    parser.clock.set_reference(src.mtime() or time.time())
+    lines = 0
+    stream = open_source(src)
+    try:
+        for chunk in chunks(stream, parser.max_line):
+            if left:
+                chunk, dropped = _skip_lines(chunk, left)
+                left -= dropped
+                lines += dropped
+                if not chunk:
+                    continue
+            before = parser.stats.lines
+            offs = parser.feed(chunk, lines)
+            lines += parser.stats.lines - before
+            yield offs, lines
+    finally:
+        if src.path is not None:
+            stream.close()
+
+
+def read_failed(src: Source, e: BaseException, parser: Parser, failed: list[str]) -> None:
+    """One line in the user's words ("no such file or directory"), the file still counted as failed."""
+    if isinstance(e, BrokenPipeError):
+        raise e                     # our stdout closed (`| head`): main() ends quietly
+    read = f" (after {parser.stats.lines:,} lines read)" if parser.stats.lines else ""
+    print(safe(f"logban: {src.name}: {read_error(e)}{read}"), file=sys.stderr)
+    failed.append(src.name)
+
+
 def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Offence]], None],
                  progress: _Progress | None = None, *, skip: Callable[[Source], int] | None = None,
                  read_to: Callable[[Source, int], None] | None = None) -> list[str]:
     """Run every source through the parser in order; names of sources not read to the end.
     `skip(src)`: lines of it applied before, not read again; `read_to(src, lines)`: after each chunk."""
-    failed = []
+    failed: list[str] = []
     for src in sources:
-        parser.file = src.name
-        parser.clock.set_reference(src.mtime() or time.time())
-        lines = 0
-        left = skip(src) if skip else 0
         try:
-            stream = open_source(src)
-            try:
-                for chunk in chunks(stream, parser.max_line):
-                    if left:
-                        chunk, dropped = _skip_lines(chunk, left)
-                        left -= dropped
-                        lines += dropped
-                        if not chunk:
-                            continue
-                    before = parser.stats.lines
-                    offs = parser.feed(chunk, lines)
-                    lines += parser.stats.lines - before
-                    if offs:
-                        sink(offs)
-                    if read_to:
-                        read_to(src, lines)
-                    if progress:
-                        progress.show(src.name, parser.stats.lines)
-            finally:
-                if src.path is not None:
-                    stream.close()
-        except BrokenPipeError:
-            raise                   # our stdout closed (`| head`): main() ends quietly
+            for offs, lines in read_source(src, parser, skip(src) if skip else 0):
+                if offs:
+                    sink(offs)
+                if read_to:
+                    read_to(src, lines)
+                if progress:
+                    progress.show(src.name, parser.stats.lines)
         except READ_ERRORS as e:
-            read = f" (after {lines:,} lines)" if lines else ""
-            print(safe(f"logban: {src.name}: {read_error(e)}{read}"), file=sys.stderr)
-            failed.append(src.name)
+            read_failed(src, e, parser, failed)     # re-raises a closed stdout
     parser.finish()
     return failed
 
@@ -116,28 +127,36 @@ def _store(args, cfg: Config, *, readonly: bool = False):
     return Store(args.db or cfg.database, readonly=readonly)
 
 
-def _check_backend(args, cfg: Config, *, dry_run: bool = False) -> None:
-    """Refuses (one line) a backend this process may not drive, before anything is recorded."""
+def _check_backend(args, cfg: Config, *, dry_run: bool = False, lifting: bool = False) -> None:
+    """Refuses (one line) a backend this process may not drive, before anything is recorded;
+    a dry run that lifts nothing never reaches the kernel, so it needs no right to."""
+    if (cfg.dry_run or dry_run) and not lifting:
+        return
     from ..firewall import choose
-    choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run)
+    choose(cfg.firewall, backend=args.backend)
 
 
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
+    """The firewall; in a dry run it adds nothing and still lifts what must go."""
     from ..firewall import Firewall, choose
-    return Firewall(choose(cfg.firewall, backend=args.backend, dry_run=cfg.dry_run or dry_run), store, _allow(cfg))
+    return Firewall(choose(cfg.firewall, backend=args.backend), store, _allow(cfg), dry_run=cfg.dry_run or dry_run)
 
 
-def _enforce(args, cfg: Config, store, *, dry_run: bool = False) -> str:
-    """After the store changed: the kernel follows. Returns a note for the user."""
+def _enforce(args, cfg: Config, store, *, dry_run: bool = False, lifting: bool = False) -> str:
+    """After the store changed: the kernel follows. `lifting`: the change only ended bans.
+    Returns a note for the user."""
     fw = _firewall(args, cfg, store, dry_run=dry_run)
-    if not fw.enforcing:
-        return "not enforced: firewall backend none" + (" (dry run)" if cfg.dry_run or dry_run else
+    if not fw.has_backend:
+        return "not enforced: firewall backend none" + (" (dry run)" if fw.dry_run else
                                                          " (not root)" if os.geteuid() else "")
+    if fw.dry_run and not lifting:
+        return f"{fw.backend.name}: dry run, nothing added"
     try:
-        p = fw.sync(lazy=True)
+        p = fw.sync()
     except FirewallError as e:
         raise FirewallError(f"{e} (the store has the change; `logban firewall sync` enforces it)") from None
-    return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed"
+    return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed" + (" (dry run: nothing added)"
+                                                                               if fw.dry_run else "")
 
 
 def _node(args, cfg: Config) -> str:
@@ -160,7 +179,7 @@ def _engine(args, cfg: Config, store, allow: AllowList | None = None):
     allow = allow or _allow(cfg)
     resolver = Resolver(cfg.allow.resolve_timeout) if cfg.allow.resolve else None
     return Engine(store, cfg.policy, allow, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run,
-                  resolver=resolver)
+                  resolver=resolver, clock_skew=cfg.parse.clock_skew, future="skip")
 
 
 def parse_target(text: str, what: str = "target") -> str:

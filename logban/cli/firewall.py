@@ -19,23 +19,24 @@ def cmd_firewall(args, cfg: Config) -> int:
     fw = _firewall(args, cfg, store)
     b = fw.backend
     if args.firewall_command == "teardown":
+        # A dry run too: dry run means adding nothing, not forgetting what is in the kernel.
         b.teardown()
-        print(f"{b.name}: removed what logban created" + ("" if fw.enforcing else " (nothing: no firewall backend)"))
+        print(f"{b.name}: removed what logban created" + ("" if fw.has_backend else " (nothing: no firewall backend)"))
         return 0
     if args.firewall_command == "sync":
-        if not fw.enforcing:
-            raise UsageError("firewall sync: no firewall backend (not root, dry_run, or backend none)")
+        if not fw.has_backend:
+            raise UsageError("firewall sync: no firewall backend (not root, or backend none)")
         p = fw.sync()
         print(f"{b.name}: {len(p.missing)} missing added, {len(p.unknown)} unknown removed, "
-              f"{len(p.stale)} timeouts refreshed")
+              f"{len(p.stale)} timeouts refreshed" + (" (dry run: nothing added)" if fw.dry_run else ""))
         for target, why in fw.refused:
             print(safe(f"logban: not enforced here: ban of {target!r}: {why}"), file=sys.stderr)
         return 0
     now = time.time()
     active = store.active_bans(now)
-    status = {"backend": b.name, "enforcing": fw.enforcing, "kernel_timeouts": b.kernel_timeouts,
+    status = {"backend": b.name, "enforcing": fw.enforcing, "dry_run": fw.dry_run, "kernel_timeouts": b.kernel_timeouts,
               "bans_active": len(active), "bans_dry_run": sum(1 for x in active if x.dry_run)}
-    if fw.enforcing:
+    if fw.has_backend:
         have = b.elements()
         p = fw.diff(now, have)
         status |= b.describe() | {

@@ -1,11 +1,15 @@
 """`logban scan`: read logs once, report, and with --apply record what they show."""
 from __future__ import annotations
 
+import hashlib
+import heapq
 import json
+import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from ..config import Config
 from ..errors import UsageError
@@ -18,7 +22,8 @@ from ..report import (
     human,
 )
 from ..score import Scorer
-from ..sources import Source, expand
+from ..sources import READ_ERRORS, Source, expand, open_source, rotation_key
+from ..units import format_duration
 from .common import (
     _allow,
     _check_backend,
@@ -31,6 +36,8 @@ from .common import (
     _ruleset,
     _store,
     feed_sources,
+    read_failed,
+    read_source,
 )
 
 BATCH = 50_000                  # offences per transaction of scan --apply
@@ -64,11 +71,20 @@ def cmd_scan(args, cfg: Config) -> int:
         # to be banned, and the report then leaves that client out too if the name is allowed.
         # Lines an earlier scan --apply applied are read (the report shows them) but not applied.
         sinks.insert(0, lambda offs: engine.add(applied.new(offs)))
-    parser = _parser(cfg, rules, args.mta, engine.scorer if engine is not None else Scorer(cfg.policy, allow))
+    scorer = engine.scorer if engine is not None else Scorer(cfg.policy, allow)
+    parser = _parser(cfg, rules, args.mta, scorer)
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
-    summary.failed = feed_sources(sources, parser, sink, progress, read_to=applied and applied.read_to)
+    streams = _streams(sources)
+    if applied is not None and len(streams) > 1:
+        # Decisions depend on what came before in time: the logs are applied as one, by time.
+        parsers = [parser] + [_parser(cfg, rules, args.mta, scorer) for _ in streams[1:]]
+        summary.failed = _apply_merged(streams, parsers, sink, applied, progress)
+        for other in parsers[1:]:
+            parser.stats.add(other.stats)
+    else:
+        summary.failed = feed_sources(sources, parser, sink, progress, read_to=applied and applied.read_to)
     note = None
     if engine is not None:
         applied.flush()
@@ -93,6 +109,61 @@ def cmd_scan(args, cfg: Config) -> int:
     return 1 if summary.failed else 0
 
 
+def _streams(sources: list[Source]) -> list[list[Source]]:
+    """The sources as logs: a rotated set is one (its members follow each other in time,
+    and a session may run from one into the next), every other file one of its own."""
+    groups: dict[tuple, list[Source]] = {}
+    for s in sources:
+        groups.setdefault(rotation_key(s.path)[:2] if s.path is not None else ("-",), []).append(s)
+    return list(groups.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _ReadTo:
+    """In the merged stream after a chunk's offences: `src` is applied up to `lines`."""
+    time: float
+    src: Source
+    lines: int
+
+
+def _apply_merged(streams: list[list[Source]], parsers: list, sink: Callable[[list[Offence]], None],
+                  applied: Applied, progress: _Progress) -> list[str]:
+    """Several logs to the engine in time order (a k-way merge of their offences, each log
+    read chunk by chunk); each file's position advances only once its chunk's offences
+    are all with the engine."""
+    failed: list[str] = []
+
+    def offences(stream: list[Source], parser) -> Iterator:
+        last = -math.inf
+        for src in stream:
+            try:
+                for offs, lines in read_source(src, parser):     # applied before: see Applied.new
+                    yield from offs
+                    if offs:
+                        last = max(last, offs[-1].time)
+                    yield _ReadTo(last, src, lines)
+                    progress.show(src.name, parser.stats.lines)
+            except READ_ERRORS as e:
+                read_failed(src, e, parser, failed)
+        parser.finish()
+
+    buf: list[Offence] = []
+    for item in heapq.merge(*(offences(s, p) for s, p in zip(streams, parsers)), key=lambda x: x.time):
+        if type(item) is _ReadTo:
+            if buf:
+                sink(buf)
+                buf = []
+            applied.read_to(item.src, item.lines)
+        else:
+            buf.append(item)
+            if len(buf) >= 4096:
+                sink(buf)
+                buf = []
+    if buf:
+        sink(buf)
+    return failed
+
+
 class Applied:
     """What `scan --apply` has applied of each file, kept with the offences (one transaction),
     so that applying a file again adds only what is new in it: no offence counted twice."""
@@ -106,22 +177,28 @@ class Applied:
         engine.batch = 1 << 62                  # flushed here, with positions
 
     def skip(self, src: Source) -> int:
-        """Lines of `src` applied before: the same file (by its first bytes), maybe grown since."""
-        from ..follow import fingerprint, head_matches
+        """Lines of `src` applied before: the same content (by its first bytes, decompressed),
+        maybe grown since, under this name or another (logrotate renamed mail.log to
+        mail.log.1, then compressed it)."""
+        from ..follow import FP_LEN, head_matches
         if src.path is None:
             return 0
         path = str(src.path.resolve())
-        old = None if self.again else self.saved.get(path)
         try:
-            with open(src.path, "rb") as f:
-                st = os.fstat(f.fileno())
-                fp, n = fingerprint(f)
-                done = old is not None and head_matches(os.pread(f.fileno(), old.fp_len, 0), old)
-        except OSError:
+            st = os.stat(src.path)
+            with open_source(src) as f:
+                head = f.read(FP_LEN)
+        except READ_ERRORS:
             return 0
-        lines = old.lines if done else 0
+        old = None
+        if not self.again:
+            same = self.saved.get(path)
+            cands = ([same] if same is not None else []) + [p for k, p in self.saved.items() if k != path]
+            old = next((c for c in cands if c.lines and head_matches(head, c)), None)
+        lines = old.lines if old is not None else 0
         self.now[path] = {"node": self.node, "path": path, "dev": st.st_dev, "inode": st.st_ino,
-                          "fingerprint": fp, "fp_len": n, "offset": 0, "lines": lines}
+                          "fingerprint": hashlib.sha256(head).hexdigest(), "fp_len": len(head), "offset": 0,
+                          "lines": lines}
         self.skipped += lines
         self.done[src.name] = lines
         return lines
@@ -150,7 +227,7 @@ def applied_json(engine) -> dict:
     return {"database": engine.store.where(engine.store.url), "dry_run": engine.dry_run, "offences": es.offences,
             "bans": es.bans, "network_bans": es.network_bans, "escalated": es.escalated,
             "already_expired": es.expired_on_arrival, "allowed": ss.allowed, "while_banned": ss.while_banned,
-            "evicted": ss.evicted, "released_by_allow_list": es.released_allow}
+            "evicted": ss.evicted, "released_by_allow_list": es.released_allow, "future": es.future}
 
 
 def applied_human(engine) -> str:
@@ -161,7 +238,9 @@ def applied_human(engine) -> str:
         ("network_bans", "network bans"), ("escalated", "escalated"),
         ("already_expired", "already over by now (recorded as expired)"),
         ("allowed", "offences from allow-listed clients"), ("while_banned", "offences while banned"),
-        ("released_by_allow_list", "bans released: allow-listed now")) if a[k]]
+        ("released_by_allow_list", "bans released: allow-listed now"),
+        ("future", f"offences stamped more than {format_duration(engine.clock_skew)} ahead of this host's "
+                   "clock, left out (parse.clock_skew)")) if a[k]]
     if extra:
         out.append("  " + "; ".join(extra))
     return "\n".join(out)

@@ -56,13 +56,12 @@ def may_admin_network() -> bool:
         return False
 
 
-def choose(opts: FirewallOptions, *, backend: str | None = None, dry_run: bool = False) -> Backend:
+def choose(opts: FirewallOptions, *, backend: str | None = None) -> Backend:
     """The backend the options name (`backend`, from --backend, over them); `auto` is what
-    this host uses (none when not root). A named backend without the right to change the
-    firewall is refused here, before a command records anything."""
+    this host uses (none when not root). A dry run has its backend too: it adds nothing,
+    yet lifts what must go (see `Firewall`). A named backend without the right to change
+    the firewall is refused here, before a command records anything."""
     name = backend or opts.backend
-    if dry_run:
-        return NoBackend(opts)
     if name not in ("auto", "none") and not may_admin_network():
         raise UsageError(f"firewall backend {name}: changing the firewall needs root or CAP_NET_ADMIN "
                          f"(running as uid {os.geteuid()}); use --backend none to record only")
@@ -82,19 +81,30 @@ def choose(opts: FirewallOptions, *, backend: str | None = None, dry_run: bool =
 class Firewall:
     """The enforcing edge: a backend kept equal to the store's active bans that this
     node's allow-list lets through (`AllowList.screen`: nothing read from the store
-    reaches the kernel unchecked)."""
+    reaches the kernel unchecked).
+
+    `dry_run`: nothing is added to the kernel, and logban's table, sets and chains are not
+    made; what is there and must go (released, unbanned, allow-listed, unknown) is still
+    lifted, so switching to a dry run, or an unban during one, never leaves a client blocked."""
 
     ATTEMPTS = 3
 
-    def __init__(self, backend: Backend, store, allow: AllowList | None = None) -> None:
-        self.backend, self.store = backend, store
+    def __init__(self, backend: Backend, store, allow: AllowList | None = None, *, dry_run: bool = False) -> None:
+        self.backend, self.store, self.dry_run = backend, store, dry_run
         self.allow = allow if allow is not None else AllowList()
-        self.wanted: dict[str, int | None] = {}      # what the last sync put in the kernel
+        self.wanted: dict[str, int | None] = {}      # what the last sync left in the kernel of the bans
         self.refused: list[tuple[str, str]] = []     # store bans the last look left out: (target, why)
+        self.ready = False                           # set up in the kernel by this process
+
+    @property
+    def has_backend(self) -> bool:
+        """A kernel firewall is there (to lift from, at least)."""
+        return not isinstance(self.backend, NoBackend)
 
     @property
     def enforcing(self) -> bool:
-        return not isinstance(self.backend, NoBackend)
+        """Bans are put in the kernel."""
+        return self.has_backend and not self.dry_run
 
     def want(self, now: float | None = None) -> dict[str, int | None]:
         """What the kernel should hold now: the store's enforced bans, screened."""
@@ -106,22 +116,42 @@ class Firewall:
     def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
         return plan(self.want(now), self.backend.elements() if have is None else have)
 
-    def sync(self, now: float | None = None, *, lazy: bool = False) -> Plan:
-        """Make the kernel equal the store in one batch; returns what was different.
-        `lazy`: a command's sync that has nothing to enforce and finds nothing to lift
-        leaves the kernel alone (creates no table or chain)."""
-        if not self.enforcing:
-            self.wanted = self.want(now)
-            return Plan()
-        if lazy and not self.want(now) and not self.backend.elements():
-            self.wanted = {}
-            return Plan()
+    def apply(self, add: Mapping[str, int | None], remove: list[str]) -> dict[str, int | None]:
+        """One batch to the kernel; in a dry run the removals only. Returns what was added."""
+        if not self.has_backend:
+            return {}
+        if self.dry_run:
+            add = {}
+        if add and not self.ready:
+            self._setup()
+        if add or remove:
+            self.backend.apply(add, remove)
+        return dict(add)
+
+    def _setup(self) -> None:
         self.backend.setup()
+        self.ready = True
+
+    def sync(self, now: float | None = None) -> Plan:
+        """Make the kernel equal the store in one batch (a dry run: lift what must go, add
+        nothing); returns what was done."""
+        if not self.has_backend:
+            self.wanted = {}
+            self.want(now)              # the refusals, for the caller to report
+            return Plan()
         for attempt in range(self.ATTEMPTS):
             want = self.want(now)
-            p = plan(want, self.backend.elements())
+            have = self.backend.elements()
+            p = plan(want, have)
+            if self.dry_run:
+                # Lift what must go; what is there and still banned stays, nothing is added.
+                p = Plan(remove=list(p.unknown), unknown=p.unknown)
+                want = {t: have[t] for t in want if t in have}
             try:
-                self.backend.apply(p.add, p.remove)
+                if p.add or (have and not self.dry_run):
+                    self._setup()               # made only when there is something to hold
+                if p.add or p.remove:
+                    self.backend.apply(p.add, p.remove)
                 self.wanted = want
                 return p
             except FirewallError:

@@ -61,6 +61,18 @@ class Nftables(Backend):
         self._nft("\n".join(lines) + "\n")
 
     def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
+        remove = list(remove)
+        try:
+            self._apply(add, remove)
+        except FirewallError as e:
+            # An element to delete is gone already (its timeout ran out, an `unban` beside
+            # the daemon lifted it): nft refuses the whole batch. Delete what is there.
+            if not remove or "element does not exist" not in str(e):
+                raise
+            have = self.elements()
+            self._apply(add, [t for t in remove if t in have])
+
+    def _apply(self, add: Mapping[str, int | None], remove: list[str]) -> None:
         lines = []
         for s, ts in zip(("ban4", "ban6"), _by_family(remove)):
             if ts:
