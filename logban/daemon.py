@@ -246,7 +246,7 @@ class Daemon:
         mono = time.monotonic()
         next_sync, next_cluster, next_ping = mono + c.daemon.sync_interval, mono + CLUSTER_EVERY, 0.0
         next_prune = next_export = mono
-        self.rev = self.store.revision()
+        self.store.watch_revision()             # this process's own ban changes move it on
         try:
             while not self.stopping:
                 ne = self.next_expiry
@@ -345,7 +345,9 @@ class Daemon:
         self.exports_dirty = True
 
     def _prune(self) -> None:
-        gone = self.store.prune(time.time(), self.cfg.retention)
+        now = time.time()
+        gone = self.store.prune(now, self.cfg.retention, self.cfg.policy.lookback)
+        self.engine.scorer.forget(now)
         if gone:
             log.info("forgot %d offences older than %s", gone, format_duration(self.cfg.retention))
 
@@ -372,9 +374,9 @@ class Daemon:
                     self._enforce(fresh)
                     self.engine.flush(self.follower.positions())
         r = self.store.revision()
-        if r == self.rev:
-            return
-        self.rev = r
+        if r == self.store.revision_known:
+            return                      # nothing changed, or only what this process did itself
+        self.store.revision_known = r
         self.engine.refresh_bans()
         self.next_expiry = self.store.next_expiry()
         self.exports_dirty = True

@@ -15,6 +15,7 @@ from .score import Decision, Policy, Scorer
 from .store import Store
 
 BATCH = 50_000
+HISTORY_MARGIN = 1_000      # ban ids read again: ones taken before a commit that came late
 
 
 @dataclass
@@ -39,12 +40,15 @@ class Engine:
         self._offences: list[tuple[Offence, str]] = []
         self._pending: list[Decision] = []
         self._fresh: list[Decision] = []
+        self._hist_id = 0                    # bans up to this id are in the scorer's history
         self._restore()
 
     def _restore(self) -> None:
         self.store.expire(time.time())
         self.release_allowed()
         sc = self.scorer
+        self._hist_id = self.store.max_ban_id()
+        sc.history = self.store.history()
         self.refresh_bans()
         for ip in self.store.partners(self.allow):
             sc.partner(ip)
@@ -63,9 +67,15 @@ class Engine:
         return gone
 
     def refresh_bans(self) -> None:
-        """The scorer's view of the bans made equal to the store's (changed by `logban ban`/`unban`, or at start)."""
+        """The scorer's view of the bans made equal to the store's (changed by `logban ban`/`unban`,
+        another node, or at start). The history only gains the bans recorded since the last look."""
         sc = self.scorer
-        sc.history = self.store.history()
+        got, top = self.store.history_after(max(0, self._hist_id - HISTORY_MARGIN))
+        self._hist_id = max(self._hist_id, top)
+        for t, p in got.items():
+            old = sc.history.get(t)
+            if old is None or p.created >= old.created:
+                sc.history[t] = p
         # A row no logban wrote (0.0.0.0/0 would make every client look banned already) is ignored.
         live = [b for b in self.store.unreleased() if valid_target(b.target)]
         keep = {b.target for b in live}

@@ -13,6 +13,7 @@ migrates an older database in one transaction, and refuses a newer one.
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -33,6 +34,9 @@ PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
+REVISION_KEY = "bans_revision"  # meta row bumped in every transaction that changes a ban
+PRUNE_CHUNK = 20_000           # released bans deleted per transaction by `prune`
+RETRIES = 5                    # attempts of a write that lost a deadlock or a serialization conflict
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
 
 
@@ -256,6 +260,10 @@ def make_engine(url: str) -> Engine:
 class Store:
     def __init__(self, url: str | None = None) -> None:
         self.url = url or default_url()
+        # The bans' revision as its reader (the daemon) knows it: a change this Store made
+        # right after that revision moves it on (the caller knows what it did itself);
+        # anyone else's change leaves it behind `revision()`.
+        self.revision_known: int | None = None
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
         self.engine = make_engine(self.url)
         self.shared = self.engine.dialect.name == "postgresql"        # several nodes: LISTEN/NOTIFY
@@ -281,11 +289,29 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            yield conn
-            if self.shared:
-                # Delivered at commit to every node listening: a ban, an unban, offences.
-                conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+        rev = None
+        with self.engine.connect().execution_options(write=True) as conn:
+            conn.info.pop("bans_changed", None)
+            with conn.begin():
+                yield conn
+                if conn.info.pop("bans_changed", False):
+                    rev = _bump_revision(conn)
+                if self.shared:
+                    # Delivered at commit to every node listening: a ban, an unban, offences.
+                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+        if rev is not None and self.revision_known is not None and rev == self.revision_known + 1:
+            self.revision_known = rev
+
+    def _retrying(self, fn: Callable[[], object]) -> object:
+        """Run a write transaction again when the database ended it to break a deadlock or a
+        serialization conflict with another node: a moment of contention, not an outage."""
+        for attempt in range(RETRIES):
+            try:
+                return fn()
+            except sa.exc.DBAPIError as e:
+                if attempt == RETRIES - 1 or not _transient(e):
+                    raise
+            time.sleep(random.uniform(0.005, 0.05) * 2 ** attempt)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -323,13 +349,19 @@ class Store:
         positions they were read up to (so a crash can neither lose nor repeat a line), and
         clients allowed by their verified name (ip, name, time): remembered, without an
         offence, so no node and no restart forgets that their networks are never banned."""
+        self._retrying(lambda: self._record(offences, decisions, node=node, dry_run=dry_run, now=now,
+                                            scores=scores, positions=positions, partners=partners))
+
+    def _record(self, offences, decisions, *, node, dry_run, now, scores, positions, partners) -> None:
         with self.write() as conn:
             if positions:
                 self._save_positions(conn, node, positions, now)
             if partners:
                 self._partners = {}
-                conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE, [
-                    (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in partners])
+                # Rows in one order on every node: two nodes writing the same rows wait, never deadlock.
+                conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE, sorted(
+                    (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in dict(
+                        (ip, (ip, name, t)) for ip, name, t in partners).values()))
             if offences:
                 conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
@@ -357,8 +389,9 @@ class Store:
                 if o.time >= a["last_seen"]:
                     a["last_seen"] = a["score_time"] = o.time
                     a["name"] = _clean(o.name) or a["name"]
+        # In target order: two nodes upserting the same offenders lock them in the same order.
         conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
-                             [tuple(a[c] for c in OFFENDER_COLS) for a in agg.values()])
+                             [tuple(agg[t][c] for c in OFFENDER_COLS) for t in sorted(agg)])
         return set(agg) & set(resets)
 
     def _insert_bans(self, conn: Connection, decisions: list[Decision], *, node: str, dry_run: bool,
@@ -387,12 +420,15 @@ class Store:
         if rows:
             self._insert_ban_rows(conn, rows, ended)
         if resets:
-            self._reset_many(conn, resets)
+            self._reset_many(conn, sorted(resets, key=lambda r: r["b_target"]))
 
     @staticmethod
     def _insert_ban_rows(conn: Connection, rows: list[tuple], ended: list[tuple[str, float]]) -> None:
         """Insert bans; one already in force for a target (another node's) wins and the new one is
         dropped. A target's ban over by the new one's start is first released as expired."""
+        conn.info["bans_changed"] = True
+        # One lock order on every node (stable: a target's bans keep their time order).
+        rows, ended = sorted(rows, key=lambda r: r[0]), sorted(ended, key=lambda r: r[0])
         mark = _mark(conn)
         conn.exec_driver_sql(
             f"UPDATE bans SET released = expires, release_reason = 'expiry' WHERE target = {mark} "
@@ -426,6 +462,8 @@ class Store:
                                        else_=OFFENDERS.c.reset_at), score=0.0))
 
     def _release_many(self, conn: Connection, rows: list[dict]) -> None:
+        conn.info["bans_changed"] = True
+        rows = sorted(rows, key=lambda r: r["b_target"])
         conn.execute(self._RELEASE, rows)
         self._reset_many(conn, rows)
 
@@ -433,23 +471,33 @@ class Store:
         conn.execute(self._RESET, [{"b_target": r["b_target"], "b_at": r["b_at"]} for r in rows])
 
     def _release(self, conn: Connection, target: str, reason: str, at: float) -> int:
+        conn.info["bans_changed"] = True
         n = conn.execute(self._RELEASE, {"b_target": target, "b_at": at, "b_why": reason}).rowcount
         self._reset_many(conn, [{"b_target": target, "b_at": at}])
         return n
 
     def ban(self, d: Decision, *, node: str, dry_run: bool, now: float) -> None:
         """A manual ban: an active ban of the same target is replaced."""
-        with self.write() as conn:
-            self._release(conn, d.target, "replaced", now)
-            self._insert_bans(conn, [d], node=node, dry_run=dry_run, now=now, source="manual")
+        def run() -> None:
+            with self.write() as conn:
+                self._release(conn, d.target, "replaced", now)
+                self._insert_bans(conn, [d], node=node, dry_run=dry_run, now=now, source="manual")
+        self._retrying(run)
 
     def release(self, targets: Iterable[str], reason: str, now: float) -> dict[str, int]:
         """End the active bans of these exact targets; the score starts from zero. Bans ended, per target."""
-        with self.write() as conn:
-            return {t: self._release(conn, t, reason, now) for t in targets}
+        targets = sorted(dict.fromkeys(targets))
+
+        def run() -> dict[str, int]:
+            with self.write() as conn:
+                return {t: self._release(conn, t, reason, now) for t in targets}
+        return self._retrying(run)
 
     def expire(self, now: float) -> list[sa.Row]:
         """Mark bans whose time is over as released by expiry; returns them."""
+        return self._retrying(lambda: self._expire(now))
+
+    def _expire(self, now: float) -> list[sa.Row]:
         with self.write() as conn:
             rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires, BANS.c.kind, BANS.c.dry_run).where(
                 BANS.c.released.is_(None), BANS.c.expires.is_not(None), BANS.c.expires <= now)).all()
@@ -478,14 +526,52 @@ class Store:
             return conn.execute(sa.select(sa.func.min(BANS.c.expires)).where(
                 BANS.c.released.is_(None), BANS.c.expires.is_not(None))).scalar()
 
-    def revision(self) -> tuple:
-        """Changes to the bans by anyone (a `logban ban`/`unban` beside the daemon) change this."""
+    def revision(self) -> int:
+        """Changes to the bans by anyone (this process, another node, a `logban ban`/`unban`
+        beside the daemon) change this: one row, bumped in the transaction of the change."""
         with self.read() as conn:
-            return tuple(conn.execute(sa.select(sa.func.max(BANS.c.id), sa.func.count(BANS.c.released))).one())
+            v = conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar()
+        try:
+            return int(v or 0)
+        except ValueError:
+            return -1
 
-    def prune(self, now: float, retention: float) -> int:
-        """Forget offences older than `retention`, and offenders seen only then and never banned."""
+    def watch_revision(self) -> int:
+        """Start following the revision from now: the reader knows the bans as they are."""
+        self.revision_known = self.revision()
+        return self.revision_known
+
+    def max_ban_id(self) -> int:
+        with self.read() as conn:
+            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(BANS.c.id), 0))).scalar_one()
+
+    def history_after(self, after_id: int) -> tuple[dict[str, Past], int]:
+        """Bans recorded after id `after_id` (in id order, the latest of a target last), and
+        the highest id read: what keeps a scorer's history current without reading it all."""
+        with self.read() as conn:
+            q = (sa.select(BANS.c.id, BANS.c.target, _number(BANS.c.created), _number(BANS.c.duration),
+                           sa.cast(BANS.c.count, sa.Integer).label("count"))
+                 .where(BANS.c.id > after_id).order_by(BANS.c.id))
+            out: dict[str, Past] = {}
+            top = after_id
+            for i, t, c, d, n in conn.execute(q):
+                top = i
+                if c is not None and 0 <= c <= TIME_MAX and (d is None or d >= 0) and n is not None and n >= 0:
+                    out[t] = Past(c, d, n)
+            return out, top
+
+    def prune(self, now: float, retention: float, lookback: float = 0.0) -> int:
+        """Forget offences older than `retention`, offenders seen only then and never banned,
+        and bans released longer ago than both `retention` and the escalation `lookback`
+        (nothing escalates from them any more)."""
         cut = now - retention
+        bans_cut = now - max(retention, lookback)
+        while True:          # in chunks: a first prune of a million bans holds no lock for long
+            with self.write() as conn:
+                ids = sa.select(BANS.c.id).where(BANS.c.released.is_not(None), BANS.c.released < bans_cut) \
+                    .limit(PRUNE_CHUNK).scalar_subquery()
+                if conn.execute(sa.delete(BANS).where(BANS.c.id.in_(ids))).rowcount < PRUNE_CHUNK:
+                    break
         with self.write() as conn:
             n = conn.execute(sa.delete(OFFENCES).where(OFFENCES.c.time < cut)).rowcount
             # Rows without offences are partners (clients allowed by verified name): kept, so
@@ -633,6 +719,21 @@ def _insert_sql(conn: Connection, cols: tuple[str, ...]) -> str:
     table = {OFFENCE_COLS: "offences", OFFENDER_COLS: "offenders", BAN_COLS: "bans"}[cols]
     mark = _mark(conn)
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+
+
+def _bump_revision(conn: Connection) -> int:
+    """One more change to the bans: the meta row's number, bumped last in the transaction
+    (so no node waits for this row while holding it), and read back."""
+    conn.exec_driver_sql(
+        f"INSERT INTO meta (key, value) VALUES ('{REVISION_KEY}', '1') ON CONFLICT (key) DO UPDATE "
+        "SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS VARCHAR)")
+    return int(conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar_one())
+
+
+def _transient(e: sa.exc.DBAPIError) -> bool:
+    """A deadlock or serialization failure (SQLSTATE 40P01, 40001): the transaction may simply run again."""
+    code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+    return code in ("40001", "40P01")
 
 
 def short_error(e: Exception) -> str:
