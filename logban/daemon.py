@@ -224,7 +224,8 @@ class Daemon:
         c = self.cfg
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
-                             resolver=resolver, batch=1 << 62)      # flushed by the loop, with positions
+                             resolver=resolver, batch=1 << 62,      # flushed by the loop, with positions
+                             wait_names=False)                      # DNS never holds up the loop
         self.remote_low = self.store.max_offence_id()           # other nodes' offences: from here on
         self.firewall = self._firewall()
         self._sync("start")
@@ -250,13 +251,15 @@ class Daemon:
         try:
             while not self.stopping:
                 ne = self.next_expiry
-                self.follower.wait(1.0 if ne is None else min(1.0, max(0.0, ne - time.time())),
-                                   self.listener.wake_r if self.listener is not None else None)
+                wait = 1.0 if ne is None else min(1.0, max(0.0, ne - time.time()))
+                if self.engine.holding():
+                    wait = min(wait, 0.05)      # offences wait for a client's name: look again soon
+                self.follower.wait(wait, self.listener.wake_r if self.listener is not None else None)
                 got = self._read() if self._may_read() else False
                 fresh = self.engine.fresh()
                 if fresh:
                     self._enforce(fresh)        # the kernel first: it needs no database
-                if got or fresh or (self.offline_since is not None and self.engine.has_unsaved()):
+                if got or fresh or self.engine.has_unsaved():
                     self._guard(lambda: self.engine.flush(self.follower.positions()))
                 if self.next_expiry is not None and time.time() >= self.next_expiry:
                     self._guard(self._expire)
@@ -285,8 +288,7 @@ class Daemon:
         finally:
             sd_notify("STOPPING=1")
             try:
-                self.engine.flush(self.follower.positions())
-                self.engine.close()
+                self.engine.close(self.follower.positions())
             except UNREACHABLE as e:
                 log.error("stopping without the store (%s): %d offences and %d bans not recorded; "
                           "their lines are read again at the next start", short_error(e),

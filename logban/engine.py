@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from .allow import AllowList, Resolver, valid_target
+from .allow import PENDING, AllowList, Resolver, valid_target
 from .parse import Offence
 from .score import Decision, Policy, Scorer
 from .store import Store
@@ -30,10 +30,14 @@ class EngineStats:
 
 class Engine:
     def __init__(self, store: Store, policy: Policy, allow: AllowList, *, node: str, dry_run: bool,
-                 resolver: Resolver | None = None, batch: int = BATCH) -> None:
+                 resolver: Resolver | None = None, batch: int = BATCH, wait_names: bool = True) -> None:
+        """`wait_names=False` (the daemon): an offence that waits for its client's name is
+        held, and the lines after it are scored meanwhile; `fresh()` takes it up again."""
         self.store, self.node, self.dry_run = store, node, dry_run
         self.allow = allow
         self.resolver = resolver if allow.names else None
+        self.wait_names = wait_names
+        self._held: dict[str, list[tuple[Offence, bool]]] = {}     # ip -> offences waiting for its name
         self.batch = batch
         self.stats = EngineStats()
         self.scorer = Scorer(policy, allow)
@@ -95,23 +99,55 @@ class Engine:
 
     def add(self, offences: list[Offence], *, record: bool = True) -> None:
         """Score offences; `record=False`: another node's, already in the store, counted here too."""
-        sc, buf = self.scorer, self._offences
-        st = sc.stats
-        target_of, resolver = sc.target_of, self.resolver
+        resolver = self.resolver
+        if resolver is not None and self._held:
+            self.settle()
         for o in offences:
-            if resolver is not None and o.name is None and sc.would_ban(o):
-                # Only a client about to be banned costs a DNS lookup, never every line.
-                o.name = resolver.names([o.ip]).get(o.ip)
-            before = st.allowed + st.not_target
-            ds = sc.add(o)
-            if record and st.allowed + st.not_target == before:
-                # Allow-listed and special clients are never offenders: not recorded, not in stats.
-                buf.append((o, target_of(o.ip)[0]))
-            if ds:
-                self._pending.extend(ds)
-                self._fresh.extend(ds)
-        if len(buf) >= self.batch:
+            if resolver is not None and o.name is None:
+                held = self._held.get(o.ip)
+                if held is not None:             # behind an offence of its own waiting for the name
+                    held.append((o, record))
+                    continue
+                if self.scorer.would_ban(o):
+                    # Only a client about to be banned costs a DNS lookup, never every line.
+                    if not self.wait_names:
+                        name = resolver.lookup(o.ip)
+                        if name is PENDING:
+                            self._held[o.ip] = [(o, record)]
+                            continue
+                        o.name = name
+                    else:
+                        o.name = resolver.names([o.ip]).get(o.ip)
+            self._score(o, record)
+        if len(self._offences) >= self.batch:
             self.flush()
+
+    def settle(self) -> None:
+        """Offences held for their client's name: scored once it is in (or its time is up)."""
+        for ip in list(self._held):
+            name = self.resolver.lookup(ip)
+            if name is PENDING:
+                continue
+            for o, record in self._held.pop(ip):
+                if o.name is None:
+                    o.name = name
+                self._score(o, record)
+
+    def holding(self) -> bool:
+        """Offences wait for a name: the caller should look again soon (`fresh`)."""
+        return bool(self._held)
+
+    def _score(self, o: Offence, record: bool) -> None:
+        sc = self.scorer
+        st = sc.stats
+        before = st.allowed + st.not_target
+        ds = sc.add(o)
+        if record and st.allowed + st.not_target == before:
+            # Allow-listed and special clients are never offenders: not recorded, not in stats.
+            self._offences.append((o, sc.target_of(o.ip)[0]))
+        if ds:
+            self._pending.extend(ds)
+            self._fresh.extend(ds)
 
     def has_unsaved(self) -> bool:
         return bool(self._offences or self._pending or self.scorer.new_partners)
@@ -122,6 +158,8 @@ class Engine:
 
     def fresh(self) -> list[Decision]:
         """Decisions made since the last call: to enforce at once, whether or not the store is reachable."""
+        if self._held:
+            self.settle()
         out, self._fresh = self._fresh, []
         return out
 
@@ -155,7 +193,12 @@ class Engine:
         for t in targets:
             self.scorer.release(t)
 
-    def close(self) -> None:
-        self.flush()
+    def close(self, positions: list[dict] = ()) -> None:
+        """Offences still waiting for a name are scored (waiting at most the lookup time) and all is recorded."""
+        if self._held:
+            for ip in list(self._held):
+                self.resolver.names([ip])
+            self.settle()
+        self.flush(positions)
         if self.resolver is not None:
             self.resolver.close()
