@@ -6,13 +6,18 @@ bans, ban history, the offences that still count), so a restart forgets nothing.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
+
+import sqlalchemy as sa
 
 from .allow import PENDING, AllowList, Resolver, valid_target
 from .parse import Offence
 from .score import Decision, Policy, Scorer
-from .store import Store
+from .store import UNREACHABLE, Store, short_error
+
+log = logging.getLogger("logban")
 
 BATCH = 50_000
 HISTORY_MARGIN = 1_000      # ban ids read again: ones taken before a commit that came late
@@ -26,6 +31,7 @@ class EngineStats:
     released_allow: int = 0          # bans released because the allow-list now covers them
     network_bans: int = 0
     escalated: int = 0
+    dropped: int = 0                 # offences the store refused to hold (logged)
 
 
 class Engine:
@@ -169,15 +175,27 @@ class Engine:
         now = time.time()
         if not self._offences and not self._pending and not self.scorer.new_partners:
             if positions:
-                self.store.save_positions(self.node, positions, now)
+                try:
+                    self.store.save_positions(self.node, positions, now)
+                except UNREACHABLE:
+                    raise
+                except sa.exc.StatementError as e:
+                    log.error("read positions not recorded: %s", short_error(e))
             return
         sc = self.scorer
         scores = {}
         for o, t in self._offences:
             scores[t] = o.time
         scores = {t: sc.score(t, at) for t, at in scores.items()}
-        self.store.record(self._offences, self._pending, node=self.node, dry_run=self.dry_run, now=now,
-                          scores=scores, positions=positions, partners=sc.new_partners)
+        try:
+            self.store.record(self._offences, self._pending, node=self.node, dry_run=self.dry_run, now=now,
+                              scores=scores, positions=positions, partners=sc.new_partners)
+        except UNREACHABLE:
+            raise
+        except sa.exc.StatementError as e:
+            # A row the database refuses (a value out of its range, text it cannot hold): the
+            # batch goes in without it, so no single line stops the daemon, nor every restart.
+            self._record_apart(e, scores, positions, now)
         sc.new_partners = []
         self.stats.offences += len(self._offences)
         self.stats.bans += len(self._pending)
@@ -186,6 +204,37 @@ class Engine:
         self.stats.escalated += sum(1 for d in self._pending if d.escalated)
         self._offences.clear()
         self._pending.clear()
+
+    def _record_apart(self, err: Exception, scores: dict[str, float], positions: list[dict], now: float) -> None:
+        """The batch in parts: offences in halves down to the one the database refuses (left
+        out, logged), then the decisions with the read positions (or, refused too, without)."""
+        log.error("store refused a batch (%s): recording it in parts", short_error(err))
+        rec = self.store.record
+        kw = {"node": self.node, "dry_run": self.dry_run, "now": now}
+        dropped = 0
+        parts = [self._offences]
+        while parts:
+            part = parts.pop()
+            try:
+                rec(part, [], scores={t: scores.get(t, 0.0) for _, t in part}, **kw)
+            except UNREACHABLE:
+                raise
+            except sa.exc.StatementError as e:
+                if len(part) > 1:
+                    parts += [part[len(part) // 2:], part[:len(part) // 2]]
+                    continue
+                o = part[0][0]
+                dropped += 1
+                log.error("offence not recorded: %s line %d (%s): %s", o.file, o.line, o.ip, short_error(e))
+        self.stats.dropped += dropped
+        for pos, what in ((positions, "with"), ((), "without")):
+            try:
+                rec([], self._pending, positions=pos, partners=self.scorer.new_partners, **kw)
+                return
+            except UNREACHABLE:
+                raise
+            except sa.exc.StatementError as e:
+                log.error("bans and read positions not recorded %s them: %s", what, short_error(e))
 
     def release(self, targets: list[str], reason: str) -> None:
         self.flush()

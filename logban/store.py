@@ -29,7 +29,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
@@ -111,12 +111,13 @@ class PositionRow(SQLModel, table=True):
     __tablename__ = "positions"
     node: str = Field(primary_key=True)
     path: str = Field(primary_key=True)            # the followed path as configured
-    dev: int
-    inode: int
+    # 64 bits: a busy server's log passes 2 GiB before rotation, XFS inode numbers pass 2**32.
+    dev: int = Field(sa_type=sa.BigInteger)
+    inode: int = Field(sa_type=sa.BigInteger)
     fingerprint: str                               # sha256 of the file's first `fp_len` bytes
     fp_len: int
-    offset: int                                    # end of the last whole line read
-    lines: int                                     # lines read so far (line numbers of offences)
+    offset: int = Field(sa_type=sa.BigInteger)     # end of the last whole line read
+    lines: int = Field(sa_type=sa.BigInteger)      # lines read so far (line numbers of offences)
     updated: float
 
 
@@ -179,10 +180,20 @@ def _offence_names(conn: Connection) -> None:
         conn.exec_driver_sql("ALTER TABLE offences ADD COLUMN name VARCHAR")
 
 
+def _big_positions(conn: Connection) -> None:
+    """Read positions in 64 bits: on PostgreSQL an offset past 2 GiB stopped the daemon (SQLite's
+    INTEGER always was 64 bits)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql('ALTER TABLE positions ALTER COLUMN dev TYPE BIGINT, ALTER COLUMN inode TYPE BIGINT, '
+                             'ALTER COLUMN "offset" TYPE BIGINT, ALTER COLUMN lines TYPE BIGINT')
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: POSITIONS.create(conn),          # 0.2: the daemon's read positions
     2: _one_unreleased_ban,
     3: _offence_names,
+    4: lambda conn: None,          # version 5: kept for the dry-run bans' migration (issue 12, main)
+    5: _big_positions,
 }
 
 

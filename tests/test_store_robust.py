@@ -107,3 +107,72 @@ def test_a_deadlock_or_serialization_failure_is_retried_not_an_outage(tmp_path, 
     with pytest.raises(sa.exc.OperationalError):
         s.record(_offences([f"{NET}.9"], 1_900_000_001.0), [], node="mx1", dry_run=False, now=1_900_000_001.0)
     assert len(fails) == 9
+
+
+def test_a_log_past_2_gib_on_postgresql_is_followed_and_survives_a_restart(tmp_path, pg_url):
+    """Read positions past 2**31 (a busy server's mail.log before rotation): no row the daemon
+    writes may stop it, and the position it saves lets the next start go on."""
+    log = tmp_path / "mail.log"
+    with open(log, "wb") as f:
+        f.truncate((1 << 31) + 4095)           # sparse: 2 GiB of history, already there at start
+        f.seek(0, 2)
+        f.write(b"\n")
+    d = Daemon(tmp_path / "d", "--follow", str(log), db=pg_url).start()
+    try:
+        append(log, helo_nul(f"{NET}.63"))
+        d.wait_offences(1, timeout=15)
+        assert d.p.poll() is None
+        assert d.query("SELECT \"offset\" FROM positions")[0][0] > 1 << 31
+    finally:
+        assert d.stop() == 0, "".join(d.lines)
+    d.start()
+    try:
+        append(log, helo_nul(f"{NET}.64"))
+        d.wait_offences(2, timeout=15)
+        assert d.p.poll() is None
+    finally:
+        assert d.stop() == 0, "".join(d.lines)
+
+
+def test_a_row_the_database_refuses_is_left_out_and_the_rest_recorded(pg_url, caplog):
+    """Whatever row a log line makes that the database cannot hold, the batch goes in without
+    it: the other offences, the bans and the read position are recorded; nothing raises."""
+    from logban.allow import AllowList
+    from logban.engine import Engine
+    from logban.parse import Offence
+    from logban.score import Policy
+    from logban.store import Store
+    eng = Engine(Store(pg_url), Policy(), AllowList(own=()), node="mx1", dry_run=False)
+    t = time.time()
+    mk = lambda ip, line, kind="auth_failed", score=1.0: Offence(  # noqa: E731
+        t, ip, "postfix", "postfix-x", kind, score, "mail.log", line, b"a line \x00 with NUL")
+    eng.add([mk(f"{NET}.71", 1), mk(f"{NET}.72", 1 << 40), mk(f"{NET}.73", 3),
+             mk(f"{NET}.74", 4, "dnsbl", 5.0)])       # line past what the column holds; a ban
+    pos = {"path": "/var/log/mail.log", "dev": 1, "inode": 2, "fingerprint": "ab", "fp_len": 2,
+           "offset": 400, "lines": 4}
+    eng.flush([pos])
+    assert eng.stats.dropped == 1
+    assert any("not recorded" in r.getMessage() and "1099511627776" in r.getMessage() for r in caplog.records)
+    with eng.store.read() as conn:
+        import sqlalchemy as sa
+        assert sorted(conn.execute(sa.text("SELECT ip FROM offences")).scalars()) == \
+            [f"{NET}.71", f"{NET}.73", f"{NET}.74"]
+        assert list(conn.execute(sa.text("SELECT target FROM bans")).scalars()) == [f"{NET}.74"]
+        assert list(conn.execute(sa.text('SELECT "offset" FROM positions')).scalars()) == [400]
+    eng.close()
+
+
+def test_positions_of_a_version_4_store_become_64_bits(pg_url):
+    import sqlalchemy as sa
+    from logban.store import SCHEMA_VERSION, Store
+    s = Store(pg_url)
+    with s.write() as conn:
+        conn.exec_driver_sql('ALTER TABLE positions ALTER COLUMN "offset" TYPE INTEGER, ALTER COLUMN inode TYPE INTEGER')
+        conn.exec_driver_sql("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    s.close()
+    s = Store(pg_url)
+    assert s.schema_version() == SCHEMA_VERSION
+    s.save_positions("mx1", [{"path": "/var/log/mail.log", "dev": 1, "inode": 5 << 32, "fingerprint": "ab",
+                              "fp_len": 2, "offset": 3 << 30, "lines": 4}], time.time())
+    assert s.positions("mx1")["/var/log/mail.log"].offset == 3 << 30
+    s.close()
