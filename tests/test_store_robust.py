@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 
-from daemonproc import NET, Daemon, append, stamp
+from daemonproc import NET, Daemon, append, sasl, stamp
 
 
 def helo_nul(ip: str) -> str:
@@ -176,3 +176,28 @@ def test_positions_of_a_version_4_store_become_64_bits(pg_url):
                               "fp_len": 2, "offset": 3 << 30, "lines": 4}], time.time())
     assert s.positions("mx1")["/var/log/mail.log"].offset == 3 << 30
     s.close()
+
+
+def test_two_real_nodes_under_one_attack_in_opposite_orders_never_take_it_for_an_outage(tmp_path, pg_url):
+    """Both mail servers see the same 150 clients at once, in opposite orders, round after round."""
+    logs, nodes = [], []
+    try:
+        for name in ("mx1", "mx2"):
+            log = tmp_path / f"{name}.log"
+            log.write_text("")
+            logs.append(log)
+            nodes.append(Daemon(tmp_path / name, "--follow", str(log), "--node", name, db=pg_url).start())
+        ips = [f"{NET}.{i}" for i in range(1, 76)] + [f"203.0.113.{i}" for i in range(1, 76)]
+        for _ in range(6):
+            block = "".join(sasl(ip) for ip in ips)
+            back = "".join(sasl(ip) for ip in reversed(ips))
+            append(logs[0], block)
+            append(logs[1], back)
+            time.sleep(0.3)
+        nodes[0].wait_offences(2 * 6 * 150, timeout=60)
+        for d in nodes:
+            assert d.p.poll() is None
+            assert not [ln for ln in d.lines if "unreachable" in ln or "resynchronising" in ln], "".join(d.lines)
+    finally:
+        for d in nodes:
+            d.stop()
