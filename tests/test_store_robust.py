@@ -187,14 +187,14 @@ def test_two_real_nodes_under_one_attack_in_opposite_orders_never_take_it_for_an
             log.write_text("")
             logs.append(log)
             nodes.append(Daemon(tmp_path / name, "--follow", str(log), "--node", name, db=pg_url).start())
-        ips = [f"{NET}.{i}" for i in range(1, 76)] + [f"203.0.113.{i}" for i in range(1, 76)]
-        for _ in range(6):
+        ips = [f"2001:db8:5:{i:x}::1" for i in range(1, 151)]      # a /64 each: 150 targets, no aggregation
+        for _ in range(10):
             block = "".join(sasl(ip) for ip in ips)
             back = "".join(sasl(ip) for ip in reversed(ips))
             append(logs[0], block)
             append(logs[1], back)
-            time.sleep(0.3)
-        nodes[0].wait_offences(2 * 6 * 150, timeout=60)
+            time.sleep(0.2)
+        nodes[0].wait_offences(2 * 10 * 150, timeout=60)
         for d in nodes:
             assert d.p.poll() is None
             assert not [ln for ln in d.lines if "unreachable" in ln or "resynchronising" in ln], "".join(d.lines)
