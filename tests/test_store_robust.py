@@ -22,9 +22,17 @@ def test_a_line_with_nul_bytes_is_recorded_and_the_daemon_goes_on(tmp_path, pg_u
         append(log, helo_nul(f"{NET}.62"))
         d.wait_offences(2, timeout=15)
         assert d.p.poll() is None
+        texts = [t for (t,) in d.query("SELECT text FROM offences")]
+        assert all("\x00" not in t and "\\x00" in t for t in texts), texts
     finally:
-        d.stop()
-    print("".join(d.lines))
+        assert d.stop() == 0, "".join(d.lines)
+    d.start()                                    # a restart reads on from there, and lives
+    try:
+        append(log, helo_nul(f"{NET}.65"))
+        d.wait_offences(3, timeout=15)
+        assert d.p.poll() is None
+    finally:
+        assert d.stop() == 0, "".join(d.lines)
 
 
 # ---- nodes writing the same rows at once ------------------------------------------------------
