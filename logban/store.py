@@ -545,7 +545,7 @@ class Store:
         try:
             return int(v or 0)
         except ValueError:
-            return -1
+            return -1              # a value no logban wrote: the next bump makes it a number again
 
     def watch_revision(self) -> int:
         """Start following the revision from now: the reader knows the bans as they are."""
@@ -735,9 +735,13 @@ def _insert_sql(conn: Connection, cols: tuple[str, ...]) -> str:
 def _bump_revision(conn: Connection) -> int:
     """One more change to the bans: the meta row's number, bumped last in the transaction
     (so no node waits for this row while holding it), and read back."""
+    # Whatever the row holds (a value no logban wrote), the bump works: SQLite's CAST never
+    # fails, PostgreSQL's is guarded.
+    old = ("CASE WHEN meta.value ~ '^[0-9]{1,17}$' THEN CAST(meta.value AS BIGINT) ELSE 0 END"
+           if conn.dialect.name == "postgresql" else "CAST(meta.value AS INTEGER)")
     conn.exec_driver_sql(
         f"INSERT INTO meta (key, value) VALUES ('{REVISION_KEY}', '1') ON CONFLICT (key) DO UPDATE "
-        "SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS VARCHAR)")
+        f"SET value = CAST({old} + 1 AS VARCHAR)")
     return int(conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar_one())
 
 

@@ -186,3 +186,14 @@ def test_a_store_with_many_past_bans_decides_as_fast_as_a_young_one(tmp_path):
         assert sorted(times)[len(times) * 2 // 3] < 0.3, times
     finally:
         d.stop()
+
+
+def test_a_revision_row_no_logban_wrote_stops_nothing(db_url):
+    s = Store(db_url)
+    s.record([], [ban("203.0.113.1", NOW)], node="mx1", dry_run=False, now=NOW)
+    with s.write() as conn:
+        conn.exec_driver_sql("UPDATE meta SET value = 'junk' WHERE key = 'bans_revision'")
+    before = s.revision()
+    s.release(["203.0.113.1"], "unban", NOW + 1)
+    assert s.revision() != before
+    s.close()
