@@ -371,8 +371,8 @@ class Store:
                 self._partners = {}
                 # Rows in one order on every node: two nodes writing the same rows wait, never deadlock.
                 conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE, sorted(
-                    (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in dict(
-                        (ip, (ip, name, t)) for ip, name, t in partners).values()))
+                    (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in {
+                        ip: (ip, name, t) for ip, name, t in partners}.values()))
             if offences:
                 conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,

@@ -6,9 +6,9 @@ import sqlite3
 import time
 
 import pytest
-
 from conftest import run_logban
 from daemonproc import NET, Daemon, append, dnsbl
+
 from logban.allow import AllowList
 from logban.engine import Engine
 from logban.parse import Offence

@@ -45,6 +45,7 @@ def _offences(ips, t):
 def test_two_nodes_writing_the_same_offenders_in_opposite_orders_never_deadlock(pg_url):
     """A shared attack: both nodes see the same clients, in opposite orders, and record at once."""
     import threading
+
     from logban.store import Store
     ips = [f"{NET}.{i}" for i in range(1, 201)] + [f"203.0.113.{i}" for i in range(1, 201)]
     errors: list[BaseException] = []
@@ -84,6 +85,7 @@ def test_two_nodes_writing_the_same_offenders_in_opposite_orders_never_deadlock(
 def test_a_deadlock_or_serialization_failure_is_retried_not_an_outage(tmp_path, monkeypatch):
     """The database ends one transaction to break a deadlock: the write runs again, nothing is lost."""
     import sqlalchemy as sa
+
     from logban import store as store_mod
     from logban.store import Store
 
@@ -171,7 +173,6 @@ def test_a_row_the_database_refuses_is_left_out_and_the_rest_recorded(pg_url, ca
 
 
 def test_positions_of_a_version_4_store_become_64_bits(pg_url):
-    import sqlalchemy as sa
     from logban.store import SCHEMA_VERSION, Store
     s = Store(pg_url)
     with s.write() as conn:
