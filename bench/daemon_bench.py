@@ -118,6 +118,8 @@ def fill_past(db: Path, n: int) -> None:
                             "released, release_reason, count, escalated, dry_run, node, source, members, text) "
                             "VALUES (?, 'dnsbl', 'postfix-dnsbl', 'bench', 5, ?, ?, 3600, ?, 'expiry', 1, 0, 0, "
                             "'old', 'auto', '', '')", rows)
+        con.commit()
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")     # as a store that has lived with its daemon
 
 
 def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: float = 0.0) -> None:
@@ -159,17 +161,20 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
             times.append(time.perf_counter() - t0)
             if gap:
                 time.sleep(random.uniform(0, 2 * gap))     # bans at random moments, not in step with the loop
+        rss = d.peak_rss_mib() if not kernel else float("nan")
         d.stop()
     finally:
         if ns:
             subprocess.run(["ip", "netns", "del", ns])
     where = "the kernel set (nftables, in a namespace)" if kernel else "the store (backend none)"
     ms = [t * 1000 for t in times]
+    worst = max(range(len(ms)), key=ms.__getitem__)
     store = f"a store with {past:,} past bans (started in {started:.1f} s)" if past else "a young store"
     if gap:
         store += f", {gap:g} s apart on average"
     print(f"latency       {n:,} bans on {store}, line appended -> ban in {where}: p50 {statistics.median(ms):.0f} ms, "
-          f"p99 {pct(ms, 0.99):.0f} ms, max {max(ms):.0f} ms   (target p99 < {100 if past else 200} ms)", flush=True)
+          f"p99 {pct(ms, 0.99):.0f} ms, max {max(ms):.0f} ms (ban #{worst + 1})   (target p99 < {100 if past else 200} ms)"
+          + (f"; peak RSS {rss:.0f} MiB" if rss == rss else ""), flush=True)
 
 
 def follow_rate(rate: int, seconds: float, tmp: Path) -> None:
