@@ -274,8 +274,9 @@ class Daemon:
                     next_sync = mono + self.cfg.daemon.sync_interval
                     self._sync("periodic")
                 if mono >= next_prune:
-                    next_prune = mono + PRUNE_EVERY
                     self._guard(self._prune)
+                    # A backlog of released bans (an upgrade) goes a chunk a second, between lines.
+                    next_prune = mono + (1.0 if self.store.prune_more else PRUNE_EVERY)
                 if self.reload_wanted:
                     self.reload_wanted = False
                     self._guard(self._reload)
@@ -348,7 +349,7 @@ class Daemon:
 
     def _prune(self) -> None:
         now = time.time()
-        gone = self.store.prune(now, self.cfg.retention, self.cfg.policy.lookback)
+        gone = self.store.prune(now, self.cfg.retention, self.cfg.policy.lookback, chunks=1)
         self.engine.scorer.forget(now)
         if gone:
             log.info("forgot %d offences older than %s", gone, format_duration(self.cfg.retention))

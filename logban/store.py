@@ -35,7 +35,7 @@ NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
 REVISION_KEY = "bans_revision"  # meta row bumped in every transaction that changes a ban
-PRUNE_CHUNK = 20_000           # released bans deleted per transaction by `prune`
+PRUNE_CHUNK = 5_000            # released bans deleted per transaction by `prune`
 RETRIES = 5                    # attempts of a write that lost a deadlock or a serialization conflict
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
 
@@ -275,6 +275,7 @@ class Store:
         # right after that revision moves it on (the caller knows what it did itself);
         # anyone else's change leaves it behind `revision()`.
         self.revision_known: int | None = None
+        self.prune_more = False                 # released bans left to prune after the last `prune`
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
         self.engine = make_engine(self.url)
         self.shared = self.engine.dialect.name == "postgresql"        # several nodes: LISTEN/NOTIFY
@@ -571,17 +572,21 @@ class Store:
                     out[t] = Past(c, d, n)
             return out, top
 
-    def prune(self, now: float, retention: float, lookback: float = 0.0) -> int:
+    def prune(self, now: float, retention: float, lookback: float = 0.0, chunks: int | None = None) -> int:
         """Forget offences older than `retention`, offenders seen only then and never banned,
         and bans released longer ago than both `retention` and the escalation `lookback`
-        (nothing escalates from them any more)."""
+        (nothing escalates from them any more). Bans go in chunks, at most `chunks` of them
+        (None: all); `prune_more` says whether some are left for the next call."""
         cut = now - retention
         bans_cut = now - max(retention, lookback)
-        while True:          # in chunks: a first prune of a million bans holds no lock for long
+        self.prune_more, done = True, 0
+        while chunks is None or done < chunks:      # no lock held for long, whatever the backlog
             with self.write() as conn:
                 ids = sa.select(BANS.c.id).where(BANS.c.released.is_not(None), BANS.c.released < bans_cut) \
                     .limit(PRUNE_CHUNK).scalar_subquery()
+                done += 1
                 if conn.execute(sa.delete(BANS).where(BANS.c.id.in_(ids))).rowcount < PRUNE_CHUNK:
+                    self.prune_more = False
                     break
         with self.write() as conn:
             n = conn.execute(sa.delete(OFFENCES).where(OFFENCES.c.time < cut)).rowcount

@@ -59,7 +59,13 @@ def test_pruning_a_big_history_goes_in_chunks(tmp_path, monkeypatch):
     monkeypatch.setattr(store_mod, "PRUNE_CHUNK", 7)
     db = tmp_path / "logban.db"
     past_bans(str(db), 50, NOW - 100 * DAY)
-    Store(f"sqlite:///{db}").prune(NOW, 30 * DAY, 30 * DAY)
+    s = Store(f"sqlite:///{db}")
+    s.prune(NOW, 30 * DAY, 30 * DAY, chunks=2)             # the daemon: a little at a time
+    assert s.prune_more
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM bans").fetchone()[0] == 50 - 14
+    s.prune(NOW, 30 * DAY, 30 * DAY)
+    assert not s.prune_more
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM bans").fetchone()[0] == 0
 
