@@ -13,6 +13,7 @@ import bisect
 import fnmatch
 import functools
 import ipaddress
+import math
 import socket
 import time
 from collections.abc import Callable, Iterable
@@ -325,37 +326,96 @@ def forward_confirmed(ip: str, timeout: float) -> str | None:
     return name if any(ipaddress.ip_address(a) == want for a in addrs) else None
 
 
-class Resolver:
-    """Forward-confirmed reverse lookups for many clients at once, cached, each bounded in time."""
+PENDING = object()          # `Resolver.lookup`: the answer is not in yet
+QUEUE_WAITS = 4             # a lookup waits at most this many lookup times in all (queued, then running)
 
-    def __init__(self, timeout: float = 2.0, ttl: float = 3600.0, workers: int = 16,
-                 lookup: Callable[[str, float], str | None] = forward_confirmed) -> None:
-        self.timeout, self.ttl, self.lookup = timeout, ttl, lookup
+
+class Resolver:
+    """Forward-confirmed reverse lookups for many clients at once, cached, each bounded in time.
+
+    A lookup runs in a small pool of threads; `lookup` never waits for it (the daemon's
+    loop goes on with other clients' lines). No name and no answer in time are cached
+    too, for `neg_ttl`: an attacker whose reverse zone never answers costs one wait per
+    address and `neg_ttl`, not one per offence."""
+
+    def __init__(self, timeout: float = 2.0, ttl: float = 3600.0, workers: int = 32,
+                 lookup: Callable[[str, float], str | None] = forward_confirmed, neg_ttl: float = 600.0) -> None:
+        self.timeout, self.ttl, self.neg_ttl, self._lookup = timeout, ttl, neg_ttl, lookup
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="logban-dns")
-        self._cache: dict[str, tuple[float, str | None]] = {}
+        self._cache: dict[str, tuple[float, str | None]] = {}      # ip -> (until, name)
+        self._running: dict[str, tuple] = {}     # ip -> (submitted, [started], future)
+
+    def _cached(self, ip: str, now: float):
+        hit = self._cache.get(ip)
+        if hit is not None and now < hit[0]:
+            return hit[1]
+        return PENDING
+
+    def _keep(self, ip: str, name: str | None, now: float) -> None:
+        if len(self._cache) > _CACHE_MAX:
+            self._cache.clear()
+        self._cache[ip] = (now + (self.ttl if name else self.neg_ttl), name)
+
+    def _submit(self, ip: str, now: float):
+        got = self._running.get(ip)
+        if got is None:
+            started: list[float] = []
+            got = self._running[ip] = (now, started, self._pool.submit(self._safe, ip, started))
+        return got
+
+    def _deadline(self, got) -> float:
+        """`timeout` from when the lookup started; one queued behind lookups that hang (an
+        attacker's zones) waits its turn, up to QUEUE_WAITS times `timeout` in all."""
+        submitted, started, _ = got
+        return min(started[0] + self.timeout if started else math.inf, submitted + QUEUE_WAITS * self.timeout)
+
+    def _safe(self, ip: str, started: list[float]) -> str | None:
+        started.append(time.monotonic())
+        try:
+            return self._lookup(ip, self.timeout)
+        except Exception:         # noqa: BLE001 - a lookup that fails is no name
+            return None
+
+    def lookup(self, ip: str):
+        """The verified name of `ip` (None: none), or PENDING while its lookup runs (within `timeout`)."""
+        now = time.monotonic()
+        got = self._cached(ip, now)
+        if got is not PENDING:
+            return got
+        got = self._submit(ip, now)
+        fut = got[2]
+        if fut.done() or now >= self._deadline(got):
+            del self._running[ip]
+            name = fut.result() if fut.done() else None       # out of time: no name, for neg_ttl
+            self._keep(ip, name, now)
+            return name
+        return PENDING
+
+    def pending(self) -> bool:
+        return bool(self._running)
 
     def names(self, ips: Iterable[str]) -> dict[str, str | None]:
-        """Verified names of `ips`; a lookup that runs out of time counts as no name (and is not cached)."""
+        """Verified names of `ips`, waiting for them (at most `timeout`); no answer in time counts as no name."""
         now = time.monotonic()
         out: dict[str, str | None] = {}
         todo = {}
         for ip in dict.fromkeys(ips):
-            hit = self._cache.get(ip)
-            if hit and now - hit[0] < self.ttl:
-                out[ip] = hit[1]
+            got = self._cached(ip, now)
+            if got is not PENDING:
+                out[ip] = got
             else:
-                todo[ip] = self._pool.submit(self.lookup, ip, self.timeout)
-        deadline = now + self.timeout
-        for ip, fut in todo.items():
-            try:
-                name = fut.result(timeout=max(0.0, deadline - time.monotonic()))
-            except FutureTimeout:
-                out[ip] = None
-                continue
+                todo[ip] = self._submit(ip, now)
+        for ip, got in todo.items():
+            fut = got[2]
+            while not fut.done() and time.monotonic() < self._deadline(got):
+                try:
+                    fut.result(timeout=0.05)
+                except FutureTimeout:
+                    pass
+            name = fut.result() if fut.done() else None
+            self._running.pop(ip, None)
             out[ip] = name
-            if len(self._cache) > _CACHE_MAX:
-                self._cache.clear()
-            self._cache[ip] = (now, name)
+            self._keep(ip, name, now)
         return out
 
     def close(self) -> None:

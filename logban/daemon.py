@@ -25,8 +25,8 @@ from pathlib import Path
 from .allow import AllowList, Resolver
 from .config import Config, load_config
 from .engine import Engine
-from .export import SYSTEMD_HINT, unwritable_exports
 from .errors import ExportError, FirewallError, UsageError
+from .export import SYSTEMD_HINT, unwritable_exports
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
 from .parse import Clock, Offence, Parser
@@ -243,7 +243,8 @@ class Daemon:
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
                              resolver=resolver, batch=1 << 62,      # flushed by the loop, with positions
-                             clock_skew=c.parse.clock_skew, future="now")
+                             clock_skew=c.parse.clock_skew, future="now",
+                             wait_names=False)                      # DNS never holds up the loop
         self.remote_low = self.store.max_offence_id()           # other nodes' offences: from here on
         self.firewall = self._firewall()
         self._sync("start")
@@ -265,19 +266,21 @@ class Daemon:
         mono = time.monotonic()
         next_sync, next_cluster, next_ping = mono + c.daemon.sync_interval, mono + CLUSTER_EVERY, 0.0
         next_prune = next_export = mono
-        self.rev = self.store.revision()
+        self.store.watch_revision()             # this process's own ban changes move it on
         self.cleared_mark = time.time() - 2
         try:
             while not self.stopping:
                 ne = self.next_expiry
-                self.follower.wait(1.0 if ne is None else min(1.0, max(0.0, ne - time.time())),
-                                   self.listener.wake_r if self.listener is not None else None)
+                wait = 1.0 if ne is None else min(1.0, max(0.0, ne - time.time()))
+                if self.engine.holding():
+                    wait = min(wait, 0.05)      # offences wait for a client's name: look again soon
+                self.follower.wait(wait, self.listener.wake_r if self.listener is not None else None)
                 got = self._read() if self._may_read() else False
                 fresh = self.engine.fresh()
                 if fresh and self.offline_since is not None:
                     self._enforce(fresh)        # the store is away: the kernel needs no database
                     fresh = []
-                if got or fresh or (self.offline_since is not None and self.engine.has_unsaved()):
+                if got or fresh or self.engine.has_unsaved():
                     self._guard(lambda: self.engine.flush(self.follower.positions()))
                 if fresh:
                     # Recorded first, then enforced: a `logban firewall sync` run meanwhile
@@ -296,8 +299,9 @@ class Daemon:
                     next_sync = mono + self.cfg.daemon.sync_interval
                     self._sync("periodic")
                 if mono >= next_prune:
-                    next_prune = mono + PRUNE_EVERY
                     self._guard(self._prune)
+                    # A backlog of released bans (an upgrade) goes a chunk a second, between lines.
+                    next_prune = mono + (1.0 if self.store.prune_more else PRUNE_EVERY)
                 if self.reload_wanted:
                     self.reload_wanted = False
                     self._guard(self._reload)
@@ -310,8 +314,7 @@ class Daemon:
         finally:
             sd_notify("STOPPING=1")
             try:
-                self.engine.flush(self.follower.positions())
-                self.engine.close()
+                self.engine.close(self.follower.positions())
             except UNREACHABLE as e:
                 log.error("stopping without the store (%s): %d offences and %d bans not recorded; "
                           "their lines are read again at the next start", short_error(e),
@@ -370,7 +373,9 @@ class Daemon:
         self.exports_dirty = True
 
     def _prune(self) -> None:
-        gone = self.store.prune(time.time(), self.cfg.retention)
+        now = time.time()
+        gone = self.store.prune(now, self.cfg.retention, self.cfg.policy.lookback, chunks=1)
+        self.engine.scorer.forget(now)
         if gone:
             log.info("forgot %d offences older than %s", gone, format_duration(self.cfg.retention))
 
@@ -398,9 +403,9 @@ class Daemon:
                     self._enforce(fresh)
         self._cleared()
         r = self.store.revision()
-        if r == self.rev:
-            return
-        self.rev = r
+        if r == self.store.revision_known:
+            return                      # nothing changed, or only what this process did itself
+        self.store.revision_known = r
         before = set(self.engine.scorer.active)
         self.engine.refresh_bans()
         self.next_expiry = self.store.next_expiry()

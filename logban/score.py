@@ -368,6 +368,25 @@ class Scorer:
         """The ban ended (expiry, unban, allow-list): the score starts from zero."""
         self._drop_active(target)
         self.tracks.pop(target, None)
+        if self._members and "/" not in target and ":" not in target:
+            # An address ban over is no member of a network ban to come: its network's entry goes.
+            net = network_of(target, self.policy.ipv4_prefix)
+            m = self._members.get(net)
+            if m is not None:
+                m.pop(target, None)
+                if not m:
+                    del self._members[net]
+
+    def forget(self, now: float) -> int:
+        """Drop what is kept of bans made before the look-back (they escalate nothing any
+        more) and of member bans over by `now`. How many history entries went."""
+        before = now - self.policy.lookback
+        old = [t for t, p in self.history.items() if p.created < before and t not in self.active]
+        for t in old:
+            del self.history[t]
+        for net in [n for n, m in self._members.items() if all(e <= now for e, _, _ in m.values())]:
+            del self._members[net]
+        return len(old)
 
     def _drop_active(self, target: str) -> None:
         self.active.pop(target, None)

@@ -19,7 +19,6 @@ from typing import BinaryIO
 
 import regex
 
-
 CHUNK = 1 << 20
 # What a missing, unreadable, truncated or corrupt file raises while it is read.
 READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import math
 import os
+import random
 import socket
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,17 +27,26 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel
 
 from .allow import TIME_MAX, canonical_num
-from .dbfile import default_url, make_engine, new_sqlite_file, state_dir, unwritable_hint  # noqa: F401 - API
+from .dbfile import (  # noqa: F401 - API
+    default_url,
+    make_engine,
+    new_sqlite_file,
+    state_dir,
+    unwritable_hint,
+)
 from .errors import StoreError
 from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
 BAN_KINDS = tuple(sorted(KINDS)) + ("manual",)
+REVISION_KEY = "bans_revision"  # meta row bumped in every transaction that changes a ban
+PRUNE_CHUNK = 5_000            # released bans deleted per transaction by `prune`
+RETRIES = 5                    # attempts of a write that lost a deadlock or a serialization conflict
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
 
 
@@ -119,12 +129,13 @@ class PositionRow(SQLModel, table=True):
     __tablename__ = "positions"
     node: str = Field(primary_key=True)
     path: str = Field(primary_key=True)            # the followed path as configured
-    dev: int
-    inode: int
+    # 64 bits: a busy server's log passes 2 GiB before rotation, XFS inode numbers pass 2**32.
+    dev: int = Field(sa_type=sa.BigInteger)
+    inode: int = Field(sa_type=sa.BigInteger)
     fingerprint: str                               # sha256 of the file's first `fp_len` bytes
     fp_len: int
-    offset: int                                    # end of the last whole line read
-    lines: int                                     # lines read so far (line numbers of offences)
+    offset: int = Field(sa_type=sa.BigInteger)     # end of the last whole line read
+    lines: int = Field(sa_type=sa.BigInteger)      # lines read so far (line numbers of offences)
     updated: float
 
 
@@ -199,11 +210,20 @@ def _dry_run_slot(conn: Connection) -> None:
             ix.create(conn, checkfirst=True)
 
 
+def _big_positions(conn: Connection) -> None:
+    """Read positions in 64 bits: on PostgreSQL an offset past 2 GiB stopped the daemon (SQLite's
+    INTEGER always was 64 bits)."""
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql('ALTER TABLE positions ALTER COLUMN dev TYPE BIGINT, ALTER COLUMN inode TYPE BIGINT, '
+                             'ALTER COLUMN "offset" TYPE BIGINT, ALTER COLUMN lines TYPE BIGINT')
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: POSITIONS.create(conn),          # 0.2: the daemon's read positions
     2: _one_unreleased_ban,
     3: _offence_names,
     4: _dry_run_slot,
+    5: _big_positions,
 }
 
 
@@ -232,6 +252,11 @@ class Store:
         if readonly and new_sqlite_file(self.url):
             readonly = False        # nothing to read yet: made as a writer would make it
         self.readonly = readonly
+        # The bans' revision as its reader (the daemon) knows it: a change this Store made
+        # right after that revision moves it on (the caller knows what it did itself);
+        # anyone else's change leaves it behind `revision()`.
+        self.revision_known: int | None = None
+        self.prune_more = False                 # released bans left to prune after the last `prune`
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
         self.engine = make_engine(self.url, readonly)
         Store.last_opened = self._where()           # for main()'s one-line errors
@@ -259,11 +284,29 @@ class Store:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.connect().execution_options(write=True) as conn, conn.begin():
-            yield conn
-            if self.shared:
-                # Delivered at commit to every node listening: a ban, an unban, offences.
-                conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+        rev = None
+        with self.engine.connect().execution_options(write=True) as conn:
+            conn.info.pop("bans_changed", None)
+            with conn.begin():
+                yield conn
+                if conn.info.pop("bans_changed", False):
+                    rev = _bump_revision(conn)
+                if self.shared:
+                    # Delivered at commit to every node listening: a ban, an unban, offences.
+                    conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
+        if rev is not None and self.revision_known is not None and rev == self.revision_known + 1:
+            self.revision_known = rev
+
+    def _retrying(self, fn: Callable[[], object]) -> object:
+        """Run a write transaction again when the database ended it to break a deadlock or a
+        serialization conflict with another node: a moment of contention, not an outage."""
+        for attempt in range(RETRIES):
+            try:
+                return fn()
+            except sa.exc.DBAPIError as e:
+                if attempt == RETRIES - 1 or not _transient(e):
+                    raise
+            time.sleep(random.uniform(0.005, 0.05) * 2 ** attempt)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
@@ -322,13 +365,19 @@ class Store:
         positions they were read up to (so a crash can neither lose nor repeat a line), and
         clients allowed by their verified name (ip, name, time): remembered, without an
         offence, so no node and no restart forgets that their networks are never banned."""
+        self._retrying(lambda: self._record(offences, decisions, node=node, dry_run=dry_run, now=now,
+                                            scores=scores, positions=positions, partners=partners))
+
+    def _record(self, offences, decisions, *, node, dry_run, now, scores, positions, partners) -> None:
         with self.write() as conn:
             if positions:
                 self._save_positions(conn, node, positions, now)
             if partners:
                 self._partners = {}
-                conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE, [
-                    (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in partners])
+                # Rows in one order on every node: two nodes writing the same rows wait, never deadlock.
+                conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE, sorted(
+                    (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in {
+                        ip: (ip, name, t) for ip, name, t in partners}.values()))
             if offences:
                 conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
                     (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
@@ -356,8 +405,9 @@ class Store:
                 if o.time >= a["last_seen"]:
                     a["last_seen"] = a["score_time"] = o.time
                     a["name"] = _clean(o.name) or a["name"]
+        # In target order: two nodes upserting the same offenders lock them in the same order.
         conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
-                             [tuple(a[c] for c in OFFENDER_COLS) for a in agg.values()])
+                             [tuple(agg[t][c] for c in OFFENDER_COLS) for t in sorted(agg)])
         return set(agg) & set(resets)
 
     def _insert_bans(self, conn: Connection, decisions: list[Decision], *, node: str, dry_run: bool,
@@ -388,12 +438,15 @@ class Store:
         if rows:
             self._insert_ban_rows(conn, rows, ended, dry_run)
         if resets:
-            self._reset_many(conn, resets)
+            self._reset_many(conn, sorted(resets, key=lambda r: r["b_target"]))
 
     @staticmethod
     def _insert_ban_rows(conn: Connection, rows: list[tuple], ended: list[tuple[str, float]], dry_run: bool) -> None:
         """Insert bans; one already in force for a target (another node's) wins and the new one is
         dropped. A target's ban over by the new one's start is first released as expired."""
+        conn.info["bans_changed"] = True
+        # One lock order on every node (stable: a target's bans keep their time order).
+        rows, ended = sorted(rows, key=lambda r: r[0]), sorted(ended, key=lambda r: r[0])
         mark = _mark(conn)
         slot = DRY_SLOT if dry_run else REAL_SLOT
         conn.exec_driver_sql(
@@ -432,6 +485,8 @@ class Store:
                                        else_=OFFENDERS.c.reset_at), score=0.0))
 
     def _release_many(self, conn: Connection, rows: list[dict], dry_run: bool) -> None:
+        conn.info["bans_changed"] = True
+        rows = sorted(rows, key=lambda r: r["b_target"])
         conn.execute(self._RELEASE_KIND, [r | {"b_dry": dry_run} for r in rows])
         if not dry_run:
             self._reset_many(conn, rows)
@@ -442,27 +497,40 @@ class Store:
         conn.execute(self._RESET, [{"b_target": r["b_target"], "b_at": r["b_at"]} for r in rows])
 
     def _release(self, conn: Connection, target: str, reason: str, at: float) -> int:
+        conn.info["bans_changed"] = True
         n = conn.execute(self._RELEASE, {"b_target": target, "b_at": at, "b_why": reason}).rowcount
         self._reset_many(conn, [{"b_target": target, "b_at": at}])
         return n
 
     def ban(self, d: Decision, *, node: str, dry_run: bool, now: float) -> None:
         """A manual ban: an active ban of the same target is replaced."""
-        with self.write() as conn:
-            conn.execute(self._RELEASE_KIND, {"b_target": d.target, "b_at": now, "b_why": "replaced", "b_dry": dry_run})
-            self._insert_bans(conn, [d], node=node, dry_run=dry_run, now=now, source="manual")
+        def run() -> None:
+            with self.write() as conn:
+                conn.info["bans_changed"] = True
+                conn.execute(self._RELEASE_KIND, {"b_target": d.target, "b_at": now, "b_why": "replaced",
+                                                  "b_dry": dry_run})
+                self._insert_bans(conn, [d], node=node, dry_run=dry_run, now=now, source="manual")
+        self._retrying(run)
 
     def release(self, targets: Iterable[str], reason: str, now: float) -> dict[str, int]:
         """End the active bans of these exact targets; the score starts from zero. Bans ended, per target."""
-        with self.write() as conn:
-            return {t: self._release(conn, t, reason, now) for t in targets}
+        targets = sorted(dict.fromkeys(targets))
+
+        def run() -> dict[str, int]:
+            with self.write() as conn:
+                return {t: self._release(conn, t, reason, now) for t in targets}
+        return self._retrying(run)
 
     def expire(self, now: float) -> list[sa.Row]:
         """Mark bans whose time is over as released by expiry; returns them."""
+        return self._retrying(lambda: self._expire(now))
+
+    def _expire(self, now: float) -> list[sa.Row]:
         with self.write() as conn:
             over = (BANS.c.released.is_(None), BANS.c.expires.is_not(None), BANS.c.expires <= now)
             rows = conn.execute(sa.select(BANS.c.target, BANS.c.expires, BANS.c.kind, BANS.c.dry_run).where(*over)).all()
             if rows:
+                conn.info["bans_changed"] = True
                 # Row by row, not by target: a target's real and dry-run bans end apart.
                 conn.execute(sa.update(BANS).where(*over).values(released=BANS.c.expires, release_reason="expiry"))
                 self._reset_many(conn, [{"b_target": r.target, "b_at": r.expires} for r in rows if not r.dry_run])
@@ -494,10 +562,15 @@ class Store:
             return conn.execute(sa.select(sa.func.min(BANS.c.expires)).where(
                 BANS.c.released.is_(None), BANS.c.expires.is_not(None))).scalar()
 
-    def revision(self) -> tuple:
-        """Changes to the bans by anyone (a `logban ban`/`unban` beside the daemon) change this."""
+    def revision(self) -> int:
+        """Changes to the bans by anyone (this process, another node, a `logban ban`/`unban`
+        beside the daemon) change this: one row, bumped in the transaction of the change."""
         with self.read() as conn:
-            return tuple(conn.execute(sa.select(sa.func.max(BANS.c.id), sa.func.count(BANS.c.released))).one())
+            v = conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar()
+        try:
+            return int(v or 0)
+        except ValueError:
+            return -1              # a value no logban wrote: the next bump makes it a number again
 
     def release_reasons(self, targets: list[str]) -> dict[str, str]:
         """Why and where each target's latest ban ended ("unban by node", ...)."""
@@ -516,16 +589,57 @@ class Store:
                  .where(OFFENDERS.c.reset_at > mark, OFFENDERS.c.reset_at <= now + 60).order_by(at).limit(10_000))
             return [(t, a) for t, a in conn.execute(q) if math.isfinite(a)]
 
-    def prune(self, now: float, retention: float) -> int:
-        """Forget offences older than `retention`, and offenders seen only then and never banned."""
+    def watch_revision(self) -> int:
+        """Start following the revision from now: the reader knows the bans as they are."""
+        self.revision_known = self.revision()
+        return self.revision_known
+
+    def max_ban_id(self) -> int:
+        with self.read() as conn:
+            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(BANS.c.id), 0))).scalar_one()
+
+    def history_after(self, after_id: int, real_only: bool = False) -> tuple[dict[str, Past], int]:
+        """Bans recorded after id `after_id` (in id order, the latest of a target last), and
+        the highest id read: what keeps a scorer's history current without reading it all.
+        `real_only`: dry-run bans are read past, not taken (see `history`)."""
+        with self.read() as conn:
+            q = (sa.select(BANS.c.id, BANS.c.target, _number(BANS.c.created), _number(BANS.c.duration),
+                           sa.cast(BANS.c.count, sa.Integer).label("count"), BANS.c.dry_run)
+                 .where(BANS.c.id > after_id).order_by(BANS.c.id))
+            out: dict[str, Past] = {}
+            top = after_id
+            for i, t, c, d, n, dry in conn.execute(q):
+                top = i
+                if real_only and dry:
+                    continue
+                if c is not None and 0 <= c <= TIME_MAX and (d is None or d >= 0) and n is not None and n >= 0:
+                    out[t] = Past(c, d, n)
+            return out, top
+
+    def prune(self, now: float, retention: float, lookback: float = 0.0, chunks: int | None = None) -> int:
+        """Forget offences older than `retention`, offenders seen only then and never banned,
+        and bans released longer ago than both `retention` and the escalation `lookback`
+        (nothing escalates from them any more). Bans go in chunks, at most `chunks` of them
+        (None: all); `prune_more` says whether some are left for the next call."""
         cut = now - retention
+        bans_cut = now - max(retention, lookback)
+        self.prune_more, done = True, 0
+        while chunks is None or done < chunks:      # no lock held for long, whatever the backlog
+            with self.write() as conn:
+                ids = sa.select(BANS.c.id).where(BANS.c.released.is_not(None), BANS.c.released < bans_cut) \
+                    .limit(PRUNE_CHUNK).scalar_subquery()
+                done += 1
+                if conn.execute(sa.delete(BANS).where(BANS.c.id.in_(ids))).rowcount < PRUNE_CHUNK:
+                    self.prune_more = False
+                    break
         with self.write() as conn:
             n = conn.execute(sa.delete(OFFENCES).where(OFFENCES.c.time < cut)).rowcount
             # Rows without offences are partners (clients allowed by verified name): kept, so
             # no network ban is ever made over one that was last seen long ago.
             conn.execute(sa.delete(OFFENDERS).where(
                 OFFENDERS.c.last_seen < cut, OFFENDERS.c.offences > 0,
-                ~OFFENDERS.c.target.in_(sa.select(BANS.c.target))))
+                # NOT EXISTS, by the index on bans.target: NOT IN read every ban of the history.
+                ~sa.exists().where(BANS.c.target == OFFENDERS.c.target)))
             return n
 
     # ---- reading -------------------------------------------------------------------------
@@ -729,6 +843,25 @@ def _insert_sql(conn: Connection, cols: tuple[str, ...]) -> str:
     table = {OFFENCE_COLS: "offences", OFFENDER_COLS: "offenders", BAN_COLS: "bans"}[cols]
     mark = _mark(conn)
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+
+
+def _bump_revision(conn: Connection) -> int:
+    """One more change to the bans: the meta row's number, bumped last in the transaction
+    (so no node waits for this row while holding it), and read back."""
+    # Whatever the row holds (a value no logban wrote), the bump works: SQLite's CAST never
+    # fails, PostgreSQL's is guarded.
+    old = ("CASE WHEN meta.value ~ '^[0-9]{1,17}$' THEN CAST(meta.value AS BIGINT) ELSE 0 END"
+           if conn.dialect.name == "postgresql" else "CAST(meta.value AS INTEGER)")
+    conn.exec_driver_sql(
+        f"INSERT INTO meta (key, value) VALUES ('{REVISION_KEY}', '1') ON CONFLICT (key) DO UPDATE "
+        f"SET value = CAST({old} + 1 AS VARCHAR)")
+    return int(conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar_one())
+
+
+def _transient(e: sa.exc.DBAPIError) -> bool:
+    """A deadlock or serialization failure (SQLSTATE 40P01, 40001): the transaction may simply run again."""
+    code = getattr(e.orig, "sqlstate", None) or getattr(e.orig, "pgcode", None)
+    return code in ("40001", "40P01")
 
 
 def short_error(e: Exception) -> str:

@@ -16,7 +16,15 @@ from ..report import (
 )
 from ..score import Decision, Scorer
 from ..units import format_duration, parse_duration
-from .common import _allow, _check_backend, _enforce, _node, _related, _store, parse_target
+from .common import (
+    _allow,
+    _check_backend,
+    _enforce,
+    _node,
+    _related,
+    _store,
+    parse_target,
+)
 
 
 def cmd_list(args, cfg: Config) -> int:

@@ -36,8 +36,8 @@ def _check_follows(given: list[Path], configured: list[Path], cfg: Config) -> No
 
 
 def cmd_reload(args, cfg: Config) -> int:
-    from ..pidfile import default_pid_file, send_reload
     from ..export import SYSTEMD_HINT, unwritable_exports
+    from ..pidfile import default_pid_file, send_reload
     pid = send_reload(cfg.daemon.pid_file or default_pid_file())
     print(f"asked logban (pid {pid}) to reload")
     # As the daemon sees them (its mount namespace, through /proc): the unit's sandbox may

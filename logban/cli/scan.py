@@ -92,7 +92,7 @@ def cmd_scan(args, cfg: Config) -> int:
             print(f"logban: {applied.skipped:,} lines applied by an earlier scan --apply were not applied again "
                   "(--reapply counts them again); the report still shows what they contain", file=sys.stderr)
         engine.close()
-        engine.store.prune(time.time(), cfg.retention)
+        engine.store.prune(time.time(), cfg.retention, cfg.policy.lookback)
         note = _enforce(args, cfg, engine.store, dry_run=args.dry_run)
     progress.done()
     summary.seconds = time.perf_counter() - t0
