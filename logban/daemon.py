@@ -422,6 +422,10 @@ class Daemon:
             return
         for t in add:
             log.info("enforce %s (banned elsewhere)", t)
+        if not self.firewall.enforcing:
+            for t in sorted(set(self.engine.scorer.active) - before):
+                log.info("enforce %s (banned elsewhere): not, %s", t,
+                         "dry run" if self.firewall.dry_run else "backend none")
         if gone:
             why = self.store.release_reasons(gone)
             for t in gone:

@@ -11,7 +11,7 @@ from logban.parse import Offence
 from logban.score import Policy
 from logban.store import Store
 
-T = 1_900_000_000.0
+T = time.time() - 3600       # an hour ago: stamps ahead of the clock are left out
 
 
 def dnsbl(ip: str, t: float = T, line: int = 1) -> Offence:
