@@ -255,7 +255,7 @@ class Store:
         # The bans' revision as its reader (the daemon) knows it: a change this Store made
         # right after that revision moves it on (the caller knows what it did itself);
         # anyone else's change leaves it behind `revision()`.
-        self.revision_known: int | None = None
+        self.revision_known: tuple[int, int] | None = None
         self.prune_more = False                 # released bans left to prune after the last `prune`
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
         self.engine = make_engine(self.url, readonly)
@@ -290,11 +290,11 @@ class Store:
             with conn.begin():
                 yield conn
                 if conn.info.pop("bans_changed", False):
-                    rev = _bump_revision(conn)
+                    rev = (_bump_revision(conn), _max_ban_id(conn))
                 if self.shared:
                     # Delivered at commit to every node listening: a ban, an unban, offences.
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
-        if rev is not None and self.revision_known is not None and rev == self.revision_known + 1:
+        if rev is not None and self.revision_known is not None and rev[0] == self.revision_known[0] + 1:
             self.revision_known = rev
 
     def _retrying(self, fn: Callable[[], object]) -> object:
@@ -562,15 +562,17 @@ class Store:
             return conn.execute(sa.select(sa.func.min(BANS.c.expires)).where(
                 BANS.c.released.is_(None), BANS.c.expires.is_not(None))).scalar()
 
-    def revision(self) -> int:
+    def revision(self) -> tuple[int, int]:
         """Changes to the bans by anyone (this process, another node, a `logban ban`/`unban`
-        beside the daemon) change this: one row, bumped in the transaction of the change."""
+        beside the daemon) change this: one row, bumped in the transaction of the change,
+        and the highest ban id (a row a writer wrote without the bump: an older logban, by hand)."""
         with self.read() as conn:
             v = conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar()
+            top = _max_ban_id(conn)
         try:
-            return int(v or 0)
+            return int(v or 0), top
         except ValueError:
-            return -1              # a value no logban wrote: the next bump makes it a number again
+            return -1, top         # a value no logban wrote: the next bump makes it a number again
 
     def release_reasons(self, targets: list[str]) -> dict[str, str]:
         """Why and where each target's latest ban ended ("unban by node", ...)."""
@@ -589,14 +591,14 @@ class Store:
                  .where(OFFENDERS.c.reset_at > mark, OFFENDERS.c.reset_at <= now + 60).order_by(at).limit(10_000))
             return [(t, a) for t, a in conn.execute(q) if math.isfinite(a)]
 
-    def watch_revision(self) -> int:
+    def watch_revision(self) -> tuple[int, int]:
         """Start following the revision from now: the reader knows the bans as they are."""
         self.revision_known = self.revision()
         return self.revision_known
 
     def max_ban_id(self) -> int:
         with self.read() as conn:
-            return conn.execute(sa.select(sa.func.coalesce(sa.func.max(BANS.c.id), 0))).scalar_one()
+            return _max_ban_id(conn)
 
     def history_after(self, after_id: int, real_only: bool = False) -> tuple[dict[str, Past], int]:
         """Bans recorded after id `after_id` (in id order, the latest of a target last), and
@@ -843,6 +845,10 @@ def _insert_sql(conn: Connection, cols: tuple[str, ...]) -> str:
     table = {OFFENCE_COLS: "offences", OFFENDER_COLS: "offenders", BAN_COLS: "bans"}[cols]
     mark = _mark(conn)
     return f"INSERT INTO {table} ({', '.join(cols)}) VALUES ({', '.join([mark] * len(cols))})"
+
+
+def _max_ban_id(conn: Connection) -> int:
+    return conn.execute(sa.select(sa.func.coalesce(sa.func.max(BANS.c.id), 0))).scalar_one()
 
 
 def _bump_revision(conn: Connection) -> int:
