@@ -16,7 +16,7 @@ from logban.errors import UsageError
 from logban.firewall import (KERNEL_TIMEOUT_MAX, REFRESH_CAPPED, FirewallOptions, _src, kernel_timeout,
                              plan, wanted)
 from conftest import bsd_stamp, touch_now
-from netlab import Lab, need_netns, need_tools
+from netlab import OTHER_PORT, Lab, need_netns, need_tools
 
 Ban = namedtuple("Ban", "target expires dry_run")
 NOW = 1_800_000_000.0
@@ -304,3 +304,55 @@ def test_options_reject_ports_and_forward_in_the_kernel(lab, tmp_path):
     assert "hook forward" not in lab.run(lab.srv, "nft", "list", "table", "inet", "logban").stdout
     s("firewall", "teardown")
     assert lab.run(lab.srv, "nft", "list", "ruleset").stdout.strip() == ""
+
+
+def _forward_rules(lab: Lab, server: Server) -> list[str]:
+    """logban's rules in the server's forward hook, as the kernel shows them."""
+    if server.backend == "nftables":
+        out = lab.run(lab.srv, "nft", "list", "table", "inet", "logban").stdout
+        return [ln for ln in out.splitlines() if "hook forward" in ln]
+    cmds = ("iptables-legacy", "ip6tables-legacy") if server.legacy else ("iptables", "ip6tables")
+    return [ln for c in cmds for ln in lab.run(lab.srv, c, "-w", "-S", "FORWARD").stdout.splitlines() if "logban" in ln]
+
+
+def _probe(lab: Lab, src: str, port: int, timeout: float) -> tuple[bool, float]:
+    t0 = time.monotonic()
+    return lab.connects(src, timeout=timeout, port=port), time.monotonic() - t0
+
+
+def test_option_matrix_in_the_kernel(lab, server, tmp_path):
+    """drop/reject x ports/no ports x forward/no forward on every backend, with real packets:
+    the banned client is refused (at once by a reject, by silence for a drop), on every port
+    without `ports` and only on the mail port with it; the others still connect. One lab per
+    backend, the options changed by `firewall sync` (and a teardown where the rules differ)."""
+    from concurrent.futures import ThreadPoolExecutor
+    banned, free = ("198.51.100.2", "2001:db8:2::2"), ("198.51.100.3", "2001:db8:1::2")
+    first = True
+    for action in ("drop", "reject"):
+        for ports in ([25], []):
+            for forward in (True, False):
+                cfg = tmp_path / f"c-{action}-{len(ports)}-{forward}.toml"
+                cfg.write_text(f'[firewall]\naction = "{action}"\nports = {ports}\nforward = {str(forward).lower()}\n')
+                what = f"{server.backend}{'-legacy' if server.legacy else ''} {action} ports={ports} forward={forward}"
+                if first:
+                    for b in banned:
+                        r = server("-c", str(cfg), "ban", b, check=False)
+                        assert r.returncode == 0 and "Traceback" not in r.stderr, f"{what}: {r.stderr}"
+                    first = False
+                else:
+                    r = server("-c", str(cfg), "firewall", "sync", check=False)
+                    assert r.returncode == 0 and "Traceback" not in r.stderr, f"{what}: {r.stderr}"
+                wait = 3 if action == "reject" else 0.6
+                probes = [(b, 25, wait) for b in banned] + [(b, OTHER_PORT, wait) for b in banned]
+                probes += [(f, p, 2) for f in free for p in (25, OTHER_PORT)]
+                with ThreadPoolExecutor(len(probes)) as ex:
+                    got = dict(zip(probes, ex.map(lambda a: _probe(lab, *a), probes)))
+                for (src, port, _), (ok, took) in got.items():
+                    should = src in free or (port == OTHER_PORT and bool(ports))
+                    assert ok == should, f"{what}: {src} port {port} {'connects' if ok else 'refused'}"
+                    if not ok and action == "reject":
+                        assert took < 1.5, f"{what}: {src} port {port}: a silent drop, not a reset"
+                assert bool(_forward_rules(lab, server)) == forward, what
+                if not forward:                   # the next options change the rules themselves
+                    server("-c", str(cfg), "firewall", "teardown")
+                    assert all(lab.reachable(*banned).values()), what
