@@ -3,6 +3,7 @@ the tests make, with real packets from documentation addresses."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -276,11 +277,14 @@ def test_kill_9_mid_apply_then_restart_agrees(lab, server, tmp_path, n):
 
 
 def test_iptables_backend_refuses_an_nf_tables_host(lab, tmp_path):
-    need_tools("iptables")
-    mode = subprocess.run(["iptables", "--version"], capture_output=True, text=True).stdout
-    if "nf_tables" not in mode:
-        pytest.skip("this host's iptables is legacy")
-    r = lab.run(lab.srv, *lab.logban_cmd(f"sqlite:///{tmp_path}/x.db", "iptables", "ban", "192.0.2.2"), env=lab.env())
+    """Whatever this host's own iptables is: the test gives logban one whose `iptables` is nf_tables."""
+    need_tools("iptables-nft", "ip6tables-nft")
+    nft_bin = tmp_path / "nft-bin"
+    nft_bin.mkdir()
+    for cmd in ("iptables", "ip6tables"):
+        (nft_bin / cmd).symlink_to(shutil.which(f"{cmd}-nft"))
+    env = dict(lab.env(), PATH=f"{nft_bin}:{lab.env()['PATH']}")
+    r = lab.run(lab.srv, *lab.logban_cmd(f"sqlite:///{tmp_path}/x.db", "iptables", "ban", "192.0.2.2"), env=env)
     assert r.returncode == 1
     assert "nf_tables" in r.stderr and "Traceback" not in r.stderr
     assert "recorded" in r.stderr or "store has" in r.stderr
