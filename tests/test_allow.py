@@ -119,3 +119,15 @@ def test_covers_agrees_with_ipaddress(allowed, num, plen):
     q = ipaddress.ip_network((num, plen), strict=False)
     want = any(q.overlaps(ipaddress.ip_network(n)) for n in [*nets, "127.0.0.0/8"])
     assert a.covers(4, int(q.network_address), plen) == want
+
+
+def test_this_hosts_own_addresses_are_allowed():
+    own = AllowList(own=["203.0.113.25", "2001:db8:ff::25"])
+    assert own.address_allowed("203.0.113.25") and own.address_allowed("2001:db8:ff::25")
+    assert own.target_allowed("203.0.113.0/24") and own.target_allowed("2001:db8:ff::/64")   # holds one: refused
+    assert not own.address_allowed("203.0.113.26")
+    # By default, the kernel's: every address of this host, not only loopback.
+    default = AllowList()
+    mine = [a for a in host_addresses() if not ipaddress.ip_address(a).is_loopback]
+    assert all(default.address_allowed(a) for a in mine)
+    assert not any(AllowList(own=()).address_allowed(a) for a in mine)

@@ -100,3 +100,34 @@ def test_partial_and_endless_lines(tmp_path, monkeypatch):
         w.write(b"y" * 300 + b"\nnext\n")
     assert lines_of(f.read()) == [b"next"]                  # the rest of the endless line is dropped
     f.close()
+
+
+def test_a_restart_with_no_new_lines_reads_nothing_again(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"one\ntwo\n")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert lines_of(f.read()) == [b"one", b"two"]
+    pos = saved(f)
+    f.close()
+    f = Follower([Spec(log)], pos, poll=True)
+    assert f.read() == []
+    with open(log, "ab") as w:
+        w.write(b"three\n")
+    got = f.read()
+    assert lines_of(got) == [b"three"] and got[0].lines_before == 2
+    f.close()
+
+
+def test_lines_a_late_writer_adds_to_the_rotated_file_are_read(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"one\n")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert lines_of(f.read()) == [b"one"]
+    with open(log, "ab") as late:                 # the MTA still holds the file it opened
+        log.rename(tmp_path / "mail.log.1")
+        log.write_bytes(b"new file\n")
+        assert sorted(lines_of(f.read())) == [b"new file"]
+        late.write(b"late\n")
+        late.flush()
+        assert lines_of(f.read()) == [b"late"]
+    f.close()

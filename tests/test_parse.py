@@ -401,3 +401,11 @@ def test_year_inference_uses_the_year_where_the_stamps_were_written():
     assert iso(utc.bsd(b"Jan  1 00:01", b"00")) == "2027-01-01T00:01:00Z"         # within two days ahead
     assert iso(utc.bsd(b"Jan  5 00:01", b"00")) == "2026-01-05T00:01:00Z"         # beyond: the year before
     assert iso(utc.bsd(b"Dec 31 23:58", b"00")) == "2026-12-31T23:58:00Z"
+
+
+def test_rfc3164_stamps_a_little_ahead_of_the_reference_keep_its_year():
+    """A clock a few hours or a day ahead (another host, a zone mistake) is not a line from last year."""
+    ref = Clock("UTC", reference=utc(2026, 6, 10, 12, 0, 0))
+    for stamp, want in ((b"Jun 11 11:00:00", utc(2026, 6, 11, 11, 0, 0)), (b"Jun 12 11:59:00", utc(2026, 6, 12, 11, 59, 0)),
+                        (b"Jun 12 12:01:00", utc(2025, 6, 12, 12, 1, 0))):
+        assert parse_header(stamp + b" h postfix/smtpd[1]: x", ref).time == want, stamp

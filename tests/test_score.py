@@ -271,3 +271,26 @@ def test_network_ban_lasts_as_long_as_the_longest_member():
     net = ds[-1]
     assert net.target == "198.51.100.0/24" and "198.51.100.1" in net.members
     assert net.expires >= long_end
+
+
+def test_escalation_multiplies_by_the_configured_factor():
+    sc = scorer(factor=3.0, max_duration=100 * HOUR)
+    got, t = [], 0.0
+    for _ in range(3):
+        [d] = sc.add(off("192.0.2.1", t, "auth_failed", 5))
+        got.append((d.duration, d.escalated))
+        t += d.duration + 60
+    assert got == [(HOUR, False), (3 * HOUR, True), (9 * HOUR, True)]
+
+
+def test_a_ban_of_a_network_of_another_size_covers_its_members_until_it_ends():
+    from logban.score import Decision
+    for wide in ("198.51.0.0/16", "2001:db8::/32"):
+        member, outside = ("198.51.100.7", "203.0.113.7") if "." in wide else ("2001:db8:5::7", "2001:db9::7")
+        sc = scorer()
+        sc.mark_banned(Decision(wide, "manual", "", 0, T0, HOUR, 1, False, "by hand"))
+        assert feed(sc, [off(member, 10 + i, "dnsbl", 5) for i in range(3)]) == [], wide
+        [d] = sc.add(off(outside, 20, "dnsbl", 5))
+        assert d.target == (outside if "." in wide else "2001:db9::/64")
+        [d] = sc.add(off(member, HOUR + 1, "dnsbl", 5))           # the network's ban is over
+        assert d.target == (member if "." in wide else "2001:db8:5::/64")

@@ -327,3 +327,16 @@ def test_rows_no_logban_wrote_cannot_stop_a_node_that_reads_them(tmp_path):
     assert "198.51.100.76" in {b.target for b in s.active_bans(time.time())}
     s.prune(now, 30 * 86400)
     assert s.partners(AllowList(names=["*.mailout.example.com"], own=()), max_age=0) == ["198.51.100.10"]
+
+
+def test_a_ban_ends_exactly_at_its_expiry(db_url):
+    s = Store(db_url)
+    t = float(int(time.time()))
+    s.ban(Decision("192.0.2.10", "manual", "", 0, t, 60.0, 1, False, "t"), node="a", dry_run=False, now=t)
+    assert [b.target for b in s.active_bans(t + 59.5)] == ["192.0.2.10"]
+    assert s.expire(t + 59.5) == []
+    assert s.active_bans(t + 60) == []
+    assert [r.target for r in s.expire(t + 60)] == ["192.0.2.10"]
+    [b] = s.bans()
+    assert b.released == t + 60 and b.release_reason == "expiry"
+    s.close()
