@@ -29,6 +29,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 SERVER = {"203.0.113.1/24", "2001:db8:ff::1/64"}
 CLIENT = {"192.0.2.2/32", "192.0.2.3/32", "198.51.100.2/32", "198.51.100.3/32",
           "2001:db8:1::2/128", "2001:db8:2::2/128", "2001:db8:2::3/128"}
+IP = shutil.which("ip") or "ip"     # by path: a test may give logban a PATH of its own
 OTHER_PORT = 2525       # a second listener, for `firewall.ports`: not a mail port logban guards
 ROUTES = {"server": ("192.0.2.0/24", "198.51.100.0/24", "2001:db8:1::/64", "2001:db8:2::/64"),
           "client": ("203.0.113.0/24", "2001:db8:ff::/64")}
@@ -165,7 +166,7 @@ class Lab:
             return dict(zip(srcs, ex.map(self.connects, srcs)))
 
     def run(self, ns: str, *cmd: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+        return subprocess.run([IP, "netns", "exec", ns, *cmd], capture_output=True, text=True,
                               timeout=timeout, env=env)
 
     def env(self, legacy: bool = False) -> dict:

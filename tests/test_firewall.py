@@ -7,6 +7,7 @@ import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 import time
 from collections import namedtuple
 
@@ -360,3 +361,72 @@ def test_option_matrix_in_the_kernel(lab, server, tmp_path):
                 if not forward:                   # the next options change the rules themselves
                     server("-c", str(cfg), "firewall", "teardown")
                     assert all(lab.reachable(*banned).values()), what
+
+
+# ---- the daemon and --backend auto in the kernel -------------------------------------------
+
+@pytest.mark.parametrize("kind", ["nftables", "ipset", "iptables"])
+def test_the_daemon_enforces_bans_decided_elsewhere_at_once(lab, tmp_path, kind):
+    """A ban recorded by another process (another node, `logban ban` with no kernel of its
+    own) reaches this kernel within seconds, not at the next full sync (an hour here); an
+    unban made elsewhere lifts it as fast. Run on each backend, with real packets."""
+    from conftest import run_logban
+    from daemonproc import Daemon
+    backend, legacy, tools = BACKENDS[kind]
+    need_tools(*tools)
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path / "d", "--follow", str(log), backend=backend, config='sync_interval = "1h"\n')
+    d.start(prefix=["ip", "netns", "exec", lab.srv], env={"PATH": lab.env(legacy)["PATH"]})
+    try:
+        assert lab.connects("198.51.100.2")
+        r = run_logban("--db", d.url, "ban", "198.51.100.2", "--for", "1h")      # --backend none
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 10
+        while lab.connects("198.51.100.2", timeout=0.3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not lab.connects("198.51.100.2") and lab.connects("198.51.100.3")
+        d.wait_log("enforce 198.51.100.2 (banned elsewhere)", timeout=1)
+        r = run_logban("--db", d.url, "unban", "198.51.100.2")
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 10
+        while not lab.connects("198.51.100.2", timeout=0.3) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert lab.connects("198.51.100.2")
+        assert d.stop() == 0
+    finally:
+        if d.p.poll() is None:
+            d.p.kill()
+            d.p.wait(10)
+        lab.run(lab.srv, *lab.logban_cmd(d.url, backend, "firewall", "teardown"), env=lab.env(legacy))
+
+
+@pytest.mark.parametrize("tools, chosen", [
+    (None, "nftables"),                                              # nft present
+    (("iptables-legacy", "ip6tables-legacy", "ipset"), "ipset"),    # a legacy host with ipset
+    (("iptables-legacy", "ip6tables-legacy"), "iptables"),          # a legacy host without
+], ids=["nftables", "ipset", "iptables"])
+def test_backend_auto_picks_what_the_host_has(lab, tmp_path, tools, chosen):
+    need_tools(*(tools or ("nft",)))
+    env = lab.env()
+    if tools:                        # a PATH with only these (iptables as the legacy one)
+        bin_ = tmp_path / "bin"
+        bin_.mkdir()
+        for t in tools:
+            (bin_ / t.replace("-legacy", "")).symlink_to(shutil.which(t))
+        env["PATH"] = str(bin_)
+    cfg = tmp_path / "auto.toml"
+    cfg.write_text('[firewall]\nbackend = "auto"\n')                # the default, said out loud
+
+    def logban(*args: str) -> subprocess.CompletedProcess:     # no --backend: the config's choice
+        return lab.run(lab.srv, sys.executable, "-m", "logban", "-c", str(cfg), "--db", f"sqlite:///{tmp_path}/x.db",
+                       *args, env=env)
+    r = logban("ban", "198.51.100.2")
+    assert r.returncode == 0, r.stderr
+    try:
+        assert lab.reachable("198.51.100.2", "198.51.100.3") == {"198.51.100.2": False, "198.51.100.3": True}
+        st = json.loads(logban("firewall", "status", "--json").stdout)
+        assert st["backend"] == chosen and st["enforcing"] is True
+    finally:
+        logban("firewall", "teardown")
+    assert lab.connects("198.51.100.2")
