@@ -1,5 +1,5 @@
-"""Firewall: the pure planning, then each backend in the real kernel, inside namespaces
-the tests make, with real packets from documentation addresses."""
+"""Firewall: each backend in the real kernel, inside namespaces the tests make, with real
+packets from documentation addresses (the pure planning is in test_plan.py)."""
 from __future__ import annotations
 
 import json
@@ -9,81 +9,11 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections import namedtuple
 
 import pytest
 
-from logban.config import firewall_options as options_from
-from logban.errors import UsageError
-from logban.firewall import (KERNEL_TIMEOUT_MAX, REFRESH_CAPPED, FirewallOptions, _src, kernel_timeout,
-                             plan, wanted)
 from conftest import bsd_stamp, touch_now
 from netlab import OTHER_PORT, Lab, need_netns, need_tools
-
-Ban = namedtuple("Ban", "target expires dry_run")
-NOW = 1_800_000_000.0
-
-
-# ---- planning (pure) --------------------------------------------------------------------
-
-def test_kernel_timeout_is_the_remaining_time_capped():
-    assert kernel_timeout(None, NOW) is None
-    assert kernel_timeout(NOW + 3600, NOW) == 3600
-    assert kernel_timeout(NOW + 0.2, NOW) == 1
-    assert kernel_timeout(NOW + 90 * 86400, NOW) == KERNEL_TIMEOUT_MAX
-
-
-def test_wanted_skips_dry_run_expired_and_covered_targets():
-    bans = [Ban("192.0.2.7", NOW + 60, False), Ban("192.0.2.8", NOW + 60, True), Ban("192.0.2.9", NOW - 1, False),
-            Ban("198.51.100.0/24", NOW + 600, False), Ban("198.51.100.5", NOW + 60, False),
-            Ban("198.51.0.0/16", None, False), Ban("2001:db8:1::/64", NOW + 60, False),
-            Ban("2001:db8:1::5", NOW + 60, False), Ban("2001:db8:2::5", NOW + 60, False)]
-    assert wanted(bans, NOW) == {"192.0.2.7": 60, "198.51.0.0/16": None, "2001:db8:1::/64": 60, "2001:db8:2::5": 60}
-
-
-def test_wanted_two_bans_of_one_target_keep_the_longer():
-    assert wanted([Ban("192.0.2.7", NOW + 60, False), Ban("192.0.2.7", NOW + 600, False)], NOW) == {"192.0.2.7": 600}
-    assert wanted([Ban("192.0.2.7", None, False), Ban("192.0.2.7", NOW + 600, False)], NOW) == {"192.0.2.7": None}
-
-
-def test_plan_adds_missing_removes_unknown_refreshes_stale():
-    want = {"192.0.2.1": 3600, "192.0.2.2": 3600, "192.0.2.3": None, "192.0.2.4": 3600, "192.0.2.5": 3600}
-    have = {"192.0.2.2": 3598, "192.0.2.3": 100, "192.0.2.4": 7200, "192.0.2.5": 60, "203.0.113.9": 50}
-    p = plan(want, have)
-    assert p.missing == ["192.0.2.1"]
-    assert p.unknown == ["203.0.113.9"]
-    assert sorted(p.stale) == ["192.0.2.3", "192.0.2.4", "192.0.2.5"]     # 192.0.2.2 is in step
-    assert set(p.add) == {"192.0.2.1", "192.0.2.3", "192.0.2.4", "192.0.2.5"} and p.add["192.0.2.3"] is None
-    assert sorted(p.remove) == ["192.0.2.3", "192.0.2.4", "192.0.2.5", "203.0.113.9"]
-    assert p.drift == 5
-    assert plan(want, {**want}).drift == 0
-
-
-def test_plan_refreshes_a_capped_ban_only_near_the_cap_end():
-    cap = KERNEL_TIMEOUT_MAX
-    assert plan({"192.0.2.1": cap}, {"192.0.2.1": cap - 3600}).drift == 0
-    assert plan({"192.0.2.1": cap}, {"192.0.2.1": cap - REFRESH_CAPPED - 1}).stale == ["192.0.2.1"]
-
-
-def test_src_reads_libiptc_netmasks():
-    assert _src("192.0.2.0/255.255.255.0") == "192.0.2.0/24"
-    assert _src("192.0.2.7/255.255.255.255") == "192.0.2.7"
-    assert _src("2001:db8::/ffff:ffff:ffff:ffff::") == "2001:db8::/64"
-    assert _src("2001:db8::/64") == "2001:db8::/64"
-
-
-@pytest.mark.parametrize("table, key", [
-    ({"backend": "pf"}, "firewall.backend"), ({"action": "tarpit"}, "firewall.action"),
-    ({"ports": [25, 0]}, "firewall.ports"), ({"ports": "25"}, "firewall.ports"),
-    ({"forward": "yes"}, "firewall.forward"), ({"hook": "input"}, "firewall.'hook'")])
-def test_bad_firewall_options_name_the_key(table, key):
-    with pytest.raises(UsageError, match=key.replace(".", r"\.")):
-        options_from(table, "x.toml")
-
-
-def test_options_defaults_and_ports_sorted():
-    assert options_from({}, "x") == FirewallOptions()
-    assert options_from({"ports": [587, 25, 25]}, "x").ports == (25, 587)
 
 
 def test_bad_firewall_config_exits_2(tmp_path, logban):
