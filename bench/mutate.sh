@@ -24,7 +24,7 @@ declare -A SRC=(
     [follow]=logban/follow.py [plan]=logban/firewall/plan.py
 )
 declare -A TESTS=(
-    [score]="tests/test_score.py tests/test_decide_e2e.py"
+    [score]="tests/test_score.py"
     [allow]="tests/test_allow.py tests/test_score.py"
     [parse]="tests/test_parse.py tests/test_rules.py tests/test_rules_adversarial.py"
     [follow]="tests/test_follow.py"
@@ -42,14 +42,14 @@ for m in "${mods[@]}"; do
     rm -rf "$w"
     mkdir -p "$w"
     # A scratch copy: mutmut writes mutants/ beside the sources and reads [tool.mutmut].
-    (cd "$root" && tar -cf - logban tests rules samples pyproject.toml 2>/dev/null) | tar -xf - -C "$w"
+    (cd "$root" && tar -cf - logban tests rules samples bench pyproject.toml 2>/dev/null) | tar -xf - -C "$w"
     sel=$(printf '"%s", ' ${TESTS[$m]})
     cat >> "$w/pyproject.toml" <<EOF
 
 [tool.mutmut]
 source_paths = ["logban"]
 only_mutate = ["$src"]
-also_copy = ["tests", "rules", "samples"]
+also_copy = ["tests", "rules", "samples", "bench"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
 pytest_add_cli_args_test_selection = [${sel%, }]
 use_setproctitle = false
