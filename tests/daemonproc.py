@@ -120,6 +120,18 @@ class Daemon:
             time.sleep(0.05)
         assert self.offences() == n and self.caught_up(), (self.offences(), n, self.query("SELECT * FROM positions"))
 
+    def close(self) -> None:
+        """Stopped at the end of a test: SIGTERM first (the process saves its coverage data
+        as it exits), kill -9 if it does not go."""
+        if self.p is None or self.p.poll() is not None:
+            return
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(10)
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.p.send_signal(sig)
         return self.p.wait(20)

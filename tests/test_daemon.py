@@ -27,9 +27,7 @@ def daemons():
     running: list[Daemon] = []
     yield running
     for d in running:
-        if d.p is not None and d.p.poll() is None:
-            d.p.kill()
-            d.p.wait(10)
+        d.close()
 
 
 def start(daemons, tmp, *args, **kw) -> Daemon:
