@@ -48,6 +48,7 @@ M = [
  ("logban/score.py", "        st.offences += 1", "        st.offences += 2", "tests/test_score.py"),
  ("rules/postfix.toml", 'id = "postfix-rhsbl-sender"\nkind = "bad_sender"', 'id = "postfix-rhsbl-sender"\nkind = "dnsbl"', "tests/test_rules.py"),
  ("logban/firewall/iptables.py", '                r.protocol = "tcp"\n', "                pass\n", "tests/test_firewall.py -k matrix and iptables"),
+ ("logban/firewall/plan.py", "        bits = 128 if v == 6 else 32\n        for p in lens[v]:", "        bits = 129 if v == 6 else 32\n        for p in lens[v]:", "tests/test_plan.py"),
  ("logban/firewall/hooks.py", "        if opts.ports:\n            m += [", "        if False:\n            m += [", "tests/test_firewall.py -k matrix and ipset-legacy"),
 ]
 
