@@ -49,6 +49,8 @@ M = [
  ("rules/postfix.toml", 'id = "postfix-rhsbl-sender"\nkind = "bad_sender"', 'id = "postfix-rhsbl-sender"\nkind = "dnsbl"', "tests/test_rules.py"),
  ("logban/firewall/iptables.py", '                r.protocol = "tcp"\n', "                pass\n", "tests/test_firewall.py -k matrix and iptables"),
  ("logban/firewall/plan.py", "        bits = 128 if v == 6 else 32\n        for p in lens[v]:", "        bits = 129 if v == 6 else 32\n        for p in lens[v]:", "tests/test_plan.py"),
+ ("logban/follow.py", "            fs.offset = fs.lines = 0\n", "            fs.offset = fs.lines = 1\n", "tests/test_follow.py"),
+ ("logban/follow.py", 'following the new file")\n                self._take(fs.spec, fs, out, final=False)', 'following the new file")\n                self._take(fs.spec, fs, out, final=True)', "tests/test_follow.py"),
  ("logban/firewall/hooks.py", "        if opts.ports:\n            m += [", "        if False:\n            m += [", "tests/test_firewall.py -k matrix and ipset-legacy"),
 ]
 

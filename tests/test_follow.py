@@ -199,3 +199,25 @@ def test_rotated_copies_newest_first(tmp_path):
         (tmp_path / n).write_bytes(b"x\n")
         os.utime(tmp_path / n, (1_800_000_000 - age * 100, 1_800_000_000 - age * 100))
     assert [p.name for p in follow.rotated_copies(log)] == ["mail.log-20261120", "mail.log.1", "mail.log.0.gz"]
+
+
+def test_truncation_appearance_and_a_rotation_to_a_file_with_a_half_line(tmp_path):
+    log = tmp_path / "mail.log"
+    f = Follower([Spec(log, "sendmail")], {}, poll=True)
+    assert f.read() == []                                   # not there yet
+    log.write_bytes(b"one\ntwo\n")
+    got = f.read()                                          # appeared: read from its start
+    assert [(c.path, c.name, c.mta) for c in got] == [(str(log), str(log), "sendmail")]
+    assert numbered(got) == [(1, b"one"), (2, b"two")]
+    with open(log, "r+b") as w:                             # copytruncate, then a new line
+        w.truncate(0)
+    log.write_bytes(b"x\n")
+    assert numbered(f.read()) == [(1, b"x")]
+    log.rename(tmp_path / "mail.log.1")
+    log.write_bytes(b"new 1\nnew 2 half")                   # the new file's last line is not whole yet
+    got = f.read()
+    assert numbered(got) == [(1, b"new 1")] and got[-1].name == str(log)
+    with open(log, "ab") as w:
+        w.write(b" done\n")
+    assert numbered(f.read()) == [(2, b"new 2 half done")]
+    f.close()
