@@ -51,6 +51,9 @@ M = [
  ("logban/firewall/plan.py", "        bits = 128 if v == 6 else 32\n        for p in lens[v]:", "        bits = 129 if v == 6 else 32\n        for p in lens[v]:", "tests/test_plan.py"),
  ("logban/follow.py", "            fs.offset = fs.lines = 0\n", "            fs.offset = fs.lines = 1\n", "tests/test_follow.py"),
  ("logban/follow.py", 'following the new file")\n                self._take(fs.spec, fs, out, final=False)', 'following the new file")\n                self._take(fs.spec, fs, out, final=True)', "tests/test_follow.py"),
+ ("logban/parse.py", "+ int(m.group(3)) * 60) *", "+ int(m.group(3)) * 61) *", "tests/test_parse.py"),
+ ("logban/parse.py", "(1 << 62) - 10 + int(nanos_hex, 16) / 1e9", "(1 << 62) - 11 + int(nanos_hex, 16) / 1e9", "tests/test_parse.py"),
+ ("logban/parse.py", "return d.replace(tzinfo=self.zone).timestamp()", "return d.replace(tzinfo=None).timestamp()", "tests/test_parse.py"),
  ("logban/firewall/hooks.py", "        if opts.ports:\n            m += [", "        if False:\n            m += [", "tests/test_firewall.py -k matrix and ipset-legacy"),
 ]
 

@@ -67,17 +67,30 @@ def test_rfc3164_in_a_configured_zone_across_dst():
     (b"2026-11-20T05:00:02-0300 mx p[1]: x", utc(2026, 11, 20, 8, 0, 2)),
     (b"<22>1 2026-11-20T05:00:03.5Z mx postfix/postscreen 802 - - x", utc(2026, 11, 20, 5, 0, 3, 0.5)),
     (b"<22>1 2026-11-20T05:00:03.5Z mx app - ID47 [ex@1 a=\"b\\]\"] x", utc(2026, 11, 20, 5, 0, 3, 0.5)),
+    # minutes in the offset, nanoseconds cut to microseconds, no zone (the clock's: UTC)
+    (b"2026-11-20T05:00:02.123456789+05:30 mx p[1]: x", utc(2026, 11, 19, 23, 30, 2, 0.123456)),
+    (b"2026-11-20T05:00:02.25-09:45 mx p[1]: x", utc(2026, 11, 20, 14, 45, 2, 0.25)),
+    (b"2026-11-20T05:00:02.75 mx p[1]: x", utc(2026, 11, 20, 5, 0, 2, 0.75)),
 ])
 def test_iso_and_rfc5424_stamps(line, want):
     h = parse_header(line, Clock("UTC", reference=REF))
-    assert h is not None and h.time == pytest.approx(want) and line[h.start:] == b"x"
+    # abs: pytest.approx's default (a millionth of 1.8e9 s) lets half an hour through
+    assert h is not None and h.time == pytest.approx(want, abs=1e-5) and line[h.start:] == b"x"
+
+
+def test_iso_stamp_without_zone_in_a_configured_zone():
+    berlin = Clock("Europe/Berlin", reference=REF)
+    assert berlin.iso(b"2026-07-01T12:00:00.5") == pytest.approx(utc(2026, 7, 1, 10, 0, 0, 0.5), abs=1e-5)
+    assert berlin.iso(b"2026-07-01 12:00:00,5") == pytest.approx(utc(2026, 7, 1, 10, 0, 0, 0.5), abs=1e-5)
+    assert berlin.iso(b"2026-07-01T12:00:00+0200") == utc(2026, 7, 1, 10, 0, 0)
+    assert berlin.iso(b"2026-07-01T12:00:00+02:7") is None
 
 
 def test_tai64n_stamp_and_untagged_message():
     label = (1 << 62) + 10 + int(utc(2026, 11, 20, 4, 0, 0))
     line = b"@%016x%08x CHKUSER rejected rcpt: x" % (label, 500_000_000)
     h = parse_header(line, Clock())
-    assert h.time == pytest.approx(utc(2026, 11, 20, 4, 0, 0, 0.5))
+    assert h.time == pytest.approx(utc(2026, 11, 20, 4, 0, 0, 0.5), abs=1e-6)
     assert h.program == "" and line[h.start:].startswith(b"CHKUSER")
 
 
