@@ -54,6 +54,8 @@ M = [
  ("logban/parse.py", "+ int(m.group(3)) * 60) *", "+ int(m.group(3)) * 61) *", "tests/test_parse.py"),
  ("logban/parse.py", "(1 << 62) - 10 + int(nanos_hex, 16) / 1e9", "(1 << 62) - 11 + int(nanos_hex, 16) / 1e9", "tests/test_parse.py"),
  ("logban/parse.py", "return d.replace(tzinfo=self.zone).timestamp()", "return d.replace(tzinfo=None).timestamp()", "tests/test_parse.py"),
+ ("logban/parse.py", "if w is None or t - w[0] > r.rate_per:", "if w is None or t - w[0] >= r.rate_per:", "tests/test_parse.py"),
+ ("logban/parse.py", "w[0], w[1] = t, 0      #", "w[0], w[1] = t, 1      #", "tests/test_parse.py"),
  ("logban/firewall/hooks.py", "        if opts.ports:\n            m += [", "        if False:\n            m += [", "tests/test_firewall.py -k matrix and ipset-legacy"),
 ]
 

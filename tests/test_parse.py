@@ -422,3 +422,21 @@ def test_rfc3164_stamps_a_little_ahead_of_the_reference_keep_its_year():
     for stamp, want in ((b"Jun 11 11:00:00", utc(2026, 6, 11, 11, 0, 0)), (b"Jun 12 11:59:00", utc(2026, 6, 12, 11, 59, 0)),
                         (b"Jun 12 12:01:00", utc(2025, 6, 12, 12, 1, 0))):
         assert parse_header(stamp + b" h postfix/smtpd[1]: x", ref).time == want, stamp
+
+
+def test_rate_window_edges_and_the_count_after_an_offence():
+    """over = 30, per = 1m: the 31st connection within a minute (its last second included)
+    is an offence, and the next one needs 31 more."""
+    from logban.rules import shipped_rules_dir
+    p = Parser(load_rules([shipped_rules_dir()]), clock=Clock("UTC", reference=REF))
+    t0 = REF - 3600
+
+    def conns(ip: str, seconds) -> bytes:
+        return b"".join(time.strftime("%b %d %H:%M:%S", time.gmtime(t0 + s)).encode()
+                        + b" mx postfix/smtpd[1]: connect from unknown[%s]\n" % ip.encode() for s in seconds)
+    # 30 in the first second, the 31st exactly a minute after the first: still the window.
+    edge = conns("192.0.2.90", [0] * 30 + [60])
+    # 31 at once (an offence), 30 more (none), one more (an offence).
+    again = conns("192.0.2.91", [0] * 31 + [1] * 30 + [2])
+    got = p.parse_lines(edge + again)
+    assert [(o.ip, o.time - t0) for o in got] == [("192.0.2.90", 60), ("192.0.2.91", 0), ("192.0.2.91", 2)]
