@@ -228,3 +228,11 @@ def test_a_network_next_to_an_allowed_one_may_be_banned():
     assert not a.target_allowed("198.51.100.0/25") and a.target_allowed("198.51.100.0/24")
     assert not a.target_allowed("2001:db8:a9::/48") and not a.target_allowed("2001:db8:ab::/48")
     assert not a.covers(4, int(ipaddress.ip_address("198.51.100.0")), 25)
+
+
+def test_the_gate_reads_a_ban_end_from_1970_to_9999():
+    a = AllowList(own=())
+    bans = [Ban("198.51.100.1", e) for e in (0, -1, TIME_MAX, TIME_MAX + 1, None, 1.5, "soon")]
+    ok, refused = a.screen(bans)
+    assert [b.expires for b in ok] == [0, TIME_MAX, None, 1.5]
+    assert len(refused) == 3 and all("no time" in why for _, why in refused)
