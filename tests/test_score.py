@@ -349,3 +349,28 @@ def test_what_is_counted_and_what_decided():
     feed(sc, [off("192.0.2.2", 2 + i) for i in range(3)])
     assert (sc.stats.offences, sc.stats.decisions, sc.stats.allowed) == (5, 1, 1)
     assert sc.new_partners == [("198.51.100.5", "a.mailout.example.com", T0 + 1)]
+
+
+def test_a_network_banned_again_escalates_and_a_rule_duration_counts_for_its_kind():
+    sc = scorer()
+    ds = feed(sc, [off(f"198.51.100.{i}", i, "dnsbl", 5) for i in (1, 2, 3)])
+    first = ds[-1]
+    assert (first.target, first.duration, first.count) == ("198.51.100.0/24", 6 * HOUR, 1)
+    t = 6 * HOUR + 10                                             # after it ended
+    ds = feed(sc, [off(f"198.51.100.{i}", t + i, "dnsbl", 5) for i in (4, 5, 6)])
+    again = ds[-1]
+    assert (again.target, again.duration, again.count, again.escalated) == ("198.51.100.0/24", 12 * HOUR, 2, True)
+    # A member's rule with a ban time of its own: the network's kind is chosen by it.
+    sc = scorer(rule_durations={"long-rule": 48 * HOUR})
+    sc.add(off("203.0.113.1", 0, "auth_failed", 5, rule="long-rule"))
+    sc.add(off("203.0.113.2", 1, "dnsbl", 5))
+    [n] = sc.add(off("203.0.113.3", 2, "relay_denied", 5))
+    assert (n.target, n.kind, n.rule, n.duration) == ("203.0.113.0/24", "auth_failed", "long-rule", 48 * HOUR)
+    assert sc.stats.network_bans == 1
+
+
+def test_the_member_that_made_a_network_ban_escalates_on_its_own_later():
+    sc = scorer()
+    feed(sc, [off(f"198.51.100.{i}", i, "dnsbl", 5) for i in (1, 2, 3)])        # .3 makes the /24
+    [d] = sc.add(off("198.51.100.3", 6 * HOUR + 10, "dnsbl", 5))
+    assert (d.target, d.duration, d.count, d.escalated) == ("198.51.100.3", 12 * HOUR, 2, True)
