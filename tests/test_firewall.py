@@ -360,3 +360,18 @@ def test_backend_auto_picks_what_the_host_has(lab, tmp_path, tools, chosen):
     finally:
         logban("firewall", "teardown")
     assert lab.connects("198.51.100.2")
+
+
+def test_this_hosts_own_addresses_come_from_its_kernel_and_are_never_banned(lab, tmp_path):
+    """host_addresses() in the server namespace: its own addresses, IPv4 and IPv6, and none
+    of the client's; `logban ban` refuses them and a network that holds one."""
+    r = lab.run(lab.srv, sys.executable, "-c", "from logban.allow import host_addresses; print(sorted(host_addresses()))",
+                env=lab.env())
+    got = set(eval(r.stdout))                                   # noqa: S307 - a list of strings we printed
+    assert {"127.0.0.1", "::1", "203.0.113.1", "2001:db8:ff::1"} <= got, got
+    assert not got & {"198.51.100.2", "2001:db8:1::2", "203.0.113.2"}
+    db = f"sqlite:///{tmp_path}/x.db"
+    for target in ("203.0.113.1", "203.0.113.0/24", "2001:db8:ff::/64"):
+        r = lab.run(lab.srv, *lab.logban_cmd(db, "none", "ban", target), env=lab.env())
+        assert r.returncode != 0 and "Traceback" not in r.stderr, (target, r.stdout, r.stderr)
+    assert lab.run(lab.srv, *lab.logban_cmd(db, "none", "ban", "203.0.113.2"), env=lab.env()).returncode == 0
