@@ -59,6 +59,7 @@ M = [
  ("logban/score.py", "self.history[d.target] = Past(d.time, d.duration, d.count)\n        nd = ", "self.history[d.target] = Past(d.time, None, d.count)\n        nd = ", "tests/test_score.py"),
  ("logban/score.py", "key=lambda v: p.base_duration(v[1], v[2]) or math.inf)", "key=lambda v: p.base_duration(v[1]) or math.inf)", "tests/test_score.py"),
  ("logban/allow.py", 'if "/32 host LOCAL" in line and i:', "if False:", "tests/test_firewall.py -k own_addresses"),
+ ("logban/allow.py", "key = (t, name) if names else t ", "key = t ", "tests/test_allow.py"),
  ("logban/firewall/hooks.py", "        if opts.ports:\n            m += [", "        if False:\n            m += [", "tests/test_firewall.py -k matrix and ipset-legacy"),
 ]
 

@@ -236,3 +236,13 @@ def test_the_gate_reads_a_ban_end_from_1970_to_9999():
     ok, refused = a.screen(bans)
     assert [b.expires for b in ok] == [0, TIME_MAX, None, 1.5]
     assert len(refused) == 3 and all("no time" in why for _, why in refused)
+
+
+def test_the_gate_remembers_verdicts_per_target_and_name():
+    a = AllowList(names=["*.partner.example"], own=())
+    rows = [Row("203.0.113.10", "mx1.partner.example"), Row("203.0.113.10"), Row("203.0.113.10", "x.other.example")]
+    for _ in range(2):
+        ok, refused = a.screen(rows)
+        assert ok == rows[1:] and [t for t, _ in refused] == ["203.0.113.10"]
+    ok, refused = a.screen(list(reversed(rows)))
+    assert ok == [rows[2], rows[1]]
