@@ -146,6 +146,4 @@ def daemons():
     running: list = []
     yield running
     for d in running:
-        if d.p is not None and d.p.poll() is None:
-            d.p.kill()
-            d.p.wait(10)
+        d.close()

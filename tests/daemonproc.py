@@ -51,13 +51,19 @@ class Daemon:
         self.lines: list[str] = []
         self.p: subprocess.Popen | None = None
 
-    def start(self, prefix: list[str] = (), env: dict | None = None) -> "Daemon":
+    def start(self, prefix: list[str] = (), env: dict | None = None, hooks: dict | None = None,
+              ready: bool = True) -> "Daemon":
+        """`hooks`: LOGBAN_TEST_* variables for tests/launch.py (fault injection, waits), which
+        then runs logban in place of `python -m logban`."""
         self.lines = []
-        self.p = subprocess.Popen([*prefix, sys.executable, "-m", "logban", *self.args], stderr=subprocess.PIPE,
+        main = [str(ROOT / "tests" / "launch.py")] if hooks else ["-m", "logban"]
+        env = {**(env or {}), **(hooks or {})}
+        self.p = subprocess.Popen([*prefix, sys.executable, *main, *self.args], stderr=subprocess.PIPE,
                                   stdout=subprocess.DEVNULL, text=True,
                                   env=dict(os.environ, PYTHONPATH=str(ROOT), **(env or {})))
         threading.Thread(target=self._collect, args=(self.p,), daemon=True).start()
-        self.wait_log("running:")
+        if ready:
+            self.wait_log("running:")
         return self
 
     def _collect(self, p) -> None:
@@ -91,14 +97,40 @@ class Daemon:
     def offences(self) -> int:
         return self.query("SELECT count(*) FROM offences")[0][0]
 
-    def wait_offences(self, n: int, timeout: float = 20) -> None:
+    def caught_up(self) -> bool:
+        """Whether the store's read positions stand at the end of every followed file: all
+        written so far is read, and its offences committed with them (one transaction)."""
+        rows = self.query("SELECT path, dev, inode, \"offset\" FROM positions")
+        for path, dev, inode, offset in rows:
+            try:
+                st = os.stat(path)
+            except OSError:
+                return False
+            if (st.st_dev, st.st_ino, st.st_size) != (dev, inode, offset):
+                return False
+        return bool(rows)
+
+    def wait_offences(self, n: int, timeout: float = 30) -> None:
+        """Until the daemon has read every line written (a condition, not a pause), then
+        exactly n offences: more would be a line counted twice."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.offences() >= n:
+            if self.offences() >= n and self.caught_up():
                 break
             time.sleep(0.05)
-        time.sleep(0.3)                                  # and no more than n arrive
-        assert self.offences() == n
+        assert self.offences() == n and self.caught_up(), (self.offences(), n, self.query("SELECT * FROM positions"))
+
+    def close(self) -> None:
+        """Stopped at the end of a test: SIGTERM first (the process saves its coverage data
+        as it exits), kill -9 if it does not go."""
+        if self.p is None or self.p.poll() is not None:
+            return
+        self.p.terminate()
+        try:
+            self.p.wait(10)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait(10)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         self.p.send_signal(sig)

@@ -29,6 +29,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 SERVER = {"203.0.113.1/24", "2001:db8:ff::1/64"}
 CLIENT = {"192.0.2.2/32", "192.0.2.3/32", "198.51.100.2/32", "198.51.100.3/32",
           "2001:db8:1::2/128", "2001:db8:2::2/128", "2001:db8:2::3/128"}
+IP = shutil.which("ip") or "ip"     # by path: a test may give logban a PATH of its own
+OTHER_PORT = 2525       # a second listener, for `firewall.ports`: not a mail port logban guards
 ROUTES = {"server": ("192.0.2.0/24", "198.51.100.0/24", "2001:db8:1::/64", "2001:db8:2::/64"),
           "client": ("203.0.113.0/24", "2001:db8:ff::/64")}
 
@@ -108,23 +110,29 @@ class Lab:
             raise
 
     def _listen(self) -> None:
-        def make() -> socket.socket:
-            s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.bind(("::", 25))
-            s.listen(512)
-            return s
-        self.listener = in_netns(self.srv, make)
+        """The server's listeners: the mail port 25 and OTHER_PORT, a port that `firewall.ports`
+        leaves open."""
+        def make(port: int):
+            def sock() -> socket.socket:
+                s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("::", port))
+                s.listen(512)
+                return s
+            return sock
+        self.listeners = [in_netns(self.srv, make(port)) for port in (25, OTHER_PORT)]
+        self.listener = self.listeners[0]
 
-        def serve() -> None:
+        def serve(listener) -> None:
             while True:
                 try:
-                    c, _ = self.listener.accept()
+                    c, _ = listener.accept()
                 except OSError:
                     return
                 c.close()
-        threading.Thread(target=serve, daemon=True).start()
+        for listener in self.listeners:
+            threading.Thread(target=serve, args=(listener,), daemon=True).start()
 
     def _warm(self) -> None:
         """Wait until every client address reaches the server: the first SYNs of a fresh
@@ -136,8 +144,8 @@ class Lab:
                 raise RuntimeError("the namespaces' veth link did not come up within 15 s")
             time.sleep(0.2)
 
-    def connects(self, src: str, timeout: float = 0.6) -> bool:
-        """Whether a TCP connection from client address `src` to the server's port 25 succeeds."""
+    def connects(self, src: str, timeout: float = 0.6, port: int = 25) -> bool:
+        """Whether a TCP connection from client address `src` to the server's `port` succeeds."""
         dst = "2001:db8:ff::1" if ":" in src else "203.0.113.1"
 
         def make() -> socket.socket:
@@ -146,7 +154,7 @@ class Lab:
         try:
             s.settimeout(timeout)
             s.bind((src, 0))
-            s.connect((dst, 25))
+            s.connect((dst, port))
             return True
         except OSError:
             return False
@@ -158,7 +166,7 @@ class Lab:
             return dict(zip(srcs, ex.map(self.connects, srcs)))
 
     def run(self, ns: str, *cmd: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True,
+        return subprocess.run([IP, "netns", "exec", ns, *cmd], capture_output=True, text=True,
                               timeout=timeout, env=env)
 
     def env(self, legacy: bool = False) -> dict:
@@ -171,7 +179,7 @@ class Lab:
         return [sys.executable, "-m", "logban", "--db", db, "--backend", backend, *args]
 
     def close(self) -> None:
-        if getattr(self, "listener", None) is not None:
-            self.listener.close()
+        for listener in getattr(self, "listeners", ()):
+            listener.close()
         for ns in (self.srv, self.cli):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)

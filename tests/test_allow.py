@@ -108,7 +108,7 @@ def test_screen_lets_through_only_what_this_node_may_enforce():
     assert a.screen(rows) == (ok, refused)          # the same verdicts from the cache
 
 
-from hypothesis import given, strategies as st  # noqa: E402
+from hypothesis import given, settings, strategies as st  # noqa: E402
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 32)), max_size=6),
@@ -119,3 +119,130 @@ def test_covers_agrees_with_ipaddress(allowed, num, plen):
     q = ipaddress.ip_network((num, plen), strict=False)
     want = any(q.overlaps(ipaddress.ip_network(n)) for n in [*nets, "127.0.0.0/8"])
     assert a.covers(4, int(q.network_address), plen) == want
+
+
+def test_this_hosts_own_addresses_are_allowed():
+    own = AllowList(own=["203.0.113.25", "2001:db8:ff::25"])
+    assert own.address_allowed("203.0.113.25") and own.address_allowed("2001:db8:ff::25")
+    assert own.target_allowed("203.0.113.0/24") and own.target_allowed("2001:db8:ff::/64")   # holds one: refused
+    assert not own.address_allowed("203.0.113.26")
+    # By default, the kernel's: every address of this host, not only loopback.
+    default = AllowList()
+    mine = [a for a in host_addresses() if not ipaddress.ip_address(a).is_loopback]
+    assert all(default.address_allowed(a) for a in mine)
+    assert not any(AllowList(own=()).address_allowed(a) for a in mine)
+
+
+# ---- the gate against a reference built on ipaddress (issue 14: its surviving mutants) -----
+
+from logban.allow import NEVER, TIME_MAX, canonical_num  # noqa: E402
+
+GATE_ALLOW = ["198.51.100.128/25", "2001:db8:aa::/48"]
+GATE_OWN = ["203.0.113.1"]
+GATE_PARTNERS = ["198.51.101.7", "2001:db8:bb::7"]
+Ban = namedtuple("Ban", "target expires name", defaults=(None, None))
+
+
+def _canonical(t: str) -> str:
+    n = ipaddress.ip_network(t, strict=True)
+    if isinstance(n, ipaddress.IPv6Network) and n.network_address.ipv4_mapped is not None:
+        raise ValueError("mapped")
+    return str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
+
+
+def _reference(b: Ban) -> bool:
+    """Whether the gate must let `b` through, from ipaddress alone."""
+    e = b.expires
+    if e is not None and not (isinstance(e, (int, float)) and 0 <= e <= TIME_MAX):
+        return False
+    try:
+        if _canonical(b.target) != b.target:
+            return False
+    except ValueError:
+        return False
+    n = ipaddress.ip_network(b.target)
+    nets = [ipaddress.ip_network(x) for x in [*GATE_ALLOW, *GATE_OWN, *AllowList.ALWAYS]] + list(NEVER)
+    if any(n.version == m.version and n.overlaps(m) for m in nets):
+        return False
+    if any(ipaddress.ip_address(p) in n for p in GATE_PARTNERS if ipaddress.ip_address(p).version == n.version):
+        return False
+    return not (b.name and b.name.lower().rstrip(".").endswith(".partner.example"))
+
+
+_v4 = st.builds(lambda n, p: (n, p, 4), st.integers(0, 2**32 - 1) | st.integers(0xC6336400, 0xC63365FF)
+                | st.integers(0xCB007100, 0xCB0071FF), st.integers(0, 33))
+_v6 = st.builds(lambda n, p: (n, p, 6), st.integers(0, 2**128 - 1) | st.integers(0x20010DB8 << 96, (0x20010DB8 << 96) + (1 << 88))
+                | st.integers(0, 2**48) | st.integers(0xFFFF << 32, (0xFFFF << 32) + 2**32) | st.just(1)
+                | st.integers(0xFE80 << 112, (0xFE80 << 112) + 2**64), st.integers(0, 129))
+
+
+def _text(v) -> str:
+    num, plen, ver = v
+    a = str(ipaddress.IPv4Address(num) if ver == 4 else ipaddress.IPv6Address(num))
+    return a if plen > (32 if ver == 4 else 128) else f"{a}/{plen}"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.one_of(_v4, _v6).map(_text) | st.sampled_from(
+    ["198.51.100.7/32", "2001:DB8::1", "2001:db8::0001", "IPv6:2001:db8::1", "198.051.100.7", " 198.51.100.7",
+     "::ffff:198.51.100.7", "198.51.100.1/24", "2001:db8:5::/64", "203.0.113.0/24", "198.51.101.0/24"]),
+    st.one_of(st.none(), st.sampled_from([0, -1, 1.5, TIME_MAX, TIME_MAX + 1, "soon", float("nan")])),
+    st.one_of(st.none(), st.sampled_from(["mx1.partner.example", "MX2.Partner.Example.", "partner.example.evil.example"]))),
+    max_size=8))
+def test_the_gate_agrees_with_ipaddress(rows):
+    a = AllowList(GATE_ALLOW, ["*.partner.example"], own=GATE_OWN)
+    bans = [Ban(t, e, n) for t, e, n in rows]
+    for _ in range(2):                                   # and again from its cache
+        ok, refused = a.screen(bans, GATE_PARTNERS)
+        assert [b for b in bans if _reference(b)] == ok
+        assert [b.target for b in bans if not _reference(b)] == [t for t, _ in refused]
+
+
+@given(st.one_of(_v4, _v6))
+def test_canonical_num_accepts_exactly_the_canonical_spelling(v):
+    num, plen, ver = v
+    if ver == 6 and num >> 32 in (0, 0xFFFF):
+        return          # ::/96 and ::ffff:0:0/96: the C printer writes their end as IPv4; never targets anyway
+    t = _text(v)
+    bits = 32 if ver == 4 else 128
+    got = canonical_num(t)
+    if plen > bits:
+        assert got == (ver, num, bits)
+    elif plen == bits or num & ((1 << (bits - plen)) - 1):
+        assert got is None                                # /32, /128 and host bits are not how logban writes them
+    else:
+        assert got == (ver, num, plen)
+    assert canonical_num(t.upper() if ver == 6 and any(c.isalpha() for c in t) else t + " ") is None
+
+
+def test_parse_network_reads_sendmail_and_mapped_spellings():
+    assert parse_network("IPv6:2001:db8::1") == ipaddress.ip_network("2001:db8::1/128")
+    assert parse_network("ipv6:2001:db8::/48") == ipaddress.ip_network("2001:db8::/48")
+    assert parse_network("::ffff:198.51.100.0/120") == ipaddress.ip_network("198.51.100.0/24")
+    assert parse_network("::ffff:0:0/96") == ipaddress.ip_network("0.0.0.0/0")
+    assert parse_network("198.51.100.7/24", strict=False) == ipaddress.ip_network("198.51.100.0/24")
+
+
+def test_a_network_next_to_an_allowed_one_may_be_banned():
+    a = AllowList(["198.51.100.128/25", "2001:db8:aa::/48"], own=())
+    assert not a.target_allowed("198.51.100.0/25") and a.target_allowed("198.51.100.0/24")
+    assert not a.target_allowed("2001:db8:a9::/48") and not a.target_allowed("2001:db8:ab::/48")
+    assert not a.covers(4, int(ipaddress.ip_address("198.51.100.0")), 25)
+
+
+def test_the_gate_reads_a_ban_end_from_1970_to_9999():
+    a = AllowList(own=())
+    bans = [Ban("198.51.100.1", e) for e in (0, -1, TIME_MAX, TIME_MAX + 1, None, 1.5, "soon")]
+    ok, refused = a.screen(bans)
+    assert [b.expires for b in ok] == [0, TIME_MAX, None, 1.5]
+    assert len(refused) == 3 and all("no time" in why for _, why in refused)
+
+
+def test_the_gate_remembers_verdicts_per_target_and_name():
+    a = AllowList(names=["*.partner.example"], own=())
+    rows = [Row("203.0.113.10", "mx1.partner.example"), Row("203.0.113.10"), Row("203.0.113.10", "x.other.example")]
+    for _ in range(2):
+        ok, refused = a.screen(rows)
+        assert ok == rows[1:] and [t for t, _ in refused] == ["203.0.113.10"]
+    ok, refused = a.screen(list(reversed(rows)))
+    assert ok == [rows[2], rows[1]]

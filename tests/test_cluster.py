@@ -26,9 +26,7 @@ def nodes(tmp_path, pg_url):
 
     yield start
     for d in running:
-        if d.p is not None and d.p.poll() is None:
-            d.p.kill()
-            d.p.wait(10)
+        d.close()
 
 
 def wait_for(check, timeout: float, what: str):

@@ -63,15 +63,18 @@ def test_copytruncate_and_delete_and_recreate(tmp_path, log, daemons, poll):
     (tmp_path / "mail.log.1").write_bytes(log.read_bytes())      # copytruncate
     with open(log, "r+") as f:
         f.truncate(0)
-    time.sleep(0.3)
+    d.wait_log("truncated")                 # noticed (a condition, not a pause) ...
     append(log, sasl(f"{NET}.3"))
-    d.wait_offences(3)
-    log.unlink()
-    time.sleep(0.5)
+    d.wait_offences(3)                      # ... and read from the start
+    # Deleted and made again. The test holds the old file open, so the new one cannot get
+    # its inode back: whenever the daemon looks, it sees another file (as "appeared" if it
+    # looked in between, else as a rotation), never the old one grown.
+    with open(log, "rb"):
+        log.unlink()
+        log.write_text(sasl(f"{NET}.4"))
+        d.wait_offences(4)
     assert d.p.poll() is None
-    log.write_text(sasl(f"{NET}.4"))
-    d.wait_offences(4)
-    d.wait_log("appeared")
+    assert d.query("SELECT ip, line FROM offences ORDER BY id")[-1] == (f"{NET}.4", 1)
 
 
 def test_a_file_created_after_start_and_a_symlink_retargeted(tmp_path, daemons):
@@ -104,25 +107,34 @@ def test_a_line_written_in_two_halves_counts_once(tmp_path, log, daemons):
     assert d.query("SELECT ip, line FROM offences") == [(f"{NET}.9", 1)]
 
 
-@pytest.mark.parametrize("compress", [False, True], ids=["rename", "rename+gzip"])
-def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons, compress):
-    d = start(daemons, tmp_path, "--follow", str(log))
-    total = 0
-
+@pytest.mark.parametrize("point, compress", [
+    ("between-position-and-offences", False), ("before-commit", True), ("after-commit", False)])
+def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons, point, compress):
+    """kill -9 at an exact point of a store write (tests/launch.py), then lines written and
+    the file rotated while the daemon is down: the next daemon counts every line once."""
     def burst(n: int, base: int) -> None:
         append(log, "".join(sasl(f"{NET}.{(base + i) % 250 + 1}") for i in range(n)))
 
-    for k in range(5):                  # bursts while it runs; kill -9 somewhere in the middle
-        burst(2000, k * 2000)
-        total += 2000
-    time.sleep(0.15)
-    d.p.kill()
-    d.p.wait(10)
+    d = Daemon(tmp_path, "--follow", str(log))
+    daemons.append(d)
+    d.start(hooks={"LOGBAN_TEST_CRASH_AT": point, "LOGBAN_TEST_CRASH_LINE": "2000"})
+    burst(2000, 0)
+    d.wait_offences(2000)                       # committed, position and all
+    burst(3000, 2000)                           # the write that records line 2001 is killed
+    assert d.p.wait(30) == -signal.SIGKILL
     seen = d.offences()
-    burst(1000, 99)                     # written while it is down
+    [(lines, offset)] = d.query("SELECT lines, \"offset\" FROM positions")
+    assert lines == seen                        # offences and position: together or not at all
+    assert offset == sum(len(ln) for ln in log.read_bytes().splitlines(keepends=True)[:lines])
+    if point == "after-commit":
+        assert 2000 < seen <= 5000
+    else:
+        assert seen == 2000                     # nothing of the killed write is visible
+    total = 5000
+    burst(1000, 99)                             # written while it is down
     total += 1000
-    log.rename(tmp_path / "mail.log.1")  # and rotated while it is down
-    if compress:                         # logrotate's `compress` without `delaycompress`
+    log.rename(tmp_path / "mail.log.1")         # and rotated while it is down
+    if compress:                                # logrotate's `compress` without `delaycompress`
         import gzip
         (tmp_path / "mail.log.1.gz").write_bytes(gzip.compress((tmp_path / "mail.log.1").read_bytes()))
         (tmp_path / "mail.log.1").unlink()
@@ -133,13 +145,29 @@ def test_kill_9_and_restart_count_every_line_once(tmp_path, log, daemons, compre
     d2 = start(daemons, tmp_path, "--follow", str(log))
     d2.wait_log("finishing")
     d2.wait_offences(total, timeout=60)
-    assert seen <= 11000
     # Every line of the old file once: what was committed before the kill under its old
     # name, the rest from the rotated copy, from exactly where the kill left it.
     old = d2.query(f"SELECT line FROM offences WHERE file = '{rotated}' ORDER BY line")
-    assert [n for (n,) in old] == list(range(seen + 1, 11001))
+    assert [n for (n,) in old] == list(range(seen + 1, 6001))
     first = d2.query(f"SELECT line FROM offences WHERE file = '{log}' ORDER BY id")
     assert [n for (n,) in first] == list(range(1, seen + 1)) + list(range(1, 501))
+
+
+def test_inotify_wakes_the_daemon(tmp_path, log, daemons):
+    """With the follower's wait stretched to a minute (tests/launch.py), only inotify can
+    make the daemon read a new line at once."""
+    d = Daemon(tmp_path, "--follow", str(log), config="poll = false\n")
+    daemons.append(d)
+    d.start(hooks={"LOGBAN_TEST_WAIT": "60"})
+    assert "(inotify)" in d.wait_log("running:")
+    for ip, target in (("198.51.100.1", "198.51.100.1"), ("203.0.113.1", "203.0.113.1"),
+                       ("2001:db8:5::1", "2001:db8:5::/64")):    # each line wakes it, not only the first
+        t0 = time.monotonic()
+        append(log, dnsbl(ip))
+        d.wait_log(f"ban {target} dnsbl", timeout=20)
+        assert time.monotonic() - t0 < 10, "woken by the minute's end, not by inotify"
+    d.p.kill()                                      # SIGTERM would wait out the minute
+    d.p.wait(10)
 
 
 def test_restart_resumes_without_rereading(tmp_path, log, daemons):

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections import namedtuple
 
@@ -157,3 +158,34 @@ def test_real_postmap_finds_banned_addresses(tmp_path, logban):
     assert q("198.51.100.77", f"cidr:{cidr}") == "554 5.7.1 Blocked by logban (manual)"
     assert q("2001:db8:1:2::abcd", f"cidr:{cidr}").startswith("554")
     assert q("2001:db8:1:3::1", f"cidr:{cidr}") == ""
+
+
+def test_real_makemap_builds_the_sendmail_access_map(tmp_path, logban):
+    """Sendmail's own makemap (Debian's sendmail-bin conflicts with postfix, so .ci/run
+    unpacks the package without installing it and names the binary in LOGBAN_MAKEMAP),
+    run by `logban export` as on a sendmail host; the map read back with `makemap -u`."""
+    real = os.environ.get("LOGBAN_MAKEMAP") or shutil.which("makemap")
+    if not real or not os.access(real, os.X_OK):
+        skip_or_fail("needs sendmail's makemap (LOGBAN_MAKEMAP=path; .ci/run unpacks Debian's sendmail-bin)")
+    # Without a sendmail.cf (no sendmail here) makemap needs -C: a shim in front on PATH.
+    (tmp_path / "sendmail.cf").write_text("")
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "makemap").write_text(f'#!/bin/sh\nexec "{real}" -C "{tmp_path}/sendmail.cf" "$@"\n')
+    (shim / "makemap").chmod(0o755)
+    db = f"sqlite:///{tmp_path}/x.db"
+    for t in ("192.0.2.7", "198.51.100.0/24", "2001:db8:1:2::/64"):
+        assert logban("--db", db, "ban", t).returncode == 0
+    access = tmp_path / "access"
+    from conftest import ROOT
+    r = subprocess.run([sys.executable, "-m", "logban", "--backend", "none", "--db", db, "export", "--format",
+                        "sendmail", "-o", str(access)], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT), PATH=f"{shim}:{os.environ['PATH']}"))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "access.db").exists()
+    dump = subprocess.run([shim / "makemap", "-u", "hash", str(access)], capture_output=True, text=True)
+    assert dump.returncode == 0, dump.stderr
+    got = dict(ln.split("\t", 1) for ln in dump.stdout.splitlines())
+    assert got == {"connect:192.0.2.7": 'ERROR:"550 Blocked by logban (manual)"',
+                   "connect:198.51.100": 'ERROR:"550 Blocked by logban (manual)"',
+                   "connect:ipv6:2001:db8:1:2": 'ERROR:"550 Blocked by logban (manual)"'}

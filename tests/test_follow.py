@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -99,4 +100,124 @@ def test_partial_and_endless_lines(tmp_path, monkeypatch):
         assert got[0] == b"half done" and got[1] == b"x" * 100
         w.write(b"y" * 300 + b"\nnext\n")
     assert lines_of(f.read()) == [b"next"]                  # the rest of the endless line is dropped
+    f.close()
+
+
+def test_a_restart_with_no_new_lines_reads_nothing_again(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"one\ntwo\n")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert lines_of(f.read()) == [b"one", b"two"]
+    pos = saved(f)
+    f.close()
+    f = Follower([Spec(log)], pos, poll=True)
+    assert f.read() == []
+    with open(log, "ab") as w:
+        w.write(b"three\n")
+    got = f.read()
+    assert lines_of(got) == [b"three"] and got[0].lines_before == 2
+    f.close()
+
+
+def test_lines_a_late_writer_adds_to_the_rotated_file_are_read(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"one\n")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert lines_of(f.read()) == [b"one"]
+    with open(log, "ab") as late:                 # the MTA still holds the file it opened
+        log.rename(tmp_path / "mail.log.1")
+        log.write_bytes(b"new file\n")
+        assert sorted(lines_of(f.read())) == [b"new file"]
+        assert f.read() == []                     # a quiet moment: the old file is still watched
+        late.write(b"late\n")
+        late.flush()
+        assert lines_of(f.read()) == [b"late"]
+    f.close()
+
+
+def numbered(chunks) -> list[tuple[int, bytes]]:
+    """(line number, line) as the offences get them: lines_before + the line's place in its chunk."""
+    return [(c.lines_before + i, ln) for c in chunks for i, ln in enumerate(c.data.splitlines(), 1)]
+
+
+def test_a_file_met_first_is_skipped_to_its_last_whole_line_with_true_line_numbers(tmp_path, monkeypatch):
+    monkeypatch.setattr(follow, "READ_MAX", 64)             # many rounds of counting
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"".join(b"old %d\n" % i for i in range(1, 101)) + b"half")
+    f = Follower([Spec(log)], {}, poll=True)
+    assert f.read() == []
+    [p] = f.positions()
+    assert (p["lines"], p["offset"]) == (100, log.stat().st_size - 4)
+    with open(log, "ab") as w:
+        w.write(b" and rest\nnew 102\n")
+    assert numbered(f.read()) == [(101, b"half and rest"), (102, b"new 102")]
+    f.close()
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_rotated_copy_read_in_rounds_numbers_every_line_and_ends_with_an_unfinished_one(tmp_path, monkeypatch,
+                                                                                          compress):
+    monkeypatch.setattr(follow, "READ_MAX", 16)
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"line 1\n")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert numbered(f.read()) == [(1, b"line 1")]
+    pos = saved(f)
+    f.close()
+    with open(log, "ab") as w:                              # written while logban is down, the last line cut
+        w.write(b"".join(b"line %d\n" % i for i in range(2, 30)) + b"line 30")
+    rotated = tmp_path / "mail.log.1"
+    log.rename(rotated)
+    if compress:
+        rotated.with_suffix(".1.gz").write_bytes(gzip.compress(rotated.read_bytes()))
+        rotated.unlink()
+    log.write_bytes(b"fresh 1\n")
+    got, positions = [], []
+    f = Follower([Spec(log)], pos, poll=True)
+    for _ in range(200):                                     # a restart after every round that gave lines
+        chunks = f.read()
+        got += chunks
+        if chunks and chunks[-1].name == str(log):
+            break
+        if chunks:
+            pos = saved(f)
+            positions.append(f.positions()[0])
+            f.close()
+            f = Follower([Spec(log)], pos, poll=True)
+    f.close()
+    assert numbered(got) == [(i, b"line %d" % i) for i in range(2, 31)] + [(1, b"fresh 1")]
+    if not compress:                                         # offsets into the copy, at every round
+        data = rotated.read_bytes()
+        for p in positions[:-1]:
+            assert data[:p["offset"]].count(b"\n") == p["lines"] or p["offset"] == len(data)
+
+
+def test_rotated_copies_newest_first(tmp_path):
+    log = tmp_path / "mail.log"
+    names = ["mail.log-20261120", "mail.log.1", "mail.log.0.gz", "mail.log.2", "other.log.1"]
+    for age, n in enumerate(names):
+        (tmp_path / n).write_bytes(b"x\n")
+        os.utime(tmp_path / n, (1_800_000_000 - age * 100, 1_800_000_000 - age * 100))
+    assert [p.name for p in follow.rotated_copies(log)] == ["mail.log-20261120", "mail.log.1", "mail.log.0.gz"]
+
+
+def test_truncation_appearance_and_a_rotation_to_a_file_with_a_half_line(tmp_path):
+    log = tmp_path / "mail.log"
+    f = Follower([Spec(log, "sendmail")], {}, poll=True)
+    assert f.read() == []                                   # not there yet
+    log.write_bytes(b"one\ntwo\n")
+    got = f.read()                                          # appeared: read from its start
+    assert [(c.path, c.name, c.mta) for c in got] == [(str(log), str(log), "sendmail")]
+    assert numbered(got) == [(1, b"one"), (2, b"two")]
+    with open(log, "r+b") as w:                             # copytruncate, then a new line
+        w.truncate(0)
+    log.write_bytes(b"x\n")
+    assert numbered(f.read()) == [(1, b"x")]
+    log.rename(tmp_path / "mail.log.1")
+    log.write_bytes(b"new 1\nnew 2 half")                   # the new file's last line is not whole yet
+    got = f.read()
+    assert numbered(got) == [(1, b"new 1")] and got[-1].name == str(log)
+    with open(log, "ab") as w:
+        w.write(b" done\n")
+    assert numbered(f.read()) == [(2, b"new 2 half done")]
     f.close()

@@ -67,10 +67,23 @@ def test_rfc3164_in_a_configured_zone_across_dst():
     (b"2026-11-20T05:00:02-0300 mx p[1]: x", utc(2026, 11, 20, 8, 0, 2)),
     (b"<22>1 2026-11-20T05:00:03.5Z mx postfix/postscreen 802 - - x", utc(2026, 11, 20, 5, 0, 3, 0.5)),
     (b"<22>1 2026-11-20T05:00:03.5Z mx app - ID47 [ex@1 a=\"b\\]\"] x", utc(2026, 11, 20, 5, 0, 3, 0.5)),
+    # minutes in the offset, nanoseconds cut to microseconds, no zone (the clock's: UTC)
+    (b"2026-11-20T05:00:02.123456789+05:30 mx p[1]: x", utc(2026, 11, 19, 23, 30, 2, 0.123456)),
+    (b"2026-11-20T05:00:02.25-09:45 mx p[1]: x", utc(2026, 11, 20, 14, 45, 2, 0.25)),
+    (b"2026-11-20T05:00:02.75 mx p[1]: x", utc(2026, 11, 20, 5, 0, 2, 0.75)),
 ])
 def test_iso_and_rfc5424_stamps(line, want):
     h = parse_header(line, Clock("UTC", reference=REF))
-    assert h is not None and h.time == pytest.approx(want) and line[h.start:] == b"x"
+    # abs: pytest.approx's default (a millionth of 1.8e9 s) lets half an hour through
+    assert h is not None and h.time == pytest.approx(want, abs=1e-5) and line[h.start:] == b"x"
+
+
+def test_iso_stamp_without_zone_in_a_configured_zone():
+    berlin = Clock("Europe/Berlin", reference=REF)
+    assert berlin.iso(b"2026-07-01T12:00:00.5") == pytest.approx(utc(2026, 7, 1, 10, 0, 0, 0.5), abs=1e-5)
+    assert berlin.iso(b"2026-07-01 12:00:00,5") == pytest.approx(utc(2026, 7, 1, 10, 0, 0, 0.5), abs=1e-5)
+    assert berlin.iso(b"2026-07-01T12:00:00+0200") == utc(2026, 7, 1, 10, 0, 0)
+    assert berlin.iso(b"2026-07-01T12:00:00+02:7") is None
 
 
 @pytest.mark.parametrize("stamp", [b"2026-11-20T05:00:\xe903Z", b"2026-11-20T05:00:03\xc3\xa9Z", b"\xff" * 20,
@@ -84,7 +97,7 @@ def test_tai64n_stamp_and_untagged_message():
     label = (1 << 62) + 10 + int(utc(2026, 11, 20, 4, 0, 0))
     line = b"@%016x%08x CHKUSER rejected rcpt: x" % (label, 500_000_000)
     h = parse_header(line, Clock())
-    assert h.time == pytest.approx(utc(2026, 11, 20, 4, 0, 0, 0.5))
+    assert h.time == pytest.approx(utc(2026, 11, 20, 4, 0, 0, 0.5), abs=1e-6)
     assert h.program == "" and line[h.start:].startswith(b"CHKUSER")
 
 
@@ -435,3 +448,29 @@ def test_a_repeated_dst_hour_is_read_in_order(tz, monkeypatch):
         if tz is None:
             monkeypatch.delenv("TZ")
             time.tzset()
+
+
+def test_rfc3164_stamps_a_little_ahead_of_the_reference_keep_its_year():
+    """A clock a few hours or a day ahead (another host, a zone mistake) is not a line from last year."""
+    ref = Clock("UTC", reference=utc(2026, 6, 10, 12, 0, 0))
+    for stamp, want in ((b"Jun 11 11:00:00", utc(2026, 6, 11, 11, 0, 0)), (b"Jun 12 11:59:00", utc(2026, 6, 12, 11, 59, 0)),
+                        (b"Jun 12 12:01:00", utc(2025, 6, 12, 12, 1, 0))):
+        assert parse_header(stamp + b" h postfix/smtpd[1]: x", ref).time == want, stamp
+
+
+def test_rate_window_edges_and_the_count_after_an_offence():
+    """over = 30, per = 1m: the 31st connection within a minute (its last second included)
+    is an offence, and the next one needs 31 more."""
+    from logban.rules import shipped_rules_dir
+    p = Parser(load_rules([shipped_rules_dir()]), clock=Clock("UTC", reference=REF))
+    t0 = REF - 3600
+
+    def conns(ip: str, seconds) -> bytes:
+        return b"".join(time.strftime("%b %d %H:%M:%S", time.gmtime(t0 + s)).encode()
+                        + b" mx postfix/smtpd[1]: connect from unknown[%s]\n" % ip.encode() for s in seconds)
+    # 30 in the first second, the 31st exactly a minute after the first: still the window.
+    edge = conns("192.0.2.90", [0] * 30 + [60])
+    # 31 at once (an offence), 30 more (none), one more (an offence).
+    again = conns("192.0.2.91", [0] * 31 + [1] * 30 + [2])
+    got = p.parse_lines(edge + again)
+    assert [(o.ip, o.time - t0) for o in got] == [("192.0.2.90", 60), ("192.0.2.91", 0), ("192.0.2.91", 2)]

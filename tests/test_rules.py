@@ -196,3 +196,61 @@ def test_rules_that_read_the_line_end_are_marked_and_named():
     assert "client-written" in notes[0]
     assert lint_notes(rules.by_id("postfix-relay-denied")) == []
     assert tail_reason(r"a\$b[$]") is None and tail_reason(r"a(?=b)") and tail_reason(r"a\Z") and tail_reason("a$")
+
+
+# Every shipped rule's kind and score, pinned: the packs' own tests check the address only,
+# and a rule whose kind or score changes bans other clients, or for another time (issue 14).
+KIND_AND_SCORE = {
+    "qmail-tcpserver-pid": ("", 0.0),          # context rules: they name a client, count nothing
+    "sendmail-envelope-relay": ("", 0.0),
+    "postfix-relay-denied": ("relay_denied", 2),
+    "postfix-unknown-user": ("unknown_user", 2),
+    "postfix-dnsbl": ("dnsbl", 5),
+    "postfix-rhsbl-sender": ("bad_sender", 2),
+    "postfix-helo-rejected": ("bad_helo", 2),
+    "postfix-sender-rejected": ("bad_sender", 1),
+    "postfix-client-rejected": ("client_rejected", 1),
+    "postfix-sasl-failed": ("auth_failed", 1),
+    "postfix-lost-after-auth": ("auth_failed", 1),
+    "postfix-lost-early": ("protocol_abuse", 0.5),
+    "postfix-too-many-errors": ("protocol_abuse", 1),
+    "postfix-pipelining": ("protocol_abuse", 2),
+    "postfix-non-smtp": ("protocol_abuse", 2),
+    "postfix-helo-is-us": ("bad_helo", 5),
+    "postscreen-pregreet": ("pregreet", 3),
+    "postscreen-dnsbl": ("dnsbl", 5),
+    "postscreen-hangup": ("protocol_abuse", 1),
+    "postscreen-pipelining": ("protocol_abuse", 2),
+    "postscreen-non-smtp": ("protocol_abuse", 2),
+    "postscreen-bare-newline": ("protocol_abuse", 1),
+    "postscreen-limit": ("protocol_abuse", 1),
+    "postscreen-denylisted": ("client_rejected", 5),
+    "postfix-connect-rate": ("protocol_abuse", 3),
+    "postscreen-connect-rate": ("protocol_abuse", 3),
+    "qmail-rblsmtpd": ("dnsbl", 5),
+    "qmail-chkuser-unknown": ("unknown_user", 2),
+    "qmail-chkuser-relaying": ("relay_denied", 2),
+    "qmail-chkuser-intrusion": ("protocol_abuse", 2),
+    "spamdyke-rbl": ("dnsbl", 5),
+    "spamdyke-rdns": ("client_rejected", 1),
+    "spamdyke-relaying": ("relay_denied", 2),
+    "spamdyke-earlytalker": ("pregreet", 3),
+    "spamdyke-sender": ("bad_sender", 1),
+    "qmail-smtpd-rcpthosts": ("relay_denied", 2),
+    "qmail-qlog-rejected": ("client_rejected", 1),
+    "sendmail-relaying-denied": ("relay_denied", 2),
+    "sendmail-check-relay-dnsbl": ("dnsbl", 5),
+    "sendmail-check-relay": ("client_rejected", 2),
+    "sendmail-sender-domain": ("bad_sender", 1),
+    "sendmail-user-unknown": ("unknown_user", 2),
+    "sendmail-no-mail": ("protocol_abuse", 1),
+    "sendmail-auth-failure": ("auth_failed", 1),
+    "sendmail-pregreet": ("pregreet", 3),
+    "sendmail-smtp-attack": ("protocol_abuse", 2),
+}
+
+
+def test_every_shipped_rule_keeps_its_kind_and_score():
+    rules = load_rules(own_names=("mx.example.com",))
+    got = {r.id: (r.kind, r.score) for r in rules.rules}
+    assert got == KIND_AND_SCORE

@@ -306,3 +306,109 @@ def test_a_score_cleared_elsewhere_forgets_the_offences_before_it():
     assert sc.score("192.0.2.4", T0 + 11) == 0
     assert feed(sc, [off("192.0.2.4", 11 + i) for i in range(4)]) == []
     assert len(feed(sc, [off("192.0.2.4", 20)])) == 1
+
+
+    assert net.expires == long_end                   # its own 6 h would end sooner
+
+
+def test_escalation_multiplies_by_the_configured_factor():
+    sc = scorer(factor=3.0, max_duration=100 * HOUR)
+    got, t = [], 0.0
+    for _ in range(3):
+        [d] = sc.add(off("192.0.2.1", t, "auth_failed", 5))
+        got.append((d.duration, d.escalated))
+        t += d.duration + 60
+    assert got == [(HOUR, False), (3 * HOUR, True), (9 * HOUR, True)]
+
+
+def test_a_ban_of_a_network_of_another_size_covers_its_members_until_it_ends():
+    from logban.score import Decision
+    for wide in ("198.51.0.0/16", "2001:db8::/32"):
+        member, outside = ("198.51.100.7", "203.0.113.7") if "." in wide else ("2001:db8:5::7", "2001:db9::7")
+        sc = scorer()
+        sc.mark_banned(Decision(wide, "manual", "", 0, T0, HOUR, 1, False, "by hand"))
+        assert feed(sc, [off(member, 10 + i, "dnsbl", 5) for i in range(3)]) == [], wide
+        [d] = sc.add(off(outside, 20, "dnsbl", 5))
+        assert d.target == (outside if "." in wide else "2001:db9::/64")
+        [d] = sc.add(off(member, HOUR + 1, "dnsbl", 5))           # the network's ban is over
+        assert d.target == (member if "." in wide else "2001:db8:5::/64")
+
+
+def test_a_ban_is_over_at_its_end_exactly():
+    sc = scorer()
+    [d] = sc.add(off("198.51.100.1", 0, "dnsbl", 5))
+    [d2] = sc.add(off("198.51.100.1", d.duration, "dnsbl", 5))         # at the very second it ends
+    assert (d2.count, d2.duration, d2.escalated) == (2, 2 * d.duration, True)
+    from logban.score import Decision
+    sc = scorer()
+    sc.mark_banned(Decision("198.51.0.0/16", "manual", "", 0, T0, HOUR, 1, False, "by hand"))
+    assert sc.add(off("198.51.7.1", HOUR - 1, "dnsbl", 5)) == []
+    assert [d.target for d in sc.add(off("198.51.7.2", HOUR, "dnsbl", 5))] == ["198.51.7.2"]
+
+
+def test_escalation_looks_back_exactly_lookback():
+    sc = scorer(lookback=DAY)
+    [d1] = sc.add(off("192.0.2.1", 0, "auth_failed", 5))
+    [d2] = sc.add(off("192.0.2.1", DAY, "auth_failed", 5))               # exactly a lookback later
+    assert (d2.duration, d2.escalated) == (2 * HOUR, True)
+
+
+def test_kinds_without_a_duration_get_the_default():
+    assert Policy(durations={}, default_duration=7 * HOUR).base_duration("bad_helo") == 7 * HOUR
+    sc = scorer(durations={"dnsbl": HOUR}, default_duration=3 * HOUR)
+    [d] = sc.add(off("192.0.2.1", 0, "auth_failed", 5))
+    assert d.duration == 3 * HOUR
+
+
+def test_a_network_takes_the_kind_with_the_longest_ban_time_and_lists_members_in_address_order():
+    sc = scorer()
+    sc.add(off("198.51.100.100", 0, "relay_denied", 5))             # 12 h: ends first of the long ones
+    sc.add(off("198.51.100.9", 6.5 * HOUR, "auth_failed", 5))       # 1 h
+    [n] = sc.add(off("198.51.100.10", 7 * HOUR, "dnsbl", 5))        # 6 h, ends last (13 h)
+    assert n.target == "198.51.100.0/24" and n.kind == "relay_denied" and n.duration == 12 * HOUR
+    assert n.members == ("198.51.100.9", "198.51.100.10", "198.51.100.100")
+
+
+def test_a_member_whose_ban_ends_as_the_third_comes_does_not_aggregate():
+    sc = scorer()
+    sc.add(off("198.51.100.1", 0, "auth_failed", 5))                 # ends at 1 h
+    sc.add(off("198.51.100.2", HOUR / 2, "auth_failed", 5))
+    [d] = sc.add(off("198.51.100.3", HOUR, "auth_failed", 5))
+    assert d.target == "198.51.100.3"
+
+
+def test_what_is_counted_and_what_decided():
+    allow = AllowList(names=["*.mailout.example.com"], own=())
+    sc = Scorer(Policy(), allow)
+    o = off("192.0.2.1", 0, "dnsbl", 5)
+    [d] = sc.add(o)
+    assert d.trigger is o
+    sc.add(off("198.51.100.5", 1, "dnsbl", 5, name="a.mailout.example.com"))
+    feed(sc, [off("192.0.2.2", 2 + i) for i in range(3)])
+    assert (sc.stats.offences, sc.stats.decisions, sc.stats.allowed) == (5, 1, 1)
+    assert sc.new_partners == [("198.51.100.5", "a.mailout.example.com", T0 + 1)]
+
+
+def test_a_network_banned_again_escalates_and_a_rule_duration_counts_for_its_kind():
+    sc = scorer()
+    ds = feed(sc, [off(f"198.51.100.{i}", i, "dnsbl", 5) for i in (1, 2, 3)])
+    first = ds[-1]
+    assert (first.target, first.duration, first.count) == ("198.51.100.0/24", 6 * HOUR, 1)
+    t = 6 * HOUR + 10                                             # after it ended
+    ds = feed(sc, [off(f"198.51.100.{i}", t + i, "dnsbl", 5) for i in (4, 5, 6)])
+    again = ds[-1]
+    assert (again.target, again.duration, again.count, again.escalated) == ("198.51.100.0/24", 12 * HOUR, 2, True)
+    # A member's rule with a ban time of its own: the network's kind is chosen by it.
+    sc = scorer(rule_durations={"long-rule": 48 * HOUR})
+    sc.add(off("203.0.113.1", 0, "auth_failed", 5, rule="long-rule"))
+    sc.add(off("203.0.113.2", 1, "dnsbl", 5))
+    [n] = sc.add(off("203.0.113.3", 2, "relay_denied", 5))
+    assert (n.target, n.kind, n.rule, n.duration) == ("203.0.113.0/24", "auth_failed", "long-rule", 48 * HOUR)
+    assert sc.stats.network_bans == 1
+
+
+def test_the_member_that_made_a_network_ban_escalates_on_its_own_later():
+    sc = scorer()
+    feed(sc, [off(f"198.51.100.{i}", i, "dnsbl", 5) for i in (1, 2, 3)])        # .3 makes the /24
+    [d] = sc.add(off("198.51.100.3", 6 * HOUR + 10, "dnsbl", 5))
+    assert (d.target, d.duration, d.count, d.escalated) == ("198.51.100.3", 12 * HOUR, 2, True)

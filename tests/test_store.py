@@ -23,6 +23,30 @@ def off(ip, t, kind="auth_failed", score=1.0):
     return Offence(t, ip, "postfix", "rule-" + kind, kind, score, "mail.log", 1, b"a log line \xff", None)
 
 
+def old_db(db: str) -> sa.engine.Engine:
+    """A plain connection to the store's database (SQLite or PostgreSQL), to leave behind
+    what an older logban left."""
+    return sa.create_engine(db)
+
+
+def columns(db: str, table: str) -> set[str]:
+    e = old_db(db)
+    try:
+        return {c["name"] for c in sa.inspect(e).get_columns(table)}
+    finally:
+        e.dispose()
+
+
+def sql(db: str, *statements, **params) -> list:
+    e = old_db(db)
+    try:
+        with e.begin() as c:
+            out = [c.execute(sa.text(st), params) for st in statements]
+            return [tuple(r) for r in out[-1]] if out and out[-1].returns_rows else []
+    finally:
+        e.dispose()
+
+
 def engine(db: str, **policy) -> Engine:
     return Engine(Store(db), Policy(**policy), AllowList(own=()), node="mx1", dry_run=False)
 
@@ -53,16 +77,15 @@ def test_garbage_file_is_refused_and_left_alone(tmp_path):
     assert p.read_bytes() == junk
 
 
-def test_newer_schema_is_refused(tmp_path):
-    Store(url(tmp_path)).close()
-    with sqlite3.connect(tmp_path / "logban.db") as c:
-        c.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+def test_newer_schema_is_refused(db_url):
+    Store(db_url).close()
+    sql(db_url, "UPDATE meta SET value='99' WHERE key='schema_version'")
     with pytest.raises(StoreError, match="newer than this logban"):
-        Store(url(tmp_path))
+        Store(db_url)
 
 
-def test_migration_runs_once_and_a_failed_one_changes_nothing(tmp_path, monkeypatch):
-    s = Store(url(tmp_path))
+def test_migration_runs_once_and_a_failed_one_changes_nothing(db_url, monkeypatch):
+    s = Store(db_url)
     s.ban(Decision("192.0.2.1", "manual", "", 0, time.time(), HOUR, 1, False, "old"), node="a", dry_run=False,
           now=time.time())
     s.close()
@@ -75,17 +98,23 @@ def test_migration_runs_once_and_a_failed_one_changes_nothing(tmp_path, monkeypa
     monkeypatch.setattr(store_mod, "SCHEMA_VERSION", v + 1)
     monkeypatch.setattr(store_mod, "MIGRATIONS", {v: broken})
     with pytest.raises(StoreError, match="disk on fire"):
-        Store(url(tmp_path))
-    with sqlite3.connect(tmp_path / "logban.db") as c:       # all or nothing: no column, old version
-        assert "extra" not in [r[1] for r in c.execute("PRAGMA table_info(bans)")]
-        assert c.execute("SELECT value FROM meta").fetchone()[0] == str(v)
+        Store(db_url)
+    # All or nothing: no column, the old version.
+    assert "extra" not in columns(db_url, "bans")
+    assert sql(db_url, "SELECT value FROM meta") == [(str(v),)]
 
-    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: lambda conn: conn.exec_driver_sql(
-        "ALTER TABLE bans ADD COLUMN extra TEXT DEFAULT 'x'")})
-    s = Store(url(tmp_path))
+    ran = []
+
+    def step(conn):
+        ran.append(v)
+        conn.exec_driver_sql("ALTER TABLE bans ADD COLUMN extra TEXT DEFAULT 'x'")
+    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: step})
+    s = Store(db_url)
     assert s.schema_version() == v + 1
-    with sqlite3.connect(tmp_path / "logban.db") as c:
-        assert c.execute("SELECT target, extra FROM bans").fetchall() == [("192.0.2.1", "x")]
+    s.close()
+    assert sql(db_url, "SELECT target, extra FROM bans") == [("192.0.2.1", "x")]
+    Store(db_url).close()                                   # once: not again at the next start
+    assert ran == [v]
 
 
 def test_scores_survive_a_restart(db_url):
@@ -178,15 +207,14 @@ def test_stats(db_url):
     assert e.store.stats(time.time() + 10, time.time())["offences"] == 0
 
 
-def test_a_version_1_database_gains_read_positions(tmp_path):
-    s = Store(url(tmp_path))
+def test_a_version_1_database_gains_read_positions(db_url):
+    s = Store(db_url)
     s.ban(Decision("192.0.2.1", "manual", "", 0, time.time(), HOUR, 1, False, "old"), node="a", dry_run=False,
           now=time.time())
     s.close()
-    with sqlite3.connect(tmp_path / "logban.db") as c:       # what logban 0.1 left behind
-        c.execute("DROP TABLE positions")
-        c.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
-    s = Store(url(tmp_path))
+    # What logban 0.1 left behind.
+    sql(db_url, "DROP TABLE positions", "UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    s = Store(db_url)
     assert s.schema_version() == store_mod.SCHEMA_VERSION
     assert [b.target for b in s.active_bans(time.time())] == ["192.0.2.1"]
     s.save_positions("mx", [{"path": "/var/log/mail.log", "dev": 1, "inode": 2, "fingerprint": "ab", "fp_len": 2,
@@ -198,23 +226,23 @@ def test_a_version_1_database_gains_read_positions(tmp_path):
     assert s.positions("other") == {}
 
 
-def test_a_version_2_database_keeps_one_unreleased_ban_per_target(tmp_path):
-    Store(url(tmp_path)).close()
+def test_a_version_2_database_keeps_one_unreleased_ban_per_target(db_url):
+    Store(db_url).close()
     now = time.time()
-    with sqlite3.connect(tmp_path / "logban.db") as c:       # what logban 0.2 could leave behind
-        c.execute("DROP INDEX ux_bans_unreleased_target")
-        c.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
-        for i, created in enumerate((now - 50, now - 10)):
-            c.execute("INSERT INTO bans (target, kind, rule, reason, score, created, expires, count, escalated, "
-                      "dry_run, node, source, members, text) VALUES ('192.0.2.1', 'manual', '', ?, 0, ?, ?, ?, 0, 0, "
-                      "'a', 'manual', '', '')", (f"ban {i}", created, now + 3600, i + 1))
-    s = Store(url(tmp_path))
+    # What logban 0.2 could leave behind: two unreleased bans of one target.
+    sql(db_url, "DROP INDEX ux_bans_unreleased_target", "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    for i, created in enumerate((now - 50, now - 10)):
+        sql(db_url, "INSERT INTO bans (target, kind, rule, reason, score, created, expires, count, escalated, "
+                    "dry_run, node, source, members, text) VALUES ('192.0.2.1', 'manual', '', :reason, 0, :created, "
+                    ":expires, :count, false, false, 'a', 'manual', '', '')",
+            reason=f"ban {i}", created=created, expires=now + 3600, count=i + 1)
+    s = Store(db_url)
     assert [(b.reason, b.release_reason) for b in s.bans()] == [("ban 0", "replaced"), ("ban 1", None)]
     with pytest.raises(sa.exc.IntegrityError):
         with s.write() as conn:
             conn.exec_driver_sql("INSERT INTO bans (target, kind, rule, reason, score, created, count, escalated, "
                                  "dry_run, node, source, members, text) VALUES ('192.0.2.1', 'manual', '', '', 0, 0, "
-                                 "1, 0, 0, 'a', 'manual', '', '')")
+                                 "1, false, false, 'a', 'manual', '', '')")
 
 
 def test_two_writers_deciding_the_same_ban_make_one_with_an_exact_count(db_url):
@@ -254,14 +282,13 @@ def test_a_partner_allowed_by_name_is_never_an_offender_and_its_ban_elsewhere_is
     assert AllowList(own=()).screen(enforced)[0] == enforced
 
 
-def test_a_version_3_database_gains_offence_names(tmp_path):
-    e = engine(url(tmp_path))
+def test_a_version_3_database_gains_offence_names(db_url):
+    e = engine(db_url)
     e.add([off("192.0.2.1", time.time() - 10)])
     e.close()
-    with sqlite3.connect(tmp_path / "logban.db") as c:           # what logban 0.3 left behind
-        c.execute("ALTER TABLE offences DROP COLUMN name")
-        c.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
-    s = Store(url(tmp_path))
+    # What logban 0.3 left behind.
+    sql(db_url, "ALTER TABLE offences DROP COLUMN name", "UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    s = Store(db_url)
     assert s.schema_version() == store_mod.SCHEMA_VERSION
     assert [(r.ip, r.name) for r in s.offences_after(0, "other")] == [("192.0.2.1", None)]
 
@@ -379,3 +406,16 @@ def test_an_enforcing_engine_is_held_by_real_bans_only(db_url):
     e.flush()
     real = [b for b in e.store.bans(target="192.0.2.8") if not b.dry_run]
     assert len(real) == 1 and real[0].released is None and not real[0].escalated
+
+
+def test_a_ban_ends_exactly_at_its_expiry(db_url):
+    s = Store(db_url)
+    t = float(int(time.time()))
+    s.ban(Decision("192.0.2.10", "manual", "", 0, t, 60.0, 1, False, "t"), node="a", dry_run=False, now=t)
+    assert [b.target for b in s.active_bans(t + 59.5)] == ["192.0.2.10"]
+    assert s.expire(t + 59.5) == []
+    assert s.active_bans(t + 60) == []
+    assert [r.target for r in s.expire(t + 60)] == ["192.0.2.10"]
+    [b] = s.bans()
+    assert b.released == t + 60 and b.release_reason == "expiry"
+    s.close()

@@ -48,6 +48,10 @@ class Iptables(Backend):
         if self.opts.action == "drop":
             r.create_target("DROP")
         else:
+            if self.opts.ports:
+                # A TCP reset needs a TCP match in the rule itself (the kernel refuses it
+                # otherwise); the hook rule already sends only TCP to the mail ports here.
+                r.protocol = "tcp"
             tg = r.create_target("REJECT")
             if self.opts.ports:
                 tg.reject_with = "tcp-reset"
