@@ -109,7 +109,7 @@ def test_src_reads_libiptc_netmasks():
 @pytest.mark.parametrize("table, key", [
     ({"backend": "pf"}, "firewall.backend"), ({"action": "tarpit"}, "firewall.action"),
     ({"ports": [25, 0]}, "firewall.ports"), ({"ports": "25"}, "firewall.ports"),
-    ({"forward": "yes"}, "firewall.forward"), ({"hook": "input"}, "firewall.'hook'")])
+    ({"forward": "yes"}, "firewall.forward"), ({"hook": "input"}, "firewall.hook")])
 def test_bad_firewall_options_name_the_key(table, key):
     with pytest.raises(UsageError, match=key.replace(".", r"\.")):
         options_from(table, "x.toml")
