@@ -288,14 +288,17 @@ class Store:
         with self.engine.connect().execution_options(write=True) as conn:
             conn.info.pop("bans_changed", None)
             with conn.begin():
+                # A watcher's own change is no news; rows others wrote before it still are.
+                top = _max_ban_id(conn) if self.revision_known is not None else None
                 yield conn
                 if conn.info.pop("bans_changed", False):
                     rev = (_bump_revision(conn), _max_ban_id(conn))
                 if self.shared:
                     # Delivered at commit to every node listening: a ban, an unban, offences.
                     conn.exec_driver_sql(f"NOTIFY {NOTIFY_CHANNEL}")
-        if rev is not None and self.revision_known is not None and rev[0] == self.revision_known[0] + 1:
-            self.revision_known = rev
+        known = self.revision_known
+        if rev is not None and known is not None and rev[0] == known[0] + 1:
+            self.revision_known = (rev[0], rev[1] if top == known[1] else known[1])
 
     def _retrying(self, fn: Callable[[], object]) -> object:
         """Run a write transaction again when the database ended it to break a deadlock or a
