@@ -314,7 +314,7 @@ def test_exports_follow_the_ban_set(tmp_path, log, daemons):
     out = tmp_path / "exports" / "bans.txt"
     out.parent.mkdir()                  # logban creates no directory for an export (issue 13)
     d = start(daemons, tmp_path, "--follow", str(log),
-              config=f'[ban.durations]\ndnsbl = "3s"\n[[export]]\nformat = "plain"\npath = "{out}"\n')
+              config=f'[ban.durations]\ndnsbl = "8s"\n[[export]]\nformat = "plain"\npath = "{out}"\n')
     deadline = time.monotonic() + 5
     while not out.exists():
         assert time.monotonic() < deadline
@@ -323,7 +323,7 @@ def test_exports_follow_the_ban_set(tmp_path, log, daemons):
     append(log, dnsbl(f"{NET}.4"))
     d.wait_log("export plain: 1 bans written")
     assert out.read_text() == f"{NET}.4\n"
-    d.wait_log(f"release {NET}.4", timeout=8)
+    d.wait_log(f"release {NET}.4", timeout=20)
     deadline = time.monotonic() + 5
     while out.read_text():
         assert time.monotonic() < deadline, "the export still lists an expired ban"
