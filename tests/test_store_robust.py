@@ -26,10 +26,15 @@ def test_a_line_with_nul_bytes_is_recorded_and_the_daemon_goes_on(tmp_path, pg_u
         assert all("\x00" not in t and "\\x00" in t for t in texts), texts
     finally:
         assert d.stop() == 0, "".join(d.lines)
-    d.start()                                    # a restart reads on from there, and lives
+    restart_and_read_on(d, log, f"{NET}.65", 3)
+
+
+def restart_and_read_on(d, log, ip: str, offences: int) -> None:
+    """The node started again reads on from where it was, and lives."""
+    d.start()
     try:
-        append(log, helo_nul(f"{NET}.65"))
-        d.wait_offences(3, timeout=15)
+        append(log, helo_nul(ip))
+        d.wait_offences(offences, timeout=15)
         assert d.p.poll() is None
     finally:
         assert d.stop() == 0, "".join(d.lines)
@@ -135,13 +140,7 @@ def test_a_log_past_2_gib_on_postgresql_is_followed_and_survives_a_restart(tmp_p
         assert d.query("SELECT \"offset\" FROM positions")[0][0] > 1 << 31
     finally:
         assert d.stop() == 0, "".join(d.lines)
-    d.start()
-    try:
-        append(log, helo_nul(f"{NET}.64"))
-        d.wait_offences(2, timeout=15)
-        assert d.p.poll() is None
-    finally:
-        assert d.stop() == 0, "".join(d.lines)
+    restart_and_read_on(d, log, f"{NET}.64", 2)
 
 
 def test_a_row_the_database_refuses_is_left_out_and_the_rest_recorded(pg_url, caplog):
