@@ -578,10 +578,10 @@ class Store:
             return -1, top         # a value no logban wrote: the next bump makes it a number again
 
     def release_reasons(self, targets: list[str]) -> dict[str, str]:
-        """Why and where each target's latest ban ended ("unban by node", ...)."""
+        """Why each target's latest ban ended (unban, expiry, allow-list, ...)."""
         with self.read() as conn:
             last = sa.select(sa.func.max(BANS.c.id)).where(BANS.c.target.in_(targets)).group_by(BANS.c.target)
-            q = sa.select(BANS.c.target, BANS.c.release_reason, BANS.c.node).where(
+            q = sa.select(BANS.c.target, BANS.c.release_reason).where(
                 BANS.c.id.in_(last), BANS.c.released.is_not(None))
             return {r.target: f"{_clean(r.release_reason) or 'released'}" for r in conn.execute(q)}
 
