@@ -48,6 +48,25 @@ def test_scan_with_a_missing_file_reads_the_others_and_exits_1(tmp_path):
     assert rep["failed"] == [str(tmp_path / "nope.log")] and rep["offences"] > 0 and str(GOOD) in rep["files"]
 
 
+
+def test_a_file_failing_midway_names_how_far_into_it_not_into_the_run(tmp_path):
+    import gzip
+    whole = gzip.compress("".join(DNSBL.format(i=1 + i % 50) for i in range(40_000)).encode())
+    (tmp_path / "b").mkdir()
+    broken = tmp_path / "b" / "mail.log.2.gz"
+    broken.write_bytes(whole[: len(whole) // 2])            # cut short: EOFError part-way
+    (tmp_path / "a").mkdir()
+    good = tmp_path / "a" / "mail.log"                      # read first: its path sorts first
+    good.write_bytes(GOOD.read_bytes())
+    told = []
+    for order in ((broken,), (good, broken), (broken, good)):
+        r = run_logban("scan", "--json", *map(str, order))
+        assert r.returncode == 1
+        m = re.fullmatch(r"logban: \S*mail\.log\.2\.gz: .* \(after ([\d,]+) lines read\)\n", one_line(r))
+        assert m, r.stderr
+        told.append(int(m[1].replace(",", "")))
+    assert 0 < told[0] < 40_000 and told == [told[0]] * 3
+
 def test_closed_stdout_ends_scan_quietly(tmp_path):
     log = tmp_path / "big.log"
     log.write_text("".join(DNSBL.format(i=1 + i % 200) for i in range(60_000)))

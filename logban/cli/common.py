@@ -90,11 +90,12 @@ def read_source(src: Source, parser: Parser, left: int = 0) -> Iterator[tuple[li
             stream.close()
 
 
-def read_failed(src: Source, e: BaseException, parser: Parser, failed: list[str]) -> None:
-    """One line in the user's words ("no such file or directory"), the file still counted as failed."""
+def read_failed(src: Source, e: BaseException, lines: int, failed: list[str]) -> None:
+    """One line in the user's words ("no such file or directory", and how far into the file
+    it happened), the file still counted as failed."""
     if isinstance(e, BrokenPipeError):
         raise e                     # our stdout closed (`| head`): main() ends quietly
-    read = f" (after {parser.stats.lines:,} lines read)" if parser.stats.lines else ""
+    read = f" (after {lines:,} lines read)" if lines else ""
     print(safe(f"logban: {src.name}: {read_error(e)}{read}"), file=sys.stderr)
     failed.append(src.name)
 
@@ -106,6 +107,7 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
     `skip(src)`: lines of it applied before, not read again; `read_to(src, lines)`: after each chunk."""
     failed: list[str] = []
     for src in sources:
+        lines = 0
         try:
             for offs, lines in read_source(src, parser, skip(src) if skip else 0):
                 if offs:
@@ -115,7 +117,7 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
                 if progress:
                     progress.show(src.name, parser.stats.lines)
         except READ_ERRORS as e:
-            read_failed(src, e, parser, failed)     # re-raises a closed stdout
+            read_failed(src, e, lines, failed)      # re-raises a closed stdout
     parser.finish()
     return failed
 

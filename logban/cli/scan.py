@@ -136,6 +136,7 @@ def _apply_merged(streams: list[list[Source]], parsers: list, sink: Callable[[li
     def offences(stream: list[Source], parser) -> Iterator:
         last = -math.inf
         for src in stream:
+            lines = 0
             try:
                 for offs, lines in read_source(src, parser):     # applied before: see Applied.new
                     yield from offs
@@ -144,7 +145,7 @@ def _apply_merged(streams: list[list[Source]], parsers: list, sink: Callable[[li
                     yield _ReadTo(last, src, lines)
                     progress.show(src.name, parser.stats.lines)
             except READ_ERRORS as e:
-                read_failed(src, e, parser, failed)
+                read_failed(src, e, lines, failed)
         parser.finish()
 
     buf: list[Offence] = []
