@@ -52,7 +52,7 @@ OFFENCES = [
 
 
 def generate(lines: int, seed: int, offenders: int, out, start: datetime | None = None,
-             span: float = 86400.0) -> None:
+             span: float = 86400.0, offence_share: float = 0.2) -> None:
     """`start`: the first line's local time (naive); default `span` seconds before a minute ago."""
     rng = random.Random(seed)
     pool = [_ip(rng) for _ in range(offenders)]
@@ -62,7 +62,7 @@ def generate(lines: int, seed: int, offenders: int, out, start: datetime | None 
     write = out.write
     for _ in range(lines):
         t += step
-        if rng.random() < 0.2:
+        if rng.random() < offence_share:
             tmpl, ip, name = rng.choice(OFFENCES), rng.choice(pool), "unknown"
         else:
             tmpl, ip, name = rng.choice(BENIGN), rng.choice(benign_pool), "mail.example.org"
@@ -80,13 +80,15 @@ def main() -> None:
                     help="local time of the first line (default: --span before a minute ago)")
     ap.add_argument("--span", type=float, default=86400.0, metavar="SECONDS",
                     help="how long the lines cover (default: 86400, a day)")
+    ap.add_argument("--offence-share", type=float, default=0.2, metavar="FRACTION",
+                    help="share of lines that are offences (default: 0.2)")
     ap.add_argument("-o", "--output", default="-")
     a = ap.parse_args()
     if a.start is not None and a.start.tzinfo is not None:
         a.start = a.start.astimezone().replace(tzinfo=None)      # the stamps are local time
     out = sys.stdout if a.output == "-" else open(a.output, "w", encoding="ascii")
     with out:
-        generate(a.lines, a.seed, a.offenders, out, a.start, a.span)
+        generate(a.lines, a.seed, a.offenders, out, a.start, a.span, a.offence_share)
 
 
 if __name__ == "__main__":

@@ -296,6 +296,7 @@ class Parser:
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
         self._ip_cache: dict[bytes, str] = {}       # raw -> canonical address, "" for no ban target
         self._applies: dict[str, frozenset[int]] = {}
+        self._by_order = {r.order: r for r in rules.rules}
         if not 0 <= rate_prefix6 <= 128:
             raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
         self.rate_prefix6 = rate_prefix6
@@ -393,14 +394,29 @@ class Parser:
         return got
 
     # ---- lines ------------------------------------------------------------
+    # A chunk goes through two stages. `match` is pure per line (header, rules, addresses):
+    # it may run in another process on another part of the file. `apply` keeps the state
+    # that spans lines (links, waiting offences, rate windows) and runs in line order, in
+    # one process, so a file read in parts gives what it gives read whole.
     def feed(self, chunk: bytes, lines_before: int) -> list[Offence]:
         """Offences in `chunk` (whole lines); `lines_before` lines of the file precede it."""
+        hits, matched = self.match(chunk, lines_before)
+        if self._suspicious_max:
+            self._collect_suspicious(chunk, lines_before, matched)
+        return self.apply(hits)
+
+    def match(self, chunk: bytes, lines_before: int) -> tuple[list[tuple], set[int]]:
+        """The stateless stage: (line number, time, line, matches) for each line a rule took,
+        `matches` being (rule order, address, key, name) of its links in rule order, then of
+        its best offence rule; and the starts of those lines."""
         n_lines = chunk.count(b"\n")
         if chunk and not chunk.endswith(b"\n"):
             n_lines += 1
-        self.stats.lines += n_lines
-        out: list[Offence] = []
+        stats = self.stats
+        stats.lines += n_lines
         cand = self._hits(chunk)
+        stats.candidates += len(cand)
+        out: list[tuple] = []
         pos, lineno = 0, lines_before
         count, find = chunk.count, chunk.find
         handle, rules_for, max_line = self._line, self._rules_for, self.max_line
@@ -416,20 +432,33 @@ class Parser:
             cut = le - ls >= max_line
             if cut:
                 le = ls + max_line
-                self.stats.truncated += 1
+                stats.truncated += 1
             line = chunk[ls:le]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            self.stats.candidates += 1
-            if handle(line, lineno + 1, rules_for(cand[ls]), out, cut):
+            got = handle(line, rules_for(cand[ls]), cut)
+            if got is not None:
                 matched.add(ls)
-        if self._suspicious_max:
-            self._collect_suspicious(chunk, lines_before, matched)
+                out.append((lineno + 1, got[0], line, got[1]))
+        return out, matched
+
+    def apply(self, hits: list[tuple]) -> list[Offence]:
+        """The stage with state, in line order: links, waiting offences, rate windows."""
+        out: list[Offence] = []
+        by_order, link, offence = self._by_order, self._link, self._offence
+        for lineno, t, line, found in hits:
+            for order, ip, key, name in found:
+                r = by_order[order]
+                if r.link:
+                    link(r, ip, key, name, out)
+                else:
+                    offence(r, ip, key, name, t, line, lineno, out)
         self.stats.offences += len(out)
         return out
 
-    def _line(self, line: bytes, lineno: int, rules: list[Rule], out: list[Offence], cut: bool = False) -> bool:
-        """Apply `rules` to one line; `cut`: the line was cut at max_line.
+    def _line(self, line: bytes, rules: list[Rule], cut: bool = False) -> tuple[float, list[tuple]] | None:
+        """Apply `rules` to one line: its time and what matched, None when nothing did;
+        `cut`: the line was cut at max_line.
 
         A rule whose match reads the line end (`Rule.tail`: a `$`, a look-ahead
         guard) is never applied to a cut line: what the cut removed (the MTA's own
@@ -439,12 +468,13 @@ class Parser:
         h = parse_header(line, self.clock)
         if h is None or not 0 <= h.time <= _TIME_MAX:       # year 9999 or a tai64n of another era
             self.stats.no_header += 1
-            return False
+            return None
         allowed = self._allowed(h.program)
         hits, timeout = self.stats.hits, self.timeout
         best: Rule | None = None
         best_m = None
-        took = skipped = False
+        found: list[tuple] = []
+        skipped = False
         for r in rules:
             if r.order not in allowed or (r.needle and r.needle not in line):
                 continue
@@ -459,16 +489,25 @@ class Parser:
             if m is None:
                 continue
             hits[r.id] += 1
-            took = True
             if r.link:
-                self._link(r, m, h, out)
+                found.append(self._found(r, m, h))
             elif best is None or r.score > best.score:
                 best, best_m = r, m
         if skipped:
             self.stats.truncated_skipped += 1
         if best is not None:
-            self._offence(best, best_m, h, line, lineno, out)
-        return took
+            found.append(self._found(best, best_m, h))
+        return (h.time, found) if found else None
+
+    def _found(self, r: Rule, m, h: Header) -> tuple:
+        """(rule order, address, key, name) of a match: plain data, for the stateful stage."""
+        if r.link or r.key is None or r.has_ip:
+            ip = self._ip(m)
+            name = self._name(m) if r.has_name and ip is not None else None
+        else:
+            ip = name = None
+        key = self._key(r, m, h) if r.key is not None else None
+        return (r.order, ip, key, name)
 
     def _ip(self, m) -> str | None:
         """The canonical address, "" when it can never be a ban target, None when it is no address.
@@ -533,19 +572,17 @@ class Parser:
             return True
         return False
 
-    def _offence(self, r: Rule, m, h: Header, line: bytes, lineno: int, out: list[Offence]) -> None:
+    def _offence(self, r: Rule, ip: str | None, key: tuple | None, name: str | None, t: float,
+                 line: bytes, lineno: int, out: list[Offence]) -> None:
         if r.key is None or r.has_ip:
-            ip = self._ip(m)
             if ip == "":
                 self.stats.not_target += 1
             elif ip is not None:
-                name = self._name(m) if r.has_name else None
-                if not r.rate_over or self._over_rate(r, ip, name, h.time):
-                    out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name))
+                if not r.rate_over or self._over_rate(r, ip, name, t):
+                    out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name))
             return
-        key = self._key(r, m, h)
         ip, name = self._links.get(key, (None, None))
-        o = Offence(h.time, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name)
+        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name)
         if ip == "":
             self.stats.not_target += 1
         elif ip is not None:
@@ -560,15 +597,12 @@ class Parser:
         else:
             self.stats.unresolved += 1
 
-    def _link(self, r: Rule, m, h: Header, out: list[Offence]) -> None:
-        ip = self._ip(m)
-        key = self._key(r, m, h)
+    def _link(self, r: Rule, ip: str | None, key: tuple, name: str | None, out: list[Offence]) -> None:
         self._links.pop(key, None)      # a key seen again (a pid reused) no longer means the old client
         if ip is None:
             return
         # "": no ban target; offences keyed to it are counted, not emitted. The name the MTA
         # verified on the link line goes with them (an allow-listed partner stays one).
-        name = self._name(m) if r.has_name else None
         self._links[key] = (ip, name)
         if len(self._links) > _LIMIT:
             del self._links[next(iter(self._links))]
