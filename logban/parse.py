@@ -122,6 +122,7 @@ class Clock:
         self.reference = reference if reference is not None else time.time()
         self._cache: dict[bytes, float | None] = {}
         self.last: float | None = None      # the latest RFC 3164 stamp read: which pass of a repeated hour
+        self.ambiguous = False              # a stamp in a repeated hour was read: it depended on `last`
 
     def adopt(self, old: Clock) -> None:
         self.last = old.last
@@ -141,7 +142,9 @@ class Clock:
             if minute in self._cache:
                 return None
             t, ambiguous = self._bsd(minute)
-            if not ambiguous:           # a repeated hour's minutes depend on the lines before
+            if ambiguous:               # a repeated hour's minutes depend on the lines before
+                self.ambiguous = True
+            else:
                 if len(self._cache) > _LIMIT:
                     self._cache.clear()
                 self._cache[minute] = t
@@ -442,8 +445,9 @@ class Parser:
                 out.append((lineno + 1, got[0], line, got[1]))
         return out, matched
 
-    def apply(self, hits: list[tuple]) -> list[Offence]:
-        """The stage with state, in line order: links, waiting offences, rate windows."""
+    def apply(self, hits: list[tuple], lines_before: int = 0) -> list[Offence]:
+        """The stage with state, in line order: links, waiting offences, rate windows.
+        `lines_before`: lines before the part `hits` were numbered in."""
         out: list[Offence] = []
         by_order, link, offence = self._by_order, self._link, self._offence
         for lineno, t, line, found in hits:
@@ -452,7 +456,7 @@ class Parser:
                 if r.link:
                     link(r, ip, key, name, out)
                 else:
-                    offence(r, ip, key, name, t, line, lineno, out)
+                    offence(r, ip, key, name, t, line, lineno + lines_before, out)
         self.stats.offences += len(out)
         return out
 

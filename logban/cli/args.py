@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--reapply", action="store_true",
                     help="with --apply: also the lines an earlier scan --apply applied (they are counted again)")
     sc.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
+    sc.add_argument("--jobs", type=_count, default=0, metavar="N",
+                    help="processes reading large files in parts (default: the cores available; 1: this one only); "
+                         "the result is the same")
 
     ls = sub.add("list", "active bans (--all: history too)",
                  "logban list", "logban list --all", "logban list --json | jq '.[].target'")

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..allow import AllowList, Resolver, parse_network
 from ..config import Config
 from ..errors import FirewallError, UsageError
+from ..jobs import Pool
 from ..parse import Clock, Offence, Parser, canonical_ip
 from ..report import (
     safe,
@@ -66,11 +67,17 @@ def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
     return chunk[pos:], n
 
 
-def read_source(src: Source, parser: Parser, left: int = 0) -> Iterator[tuple[list[Offence], int]]:
+def read_source(src: Source, parser: Parser, left: int = 0,
+                pool: Pool | None = None) -> Iterator[tuple[list[Offence], int]]:
     """(offences, lines of `src` read so far) for each chunk of `src`, its first `left` lines
-    skipped (applied before). Raises what READ_ERRORS names."""
+    skipped (applied before); with `pool`, a large file is read in parts on several cores.
+    Raises what READ_ERRORS names."""
     parser.file = src.name
-    parser.clock.set_reference(src.mtime() or time.time())
+    reference = src.mtime() or time.time()
+    parser.clock.set_reference(reference)
+    if pool is not None and not left and pool.takes(src):
+        yield from pool.read(src, parser, reference)
+        return
     lines = 0
     stream = open_source(src)
     try:
@@ -102,14 +109,14 @@ def read_failed(src: Source, e: BaseException, lines: int, failed: list[str]) ->
 
 def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Offence]], None],
                  progress: _Progress | None = None, *, skip: Callable[[Source], int] | None = None,
-                 read_to: Callable[[Source, int], None] | None = None) -> list[str]:
+                 read_to: Callable[[Source, int], None] | None = None, pool: Pool | None = None) -> list[str]:
     """Run every source through the parser in order; names of sources not read to the end.
     `skip(src)`: lines of it applied before, not read again; `read_to(src, lines)`: after each chunk."""
     failed: list[str] = []
     for src in sources:
         lines = 0
         try:
-            for offs, lines in read_source(src, parser, skip(src) if skip else 0):
+            for offs, lines in read_source(src, parser, skip(src) if skip else 0, pool):
                 if offs:
                     sink(offs)
                 if read_to:

@@ -1,6 +1,7 @@
 """`logban scan`: read logs once, report, and with --apply record what they show."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..errors import UsageError
+from ..jobs import Pool, available_cores
 from ..parse import Offence
 from ..report import (
     AllowFilter,
@@ -77,14 +79,18 @@ def cmd_scan(args, cfg: Config) -> int:
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
     streams = _streams(sources)
-    if applied is not None and len(streams) > 1:
-        # Decisions depend on what came before in time: the logs are applied as one, by time.
-        parsers = [parser] + [_parser(cfg, rules, args.mta, scorer) for _ in streams[1:]]
-        summary.failed = _apply_merged(streams, parsers, sink, applied, progress)
-        for other in parsers[1:]:
-            parser.stats.add(other.stats)
-    else:
-        summary.failed = feed_sources(sources, parser, sink, progress, read_to=applied and applied.read_to)
+    jobs = args.jobs or available_cores()
+    with contextlib.ExitStack() as stack:
+        pool = stack.enter_context(Pool(parser, jobs)) if jobs > 1 else None
+        if applied is not None and len(streams) > 1:
+            # Decisions depend on what came before in time: the logs are applied as one, by time.
+            parsers = [parser] + [_parser(cfg, rules, args.mta, scorer) for _ in streams[1:]]
+            summary.failed = _apply_merged(streams, parsers, sink, applied, progress, pool)
+            for other in parsers[1:]:
+                parser.stats.add(other.stats)
+        else:
+            summary.failed = feed_sources(sources, parser, sink, progress, read_to=applied and applied.read_to,
+                                          pool=pool)
     note = None
     if engine is not None:
         applied.flush()
@@ -127,7 +133,7 @@ class _ReadTo:
 
 
 def _apply_merged(streams: list[list[Source]], parsers: list, sink: Callable[[list[Offence]], None],
-                  applied: Applied, progress: _Progress) -> list[str]:
+                  applied: Applied, progress: _Progress, pool: Pool | None = None) -> list[str]:
     """Several logs to the engine in time order (a k-way merge of their offences, each log
     read chunk by chunk); each file's position advances only once its chunk's offences
     are all with the engine."""
@@ -138,7 +144,7 @@ def _apply_merged(streams: list[list[Source]], parsers: list, sink: Callable[[li
         for src in stream:
             lines = 0
             try:
-                for offs, lines in read_source(src, parser):     # applied before: see Applied.new
+                for offs, lines in read_source(src, parser, pool=pool):     # applied before: see Applied.new
                     yield from offs
                     if offs:
                         last = max(last, offs[-1].time)

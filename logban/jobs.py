@@ -1,0 +1,167 @@
+"""One large log read on several cores, with the result it gives read on one.
+
+A plain file is cut into parts at line starts. Worker processes (forked, so they
+hold the parser the main process built) run the parser's stateless stage
+(`Parser.match`: header, rules, addresses) on their parts; the main process runs
+the stateful stage (`Parser.apply`: links, waiting offences, rate windows) on
+the parts' results strictly in file order. So sessions that cross a part's
+edge, rate windows and every counter come out as in one process.
+
+One thing of the stateless stage does depend on earlier lines: in the hour a
+daylight-saving fall-back repeats, which pass an RFC 3164 stamp means depends on
+the latest stamp before it. A part that met such a stamp is read again in the
+main process, in order.
+"""
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+from .parse import Offence, ParseStats, Parser
+from .sources import chunks, open_source, Source
+
+PART = 4 << 20          # bytes per part: small enough to keep every core busy, big enough to pay its way
+_SCAN = 64 << 10
+_parser: Parser | None = None           # in a worker: the parser it was forked with
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class Pool:
+    """Worker processes for one scan, forked with `parser` (any of the scan's parsers: the
+    stateless stage is the same for all of them)."""
+
+    def __init__(self, parser: Parser, jobs: int, part: int = PART) -> None:
+        global _parser
+        _parser = parser
+        self.jobs, self.part = jobs, part
+        self._ex = ProcessPoolExecutor(jobs, mp_context=get_context("fork"))
+
+    def close(self) -> None:
+        self._ex.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def takes(self, src: Source) -> bool:
+        """A plain file worth cutting into parts (not stdin, not compressed: those are read in order)."""
+        if src.path is None:
+            return False
+        try:
+            if src.path.stat().st_size < 2 * self.part:
+                return False
+            with open(src.path, "rb") as f:
+                head = f.read(6)
+        except OSError:
+            return False            # read the ordinary way, which reports the error
+        return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
+
+    def read(self, src: Source, parser: Parser, reference: float) -> Iterator[tuple[list[Offence], int]]:
+        """(offences, lines read so far) per part of `src`, as `read_source` gives per chunk."""
+        assert src.path is not None
+        edges = _edges(src.path, self.part)
+        tasks = [(str(src.path), a, b, reference) for a, b in zip(edges, edges[1:] + [None])]
+        pending: deque[Future] = deque()
+        lines = 0
+        try:
+            it = iter(tasks)
+            for t in it:        # a bounded number of parts in flight: memory stays flat
+                pending.append(self._ex.submit(_match_part, *t))
+                if len(pending) >= 2 * self.jobs:
+                    break
+            for task in tasks:
+                hits, n, stats, last, ambiguous = pending.popleft().result()
+                nxt = next(it, None)
+                if nxt is not None:
+                    pending.append(self._ex.submit(_match_part, *nxt))
+                if ambiguous:
+                    offs, n = _again(src, task[1], task[2], parser, lines)
+                else:
+                    parser.stats.add(stats)
+                    if last is not None and (parser.clock.last is None or last > parser.clock.last):
+                        parser.clock.last = last
+                    offs = parser.apply(hits, lines)
+                lines += n
+                yield offs, lines
+        finally:
+            for f in pending:
+                f.cancel()
+
+
+def _edges(path: Path, part: int) -> list[int]:
+    """Starts of the parts: every `part` bytes, moved on to the next line start (a part whose
+    end finds no newline before the next one is merged into it)."""
+    size = path.stat().st_size
+    out = [0]
+    with open(path, "rb") as f:
+        at = part
+        while at < size:
+            f.seek(at)
+            pos = at
+            while True:
+                block = f.read(_SCAN)
+                if not block:
+                    return out
+                nl = block.find(b"\n")
+                if nl >= 0:
+                    out.append(pos + nl + 1)
+                    break
+                pos += len(block)
+            at = max(at + part, out[-1] + 1)
+    return out
+
+
+class _Range:
+    """A file read from `start` up to `end` (None: to its end, as it is then)."""
+
+    def __init__(self, f, start: int, end: int | None) -> None:
+        f.seek(start)
+        self.f, self.left = f, (None if end is None else end - start)
+
+    def read(self, n: int) -> bytes:
+        if self.left is None:
+            return self.f.read(n)
+        data = self.f.read(min(n, self.left))
+        self.left -= len(data)
+        return data
+
+
+def _match_part(path: str, start: int, end: int | None, reference: float) -> tuple:
+    """In a worker: the stateless stage over one part, numbered from its first line."""
+    p = _parser
+    p.stats = ParseStats()
+    p.clock.set_reference(reference)
+    p.clock.last = None
+    p.clock.ambiguous = False
+    hits: list[tuple] = []
+    lines = 0
+    with open(path, "rb") as f:
+        for chunk in chunks(_Range(f, start, end), p.max_line):
+            got, _ = p.match(chunk, lines)
+            hits += got
+            lines = p.stats.lines
+    return hits, lines, p.stats, p.clock.last, p.clock.ambiguous
+
+
+def _again(src: Source, start: int, end: int | None, parser: Parser, before: int) -> tuple[list[Offence], int]:
+    """A part read in the main process, in order (see the module's note on the repeated hour)."""
+    offs: list[Offence] = []
+    lines = before
+    with open_source(src) as f:
+        for chunk in chunks(_Range(f, start, end), parser.max_line):
+            n0 = parser.stats.lines
+            offs += parser.feed(chunk, lines)
+            lines += parser.stats.lines - n0
+    return offs, lines - before
