@@ -21,8 +21,8 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
 
-from .parse import Offence, ParseStats, Parser
-from .sources import chunks, open_source, Source
+from .parse import Offence, Parser, ParseStats
+from .sources import Source, chunks, open_source
 
 PART = 4 << 20          # bytes per part: small enough to keep every core busy, big enough to pay its way
 _SCAN = 64 << 10

@@ -53,12 +53,31 @@ class AllowFilter:
         return keep
 
 
-@dataclass
+@dataclass(slots=True)
 class _Client:
     count: int
     first: float
     last: float
-    kinds: Counter
+    kind: str                        # the kind of every offence so far, or "" when they differ
+    kinds: Counter | None = None     # per kind, once they differ: most clients have one kind
+
+    def add(self, kind: str, t: float) -> None:
+        self.count += 1
+        if kind != self.kind:
+            if self.kinds is None:
+                self.kinds = Counter({self.kind: self.count - 1})
+                self.kind = ""
+            self.kinds[kind] += 1
+        elif self.kinds is not None:
+            self.kinds[kind] += 1
+        if t < self.first:
+            self.first = t
+        if t > self.last:
+            self.last = t
+
+    def kind_counts(self) -> list[tuple[str, int]]:
+        """(kind, offences), the most frequent first."""
+        return self.kinds.most_common() if self.kinds is not None else [(self.kind, self.count)]
 
 
 @dataclass
@@ -77,17 +96,12 @@ class ScanSummary:
             by_kind[o.kind] += 1
             c = clients.get(o.ip)
             if c is None:
-                clients[o.ip] = _Client(1, o.time, o.time, Counter({o.kind: 1}))
+                clients[o.ip] = _Client(1, o.time, o.time, o.kind)
                 if len(clients) > TRACK_MAX:
                     self._shrink()
                     clients = self.clients
             else:
-                c.count += 1
-                c.kinds[o.kind] += 1
-                if o.time < c.first:
-                    c.first = o.time
-                if o.time > c.last:
-                    c.last = o.time
+                c.add(o.kind, o.time)
 
     def _shrink(self) -> None:
         """Space-saving: keep memory bounded during a distributed attack."""
@@ -110,7 +124,7 @@ def as_json(s: ScanSummary, stats: ParseStats, top: int) -> dict:
         "approximate": s.approximate,
         "by_kind": dict(s.by_kind.most_common()),
         "by_rule": {k: v for k, v in stats.hits.most_common()},
-        "top": [{"ip": ip, "count": c.count, "kinds": dict(c.kinds.most_common()),
+        "top": [{"ip": ip, "count": c.count, "kinds": dict(c.kind_counts()),
                  "first": iso(c.first), "last": iso(c.last)} for ip, c in s.top(top)],
         "ignored": {"allow_listed": s.allow_listed},
         "skipped": {"no_header": stats.no_header, "bad_address": stats.bad_address,
@@ -168,7 +182,7 @@ def human(s: ScanSummary, stats: ParseStats, top: int) -> str:
     rows = s.top(top)
     if rows:
         out += ["", f"Top {len(rows)} offenders:"]
-        out += top_table([(ip, c.count, c.first, c.last, c.kinds.most_common()) for ip, c in rows])
+        out += top_table([(ip, c.count, c.first, c.last, c.kind_counts()) for ip, c in rows])
     skipped = [(n, what) for n, what in (
         (stats.no_header, "candidate lines without a header logban understands"),
         (stats.bad_address, "matches whose address field held no address"),

@@ -1,12 +1,14 @@
 """The parser: headers, time stamps, addresses, correlation, and hostile input."""
 import calendar
+import ipaddress
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from logban.parse import Clock, Parser, canonical_ip, iso, parse_header
+from logban.allow import unbannable
+from logban.parse import Clock, Parser, canonical_ip, iso, not_target, parse_header
 from logban.rules import load_rules
 
 RULES = load_rules(own_names=("mx.example.com", "192.0.2.25"))
@@ -474,3 +476,42 @@ def test_rate_window_edges_and_the_count_after_an_offence():
     again = conns("192.0.2.91", [0] * 31 + [1] * 30 + [2])
     got = p.parse_lines(edge + again)
     assert [(o.ip, o.time - t0) for o in got] == [("192.0.2.90", 60), ("192.0.2.91", 0), ("192.0.2.91", 2)]
+
+
+# ---- the C address parser against ipaddress -------------------------------------
+
+def _reference(raw: str) -> tuple[str, bool] | None:
+    """canonical_ip and not_target as ipaddress alone computes them."""
+    s = raw.split("%", 1)[0]
+    if s[:5].lower() == "ipv6:":
+        s = s[5:]
+    try:
+        a = ipaddress.ip_address(s)
+    except ValueError:
+        return None
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    net = ipaddress.ip_network(a)
+    return str(a), not net.network_address.is_loopback and unbannable(net) is not None
+
+
+def _fast(raw: str) -> tuple[str, bool] | None:
+    ip = canonical_ip(raw)
+    return None if ip is None else (ip, not_target(ip))
+
+
+_v6_text = st.builds(lambda n, c: str(ipaddress.IPv6Address(n)) if c else ipaddress.IPv6Address(n).exploded,
+                     st.integers(0, (1 << 128) - 1), st.booleans())
+_v6_small = st.builds(lambda hi, lo: str(ipaddress.IPv6Address((hi << 112) | lo)),
+                      st.sampled_from([0, 0xfe80, 0xff02, 0x2001, 0]), st.integers(0, (1 << 48) - 1))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_v6_text, _v6_small, st.ip_addresses().map(str),
+                 st.text(alphabet="0123456789abcdefABCDEF:.%IPv6x ", max_size=45),
+                 st.sampled_from(["::", "::1", "::2", "::1.2.3.4", "::ffff:1.2.3.4", "::FFFF:C000:024D",
+                                  "1.2.3.04", "01.2.3.4", "256.1.1.1", "1.2.3", "0.0.0.0", "255.255.255.255",
+                                  "127.0.0.5", "IPv6:::ffff:127.0.0.1", "1:2:3:4:5:6:7::8", "fe80::1%eth0",
+                                  "2001:db8::1.2.3.4", "2001:db8:0:0:1:0:0:1", "1::", "1:0:0:2::3"])))
+def test_address_parser_matches_ipaddress(raw):
+    assert _fast(raw) == _reference(raw)
