@@ -44,6 +44,7 @@ _SPLOGGER = re.compile(rb"\d{9,11}\.\d{6} ")
 SUSPICIOUS = re.compile(rb"(?i)reject|denied|fail|warning|blocked|listed|attack|illegal|refused")
 
 _LIMIT = 200_000          # entries kept in each correlation or cache table
+_IP_CACHE = 20_000        # raw address -> canonical: a miss costs a microsecond, an entry 150 bytes
 _TIME_MAX = 253_402_300_799   # 9999-12-31T23:59:59Z
 
 
@@ -560,7 +561,7 @@ class Parser:
                 self.stats.bad_address += 1
                 return None
             ip = "" if _not_target(got[1], got[2]) else got[0]
-            if len(self._ip_cache) > _LIMIT:
+            if len(self._ip_cache) > _IP_CACHE:
                 self._ip_cache.clear()
             self._ip_cache[raw] = ip
         return ip
