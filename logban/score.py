@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import ipaddress
 import math
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -119,14 +120,12 @@ def _insort(ev: list, e: tuple) -> None:
 
 def network_of(ip: str, prefix: int) -> str:
     a = ip_address(ip)
-    if a.version == 6 and prefix <= 64 and prefix % 16 == 0:
-        # The canonical text without ipaddress's general compression (a tenth of the cost
-        # of a ban): the zero tail is the longest zero run, so it is the one that becomes "::".
-        n = int(a) >> (128 - prefix)
-        groups = [(n >> (16 * i)) & 0xFFFF for i in range(prefix // 16 - 1, -1, -1)]
-        while groups and groups[-1] == 0:
-            groups.pop()
-        return f"{':'.join(f'{g:x}' for g in groups)}::/{prefix}"
+    if a.version == 6 and prefix <= 64:
+        # inet_ntop, not ipaddress's general compression (a tenth of the cost of a ban): with
+        # at least 64 zero bits at the end, the zero tail is the longest zero run, so inet_ntop
+        # writes what ipaddress writes (none of its IPv4-in-IPv6 forms can arise).
+        drop = 128 - prefix
+        return f"{socket.inet_ntop(socket.AF_INET6, (int(a) >> drop << drop).to_bytes(16))}/{prefix}"
     drop = a.max_prefixlen - prefix
     return f"{type(a)(int(a) >> drop << drop)}/{prefix}"
 
