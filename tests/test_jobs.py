@@ -104,8 +104,9 @@ def test_repeated_hour_read_again_in_order(tmp_path):
     assert one == many
 
 
-def test_cli_jobs_same_report_and_events(tmp_path, logban):
-    """The real process: a file large enough to be read in parts gives the same events and report."""
+def test_cli_jobs_same_report_events_and_bans(tmp_path, logban):
+    """The real process: a file large enough to be read in parts gives the same events and
+    report, and `scan --apply` records the same bans."""
     log = tmp_path / "mail.log"
     data = _mixed_log(1)
     log.write_bytes(data * (9_000_000 // len(data) + 1))          # over two parts of 4 MiB
@@ -113,11 +114,17 @@ def test_cli_jobs_same_report_and_events(tmp_path, logban):
     for jobs in ("1", "2"):
         ev = logban("scan", "--events", "--jobs", jobs, str(log))
         rep = logban("scan", "--json", "--jobs", jobs, str(log))
-        assert ev.returncode == 0 and rep.returncode == 0, ev.stderr + rep.stderr
+        db = f"sqlite:///{tmp_path}/jobs{jobs}.db"
+        applied = logban("--db", db, "scan", "--apply", "--dry-run", "--json", "--jobs", jobs, str(log))
+        bans = logban("--db", db, "list", "--all", "--json")
+        for r in (ev, rep, applied, bans):
+            assert r.returncode == 0, r.stderr
         report = json.loads(rep.stdout)
-        report.pop("seconds", None)
-        outs[jobs] = (ev.stdout, report)
-    assert outs["1"][0].count(b"\n") > 1000
+        report.pop("seconds")
+        recorded = json.loads(applied.stdout)["applied"]
+        recorded.pop("database")
+        outs[jobs] = (ev.stdout, report, recorded, json.loads(bans.stdout))
+    assert outs["1"][0].count(b"\n") > 1000 and outs["1"][2]["bans"] > 0
     assert outs["1"] == outs["2"]
 
 
