@@ -124,7 +124,7 @@ def _address(raw: str) -> tuple[str, int, int] | None:
     on every line, and ipaddress costs ten times more. inet_ntop writes what ipaddress
     writes (RFC 5952) except for IPv4-compatible addresses, left to ipaddress, as is any
     form the C parser does not read."""
-    s = raw.split("%", 1)[0]
+    s = raw if "%" not in raw else raw[:raw.index("%")]
     if s[:5].lower() == "ipv6:":
         s = s[5:]
     try:
