@@ -24,7 +24,7 @@ from pathlib import Path
 from .parse import Offence, Parser, ParseStats
 from .sources import Source, chunks, open_source
 
-PART = 4 << 20          # bytes per part: small enough to keep every core busy, big enough to pay its way
+PART = 1 << 20          # bytes per part: its result is held in memory until applied; a part costs a millisecond
 _SCAN = 64 << 10
 _parser: Parser | None = None           # in a worker: the parser it was forked with
 

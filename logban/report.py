@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from .parse import Offence, ParseStats, iso
 
-TRACK_MAX = 200_000      # addresses counted exactly; beyond, the least active are dropped
+TRACK_MAX = 100_000      # addresses counted exactly; beyond, the least active are dropped (scan stays < 150 MB)
 
 # What a terminal may act on rather than show: C0 controls, DEL, C1 controls, lone
 # surrogates (a file name's undecodable bytes), line and paragraph separators and the

@@ -109,7 +109,7 @@ def test_cli_jobs_same_report_events_and_bans(tmp_path, logban):
     report, and `scan --apply` records the same bans."""
     log = tmp_path / "mail.log"
     data = _mixed_log(1)
-    log.write_bytes(data * (9_000_000 // len(data) + 1))          # over two parts of 4 MiB
+    log.write_bytes(data * (3_000_000 // len(data) + 1))          # over two parts of 1 MiB
     outs = {}
     for jobs in ("1", "2"):
         ev = logban("scan", "--events", "--jobs", jobs, str(log))
