@@ -458,7 +458,7 @@ class Parser:
         out: list[tuple] = []
         pos, lineno = 0, lines_before
         count, find = chunk.count, chunk.find
-        handle, rules_for, max_line = self._line, self._rules_for, self.max_line
+        handle, rules_for, max_line, hint_rules = self._line, self._rules_for, self.max_line, self._hint_rules
         matched: set[int] = set()
         for ls in sorted(cand):
             lineno += count(b"\n", pos, ls)
@@ -475,7 +475,8 @@ class Parser:
             line = chunk[ls:le]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            got = handle(line, rules_for(cand[ls]), cut)
+            ids = cand[ls]
+            got = handle(line, hint_rules[ids[0]] if len(ids) == 1 else rules_for(ids), cut)
             if got is not None:
                 matched.add(ls)
                 out.append((lineno + 1, got[0], line, got[1]))
@@ -509,7 +510,7 @@ class Parser:
         if h is None or not 0 <= h.time <= _TIME_MAX:       # year 9999 or a tai64n of another era
             self.stats.no_header += 1
             return None
-        allowed = self._allowed(h.program)
+        allowed = self._applies.get(h.program) or self._allowed(h.program)
         hits, timeout = self.stats.hits, self.timeout
         best: Rule | None = None
         best_m = None
