@@ -15,6 +15,7 @@ main process, in order.
 from __future__ import annotations
 
 import os
+import signal
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -44,7 +45,7 @@ class Pool:
         global _parser
         _parser = parser
         self.jobs, self.part = jobs, part
-        self._ex = ProcessPoolExecutor(jobs, mp_context=get_context("fork"))
+        self._ex = ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_worker_start)
 
     def close(self) -> None:
         self._ex.shutdown(wait=True, cancel_futures=True)
@@ -98,6 +99,11 @@ class Pool:
         finally:
             for f in pending:
                 f.cancel()
+
+
+def _worker_start() -> None:
+    # Ctrl-C is the main process's to handle: it stops handing out parts and ends the scan.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _edges(path: Path, part: int) -> list[int]:
