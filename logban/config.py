@@ -12,10 +12,37 @@ from .allow import check_name_pattern, parse_network
 from .errors import UsageError
 from .export import FORMATS, ExportOptions
 from .firewall import ACTIONS, BACKENDS, FirewallOptions
-from .score import DEFAULT_DURATIONS, Policy
+from .rules import shipped_rules_dir
+from .score import DEFAULT_DURATIONS, DEFAULT_HORIZONS, Horizon, Policy
 from .units import check_duration, parse_duration
 
 DEFAULT_PATH = Path("/etc/logban/logban.toml")
+BIG_SENDERS = Path("senders/bigsenders.toml")       # beside the rule packs
+
+
+def big_sender_entries(path: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """The shipped list of big senders' outbound farms: id -> name patterns."""
+    path = path or shipped_rules_dir() / BIG_SENDERS
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"{path}: cannot read the big senders list: {e}") from None
+    out: dict[str, tuple[str, ...]] = {}
+    for i, e in enumerate(data.get("sender", [])):
+        sid, names = e.get("id") if isinstance(e, dict) else None, e.get("names") if isinstance(e, dict) else None
+        if not isinstance(sid, str) or not sid or sid in out:
+            raise UsageError(f"{path}: sender[{i}]: id must be a unique non-empty string")
+        out[sid] = _strings(names, f"sender {sid}: names", path)
+        for n in out[sid]:
+            try:
+                check_name_pattern(n)
+            except ValueError as err:
+                raise UsageError(f"{path}: sender {sid}: {err}") from None
+    return out
+
+
+def _shipped_big_senders() -> tuple[str, ...]:
+    return tuple(n for names in big_sender_entries().values() for n in names)
 
 @dataclass
 class ParseConfig:
@@ -58,6 +85,7 @@ class Config:
     dry_run: bool = False
     policy: Policy = field(default_factory=Policy)
     allow: AllowConfig = field(default_factory=AllowConfig)
+    big_senders: tuple[str, ...] = field(default_factory=_shipped_big_senders)
     retention: float = 30 * 86400.0     # offences kept this long
     firewall: FirewallOptions = field(default_factory=FirewallOptions)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -96,7 +124,8 @@ def _bool(v, key: str, path: Path) -> bool:
 
 def _policy(data: dict, path: Path) -> Policy:
     sc = data.get("score", {})
-    _keys(sc, {"threshold", "window", "half_life", "max_tracked"}, "score.", path)
+    _keys(sc, {"threshold", "window", "half_life", "max_tracked", "transient", "verified_transient", "horizons"},
+          "score.", path)
     bn = data.get("ban", {})
     _keys(bn, {"default", "durations", "rules", "escalate", "factor", "max", "lookback",
                "ipv4_prefix", "ipv6_prefix", "subnet_bans"}, "ban.", path)
@@ -111,6 +140,11 @@ def _policy(data: dict, path: Path) -> Policy:
         kw["window"], kw["half_life"] = None, _duration(sc["half_life"], "score.half_life", path)
     if "max_tracked" in sc:
         kw["max_tracked"] = int(_number(sc["max_tracked"], "score.max_tracked", path, 100, 1e8, whole=True))
+    for k in ("transient", "verified_transient"):
+        if k in sc:
+            kw[k] = float(_number(sc[k], f"score.{k}", path, 0, 1))
+    if "horizons" in sc:
+        kw["horizons"] = _horizons(sc["horizons"], path)
     if "default" in bn:
         kw["default_duration"] = _duration(bn["default"], "ban.default", path)
     durations = dict(DEFAULT_DURATIONS)
@@ -143,6 +177,45 @@ def _policy(data: dict, path: Path) -> Policy:
         if kw["subnet_bans"] == 1:
             raise UsageError(f"{path}: ban.subnet_bans must be 0 (off) or 2 or more: 1 would ban a whole network for one address")
     return Policy(**kw)
+
+
+def _horizons(table, path: Path) -> tuple[Horizon, ...]:
+    """[score.horizons.NAME] tables: change a default horizon (hour, day, week) or add one;
+    threshold = 0 switches one off."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise UsageError(f"{path}: score.horizons must hold tables ([score.horizons.day] span = ..., threshold = ...)")
+    got = {h.name: h for h in DEFAULT_HORIZONS}
+    for name, t in table.items():
+        where = f"score.horizons.{name}."
+        _keys(t, {"span", "threshold", "repeat"}, where, path)
+        old = got.get(name)
+        if old is None and ("span" not in t or "threshold" not in t):
+            raise UsageError(f"{path}: {where}span and {where}threshold: a new horizon needs both")
+        span = _duration(t["span"], where + "span", path) if "span" in t else old.span
+        thr = float(_number(t["threshold"], where + "threshold", path, 0, 1e9)) if "threshold" in t else old.threshold
+        repeat = _bool(t["repeat"], where + "repeat", path) if "repeat" in t else (old.repeat if old else False)
+        got[name] = Horizon(name, span, thr, repeat)
+    return tuple(sorted((h for h in got.values() if h.threshold > 0), key=lambda h: h.span))
+
+
+def _big_senders(data: dict, path: Path) -> tuple[str, ...]:
+    """[big_senders]: the shipped list, less the entries switched off, plus the admin's patterns."""
+    b = data.get("big_senders", {})
+    if not isinstance(b, dict):
+        raise UsageError(f"{path}: big_senders must be a table ([big_senders])")
+    _keys(b, {"enabled", "disable", "names"}, "big_senders.", path)
+    entries = big_sender_entries() if _bool(b.get("enabled", True), "big_senders.enabled", path) else {}
+    off = _strings(b.get("disable", []), "big_senders.disable", path)
+    for sid in off:
+        if entries and sid not in entries:
+            raise UsageError(f"{path}: big_senders.disable: no shipped entry {sid!r} (have: {', '.join(entries)})")
+    names = _strings(b.get("names", []), "big_senders.names", path)
+    for n in names:
+        try:
+            check_name_pattern(n)
+        except ValueError as e:
+            raise UsageError(f"{path}: big_senders.names: {e}") from None
+    return tuple(n for sid, ns in entries.items() if sid not in off for n in ns) + names
 
 
 def _allow(data: dict, path: Path) -> AllowConfig:
@@ -197,7 +270,7 @@ def load_config(path: Path | None) -> Config:
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: cannot read config: {e}") from None
     _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store", "firewall",
-                 "daemon", "follow", "export"}, "", path)
+                 "daemon", "follow", "export", "big_senders"}, "", path)
     cfg = Config(path=path)
     rules = data.get("rules", {})
     _keys(rules, {"dirs", "disable"}, "rules.", path)
@@ -244,6 +317,7 @@ def load_config(path: Path | None) -> Config:
         cfg.dry_run = _bool(data["dry_run"], "dry_run", path)
     cfg.policy = _policy(data, path)
     cfg.allow = _allow(data, path)
+    cfg.big_senders = _big_senders(data, path)
     st = data.get("store", {})
     _keys(st, {"retention"}, "store.", path)
     if "retention" in st:

@@ -186,7 +186,7 @@ class Daemon:
                 p.adopt(self.parsers[mta])      # a reload keeps sessions, links and rate windows
         self.parsers = parsers
         self.cfg, self.rules, self.specs = cfg, rules, specs
-        self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+        self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames, big=cfg.big_senders)
         for o, why in unwritable_exports(cfg.exports):     # at start and at each reload
             log.warning("export %s to %s: this daemon cannot write it (%s)%s", o.format, o.path, why, SYSTEMD_HINT)
 

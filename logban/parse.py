@@ -42,6 +42,13 @@ _SPLOGGER = re.compile(rb"\d{9,11}\.\d{6} ")
 
 SUSPICIOUS = re.compile(rb"(?i)reject|denied|fail|warning|blocked|listed|attack|illegal|refused")
 
+# Where an MTA writes the reply it gave, before any text the client chose: right after the
+# client field of a Postfix reject (matched at the message start), or sendmail's "reject=".
+_REPLY_POSTFIX = re.compile(
+    rb"(?:NOQUEUE|[0-9A-Za-z]{5,20}): reject: [A-Z-]{3,16} from [^\s\[\]]{0,255}\[[^\]\s]{1,64}\](?::\d{1,5})?: "
+    rb"([245])\d\d[ -]")
+_REPLY_SENDMAIL = re.compile(rb", reject=([245])\d\d[ -]")
+
 _LIMIT = 200_000          # entries kept in each correlation or cache table
 _TIME_MAX = 253_402_300_799   # 9999-12-31T23:59:59Z
 
@@ -58,6 +65,7 @@ class Offence:
     line: int             # 1-based line number in `file`
     raw: bytes = b""      # the log line (cut at max_line)
     name: str | None = None   # client name the MTA verified (forward-confirmed), else None
+    reply: int = 0        # class of the MTA's SMTP reply: 4 (try later), 5 (refused), 0 (none in the line)
 
     @property
     def iso_time(self) -> str:
@@ -90,6 +98,24 @@ class ParseStats:
         """Another parser's counts added to these (several logs read apart, reported as one)."""
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def reply_class(line: bytes, start: int = 0) -> int:
+    """4 or 5: the class of the SMTP reply the MTA logged on `line` (its message at `start`);
+    0 when it logged none. sendmail writes the reply after text the client chose (arg1): a
+    permanent reply anywhere wins, so that text can make an offence weigh more, never less."""
+    m = _REPLY_POSTFIX.match(line, start)
+    if m is not None:
+        return int(m.group(1)) if m.group(1) != b"2" else 0
+    got = 0
+    if b"ruleset=" in line:
+        for m in _REPLY_SENDMAIL.finditer(line, start):
+            c = m.group(1)
+            if c == b"5":
+                return 5
+            if c == b"4":
+                got = 4
+    return got
 
 
 def not_target(ip: str) -> bool:
@@ -541,11 +567,13 @@ class Parser:
             elif ip is not None:
                 name = self._name(m) if r.has_name else None
                 if not r.rate_over or self._over_rate(r, ip, name, h.time):
-                    out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name))
+                    out.append(Offence(h.time, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name,
+                                       reply_class(line, h.start)))
             return
         key = self._key(r, m, h)
         ip, name = self._links.get(key, (None, None))
-        o = Offence(h.time, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name)
+        o = Offence(h.time, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name,
+                    reply_class(line, h.start))
         if ip == "":
             self.stats.not_target += 1
         elif ip is not None:

@@ -709,17 +709,19 @@ class Store:
         """Addresses whose last verified name `allow`'s name patterns cover. The query reads
         every offender (no index serves `%.example.com`): its answer is reused for `max_age`
         seconds, since a sync or an export may ask for it every second."""
-        if not allow.names:
+        pats = allow.names + allow.big         # big senders' networks are never banned automatically either
+        if not pats:
             return []
         now = time.monotonic()
-        hit = self._partners.get(allow.names)
+        hit = self._partners.get(pats)
         if hit is not None and now - hit[0] < max_age:
             return hit[1]
-        like = [OFFENDERS.c.name.like(p.replace("*", "%").replace("?", "_")) for p in allow.names]
+        like = [OFFENDERS.c.name.like(p.replace("*", "%").replace("?", "_")) for p in pats]
         with self.read() as conn:
             rows = conn.execute(sa.select(OFFENDERS.c.target, OFFENDERS.c.name).where(sa.or_(*like)))
-            got = [t for t, n in rows if canonical_num(t) is not None and "/" not in t and allow.name_allowed(n)]
-        self._partners = {allow.names: (now, got)}
+            got = [t for t, n in rows if canonical_num(t) is not None and "/" not in t
+                   and (allow.name_allowed(n) or allow.big_sender(n))]
+        self._partners = {pats: (now, got)}
         return got
 
     def offender(self, target: str) -> sa.Row | None:

@@ -39,7 +39,7 @@ def test_five_ordinary_offences_within_ten_minutes_ban_four_do_not():
 
 
 def test_window_forgets_old_offences():
-    sc = scorer()
+    sc = scorer(horizons=())           # the burst horizon alone (the hour one counts these: test_horizons)
     assert feed(sc, [off("192.0.2.1", i * 200) for i in range(10)]) == []      # one every 3m20s: never 5 in 10m
     assert sc.score("192.0.2.1", T0 + 9 * 200) == 3
 
@@ -56,7 +56,7 @@ def test_half_life_decay():
     assert math.isclose(sc.score("192.0.2.1", T0 + 1200), 1.0)
     assert sc.add(off("192.0.2.1", 600, score=2.5)) == []                      # 2 + 2.5 < 5
     [d] = sc.add(off("192.0.2.1", 601, score=1))
-    assert d.reason.startswith("score 5.4")
+    assert d.reason.startswith("burst: score 5.4")
 
 
 def test_ban_kind_is_the_worst_seen():
@@ -280,8 +280,9 @@ def test_out_of_order_offences_never_weigh_more_than_their_score():
     assert sc.add(off("192.0.2.1", 3 * 3600)) == []
     assert sc.add(off("192.0.2.1", 0)) == []                    # three hours older, applied after
     assert sc.score("192.0.2.1", T0 + 3 * 3600) < 1.01
-    # With a window too: an older offence counts within the window of the newest one only.
-    sc = scorer()
+    # With a window too: an older offence counts within the window of the newest one only
+    # (the burst horizon alone: five in 50 minutes is the hour horizon's ban).
+    sc = scorer(horizons=())
     assert feed(sc, [off("192.0.2.2", 3000 + i) for i in range(3)] + [off("192.0.2.2", 0), off("192.0.2.2", 1)]) == []
     assert sc.add(off("192.0.2.2", 2990)) == []                 # four within ten minutes of the newest
     [d] = sc.add(off("192.0.2.2", 2995))                        # five

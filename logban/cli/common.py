@@ -173,7 +173,7 @@ def _check_rule_durations(cfg: Config, rules: RuleSet) -> None:
 
 def _allow(cfg: Config) -> AllowList:
     """The config's allow-list, with loopback and this host's own addresses."""
-    return AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+    return AllowList(cfg.allow.addresses, cfg.allow.hostnames, big=cfg.big_senders)
 
 
 def _engine(args, cfg: Config, store, allow: AllowList | None = None):
