@@ -43,7 +43,7 @@ def _end(b) -> float:
     return math.inf if b.expires is None else b.expires
 
 
-def _reply(text: str | None, clock: Clock) -> int:
+def recorded_reply(text: str | None, clock: Clock) -> int:
     """The reply class of a recorded offence, read again from its line (the store keeps the line)."""
     if not text:
         return 0
@@ -88,7 +88,7 @@ class Engine:
         clock = Clock()
         for r in self.store.recent_offences(sc.policy.horizon):
             sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line, name=r.name,
-                            reply=_reply(r.text, clock)))
+                            reply=recorded_reply(r.text, clock)))
 
     def release_allowed(self) -> list[str]:
         """Bans of targets the allow-list covers now are released."""

@@ -178,6 +178,21 @@ def _insort(ev: list, e: tuple) -> None:
         bisect.insort(ev, e, key=lambda x: x[0])
 
 
+def horizon_totals(policy: Policy, offences: list[Offence], now: float, banned_before: bool) -> dict[str, float]:
+    """Where a client stands on each horizon at `now`, from its offences (`show`): the burst
+    score, and each long horizon's weighted count (exact, not bucketed)."""
+    out = {}
+    if policy.window is not None:
+        out["burst"] = sum(o.score * policy.weight(o) for o in offences if now - policy.window < o.time <= now)
+    else:
+        out["burst"] = sum(o.score * policy.weight(o) * 0.5 ** ((now - o.time) / policy.half_life)
+                           for o in offences if o.time <= now)
+    for h in policy.horizons:
+        if banned_before or not h.repeat:
+            out[h.name] = sum(policy.weight(o) for o in offences if now - h.span < o.time <= now)
+    return out
+
+
 def network_of(ip: str, prefix: int) -> str:
     a = ip_address(ip)
     if a.version == 6 and prefix <= 64 and prefix % 16 == 0:

@@ -14,7 +14,7 @@ from ..report import (
     bans_table,
     show_human,
 )
-from ..score import Decision, Scorer
+from ..score import Decision, Scorer, horizon_totals
 from ..units import format_duration, parse_duration
 from .common import (
     _allow,
@@ -122,6 +122,23 @@ def cmd_unban(args, cfg: Config) -> int:
     return 0
 
 
+def _horizons(store, cfg: Config, scored: str, off, banned_before: bool, now: float) -> list[dict]:
+    """Each horizon's total now and its threshold, from the offences recorded since the last reset."""
+    from ..engine import recorded_reply
+    from ..parse import Clock, Offence
+    p = cfg.policy
+    since = max(now - p.horizon, off.reset_at if off is not None else 0.0)
+    clock = Clock()
+    offences = [Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line, name=r.name,
+                        reply=recorded_reply(r.text, clock)) for r in store.offences_of([scored], [], 100_000)[1]
+                if r.time > since]
+    totals = horizon_totals(p, offences, now, banned_before)
+    spans = {"burst": p.burst, **{h.name: h.span for h in p.horizons}}
+    limits = {"burst": p.threshold, **{h.name: h.threshold for h in p.horizons}}
+    return [{"horizon": k, "span": format_duration(spans[k]), "total": round(v, 3), "threshold": limits[k]}
+            for k, v in totals.items()]
+
+
 def cmd_show(args, cfg: Config) -> int:
     target = parse_target(args.target)
     store = _store(args, cfg, readonly=True)
@@ -135,6 +152,7 @@ def cmd_show(args, cfg: Config) -> int:
     ips = [target] if "/" not in target else []
     total, recent = store.offences_of([scored, target], ips, args.offences)
     active = [b for b in bans if b.released is None and (b.expires is None or b.expires > now)]
+    allow = _allow(cfg)
     data = {
         "target": target, "scored_as": scored, "banned": bool(active),
         "offender": None if off is None else {
@@ -147,6 +165,8 @@ def cmd_show(args, cfg: Config) -> int:
             {"time": iso(r.time), "ip": r.ip, "mta": r.mta, "rule": r.rule, "kind": r.kind, "score": r.score,
              "node": r.node, "file": r.file, "line": r.line, "text": r.text} for r in recent]},
         "threshold": cfg.policy.threshold,
+        "big_sender": allow.big_sender(off.name) if off is not None else None,
+        "horizons": _horizons(store, cfg, scored, off, bool(bans), now),
     }
     if args.json:
         print(json.dumps(data, indent=2))
