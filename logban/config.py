@@ -187,14 +187,16 @@ def _horizons(table, path: Path) -> tuple[Horizon, ...]:
     got = {h.name: h for h in DEFAULT_HORIZONS}
     for name, t in table.items():
         where = f"score.horizons.{name}."
-        _keys(t, {"span", "threshold", "repeat"}, where, path)
+        _keys(t, {"span", "threshold", "repeat", "transient"}, where, path)
         old = got.get(name)
         if old is None and ("span" not in t or "threshold" not in t):
             raise UsageError(f"{path}: {where}span and {where}threshold: a new horizon needs both")
         span = _duration(t["span"], where + "span", path) if "span" in t else old.span
         thr = float(_number(t["threshold"], where + "threshold", path, 0, 1e9)) if "threshold" in t else old.threshold
         repeat = _bool(t["repeat"], where + "repeat", path) if "repeat" in t else (old.repeat if old else False)
-        got[name] = Horizon(name, span, thr, repeat)
+        tr = float(_number(t["transient"], where + "transient", path, 0, 1)) if "transient" in t else \
+            (old.transient if old else 1.0)
+        got[name] = Horizon(name, span, thr, repeat, tr)
     return tuple(sorted((h for h in got.values() if h.threshold > 0), key=lambda h: h.span))
 
 

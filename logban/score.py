@@ -56,11 +56,14 @@ BUCKETS = 24              # counters per long horizon: a day counts 24 to 25 hou
 
 @dataclass(frozen=True)
 class Horizon:
-    """A long horizon: `threshold` offences within `span` ban (a temporary reject counts less)."""
+    """A long horizon: `threshold` offences within `span` ban."""
     name: str
     span: float
     threshold: float
     repeat: bool = False       # only for clients banned before (within `lookback`)
+    # What a temporary reject of a client without a verified name counts for here: one that
+    # comes back after "try later" all day is a bot, or a server nobody can tell from one.
+    transient: float = 1.0
 
     @property
     def bucket(self) -> float:
@@ -83,8 +86,8 @@ class Policy:
     window: float | None = 600.0          # score = offences of the last `window` seconds ...
     half_life: float | None = None        # ... or every offence, halved each `half_life`
     horizons: tuple[Horizon, ...] = DEFAULT_HORIZONS
-    transient: float = 0.2                # what a temporary (4xx) reject weighs (a refusal: 1) ...
-    verified_transient: float = 0.1       # ... of a client whose name the MTA verified
+    transient: float = 0.5                # a temporary (4xx) reject's weight in the burst horizon (a refusal: 1)
+    verified_transient: float = 0.1       # ... on every horizon, of a client whose name the MTA verified
     max_tracked: int = 100_000            # clients scored at once; the lowest scores are evicted
     durations: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_DURATIONS))
     rule_durations: Mapping[str, float | None] = field(default_factory=dict)
@@ -112,11 +115,28 @@ class Policy:
         """How far back an offence can still count."""
         return max([self.burst, *(h.span + h.bucket for h in self.horizons)])
 
-    def weight(self, o: Offence) -> float:
-        """What one offence counts for: a temporary reject is evidence that may be retried."""
-        if o.reply != 4:
-            return 1.0
-        return self.verified_transient if o.name else self.transient
+    def weights(self, h: Horizon | None) -> tuple[float, float, float]:
+        """What an offence of each evidence class (`evidence`) counts for on a horizon (None: the burst one)."""
+        return 1.0, self.transient if h is None else h.transient, self.verified_transient
+
+
+def evidence(o: Offence) -> int:
+    """0: a refusal (or no reply logged); 1: a temporary reject; 2: a temporary reject of a
+    client whose name the MTA verified, and not a name made of its address (a dial-up or
+    cloud pool's generic name proves no mail server): an MTA retrying on its schedule."""
+    if o.reply != 4:
+        return 0
+    return 2 if o.name and not generic_name(o.name, o.ip) else 1
+
+
+def generic_name(name: str, ip: str) -> bool:
+    """Whether `name` spells the IPv4 address `ip` (218-42-154-114.cust.example.jp,
+    static-ip-209-126-100-0.pool.example, 114.154.42.218.dyn.example), forward or reversed."""
+    octets = ip.split(".")
+    if len(octets) != 4:
+        return False
+    n = name.lower()
+    return any(sep.join(o) in n for o in (octets, octets[::-1]) for sep in "-._")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +179,7 @@ class ScoreStats:
 
 
 class Track:
-    """A client's evidence: its recent offences one by one, (time, score, weight, kind, rule)
+    """A client's evidence: its recent offences one by one, (time, score, evidence, kind, rule)
     in time order, and the older ones as counters: per long horizon [newest bucket number,
     BUCKETS weighted counts], and per kind [offences, temporary rejects]."""
     __slots__ = ("ev", "agg", "kinds")
@@ -182,14 +202,16 @@ def horizon_totals(policy: Policy, offences: list[Offence], now: float, banned_b
     """Where a client stands on each horizon at `now`, from its offences (`show`): the burst
     score, and each long horizon's weighted count (exact, not bucketed)."""
     out = {}
+    w = policy.weights(None)
     if policy.window is not None:
-        out["burst"] = sum(o.score * policy.weight(o) for o in offences if now - policy.window < o.time <= now)
+        out["burst"] = sum(o.score * w[evidence(o)] for o in offences if now - policy.window < o.time <= now)
     else:
-        out["burst"] = sum(o.score * policy.weight(o) * 0.5 ** ((now - o.time) / policy.half_life)
+        out["burst"] = sum(o.score * w[evidence(o)] * 0.5 ** ((now - o.time) / policy.half_life)
                            for o in offences if o.time <= now)
     for h in policy.horizons:
         if banned_before or not h.repeat:
-            out[h.name] = sum(policy.weight(o) for o in offences if now - h.span < o.time <= now)
+            w = policy.weights(h)
+            out[h.name] = sum(w[evidence(o)] for o in offences if now - h.span < o.time <= now)
     return out
 
 
@@ -224,6 +246,8 @@ class Scorer:
     def configure(self, policy: Policy, allow: AllowList) -> None:
         """A policy and allow-list (at start, or reloaded): the scores and bans stay."""
         self.policy, self.allow = policy, allow
+        self._bw = policy.weights(None)
+        self._hw = [policy.weights(h) for h in policy.horizons]
         self._target.clear()                 # prefix lengths and the allow-list may have changed
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
@@ -344,14 +368,15 @@ class Scorer:
         kinds = tr.kinds
         if kinds is None:
             kinds = tr.kinds = {}
-        for t, _, w, kind, rule in events:
+        for t, _, cls, kind, rule in events:
             c = kinds.get(kind)
             if c is None:
                 c = kinds[kind] = [0, 0, rule]
             c[0] += 1
-            c[1] += w < 1
+            c[1] += cls != 0
             c[2] = rule
             for i, h in enumerate(hs):
+                w = self._hw[i][cls]
                 base, k = i * (BUCKETS + 1), int(t // h.bucket)
                 last = int(agg[base])
                 if k > last:
@@ -364,16 +389,16 @@ class Scorer:
 
     def _burst(self, tr: Track, now: float) -> float:
         now = self._prune(tr, now)
-        p = self.policy
+        p, bw = self.policy, self._bw
         if p.window is not None:
-            return sum(e[1] * e[2] for e in tr.ev)
+            return sum(e[1] * bw[e[2]] for e in tr.ev)
         h = p.half_life
-        return sum(e[1] * e[2] * 0.5 ** ((now - e[0]) / h) for e in tr.ev)
+        return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / h) for e in tr.ev)
 
     def _long(self, tr: Track, i: int, h: Horizon, now: float) -> float:
         """Offences (weighted) within the horizon: the whole buckets that reach into it."""
-        cut = now - h.span
-        total = sum(e[2] for e in tr.ev if e[0] > cut)
+        cut, w = now - h.span, self._hw[i]
+        total = sum(w[e[2]] for e in tr.ev if e[0] > cut)
         agg = tr.agg
         if agg is not None:
             base = i * (BUCKETS + 1)
@@ -382,12 +407,13 @@ class Scorer:
                 total += agg[base + 1 + k % BUCKETS]
         return total
 
-    def _reach(self, tr: Track, target: str, now: float, score: float = 0.0,
-               weight: float = 0.0) -> tuple[Horizon | None, float] | None:
+    def _reach(self, tr: Track, target: str, now: float,
+               more: Offence | None = None) -> tuple[Horizon | None, float] | None:
         """The first horizon whose threshold the track reaches (None: the burst one) and its
-        total, with one more offence of `score` and `weight` when given; else None."""
+        total, with `more` counted too when given; else None."""
         p = self.policy
-        b = self._burst(tr, now) + score * weight
+        cls = evidence(more) if more is not None else -1
+        b = self._burst(tr, now) + (more.score * self._bw[cls] if more is not None else 0.0)
         if b >= p.threshold:
             return None, b
         now = max(now, tr.ev[-1][0]) if tr.ev else now
@@ -395,7 +421,7 @@ class Scorer:
         for i, h in enumerate(p.horizons):
             if h.repeat and not again:
                 continue
-            n = self._long(tr, i, h, now) + weight
+            n = self._long(tr, i, h, now) + (self._hw[i][cls] if more is not None else 0.0)
             if n + 1e-9 >= h.threshold:
                 return h, n
         return None
@@ -415,7 +441,7 @@ class Scorer:
         if self.banned(target, net, o.time):
             return False
         tr = self.tracks.get(target) or Track()
-        return self._reach(tr, target, o.time, o.score, self.policy.weight(o)) is not None
+        return self._reach(tr, target, o.time, o) is not None
 
     def add(self, o: Offence) -> list[Decision]:
         st = self.stats
@@ -446,7 +472,7 @@ class Scorer:
             if len(self.tracks) >= self._evict_at:
                 self._evict(o.time)
             tr = self.tracks[target] = Track()
-        _insort(tr.ev, (o.time, o.score, self.policy.weight(o), o.kind, o.rule))
+        _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
         got = self._reach(tr, target, o.time)
         if got is None:
             return []
@@ -470,7 +496,7 @@ class Scorer:
         tr = self.tracks.get(target)
         if tr is None:
             tr = self.tracks[target] = Track()
-        _insort(tr.ev, (o.time, o.score, self.policy.weight(o), o.kind, o.rule))
+        _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
         self._prune(tr, o.time)
 
     def _explain(self, tr: Track, horizon: Horizon | None, total: float) -> tuple[str, str, str]:
@@ -481,12 +507,12 @@ class Scorer:
         if horizon is not None and tr.kinds:
             for k, (n, tmp, rule) in tr.kinds.items():
                 by_kind[k] = [n, tmp, rule, 0.0]
-        for _, score, w, kind, rule in tr.ev:
+        for _, score, cls, kind, rule in tr.ev:
             c = by_kind.setdefault(kind, [0, 0, rule, 0.0])
             c[0] += 1
-            c[1] += w < 1
+            c[1] += cls != 0
             c[2] = rule
-            c[3] += score * w
+            c[3] += score * self._bw[cls]
         worst = max(by_kind, key=lambda k: (p.base_duration(k, by_kind[k][2]) or math.inf, by_kind[k][3], by_kind[k][0]))
         parts = ", ".join(f"{k} x{c[0]}" + (f" ({c[1]} temporary)" if c[1] else "")
                           for k, c in sorted(by_kind.items(), key=lambda kv: -kv[1][0]))

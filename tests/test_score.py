@@ -434,14 +434,11 @@ def test_hour_horizon_forgets_after_an_hour():
 
 
 def test_day_horizon_catches_the_bot_retrying_a_temporary_reject_all_day():
-    """450 Helo command rejected every 10 minutes: a temporary reject weighs 0.2, so the hour
-    never reaches 5 (6 x 0.2), the day reaches 10 at the 50th retry."""
+    """450 Helo command rejected every 20 minutes: 3 an hour, never 5; the 10th within a day bans."""
     sc = scorer()
-    helo = [off("198.51.100.9", i * 600, "bad_helo", 2, "helo", reply=4) for i in range(60)]
-    ds = feed(sc, helo)
-    [d] = ds
-    assert d.time == T0 + 49 * 600 and d.kind == "bad_helo"
-    assert d.reason.startswith("day: 10 offences in 1d >= 10: bad_helo x50 (50 temporary)"), d.reason
+    [d] = feed(sc, [off("198.51.100.9", i * 1200, "bad_helo", 2, "helo", reply=4) for i in range(30)])
+    assert d.time == T0 + 9 * 1200 and d.kind == "bad_helo"
+    assert d.reason.startswith("day: 10 offences in 1d >= 10: bad_helo x10 (10 temporary)"), d.reason
 
 
 def test_day_horizon_counts_offences_folded_into_buckets_and_forgets_them_after_a_day():
@@ -474,10 +471,16 @@ def test_a_horizon_of_ones_own():
 
 def test_a_temporary_reject_weighs_less_than_a_refusal():
     assert feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=5) for i in range(3)])       # 6 points
-    assert not feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(3)])   # 1.2 points
+    assert not feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(4)])   # 4 points
     assert feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=0) for i in range(3)])       # no reply logged: a refusal
-    [d] = feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(13)])       # 13 x 0.4 points
-    assert d.reason.startswith("burst: score 5.2") and "bad_helo x13 (13 temporary)" in d.reason
+    [d] = feed(scorer(horizons=()), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(5)])
+    assert d.reason.startswith("burst: score 5 in 10m") and "bad_helo x5 (5 temporary)" in d.reason
+    [d] = feed(scorer(transient=0.25, horizons=()), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(10)])
+    assert d.reason.startswith("burst: score 5 in 10m")
+    # On a long horizon a temporary reject counts whole unless the horizon says otherwise.
+    slow = [off("192.0.2.2", i * 1200, "bad_sender", 1, reply=4) for i in range(30)]
+    assert feed(scorer(), slow)[0].reason.startswith("day: 10")
+    assert not feed(scorer(horizons=(Horizon("day", DAY, 10.0, transient=0.2),)), slow)
 
 
 def test_a_verified_client_s_temporary_reject_weighs_less_again():
@@ -486,6 +489,10 @@ def test_a_verified_client_s_temporary_reject_weighs_less_again():
     assert feed(sc, [off("192.0.2.1", i * 600, "bad_helo", 2, name=name, reply=4) for i in range(99)]) == []
     [d] = sc.add(off("192.0.2.1", 99 * 600, "bad_helo", 2, name=name, reply=4))      # the 100th: 10 on the day
     assert d.reason.startswith("day: 10 offences in 1d"), d.reason
+    # A name that only spells the address proves no mail server: it counts as unknown.
+    [d] = feed(scorer(), [off("198.51.100.9", i * 600, "bad_helo", 2, name="198-51-100-9.dyn.example.net", reply=4)
+                          for i in range(5)])
+    assert d.reason.startswith("hour: 5")
     # The weights are the policy's.
     sc = scorer(transient=1.0, verified_transient=1.0)
     [d] = feed(sc, [off("192.0.2.1", i * 600, "bad_helo", 2, name=name, reply=4) for i in range(5)])
@@ -574,7 +581,7 @@ def test_the_bot_retrying_every_5_to_20_minutes_is_banned_within_the_day():
     while t < DAY and not ds:
         ds = sc.add(off("198.51.100.26", t, "bad_helo", 2, reply=4))
         t += rnd.uniform(300, 1200)
-    assert ds and ds[0].reason.startswith("day:") and ds[0].time < T0 + 18 * HOUR
+    assert ds and ds[0].reason.startswith(("hour:", "day:")) and ds[0].time < T0 + 3 * HOUR
 
 
 # ---- memory --------------------------------------------------------------------------------
@@ -588,3 +595,12 @@ def test_eviction_keeps_the_patient_attacker_over_a_flood():
     assert sc.stats.evicted > 0
     ds = feed(sc, [off("192.0.2.200", 9 * 3600 + i, "bad_sender", 1) for i in range(2)])
     assert ds and ds[0].reason.startswith("day: 10")
+
+
+def test_generic_names():
+    from logban.score import generic_name
+    assert generic_name("218-42-154-114.cust.bit-drive.ne.jp", "218.42.154.114")
+    assert generic_name("static-ip-209-126-100-0.inaddr.ip-pool.com", "209.126.100.0")
+    assert generic_name("114.154.42.218.dyn.example.net", "218.42.154.114")
+    assert not generic_name("mail.example.org", "218.42.154.114")
+    assert not generic_name("mx2.example.org", "2001:db8::2")
