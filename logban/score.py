@@ -52,6 +52,7 @@ DEFAULT_DURATIONS: dict[str, float | None] = {
 }
 _EVENTS_MAX = 64          # offences remembered one by one per client; older ones are only counted
 BUCKETS = 24              # counters per long horizon: a day counts 24 to 25 hours back
+_ZEROS = array("d", bytes(8 * BUCKETS))
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,13 @@ class Track:
     """A client's evidence: its recent offences one by one, (time, score, evidence, kind, rule)
     in time order, and the older ones as counters: per long horizon [newest bucket number,
     BUCKETS weighted counts], and per kind [offences, temporary rejects]."""
-    __slots__ = ("ev", "agg", "kinds")
+    __slots__ = ("ev", "agg", "kinds", "folded")
 
     def __init__(self) -> None:
-        self.ev: list[tuple[float, float, float, str, str]] = []
+        self.ev: list[tuple[float, float, int, str, str]] = []
         self.agg: array | None = None
-        self.kinds: dict[str, list[int]] | None = None
+        self.kinds: dict[str, list] | None = None
+        self.folded = 0           # offences counted, ever: no long horizon can hold more
 
 
 def _insort(ev: list, e: tuple) -> None:
@@ -248,6 +250,7 @@ class Scorer:
         self.policy, self.allow = policy, allow
         self._bw = policy.weights(None)
         self._hw = [policy.weights(h) for h in policy.horizons]
+        self._least = min((h.threshold for h in policy.horizons), default=math.inf)
         self._target.clear()                 # prefix lengths and the allow-list may have changed
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
@@ -365,6 +368,7 @@ class Scorer:
         agg = tr.agg
         if agg is None:
             agg = tr.agg = array("d", bytes(8 * (BUCKETS + 1) * len(hs)))
+        tr.folded += len(events)
         kinds = tr.kinds
         if kinds is None:
             kinds = tr.kinds = {}
@@ -380,8 +384,12 @@ class Scorer:
                 base, k = i * (BUCKETS + 1), int(t // h.bucket)
                 last = int(agg[base])
                 if k > last:
-                    for j in range(max(last + 1, k - BUCKETS + 1), k + 1):
-                        agg[base + 1 + j % BUCKETS] = 0.0
+                    if k - last >= BUCKETS:
+                        if last:
+                            agg[base + 1:base + 1 + BUCKETS] = _ZEROS
+                    else:
+                        for j in range(last + 1, k + 1):
+                            agg[base + 1 + j % BUCKETS] = 0.0
                     agg[base] = k
                 elif k <= last - BUCKETS:
                     continue                 # older than the horizon
@@ -403,8 +411,15 @@ class Scorer:
         if agg is not None:
             base = i * (BUCKETS + 1)
             last, top = int(agg[base]), int(now // h.bucket)
-            for k in range(max(last, top) - BUCKETS + 1, min(last, top) + 1):
-                total += agg[base + 1 + k % BUCKETS]
+            if top - last < BUCKETS:
+                if top >= last:
+                    # Every slot, less those of buckets the horizon has left behind.
+                    total += sum(agg[base + 1:base + 1 + BUCKETS])
+                    for k in range(last - BUCKETS + 1, top - BUCKETS + 1):
+                        total -= agg[base + 1 + k % BUCKETS]
+                else:
+                    for k in range(last - BUCKETS + 1, top + 1):
+                        total += agg[base + 1 + k % BUCKETS]
         return total
 
     def _reach(self, tr: Track, target: str, now: float,
@@ -417,6 +432,8 @@ class Scorer:
         if b >= p.threshold:
             return None, b
         now = max(now, tr.ev[-1][0]) if tr.ev else now
+        if len(tr.ev) + tr.folded + 1 < self._least:
+            return None              # too few offences ever for any long horizon
         again = target in self.history
         for i, h in enumerate(p.horizons):
             if h.repeat and not again:
@@ -430,6 +447,8 @@ class Scorer:
         """How near its nearest threshold a client is: what eviction keeps."""
         p = self.policy
         r = self._burst(tr, now) / p.threshold
+        if tr.agg is None:           # (then the long horizons hold the burst one's offences only)
+            return max(r, len(tr.ev) / self._least)
         for i, h in enumerate(p.horizons):
             r = max(r, self._long(tr, i, h, now) / h.threshold)
         return r
