@@ -115,6 +115,9 @@ def replay(name: str, policy: Policy, big: tuple[str, ...], offences: list[Offen
           f" ({100 * hit / max(1, len(wanted)):.0f}%); not banned {len(missed):,}"
           f" (verified big senders, by design: {len(big_missed):,}; others: {len(missed) - len(big_missed):,},"
           f" {100 * hit / max(1, others):.0f}% of the others banned)")
+    bigs = {ip for ip, n in names.items() if Config().big_senders and AllowList(own=(), big=Config().big_senders).big_sender(n)}
+    print(f"   verified big senders with offences: {len(bigs):,}; banned: "
+          f"{sum(covered(ip, targets, nets) for ip in bigs):,}")
     own = sorted(t for t in targets if t in accepted)
     inside = sorted({ip for n in nets for ip in accepted if ipaddress.ip_address(ip) in n} - set(own))
     by_kind: dict[str, int] = defaultdict(int)
