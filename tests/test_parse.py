@@ -474,3 +474,26 @@ def test_rate_window_edges_and_the_count_after_an_offence():
     again = conns("192.0.2.91", [0] * 31 + [1] * 30 + [2])
     got = p.parse_lines(edge + again)
     assert [(o.ip, o.time - t0) for o in got] == [("192.0.2.90", 60), ("192.0.2.91", 0), ("192.0.2.91", 2)]
+
+
+def test_the_reply_class_is_read_where_the_mta_writes_it():
+    """4xx and 5xx from Postfix's client field and sendmail's reject=; text the client wrote
+    (a SASL user name, an address sendmail echoes) never makes a refusal look temporary."""
+    from logban.parse import reply_class
+    p = Parser(load_rules(), clock=Clock(reference=1_795_000_000))
+    lines = {
+        b"Nov 20 10:00:04 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.21]: 450 4.7.1 <x.invalid>: "
+        b"Helo command rejected: Host not found; from=<a@example.org> to=<b@example.com> proto=ESMTP helo=<x.invalid>": 4,
+        b"Nov 20 10:00:04 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from mx.example.org[192.0.2.22]: 554 5.7.1 Service "
+        b"unavailable; Client host [192.0.2.22] blocked using zen.spamhaus.org; from=<a@example.org> to=<b@example.com> "
+        b"proto=ESMTP helo=<x>": 5,
+        b"Nov 20 10:00:07 mx postfix/smtpd[1]: warning: unknown[192.0.2.23]: SASL LOGIN authentication failed: x, "
+        b"sasl_username=NOQUEUE: reject: RCPT from a[192.0.2.23]: 450 4.7.1 y": 0,
+        b"Nov 20 10:00:00 mx sm-mta[2]: 4AKA0001234567: ruleset=check_rcpt, arg1=<a@example.net>, "
+        b"relay=bot.example.biz [192.0.2.24] (may be forged), reject=550 5.7.1 <a@x>, reject=451 4.1.1 ... "
+        b"Relaying denied": 5,
+    }
+    for line, want in lines.items():
+        [o] = p.parse_lines(line + b"\n")
+        assert o.reply == want, line
+    assert reply_class(b"ruleset=check_mail, arg1=<a>, relay=x [192.0.2.25], reject=451 4.1.8 Domain of sender") == 4
