@@ -183,13 +183,14 @@ class Track:
     """A client's evidence: its recent offences one by one, (time, score, evidence, kind, rule)
     in time order, and the older ones as counters: per long horizon [newest bucket number,
     BUCKETS weighted counts], and per kind [offences, temporary rejects]."""
-    __slots__ = ("ev", "agg", "kinds", "folded")
+    __slots__ = ("ev", "agg", "kinds", "folded", "until")
 
     def __init__(self) -> None:
         self.ev: list[tuple[float, float, int, str, str]] = []
         self.agg: array | None = None
         self.kinds: dict[str, list] | None = None
-        self.folded = 0           # offences counted, ever: no long horizon can hold more
+        self.folded = 0           # offences counted: no long horizon can hold more
+        self.until = 0.0          # the newest of them
 
 
 def _insort(ev: list, e: tuple) -> None:
@@ -251,6 +252,7 @@ class Scorer:
         self._bw = policy.weights(None)
         self._hw = [policy.weights(h) for h in policy.horizons]
         self._least = min((h.threshold for h in policy.horizons), default=math.inf)
+        self._keep = policy.horizon          # how long an offence may count anywhere
         self._target.clear()                 # prefix lengths and the allow-list may have changed
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
@@ -346,29 +348,36 @@ class Scorer:
         return self._burst(tr, now) if tr else 0.0
 
     def _prune(self, tr: Track, now: float) -> float:
-        """Offences past the burst horizon (or past the number kept one by one) go to the
-        counters. Returns `now`, or the newest offence when one is newer: offences arrive
-        out of time order (other nodes after an outage, an older rotated file applied later,
-        two followed files), and none may weigh more than its own score."""
+        """Offences past every horizon go; past the number kept one by one, to the counters
+        (a client with few offences never needs them). Returns `now`, or the newest offence
+        when one is newer: offences arrive out of time order (other nodes after an outage, an
+        older rotated file applied later, two followed files), and none may weigh more than
+        its own score."""
         ev = tr.ev
         if ev and ev[-1][0] > now:
             now = ev[-1][0]
-        cut = now - self.policy.burst
+        cut = now - self._keep
         n, size = 0, len(ev)
         while n < size and (ev[n][0] <= cut or size - n > _EVENTS_MAX):
             n += 1
         if n:
             if self.policy.horizons:
-                self._fold(tr, ev[:n])
+                self._fold(tr, [e for e in ev[:n] if e[0] > cut])
             del ev[:n]
+        if tr.agg is not None and tr.until <= cut:
+            tr.agg = tr.kinds = None         # every counted offence is past every horizon
+            tr.folded = 0
         return now
 
     def _fold(self, tr: Track, events: list) -> None:
+        if not events:
+            return
         hs = self.policy.horizons
         agg = tr.agg
         if agg is None:
             agg = tr.agg = array("d", bytes(8 * (BUCKETS + 1) * len(hs)))
         tr.folded += len(events)
+        tr.until = max(tr.until, events[-1][0])
         kinds = tr.kinds
         if kinds is None:
             kinds = tr.kinds = {}
@@ -398,10 +407,11 @@ class Scorer:
     def _burst(self, tr: Track, now: float) -> float:
         now = self._prune(tr, now)
         p, bw = self.policy, self._bw
+        cut = now - p.burst
         if p.window is not None:
-            return sum(e[1] * bw[e[2]] for e in tr.ev)
+            return sum(e[1] * bw[e[2]] for e in tr.ev if e[0] > cut)
         h = p.half_life
-        return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / h) for e in tr.ev)
+        return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / h) for e in tr.ev if e[0] > cut)
 
     def _long(self, tr: Track, i: int, h: Horizon, now: float) -> float:
         """Offences (weighted) within the horizon: the whole buckets that reach into it."""
@@ -444,14 +454,10 @@ class Scorer:
         return None
 
     def _rank(self, tr: Track, target: str, now: float) -> float:
-        """How near its nearest threshold a client is: what eviction keeps."""
-        p = self.policy
-        r = self._burst(tr, now) / p.threshold
-        if tr.agg is None:           # (then the long horizons hold the burst one's offences only)
-            return max(r, len(tr.ev) / self._least)
-        for i, h in enumerate(p.horizons):
-            r = max(r, self._long(tr, i, h, now) / h.threshold)
-        return r
+        """How near its nearest threshold a client is, about: what eviction keeps."""
+        # The long horizons by the offences kept at all (within the longest one): cheap, and
+        # a client that came back often this week stays ahead of a flood of one-offence ones.
+        return max(self._burst(tr, now) / self.policy.threshold, (len(tr.ev) + tr.folded) / self._least)
 
     # ---- offences ------------------------------------------------------------------
     def would_ban(self, o: Offence) -> bool:
@@ -526,7 +532,8 @@ class Scorer:
         if horizon is not None and tr.kinds:
             for k, (n, tmp, rule) in tr.kinds.items():
                 by_kind[k] = [n, tmp, rule, 0.0]
-        for _, score, cls, kind, rule in tr.ev:
+        cut = (tr.ev[-1][0] if tr.ev else 0.0) - (p.burst if horizon is None else horizon.span)
+        for _, score, cls, kind, rule in (e for e in tr.ev if e[0] > cut):
             c = by_kind.setdefault(kind, [0, 0, rule, 0.0])
             c[0] += 1
             c[1] += cls != 0
