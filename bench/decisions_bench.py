@@ -110,11 +110,12 @@ def replay(name: str, policy: Policy, big: tuple[str, ...], offences: list[Offen
     print(f"\n== {name}: {sum(by_horizon.values()):,} bans ({secs:.2f} s scoring)")
     for h, n in sorted(by_horizon.items(), key=lambda kv: -kv[1]):
         print(f"   {h:<8} {n:6,}")
-    others = len(wanted) - len(big_missed)
+    legit = [ip for ip in missed if ip in accepted and ip not in big_missed]
+    others = len(wanted) - len(big_missed) - len(legit)
     print(f"   clients with >= 5 offences/hour or >= 10/day: {len(wanted):,}; banned {hit:,}"
-          f" ({100 * hit / max(1, len(wanted)):.0f}%); not banned {len(missed):,}"
-          f" (verified big senders, by design: {len(big_missed):,}; others: {len(missed) - len(big_missed):,},"
-          f" {100 * hit / max(1, others):.0f}% of the others banned)")
+          f" ({100 * hit / max(1, len(wanted)):.0f}%); not banned {len(missed):,}: verified big senders"
+          f" (by design) {len(big_missed):,}, clients that also sent accepted mail {len(legit):,},"
+          f" others {others - hit:,} ({100 * hit / max(1, others):.0f}% of the others banned)")
     bigs = {ip for ip, n in names.items() if Config().big_senders and AllowList(own=(), big=Config().big_senders).big_sender(n)}
     print(f"   verified big senders with offences: {len(bigs):,}; banned: "
           f"{sum(covered(ip, targets, nets) for ip in bigs):,}")
