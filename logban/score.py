@@ -247,7 +247,13 @@ class Scorer:
         self.configure(policy, allow or AllowList(own=()))
 
     def configure(self, policy: Policy, allow: AllowList) -> None:
-        """A policy and allow-list (at start, or reloaded): the scores and bans stay."""
+        """A policy and allow-list (at start, or reloaded): the scores and bans stay (the
+        counters of offences past the burst horizon only while the long horizons stay)."""
+        old = getattr(self, "policy", None)
+        if old is not None and old.horizons != policy.horizons:
+            for tr in self.tracks.values():
+                tr.agg = tr.kinds = None
+                tr.folded = 0
         self.policy, self.allow = policy, allow
         self._bw = policy.weights(None)
         self._hw = [policy.weights(h) for h in policy.horizons]

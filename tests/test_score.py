@@ -604,3 +604,12 @@ def test_generic_names():
     assert generic_name("114.154.42.218.dyn.example.net", "218.42.154.114")
     assert not generic_name("mail.example.org", "218.42.154.114")
     assert not generic_name("mx2.example.org", "2001:db8::2")
+
+
+def test_a_reload_that_changes_the_horizons_keeps_the_recent_offences():
+    sc = scorer(horizons=(Horizon("day", DAY, 1000.0),))
+    assert feed(sc, [off("192.0.2.5", i * 300, "bad_sender", 1) for i in range(80)]) == []   # counters in use
+    sc.configure(Policy(horizons=(Horizon("hour", HOUR, 1000.0), Horizon("day", DAY, 1000.0))), sc.allow)
+    assert feed(sc, [off("192.0.2.5", 80 * 300 + i * 1000, "bad_sender", 1) for i in range(3)]) == []
+    [d] = feed(sc, [off("192.0.2.5", 80 * 300 + 3000 + i, "bad_sender", 1) for i in range(5)])
+    assert d.reason.startswith("burst:")
