@@ -180,9 +180,10 @@ class ScoreStats:
 
 
 class Track:
-    """A client's evidence: its recent offences one by one, (time, score, evidence, kind, rule)
-    in time order, and the older ones as counters: per long horizon [newest bucket number,
-    BUCKETS weighted counts], and per kind [offences, temporary rejects]."""
+    """A client's evidence: its offences within the longest horizon one by one, (time, score,
+    evidence, kind, rule) in time order, up to _EVENTS_MAX; older ones beyond that as counters:
+    per long horizon [newest bucket number, BUCKETS weighted counts], and per kind [offences,
+    temporary rejects, rule]."""
     __slots__ = ("ev", "agg", "kinds", "folded", "until")
 
     def __init__(self) -> None:
@@ -459,7 +460,7 @@ class Scorer:
                 return h, n
         return None
 
-    def _rank(self, tr: Track, target: str, now: float) -> float:
+    def _rank(self, tr: Track, now: float) -> float:
         """How near its nearest threshold a client is, about: what eviction keeps."""
         # The long horizons by the offences kept at all (within the longest one): cheap, and
         # a client that came back often this week stays ahead of a flood of one-offence ones.
@@ -526,6 +527,8 @@ class Scorer:
             return
         tr = self.tracks.get(target)
         if tr is None:
+            if len(self.tracks) >= self._evict_at:
+                self._evict(o.time)
             tr = self.tracks[target] = Track()
         _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
         self._prune(tr, o.time)
@@ -661,7 +664,7 @@ class Scorer:
         that has decayed away): a patient attacker's day outweighs a flood of one-offence clients."""
         scored = []
         for k, tr in self.tracks.items():
-            s = self._rank(tr, k, now)
+            s = self._rank(tr, now)
             if s > 0.002:
                 scored.append((s, k))
         keep = self.policy.max_tracked // 2
