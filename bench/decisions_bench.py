@@ -29,12 +29,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from logban.allow import AllowList                      # noqa: E402
-from logban.config import Config                         # noqa: E402
-from logban.parse import Clock, Offence, Parser           # noqa: E402
-from logban.rules import load_rules                      # noqa: E402
-from logban.score import DAY, HOUR, Policy, Scorer        # noqa: E402
-from logban.sources import expand, open_source             # noqa: E402
+from logban.allow import AllowList
+from logban.config import Config
+from logban.parse import Clock, Offence, Parser
+from logban.rules import load_rules
+from logban.score import DAY, HOUR, Policy, Scorer
+from logban.sources import expand, open_source
 
 ACCEPTED = re.compile(rb"postfix[^ \[]*/smtpd\[\d+\]: [0-9A-Za-z]{5,20}: client=([^\s\[\]]{0,255})\[([^\]\s]{1,64})\]")
 
