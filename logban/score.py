@@ -184,7 +184,7 @@ class Track:
     evidence, kind, rule) in time order, up to _EVENTS_MAX; older ones beyond that as counters:
     per long horizon [newest bucket number, BUCKETS weighted counts], and per kind [offences,
     temporary rejects, rule]."""
-    __slots__ = ("ev", "agg", "kinds", "folded", "until")
+    __slots__ = ("agg", "ev", "folded", "kinds", "until")
 
     def __init__(self) -> None:
         self.ev: list[tuple[float, float, int, str, str]] = []
