@@ -1,0 +1,223 @@
+"""What `logban report` shows, aggregated in SQL: a handful of GROUP BY queries whose
+answers are small (buckets × kinds, one row per target), never the offences themselves,
+so a store of ten million offences is read in seconds and in little memory."""
+from __future__ import annotations
+
+import heapq
+import ipaddress
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+
+from ..allow import AllowList
+from ..store import BANS, OFFENCES, OFFENDERS, POSITIONS, Store
+
+# Bucket widths for the charts: the smallest giving at most BUCKETS_MAX bars.
+BUCKET_SIZES = (3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400)
+BUCKETS_MAX = 60
+
+
+@dataclass
+class Offender:
+    target: str                     # address, or network (IPv6 /64 scoring)
+    count: int
+    first: float
+    last: float
+    name: str | None = None         # last verified name
+    kinds: dict[str, int] = field(default_factory=dict)
+    bans: int = 0
+    escalations: int = 0
+
+
+@dataclass
+class Network:
+    network: str
+    count: int
+    clients: int
+
+
+@dataclass
+class Digest:
+    since: float
+    until: float
+    node: str | None
+    bucket: int                                         # seconds per chart bar
+    lines_read: int = 0                                 # as the read positions stand (all time)
+    positions: int = 0                                  # read positions summed
+    offences: int = 0
+    clients: int = 0                                    # scored targets with offences
+    bans_active: int = 0
+    bans_new: int = 0
+    bans_dry_run: int = 0                               # of bans_new
+    escalations: int = 0
+    releases: int = 0
+    # bucket start -> kind -> offences; bucket start -> (bans, releases)
+    kinds_over_time: dict[int, dict[str, int]] = field(default_factory=dict)
+    bans_over_time: dict[int, list[int]] = field(default_factory=dict)
+    by_kind: dict[str, int] = field(default_factory=dict)
+    by_mta: dict[str, int] = field(default_factory=dict)
+    by_node: dict[str, int] = field(default_factory=dict)
+    by_rule: dict[tuple[str, str, str], int] = field(default_factory=dict)   # (pack, rule, kind)
+    released_by: dict[str, int] = field(default_factory=dict)
+    top: list[Offender] = field(default_factory=list)
+    networks4: list[Network] = field(default_factory=list)
+    networks6: list[Network] = field(default_factory=list)
+    allow_hits: int = 0                                 # offences of clients the allow-list covers
+    allow_clients: int = 0
+    allow_top: list[Offender] = field(default_factory=list)
+    allow_released: int = 0                             # bans released because the allow-list covers them
+
+
+def bucket_for(seconds: float) -> int:
+    for b in BUCKET_SIZES:
+        if seconds / b <= BUCKETS_MAX:
+            return b
+    return BUCKET_SIZES[-1]
+
+
+def _bucket(col: sa.Column, size: int) -> sa.ColumnElement:
+    # Whole seconds divided as integers in both SQLite and PostgreSQL; one literal, not a
+    # parameter, so PostgreSQL sees the GROUP BY expression as the selected one.
+    return sa.literal_column(f"CAST({col.table.name}.{col.name} AS BIGINT) / {int(size)}")
+
+
+def collect(store: Store, allow: AllowList, *, since: float, until: float, node: str | None = None,
+            top: int = 20, networks: int = 10) -> Digest:
+    d = Digest(since=since, until=until, node=node, bucket=bucket_for(until - since))
+    oc, bc = OFFENCES.c, BANS.c
+    ow = [oc.time >= since, oc.time <= until] + ([oc.node == node] if node is not None else [])
+    bw = [bc.node == node] if node is not None else []
+    with store.read() as conn:
+        pw = [POSITIONS.c.node == node] if node is not None else []
+        d.lines_read, d.positions = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(POSITIONS.c.lines), 0), sa.func.count()).where(*pw)).one()
+        _offences(conn, d, ow)
+        _bans(conn, d, bw, since, until)
+        _targets(conn, d, allow, ow, top, networks)
+        _details(conn, d.top + d.allow_top, ow, bw, since, until)
+    return d
+
+
+def _offences(conn, d: Digest, ow: list) -> None:
+    """One pass: offences per (bar, kind, pack, node, rule); every breakdown is a sum of it."""
+    oc = OFFENCES.c
+    b = _bucket(oc.time, d.bucket)
+    q = sa.select(b, oc.kind, oc.mta, oc.node, oc.rule, sa.func.count()).where(*ow) \
+        .group_by(b, oc.kind, oc.mta, oc.node, oc.rule)
+    for bar, kind, mta, node, rule, n in conn.execute(q):
+        at = int(bar) * d.bucket
+        per = d.kinds_over_time.setdefault(at, {})
+        per[kind] = per.get(kind, 0) + n
+        for agg, key in ((d.by_kind, kind), (d.by_mta, mta), (d.by_node, node), (d.by_rule, (mta, rule, kind))):
+            agg[key] = agg.get(key, 0) + n
+        d.offences += n
+
+
+def _bans(conn, d: Digest, bw: list, since: float, until: float) -> None:
+    bc = BANS.c
+    made = [bc.created >= since, bc.created <= until, *bw]
+    ended = [bc.released.is_not(None), bc.released >= since, bc.released <= until, *bw]
+    for bar, n in conn.execute(sa.select(_bucket(bc.created, d.bucket), sa.func.count()).where(*made)
+                               .group_by(_bucket(bc.created, d.bucket))):
+        d.bans_over_time.setdefault(int(bar) * d.bucket, [0, 0])[0] += n
+    for bar, n in conn.execute(sa.select(_bucket(bc.released, d.bucket), sa.func.count()).where(*ended)
+                               .group_by(_bucket(bc.released, d.bucket))):
+        d.bans_over_time.setdefault(int(bar) * d.bucket, [0, 0])[1] += n
+    why = sa.func.coalesce(bc.release_reason, sa.literal_column("'expiry'"))
+    d.released_by = dict(conn.execute(sa.select(why, sa.func.count()).where(*ended).group_by(why)).all())
+    d.releases = sum(d.released_by.values())
+    d.allow_released = d.released_by.get("allow-list", 0)
+    d.bans_new, d.bans_dry_run, d.escalations = conn.execute(sa.select(
+        sa.func.count(), sa.func.coalesce(sa.func.sum(sa.case((bc.dry_run.is_(True), 1), else_=0)), 0),
+        sa.func.coalesce(sa.func.sum(sa.case((bc.escalated.is_(True), 1), else_=0)), 0)).where(*made)).one()
+    d.bans_active = conn.execute(sa.select(sa.func.count()).select_from(BANS).where(
+        bc.released.is_(None), sa.or_(bc.expires.is_(None), bc.expires > d.until), *bw)).scalar_one()
+
+
+def _allowed(allow: AllowList, target: str, name: str | None) -> bool:
+    try:
+        # A network target (IPv6 /64 scoring) counts when it holds an allowed address.
+        return (allow.target_allowed(target) if "/" in target else allow.address_allowed(target)) \
+            or allow.name_allowed(name)
+    except ValueError:
+        return False                # a row no logban wrote: shown, never taken for a partner
+
+
+def _network(target: str) -> tuple[int, str] | None:
+    """The /24 or /64 a target lies in."""
+    try:
+        net = ipaddress.ip_network(target, strict=False)
+    except ValueError:
+        return None
+    plen = 24 if net.version == 4 else 64
+    if net.prefixlen < plen:
+        return None
+    return net.version, str(net.supernet(new_prefix=plen))
+
+
+def _targets(conn, d: Digest, allow: AllowList, ow: list, top: int, networks: int) -> None:
+    """One row per target, streamed (the index on (target, time) serves the GROUP BY without a
+    sort): the top offenders, the allow-list's hits, and the /24 and /64 networks."""
+    oc = OFFENCES.c
+    per = sa.select(oc.target, sa.func.count().label("n"), sa.func.min(oc.time).label("first"),
+                    sa.func.max(oc.time).label("last")).where(*ow).group_by(oc.target).subquery()
+    q = sa.select(per, OFFENDERS.c.name).join(OFFENDERS, OFFENDERS.c.target == per.c.target, isouter=True)
+    kept: list[tuple[int, str, Offender]] = []
+    allowed: list[tuple[int, str, Offender]] = []
+    nets: dict[tuple[int, str], list[int]] = {}
+    for target, n, first, last, name in conn.execution_options(stream_results=True, yield_per=10_000).execute(q):
+        d.clients += 1
+        if _allowed(allow, target, name):
+            d.allow_hits += n
+            d.allow_clients += 1
+            _keep(allowed, top, n, target, first, last, name)
+            continue
+        _keep(kept, top, n, target, first, last, name)
+        net = _network(target)
+        if net is not None:
+            agg = nets.get(net)
+            if agg is None:
+                nets[net] = [n, 1]
+            else:
+                agg[0] += n
+                agg[1] += 1
+    d.top = [o for _, _, o in sorted(kept, key=lambda k: (-k[0], k[1]))]
+    d.allow_top = [o for _, _, o in sorted(allowed, key=lambda k: (-k[0], k[1]))]
+    for version, out in ((4, d.networks4), (6, d.networks6)):
+        best = heapq.nsmallest(networks, ((-c, net, k) for (v, net), (c, k) in nets.items() if v == version))
+        out.extend(Network(net, -c, k) for c, net, k in best)
+
+
+def _keep(heap: list, top: int, n: int, target: str, first: float, last: float, name: str | None) -> None:
+    """The `top` largest counts seen so far (ties: the smaller target first)."""
+    item = (n, _Rev(target), Offender(target, n, first, last, name))
+    if len(heap) < top:
+        heapq.heappush(heap, item)
+    elif item[:2] > heap[0][:2]:
+        heapq.heapreplace(heap, item)
+
+
+class _Rev(str):
+    """A target ordered backwards: among equal counts the heap drops the larger target first."""
+    __slots__ = ()
+
+    def __lt__(self, other: str) -> bool:
+        return str.__gt__(self, other)
+
+    def __gt__(self, other: str) -> bool:
+        return str.__lt__(self, other)
+
+
+def _details(conn, offenders: list[Offender], ow: list, bw: list, since: float, until: float) -> None:
+    """Kinds in the period, bans and escalations of the offenders listed."""
+    if not offenders:
+        return
+    by = {o.target: o for o in offenders}
+    oc, bc = OFFENCES.c, BANS.c
+    for target, kind, n in conn.execute(sa.select(oc.target, oc.kind, sa.func.count())
+                                        .where(oc.target.in_(list(by)), *ow).group_by(oc.target, oc.kind)):
+        by[target].kinds[kind] = n
+    for target, n, esc in conn.execute(sa.select(
+            bc.target, sa.func.count(), sa.func.coalesce(sa.func.sum(sa.case((bc.escalated.is_(True), 1), else_=0)), 0))
+            .where(bc.target.in_(list(by)), bc.created >= since, bc.created <= until, *bw).group_by(bc.target)):
+        by[target].bans, by[target].escalations = n, esc
