@@ -25,6 +25,7 @@ h1{font-size:1.4em;margin:.3em 0}h2{font-size:1.1em;margin:1.4em 0 .5em;border-b
 .muted{color:#5b6670;font-size:.9em}.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));
 gap:8px}.card{background:#fff;border-radius:6px;padding:8px 10px;box-shadow:0 1px 2px #0002}
 .card b{display:block;font-size:1.5em}.card span{color:#5b6670;font-size:.85em}
+.card small{font-size:.5em;font-weight:normal;color:#5b6670}
 section{background:#fff;border-radius:6px;padding:4px 12px 12px;margin:12px 0;box-shadow:0 1px 2px #0002}
 svg.chart{width:100%;height:auto;display:block}svg text{font-size:11px;fill:#5b6670}
 .legend{display:flex;flex-wrap:wrap;gap:4px 14px;font-size:.85em;margin-top:4px}
@@ -83,7 +84,7 @@ def _section(title: str, body: str) -> str:
 def _cards(d: Digest) -> str:
     cards = [("lines read", _n(d.lines_read)), ("offences", _n(d.offences)), ("offending clients", _n(d.clients)),
              ("active bans", _n(d.bans_active)),
-             ("new bans", _n(d.bans_new) + (f" <small>({_n(d.bans_dry_run)} dry-run)</small>" if d.bans_dry_run else "")),
+             ("new bans", _n(d.bans_new) + (f" <small>{_n(d.bans_dry_run)} dry-run</small>" if d.bans_dry_run else "")),
              ("escalations", _n(d.escalations)), ("releases", _n(d.releases)), ("allow-list hits", _n(d.allow_hits))]
     return '<div class="cards">' + "".join(f'<div class="card"><b>{v}</b><span>{_e(k)}</span></div>'
                                            for k, v in cards) + "</div>"
@@ -95,12 +96,12 @@ def _legend(items) -> str:
 
 
 def _nice(top: float) -> int:
-    """A round axis maximum at or above `top`."""
+    """A round axis maximum at or above `top`, in four whole steps of 1, 2 or 5 times a power of ten."""
     step = 1
     while True:
         for m in (1, 2, 5):
-            if m * step >= top:
-                return m * step
+            if 4 * m * step >= top:
+                return 4 * m * step
         step *= 10
 
 
