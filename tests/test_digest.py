@@ -45,7 +45,8 @@ def _logs(tmp_path, now: float):
     mx1 += [_postfix(now - h * HOUR, f"2001:db8:5::{h}", "relay_denied") for h in (3, 4, 40)]
     mx1 += [_postfix(now - h * HOUR, "203.0.113.200", "unknown_user", "relay.partner.example") for h in (1, 9, 12)]
     mx1.sort(key=lambda ln: time.mktime(time.strptime(ln[:15], "%b %d %H:%M:%S")))
-    old = [_postfix(now - 10 * 86400, "198.51.100.99", "dnsbl")]   # outside --since 7d
+    # Outside --since 7d: a client seen only then, and one of the attackers seen before too.
+    old = [_postfix(now - 10 * 86400, "198.51.100.99", "dnsbl"), _postfix(now - 9 * 86400, "198.51.100.10", "relay_denied")]
     mx2 = [_sendmail(now - h * HOUR, "203.0.113.77") for h in (6, 7, 8)]
     a, b = tmp_path / "mx1.log", tmp_path / "mx2.log"
     a.write_text("".join(old + mx1))
@@ -71,12 +72,13 @@ def test_report_of_a_scanned_store_in_headless_chromium(tmp_path):
     text = r.stdout.decode()
     head = dict(re.findall(r"^(lines read|offences|allow-list hits|escalations) +([\d,]+)", text, re.M))
     assert head["offences"] == f"{expected:,}"                  # the old line is out of the period
-    assert head["lines read"] == f"{expected + 1:,}"            # what the read positions stand at
+    assert head["lines read"] == f"{expected + 2:,}"            # what the read positions stand at
     assert head["allow-list hits"] == "3" and int(head["escalations"]) >= 1
     assert "198.51.100.99" not in text
     assert re.search(r"^  198\.51\.100\.9 +20 ", text, re.M)       # the top offender, first
     offenders, allowed = text.split("\nAllow-list hits\n")
     assert "203.0.113.200" not in offenders and re.search(r"^  203\.0\.113\.200 +3 ", allowed, re.M)
+    assert re.search(r"^  198\.51\.100\.10 +12 .* unknown_user 12$", text, re.M)   # its old offence left out
     assert re.search(r"^  198\.51\.100\.0/24 +80 +6$", text, re.M)
     assert re.search(r"^  2001:db8:5::/64 +3 +1$", text, re.M)
     assert re.search(r"^  mx2 +3 ", text, re.M) and "sendmail-relaying-denied" in text

@@ -1,6 +1,7 @@
 """What `logban report` shows, aggregated in SQL: a handful of GROUP BY queries whose
-answers are small (buckets × kinds, one row per target), never the offences themselves,
-so a store of ten million offences is read in seconds and in little memory."""
+answers are small, never the offences themselves. The charts and breakdowns read the
+hourly counts (offence_hours), the offenders one covering index by target, so a store
+of ten million offences is read in seconds and in little memory."""
 from __future__ import annotations
 
 import heapq
@@ -10,9 +11,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..allow import AllowList
-from ..store import BANS, OFFENCES, OFFENDERS, POSITIONS, Store
+from ..store import BANS, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS, Store
 
-# Bucket widths for the charts: the smallest giving at most BUCKETS_MAX bars.
+# Bucket widths for the charts (whole hours): the smallest giving at most BUCKETS_MAX bars.
 BUCKET_SIZES = (3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400)
 BUCKETS_MAX = 60
 
@@ -83,6 +84,8 @@ def _bucket(col: sa.Column, size: int) -> sa.ColumnElement:
 
 def collect(store: Store, allow: AllowList, *, since: float, until: float, node: str | None = None,
             top: int = 20, networks: int = 10) -> Digest:
+    # Whole hours, as the hourly counts have them: every figure covers the same period.
+    since = since // 3600 * 3600
     d = Digest(since=since, until=until, node=node, bucket=bucket_for(until - since))
     oc, bc = OFFENCES.c, BANS.c
     ow = [oc.time >= since, oc.time <= until] + ([oc.node == node] if node is not None else [])
@@ -91,20 +94,23 @@ def collect(store: Store, allow: AllowList, *, since: float, until: float, node:
         pw = [POSITIONS.c.node == node] if node is not None else []
         d.lines_read, d.positions = conn.execute(
             sa.select(sa.func.coalesce(sa.func.sum(POSITIONS.c.lines), 0), sa.func.count()).where(*pw)).one()
-        _offences(conn, d, ow)
+        _offences(conn, d)
         _bans(conn, d, bw, since, until)
-        _targets(conn, d, allow, ow, top, networks)
+        _targets(conn, d, allow, top, networks)
         _details(conn, d.top + d.allow_top, ow, bw, since, until)
     return d
 
 
-def _offences(conn, d: Digest, ow: list) -> None:
-    """One pass: offences per (bar, kind, pack, node, rule); every breakdown is a sum of it."""
-    oc = OFFENCES.c
-    b = _bucket(oc.time, d.bucket)
-    q = sa.select(b, oc.kind, oc.mta, oc.node, oc.rule, sa.func.count()).where(*ow) \
-        .group_by(b, oc.kind, oc.mta, oc.node, oc.rule)
+def _offences(conn, d: Digest) -> None:
+    """The hourly counts per (bar, kind, pack, node, rule); every breakdown is a sum of them."""
+    hc = OFFENCE_HOURS.c
+    b = sa.literal_column(f"offence_hours.hour / {d.bucket // 3600}")
+    hw = [hc.hour >= int(d.since) // 3600, hc.hour <= int(d.until) // 3600]
+    q = sa.select(b, hc.kind, hc.mta, hc.node, hc.rule, sa.func.sum(hc.count)) \
+        .where(*hw, *([hc.node == d.node] if d.node is not None else [])) \
+        .group_by(b, hc.kind, hc.mta, hc.node, hc.rule)
     for bar, kind, mta, node, rule, n in conn.execute(q):
+        n = int(n)
         at = int(bar) * d.bucket
         per = d.kinds_over_time.setdefault(at, {})
         per[kind] = per.get(kind, 0) + n
@@ -155,32 +161,51 @@ def _network(target: str) -> tuple[int, str] | None:
     return net.version, str(net.supernet(new_prefix=plen))
 
 
-def _targets(conn, d: Digest, allow: AllowList, ow: list, top: int, networks: int) -> None:
-    """One row per target, streamed (the index on (target, time) serves the GROUP BY without a
-    sort): the top offenders, the allow-list's hits, and the /24 and /64 networks."""
-    oc = OFFENCES.c
-    per = sa.select(oc.target, sa.func.count().label("n"), sa.func.min(oc.time).label("first"),
-                    sa.func.max(oc.time).label("last")).where(*ow).group_by(oc.target).subquery()
-    q = sa.select(per, OFFENDERS.c.name).join(OFFENDERS, OFFENDERS.c.target == per.c.target, isouter=True)
+def _per_target(d: Digest) -> list[sa.Select]:
+    """(target, offences, first, last, name) of every target with offences in the period.
+    A client first seen in the period has all its offences in it: its offender row holds
+    them already. Only the others' offences are counted, read from the covering index by
+    target, from the start of the period on; the offenders table is walked in target order
+    (`+ 0` keeps SQLite off the last_seen index), so the counts come grouped without a sort."""
+    f, o = OFFENDERS.c, OFFENCES.c
+    on = [o.target == f.target, o.time >= d.since, o.time <= d.until]
+    recent = [(f.last_seen + 0) >= d.since]
+    if d.node is not None:
+        on.append(o.node == d.node)             # offender rows are not per node: all counted
+    else:
+        recent.append(f.first_seen < d.since)
+    counted = (sa.select(f.target, sa.func.count(), sa.func.min(o.time), sa.func.max(o.time), f.name)
+               .select_from(OFFENDERS.join(OFFENCES, sa.and_(*on))).where(*recent).group_by(f.target))
+    if d.node is not None:
+        return [counted]
+    new = sa.select(f.target, f.offences, f.first_seen, f.last_seen, f.name).where(
+        f.first_seen >= d.since, f.offences > 0)
+    return [new, counted]
+
+
+def _targets(conn, d: Digest, allow: AllowList, top: int, networks: int) -> None:
+    """One row per target, streamed: the top offenders, the allow-list's hits, and the /24
+    and /64 networks."""
     kept: list[tuple[int, str, Offender]] = []
     allowed: list[tuple[int, str, Offender]] = []
     nets: dict[tuple[int, str], list[int]] = {}
-    for target, n, first, last, name in conn.execution_options(stream_results=True, yield_per=10_000).execute(q):
-        d.clients += 1
-        if _allowed(allow, target, name):
-            d.allow_hits += n
-            d.allow_clients += 1
-            _keep(allowed, top, n, target, first, last, name)
-            continue
-        _keep(kept, top, n, target, first, last, name)
-        net = _network(target)
-        if net is not None:
-            agg = nets.get(net)
-            if agg is None:
-                nets[net] = [n, 1]
-            else:
-                agg[0] += n
-                agg[1] += 1
+    for q in _per_target(d):
+        for target, n, first, last, name in conn.execution_options(stream_results=True, yield_per=10_000).execute(q):
+            d.clients += 1
+            if _allowed(allow, target, name):
+                d.allow_hits += n
+                d.allow_clients += 1
+                _keep(allowed, top, n, target, first, last, name)
+                continue
+            _keep(kept, top, n, target, first, last, name)
+            net = _network(target)
+            if net is not None:
+                agg = nets.get(net)
+                if agg is None:
+                    nets[net] = [n, 1]
+                else:
+                    agg[0] += n
+                    agg[1] += 1
     d.top = [o for _, _, o in sorted(kept, key=lambda k: (-k[0], k[1]))]
     d.allow_top = [o for _, _, o in sorted(allowed, key=lambda k: (-k[0], k[1]))]
     for version, out in ((4, d.networks4), (6, d.networks6)):
