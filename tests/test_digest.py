@@ -108,7 +108,7 @@ def test_report_of_a_scanned_store_in_headless_chromium(tmp_path):
                 const x = r.getBoundingClientRect(); return x.width > 0 && x.height > 0; }).length,
             width: s.getBoundingClientRect().width}))""")
         assert [c["label"] for c in charts] == ["offences by kind over time", "bans and releases over time",
-                                                "counts", "counts"]
+                                                "offences by MTA", "offences by node"]
         assert all(c["drawn"] > 0 and c["width"] > 200 for c in charts), charts
         assert b.evaluate("document.scripts.length") == 0
         assert b.evaluate("document.querySelector('td.name').textContent") == HOSTILE

@@ -34,6 +34,7 @@ svg.chart{width:100%;height:auto;display:block}svg text{font-size:11px;fill:#5b6
 th,td{text-align:left;padding:3px 6px;border-bottom:1px solid #e5e9ed;white-space:nowrap}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}td.name{white-space:normal;word-break:break-all}
 .grid2{display:grid;grid-template-columns:repeat(auto-fit,minmax(280px,1fr));gap:12px}
+@media (max-width:600px){svg.time text{font-size:20px}}
 """
 
 
@@ -66,8 +67,8 @@ def render_html(d: Digest, generated: float | None = None) -> str:
         _section("Top /24 networks", _networks(d.networks4, "no IPv4 offenders")),
         _section("Top /64 networks", _networks(d.networks6, "no IPv6 offenders")),
         "</div><div class=\"grid2\">",
-        _section("Offences by MTA", _hbars(d.by_mta)),
-        _section("Offences by node", _hbars(d.by_node)),
+        _section("Offences by MTA", _hbars(d.by_mta, "offences by MTA")),
+        _section("Offences by node", _hbars(d.by_node, "offences by node")),
         "</div>",
         _section("Allow-list hits", _allow(d)),
         _section("What each rule pack caught", _packs(d)),
@@ -129,16 +130,16 @@ class _Axes:
             y = self.y(v)
             out.append(f'<line x1="{self.L}" x2="{self.W - self.R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e9ed"/>'
                        f'<text x="{self.L - 4}" y="{y + 4:.1f}" text-anchor="end">{_short(v)}</text>')
-        every = max(1, round(self.n / 6))
+        every = max(1, round(self.n / 5))
         for i in range(0, self.n, every):
             at = self.first + i * self.d.bucket
-            fmt = "%d %b" if self.d.bucket >= 86400 else "%d %b %H:%M"
+            fmt = "%d %b" if self.d.bucket >= 3 * 3600 else "%d %b %H:%M"
             out.append(f'<text x="{self.x(i):.1f}" y="{self.H - self.B + 16}">'
                        f'{_e(time.strftime(fmt, time.gmtime(at)))}</text>')
         return out
 
     def svg(self, label: str, body: list[str]) -> str:
-        return (f'<svg class="chart" viewBox="0 0 {self.W} {self.H}" role="img" aria-label="{_e(label)}">'
+        return (f'<svg class="chart time" viewBox="0 0 {self.W} {self.H}" role="img" aria-label="{_e(label)}">'
                 + "".join(self.frame() + body) + "</svg>")
 
 
@@ -186,7 +187,7 @@ def _bans_chart(d: Digest) -> str:
     return ax.svg("bans and releases over time", body)
 
 
-def _hbars(counts: dict[str, int]) -> str:
+def _hbars(counts: dict[str, int], label: str) -> str:
     """A horizontal bar per name, as SVG: readable at any width."""
     if not counts:
         return '<p class="muted">None in this period.</p>'
@@ -201,7 +202,7 @@ def _hbars(counts: dict[str, int]) -> str:
                     f'<rect class="bar" x="{L}" y="{y + 4}" width="{w:.1f}" height="{h - 8}" fill="{PALETTE[0]}">'
                     f'<title>{_e(name)}: {n:,}</title></rect>'
                     f'<text x="{L + w + 4:.1f}" y="{y + 15}">{n:,}</text>')
-    return (f'<svg class="chart" viewBox="0 0 {W} {h * len(rows)}" role="img" aria-label="counts">'
+    return (f'<svg class="chart" viewBox="0 0 {W} {h * len(rows)}" role="img" aria-label="{_e(label)}">'
             + "".join(body) + "</svg>")
 
 
