@@ -4,6 +4,7 @@ console message, exception, log entry and network request, run a script in it, s
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import select
@@ -24,20 +25,26 @@ def find() -> str:
     raise AssertionError("unreachable")
 
 
+def _above_4(fd: int) -> int:
+    """`fd` moved to a number above 4, so that moving the pipes to 3 and 4 overwrites neither."""
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+    os.close(fd)
+    return moved
+
+
 class Browser:
     def __init__(self, profile: Path, timeout: float = 60) -> None:
         self.timeout = timeout
         cmd_r, self.cmd_w = os.pipe()           # we write commands, Chromium reads fd 3
         self.res_r, res_w = os.pipe()           # Chromium writes answers to fd 4
-
-        def fds() -> None:                      # runs before close_fds, which keeps 3 and 4
-            a, b = os.dup(cmd_r), os.dup(res_w)      # neither may be 3 or 4 when the other moves there
-            os.dup2(a, 3)
-            os.dup2(b, 4)
+        cmd_r, res_w = (_above_4(fd) for fd in (cmd_r, res_w))
+        # bash moves the pipes to 3 and 4 (dash takes one-digit fds only; a preexec_fn is unsafe
+        # in a process with threads).
         self.p = subprocess.Popen(
-            [find(), "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-             "--disable-extensions", "--disable-background-networking", f"--user-data-dir={profile}", "about:blank"],
-            preexec_fn=fds, pass_fds=(3, 4), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            ["bash", "-c", f'exec "$0" "$@" 3<&{cmd_r} 4>&{res_w} {cmd_r}<&- {res_w}>&-', find(), "--headless",
+             "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run", "--disable-extensions",
+             "--disable-background-networking", f"--user-data-dir={profile}", "about:blank"],
+            pass_fds=(cmd_r, res_w), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         os.close(cmd_r)
         os.close(res_w)
         self.buf = b""

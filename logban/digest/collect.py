@@ -14,7 +14,7 @@ from ..allow import AllowList
 from ..store import BANS, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS, Store
 
 # Bucket widths for the charts (whole hours): the smallest giving at most BUCKETS_MAX bars.
-BUCKET_SIZES = (3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400)
+BUCKET_SIZES = (3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400, 91 * 86400, 365 * 86400)
 BUCKETS_MAX = 60
 
 

@@ -56,8 +56,8 @@ def render_html(d: Digest, generated: float | None = None) -> str:
         '<meta name="viewport" content="width=device-width,initial-scale=1">',
         f"<title>logban report {_e(fmt_time(d.since))} – {_e(fmt_time(d.until))}</title>",
         f"<style>{CSS}</style></head><body><main>",
-        f"<h1>logban report</h1><p class=\"muted\">{_e(fmt_time(d.since))} to {_e(fmt_time(d.until))} UTC "
-        f"({_e(format_duration(d.until - d.since))}){where} · made {_e(fmt_time(generated))} UTC</p>",
+        (f"<h1>logban report</h1><p class=\"muted\">{_e(fmt_time(d.since))} to {_e(fmt_time(d.until))} UTC "
+         f"({_e(format_duration(d.until - d.since))}){where} · made {_e(fmt_time(generated))} UTC</p>"),
         _cards(d),
         _section("Offences by kind", _stacked(d, kinds, colour) + _legend((k, colour[k]) for k in kinds)),
         _section("Bans and releases", _bans_chart(d) + _legend(zip(("bans", "releases"), BAN_COLOURS))

@@ -55,8 +55,8 @@ def _kinds(o: Offender) -> str:
 def render_text(d: Digest, generated: float | None = None) -> str:
     generated = time.time() if generated is None else generated
     node = f"node {d.node}" if d.node is not None else "all nodes"
-    out = [f"logban report: {fmt_time(d.since)} to {fmt_time(d.until)} UTC ({format_duration(d.until - d.since)}), "
-           f"{safe(node)}; made {fmt_time(generated)} UTC", ""]
+    out = [(f"logban report: {fmt_time(d.since)} to {fmt_time(d.until)} UTC ({format_duration(d.until - d.since)}), "
+            f"{safe(node)}; made {fmt_time(generated)} UTC"), ""]
     out += _table(["", ""], [
         ["lines read", f"{d.lines_read:,}"], ["offences", f"{d.offences:,}"], ["offending clients", f"{d.clients:,}"],
         ["active bans", f"{d.bans_active:,}"],
@@ -88,8 +88,8 @@ def render_text(d: Digest, generated: float | None = None) -> str:
     out += ["", "Offences by MTA"] + _bar_lines(d.by_mta)
     out += ["", "Offences by node"] + _bar_lines(d.by_node)
     out += ["", "Allow-list hits",
-            f"  {d.allow_hits:,} offences from {d.allow_clients:,} allow-listed clients recorded and not scored; "
-            f"{d.allow_released:,} bans released because the allow-list covers them."]
+            (f"  {d.allow_hits:,} offences from {d.allow_clients:,} allow-listed clients recorded and not scored; "
+             f"{d.allow_released:,} bans released because the allow-list covers them.")]
     if d.allow_top:
         out += ["  " + ln for ln in _table(["address or network", "offences", "last seen", "verified name"],
                                            [[o.target, f"{o.count:,}", fmt_time(o.last), o.name or "-"]
