@@ -7,8 +7,12 @@ import time
 
 from conftest import bsd_stamp, run_logban, touch_now
 
-from logban.digest.collect import bucket_for
+from logban.allow import AllowList
+from logban.digest.collect import bucket_for, collect
 from logban.digest.text import bars
+from logban.parse import Offence
+from logban.score import Decision
+from logban.store import Store
 
 HOSTILE = "<script>alert(\"x\")&'</script>.example"
 HOUR = 3600
@@ -136,3 +140,42 @@ def test_buckets_and_bars():
     assert bucket_for(1000 * 86400) == 30 * 86400 and bucket_for(36500 * 86400) == 365 * 86400
     rows = bars({f"k{i}": i for i in range(20)})
     assert len(rows) == 12 and rows[0] == ("k19", 19) and rows[-1] == ("other", sum(range(9)))
+
+
+def _off(t: float, ip: str, kind: str = "unknown_user", name: str | None = None, mta: str = "postfix") -> Offence:
+    return Offence(t, ip, mta, f"{mta}-{kind}", kind, 1.0, "mail.log", 1, b"line", name)
+
+
+def test_collect_on_sqlite_and_postgresql(db_url):
+    """The report's SQL on both stores: clients first seen in the period and clients seen
+    before it, one node or all, bans made, escalated and released in the period."""
+    now = time.time()
+    h0 = (now - 2 * 86400) // HOUR * HOUR                      # the period starts here
+    s = Store(db_url)
+    s.record([(_off(h0 - 5 * HOUR, "198.51.100.1"), "198.51.100.1"),   # before the period: not counted
+              (_off(h0 + HOUR, "198.51.100.1"), "198.51.100.1"),
+              (_off(h0 + 2 * HOUR, "198.51.100.1", "dnsbl"), "198.51.100.1"),
+              (_off(h0 + 3 * HOUR, "198.51.100.2", name="a.partner.example"), "198.51.100.2"),
+              (_off(h0 + 3 * HOUR, "2001:db8::1"), "2001:db8::/64")], [], node="mx1", dry_run=False, now=now)
+    s.record([(_off(h0 + 4 * HOUR, "198.51.100.1", mta="sendmail"), "198.51.100.1")],
+             [Decision("198.51.100.1", "dnsbl", "postfix-dnsbl", 5, h0 + 2 * HOUR, HOUR, 1, False, "r"),
+              Decision("198.51.100.1", "dnsbl", "postfix-dnsbl", 5, h0 + 5 * HOUR, 2 * HOUR, 2, True, "r")],
+             node="mx2", dry_run=False, now=now)
+    allow = AllowList([], ["*.partner.example"], own=[])
+    d = collect(s, allow, since=now - 2 * 86400, until=now)
+    assert d.since == h0 and d.offences == 5 and d.clients == 3
+    assert d.by_kind == {"unknown_user": 4, "dnsbl": 1} and d.by_node == {"mx1": 4, "mx2": 1}
+    assert d.by_mta == {"postfix": 4, "sendmail": 1}
+    assert [(o.target, o.count, o.first, o.last, o.kinds, o.bans, o.escalations) for o in d.top] == [
+        ("198.51.100.1", 3, h0 + HOUR, h0 + 4 * HOUR, {"unknown_user": 2, "dnsbl": 1}, 2, 1),
+        ("2001:db8::/64", 1, h0 + 3 * HOUR, h0 + 3 * HOUR, {"unknown_user": 1}, 0, 0)]
+    assert (d.allow_hits, [o.name for o in d.allow_top]) == (1, ["a.partner.example"])
+    assert [(n.network, n.count, n.clients) for n in d.networks4] == [("198.51.100.0/24", 3, 1)]
+    assert [(n.network, n.count) for n in d.networks6] == [("2001:db8::/64", 1)]
+    assert (d.bans_new, d.escalations, d.releases, d.bans_active) == (2, 1, 2, 0)
+    assert sum(sum(v.values()) for v in d.kinds_over_time.values()) == 5
+    assert sum(b for b, _ in d.bans_over_time.values()) == 2
+    one = collect(s, allow, since=now - 2 * 86400, until=now, node="mx2")
+    assert one.offences == 1 and [(o.target, o.count) for o in one.top] == [("198.51.100.1", 1)]
+    assert one.bans_new == 2
+    s.close()
