@@ -135,7 +135,7 @@ def timed(cmd: list[str]) -> tuple[float, int, bytes]:
     secs = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {err.decode()[-500:]}")
-    return secs, ru.ru_maxrss // 1024, out
+    return secs, ru.ru_utime + ru.ru_stime, ru.ru_maxrss // 1024, out
 
 
 def main() -> None:
@@ -158,11 +158,12 @@ def main() -> None:
         for fmt, extra in (("html", ["-o", str(html)]), ("text", ["--format", "text"])):
             best = None
             for _ in range(a.runs):
-                secs, rss, out = timed(base + extra)
-                best = (secs, rss) if best is None or secs < best[0] else best
+                secs, cpu, rss, out = timed(base + extra)
+                best = (secs, cpu, rss) if best is None or secs < best[0] else best
             size = html.stat().st_size if fmt == "html" else len(out)
-            print(f"report --since {since:<3} --format {fmt:<4}  {a.offences:>12,} offences in the store  "
-                  f"{best[0]:6.2f} s (best of {a.runs})  peak RSS {best[1]:,} MiB  output {size:,} bytes", flush=True)
+            print(f"report --since {since:<3} --format {fmt:<4}  {a.offences:,} offences in the store: "
+                  f"{best[0]:6.2f} s wall, {best[1]:6.2f} s CPU (best of {a.runs}), peak RSS {best[2]:,} MiB, "
+                  f"output {size:,} bytes  [load average {os.getloadavg()[0]:.1f}]", flush=True)
 
 
 if __name__ == "__main__":

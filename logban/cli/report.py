@@ -19,6 +19,8 @@ def cmd_report(args, cfg: Config) -> int:
         raise UsageError(f"--since: {args.since!r} is not a period (like 24h, 7d)")
     if args.output is not None and not args.output.parent.is_dir():
         raise UsageError(f"-o: {args.output.parent}: no such directory")
+    if args.output is not None and args.output.is_dir():
+        raise UsageError(f"-o: {args.output}: is a directory")
     now = time.time()
     d = collect(_store(args, cfg, readonly=True), _allow(cfg), since=now - period, until=now, node=args.node,
                 top=args.top)

@@ -5,17 +5,18 @@ of ten million offences is read in seconds and in little memory."""
 from __future__ import annotations
 
 import heapq
-import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from ..allow import AllowList
-from ..store import BANS, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS, Store
+from ..allow import AllowList, canonical_num, ip_address_text
+from ..store import BANS, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS, Store, kind_names
 
 # Bucket widths for the charts (whole hours): the smallest giving at most BUCKETS_MAX bars.
 BUCKET_SIZES = (3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400, 91 * 86400, 365 * 86400)
 BUCKETS_MAX = 60
+NET_PREFIX = {4: 24, 6: 64}         # the networks listed: where neighbours attack together
 
 
 @dataclass
@@ -25,7 +26,7 @@ class Offender:
     first: float
     last: float
     name: str | None = None         # last verified name
-    kinds: dict[str, int] = field(default_factory=dict)
+    kinds: list[str] = field(default_factory=list)      # every kind seen of it (the offender row's)
     bans: int = 0
     escalations: int = 0
 
@@ -87,9 +88,7 @@ def collect(store: Store, allow: AllowList, *, since: float, until: float, node:
     # Whole hours, as the hourly counts have them: every figure covers the same period.
     since = since // 3600 * 3600
     d = Digest(since=since, until=until, node=node, bucket=bucket_for(until - since))
-    oc, bc = OFFENCES.c, BANS.c
-    ow = [oc.time >= since, oc.time <= until] + ([oc.node == node] if node is not None else [])
-    bw = [bc.node == node] if node is not None else []
+    bw = [BANS.c.node == node] if node is not None else []
     with store.read() as conn:
         pw = [POSITIONS.c.node == node] if node is not None else []
         d.lines_read, d.positions = conn.execute(
@@ -97,7 +96,7 @@ def collect(store: Store, allow: AllowList, *, since: float, until: float, node:
         _offences(conn, d)
         _bans(conn, d, bw, since, until)
         _targets(conn, d, allow, top, networks)
-        _details(conn, d.top + d.allow_top, ow, bw, since, until)
+        _details(conn, d.top + d.allow_top, bw, since, until)
     return d
 
 
@@ -140,29 +139,29 @@ def _bans(conn, d: Digest, bw: list, since: float, until: float) -> None:
         bc.released.is_(None), sa.or_(bc.expires.is_(None), bc.expires > d.until), *bw)).scalar_one()
 
 
-def _allowed(allow: AllowList, target: str, name: str | None) -> bool:
-    try:
-        # A network target (IPv6 /64 scoring) counts when it holds an allowed address.
-        return (allow.target_allowed(target) if "/" in target else allow.address_allowed(target)) \
-            or allow.name_allowed(name)
-    except ValueError:
-        return False                # a row no logban wrote: shown, never taken for a partner
+def _allowed(allow: AllowList, parsed: tuple[int, int, int] | None, name: str | None) -> bool:
+    """A network target (IPv6 /64 scoring) counts when it holds an allowed address; a row no
+    logban wrote (`parsed` None) is shown, never taken for a partner."""
+    return (parsed is not None and allow.covers(*parsed)) or allow.name_allowed(name)
 
 
-def _network(target: str) -> tuple[int, str] | None:
-    """The /24 or /64 a target lies in."""
-    try:
-        net = ipaddress.ip_network(target, strict=False)
-    except ValueError:
+def _network(parsed: tuple[int, int, int] | None) -> tuple[int, int] | None:
+    """(version, number) of the /24 or /64 a target lies in, shifted: a key, made text only
+    for the networks listed."""
+    if parsed is None:
         return None
-    plen = 24 if net.version == 4 else 64
-    if net.prefixlen < plen:
-        return None
-    return net.version, str(net.supernet(new_prefix=plen))
+    version, num, plen = parsed
+    keep = NET_PREFIX[version]
+    return (version, num >> ((32 if version == 4 else 128) - keep)) if plen >= keep else None
+
+
+def _network_text(version: int, key: int) -> str:
+    keep = NET_PREFIX[version]
+    return f"{ip_address_text(version, key << ((32 if version == 4 else 128) - keep))}/{keep}"
 
 
 def _per_target(d: Digest) -> list[sa.Select]:
-    """(target, offences, first, last, name) of every target with offences in the period.
+    """(target, offences, first, last, name, kinds) of every target with offences in the period.
     A client first seen in the period has all its offences in it: its offender row holds
     them already. Only the others' offences are counted, read from the covering index by
     target, from the start of the period on; the offenders table is walked in target order
@@ -174,11 +173,11 @@ def _per_target(d: Digest) -> list[sa.Select]:
         on.append(o.node == d.node)             # offender rows are not per node: all counted
     else:
         recent.append(f.first_seen < d.since)
-    counted = (sa.select(f.target, sa.func.count(), sa.func.min(o.time), sa.func.max(o.time), f.name)
+    counted = (sa.select(f.target, sa.func.count(), sa.func.min(o.time), sa.func.max(o.time), f.name, f.kinds)
                .select_from(OFFENDERS.join(OFFENCES, sa.and_(*on))).where(*recent).group_by(f.target))
     if d.node is not None:
         return [counted]
-    new = sa.select(f.target, f.offences, f.first_seen, f.last_seen, f.name).where(
+    new = sa.select(f.target, f.offences, f.first_seen, f.last_seen, f.name, f.kinds).where(
         f.first_seen >= d.since, f.offences > 0)
     return [new, counted]
 
@@ -186,19 +185,20 @@ def _per_target(d: Digest) -> list[sa.Select]:
 def _targets(conn, d: Digest, allow: AllowList, top: int, networks: int) -> None:
     """One row per target, streamed: the top offenders, the allow-list's hits, and the /24
     and /64 networks."""
-    kept: list[tuple[int, str, Offender]] = []
+    kept: list[tuple[int, str, Offender]] = []          # heaps
     allowed: list[tuple[int, str, Offender]] = []
-    nets: dict[tuple[int, str], list[int]] = {}
+    nets: dict[tuple[int, int], list[int]] = {}
     for q in _per_target(d):
-        for target, n, first, last, name in conn.execution_options(stream_results=True, yield_per=10_000).execute(q):
+        for target, n, first, last, name, kinds in _rows(conn, q):
             d.clients += 1
-            if _allowed(allow, target, name):
+            parsed = canonical_num(target)          # the C parser: ipaddress would take seconds here
+            if _allowed(allow, parsed, name):
                 d.allow_hits += n
                 d.allow_clients += 1
-                _keep(allowed, top, n, target, first, last, name)
+                _keep(allowed, top, n, target, first, last, name, kinds)
                 continue
-            _keep(kept, top, n, target, first, last, name)
-            net = _network(target)
+            _keep(kept, top, n, target, first, last, name, kinds)
+            net = _network(parsed)
             if net is not None:
                 agg = nets.get(net)
                 if agg is None:
@@ -210,39 +210,44 @@ def _targets(conn, d: Digest, allow: AllowList, top: int, networks: int) -> None
     d.allow_top = [o for _, _, o in sorted(allowed, key=lambda k: (-k[0], k[1]))]
     for version, out in ((4, d.networks4), (6, d.networks6)):
         best = heapq.nsmallest(networks, ((-c, net, k) for (v, net), (c, k) in nets.items() if v == version))
-        out.extend(Network(net, -c, k) for c, net, k in best)
+        out.extend(Network(_network_text(version, net), -c, k) for c, net, k in best)
 
 
-def _keep(heap: list, top: int, n: int, target: str, first: float, last: float, name: str | None) -> None:
-    """The `top` largest counts seen so far (ties: the smaller target first)."""
-    item = (n, _Rev(target), Offender(target, n, first, last, name))
+def _keep(heap: list, top: int, n: int, target: str, first: float, last: float, name: str | None,
+          kinds: int) -> None:
+    """The `top` largest counts seen so far (among equal counts, the larger targets): most
+    rows are dropped at the first comparison, before anything is built for them."""
     if len(heap) < top:
-        heapq.heappush(heap, item)
-    elif item[:2] > heap[0][:2]:
-        heapq.heapreplace(heap, item)
+        heapq.heappush(heap, (n, target, Offender(target, n, first, last, name, _kind_names(kinds))))
+    elif n > heap[0][0] or (n == heap[0][0] and target > heap[0][1]):
+        heapq.heapreplace(heap, (n, target, Offender(target, n, first, last, name, _kind_names(kinds))))
 
 
-class _Rev(str):
-    """A target ordered backwards: among equal counts the heap drops the larger target first."""
-    __slots__ = ()
-
-    def __lt__(self, other: str) -> bool:
-        return str.__gt__(self, other)
-
-    def __gt__(self, other: str) -> bool:
-        return str.__lt__(self, other)
+def _kind_names(bits) -> list[str]:
+    return kind_names(bits) if isinstance(bits, int) else []       # a row no logban wrote: none
 
 
-def _details(conn, offenders: list[Offender], ow: list, bw: list, since: float, until: float) -> None:
-    """Kinds in the period, bans and escalations of the offenders listed."""
+def _details(conn, offenders: list[Offender], bw: list, since: float, until: float) -> None:
+    """Bans and escalations in the period of the offenders listed."""
     if not offenders:
         return
     by = {o.target: o for o in offenders}
-    oc, bc = OFFENCES.c, BANS.c
-    for target, kind, n in conn.execute(sa.select(oc.target, oc.kind, sa.func.count())
-                                        .where(oc.target.in_(list(by)), *ow).group_by(oc.target, oc.kind)):
-        by[target].kinds[kind] = n
+    bc = BANS.c
     for target, n, esc in conn.execute(sa.select(
             bc.target, sa.func.count(), sa.func.coalesce(sa.func.sum(sa.case((bc.escalated.is_(True), 1), else_=0)), 0))
             .where(bc.target.in_(list(by)), bc.created >= since, bc.created <= until, *bw).group_by(bc.target)):
         by[target].bans, by[target].escalations = n, esc
+
+
+def _rows(conn, q: sa.Select) -> Iterator[tuple]:
+    """The rows of `q` as plain tuples from the driver's cursor, a batch at a time: for
+    300,000 targets SQLAlchemy's rows would cost more than the query."""
+    c = q.compile(dialect=conn.dialect)
+    params = [c.params[k] for k in c.positiontup] if c.positional else c.params
+    cur = conn.connection.cursor()
+    try:
+        cur.execute(str(c), params)
+        while batch := cur.fetchmany(10_000):
+            yield from batch
+    finally:
+        cur.close()

@@ -221,7 +221,7 @@ def _small_table(head: list[str], rows) -> str:
 
 
 def _kinds(o: Offender) -> str:
-    return _e(", ".join(f"{k} {n:,}" for k, n in sorted(o.kinds.items(), key=lambda kv: (-kv[1], kv[0]))))
+    return _e(", ".join(o.kinds))
 
 
 def _offenders(top: list[Offender]) -> str:
@@ -229,7 +229,7 @@ def _offenders(top: list[Offender]) -> str:
         return '<p class="muted">No offenders in this period.</p>'
     rows = [[_e(o.target), _n(o.count), _kinds(o), _n(o.bans), _n(o.escalations), _e(fmt_time(o.first)),
              _e(fmt_time(o.last)), "<!--name-->" + _e(o.name or "")] for o in top]
-    return _table(["address or network", "offences", "kinds", "bans", "escalations", "first seen", "last seen",
+    return _table(["address or network", "offences", "kinds seen", "bans", "escalations", "first seen", "last seen",
                    "verified name"], rows, {1, 3, 4})
 
 
@@ -248,7 +248,7 @@ def _allow(d: Digest) -> str:
         return head
     rows = [[_e(o.target), _n(o.count), _kinds(o), _e(fmt_time(o.last)), "<!--name-->" + _e(o.name or "")]
             for o in d.allow_top]
-    return head + _table(["address or network", "offences", "kinds", "last seen", "verified name"], rows, {1})
+    return head + _table(["address or network", "offences", "kinds seen", "last seen", "verified name"], rows, {1})
 
 
 def _packs(d: Digest) -> str:

@@ -49,7 +49,7 @@ def _bar_lines(counts: dict[str, int]) -> list[str]:
 
 
 def _kinds(o: Offender) -> str:
-    return ", ".join(f"{k} {n:,}" for k, n in sorted(o.kinds.items(), key=lambda kv: (-kv[1], kv[0])))
+    return ", ".join(o.kinds)
 
 
 def render_text(d: Digest, generated: float | None = None) -> str:
@@ -77,7 +77,7 @@ def render_text(d: Digest, generated: float | None = None) -> str:
         out += ["", "Releases by reason"] + _bar_lines(d.released_by)
     out += ["", "Top offenders"]
     out += ["  " + ln for ln in _table(
-        ["address or network", "offences", "bans", "escalations", "first seen", "last seen", "verified name", "kinds"],
+        ["address or network", "offences", "bans", "escalations", "first seen", "last seen", "verified name", "kinds seen"],
         [[o.target, f"{o.count:,}", f"{o.bans:,}", f"{o.escalations:,}", fmt_time(o.first), fmt_time(o.last),
           o.name or "-", _kinds(o)] for o in d.top], {1, 2, 3})] if d.top else ["  none"]
     for title, nets in (("Top /24 networks", d.networks4), ("Top /64 networks", d.networks6)):
