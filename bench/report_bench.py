@@ -97,7 +97,7 @@ def build(db: Path, offences: int, targets: int) -> None:
         if v[2] < 20:
             continue
         for c in range(1, 1 + min(3, v[2] // 200 + 1)):
-            created = v[0] + c * 3600
+            created = v[0] + (v[1] - v[0]) * c / 4          # spread over the client's month
             exp = created + 3600 * c * c
             over = exp <= now
             bans.append((k, "unknown_user", "postfix-unknown-user", "score", 10.0, created, exp, exp - created,

@@ -22,9 +22,9 @@ CSS = """
 *{box-sizing:border-box}body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;
 color:#1d232a;background:#f4f6f8}main{max-width:1000px;margin:0 auto;padding:12px}
 h1{font-size:1.4em;margin:.3em 0}h2{font-size:1.1em;margin:1.4em 0 .5em;border-bottom:1px solid #d5dbe1}
-.muted{color:#5b6670;font-size:.9em}.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));
+.muted{color:#5b6670;font-size:.9em}.cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(150px,1fr));
 gap:8px}.card{background:#fff;border-radius:6px;padding:8px 10px;box-shadow:0 1px 2px #0002}
-.card b{display:block;font-size:1.5em}.card span{color:#5b6670;font-size:.85em}
+.card b{display:block;font-size:1.35em;overflow-wrap:anywhere}.card span{color:#5b6670;font-size:.85em}
 .card small{font-size:.5em;font-weight:normal;color:#5b6670}
 section{background:#fff;border-radius:6px;padding:4px 12px 12px;margin:12px 0;box-shadow:0 1px 2px #0002}
 svg.chart{width:100%;height:auto;display:block}svg text{font-size:11px;fill:#5b6670}
@@ -57,7 +57,7 @@ def render_html(d: Digest, generated: float | None = None) -> str:
         f"<title>logban report {_e(fmt_time(d.since))} – {_e(fmt_time(d.until))}</title>",
         f"<style>{CSS}</style></head><body><main>",
         (f"<h1>logban report</h1><p class=\"muted\">{_e(fmt_time(d.since))} to {_e(fmt_time(d.until))} UTC "
-         f"({_e(format_duration(d.until - d.since))}){where} · made {_e(fmt_time(generated))} UTC</p>"),
+         f"({_e(format_duration(round((d.until - d.since) / 3600) * 3600))}){where} · made {_e(fmt_time(generated))} UTC</p>"),
         _cards(d),
         _section("Offences by kind", _stacked(d, kinds, colour) + _legend((k, colour[k]) for k in kinds)),
         _section("Bans and releases", _bans_chart(d) + _legend(zip(("bans", "releases"), BAN_COLOURS))
@@ -130,13 +130,24 @@ class _Axes:
             y = self.y(v)
             out.append(f'<line x1="{self.L}" x2="{self.W - self.R}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e5e9ed"/>'
                        f'<text x="{self.L - 4}" y="{y + 4:.1f}" text-anchor="end">{_short(v)}</text>')
-        every = max(1, round(self.n / 5))
-        for i in range(0, self.n, every):
-            at = self.first + i * self.d.bucket
-            fmt = "%d %b" if self.d.bucket >= 3 * 3600 else "%d %b %H:%M"
-            out.append(f'<text x="{self.x(i):.1f}" y="{self.H - self.B + 16}">'
-                       f'{_e(time.strftime(fmt, time.gmtime(at)))}</text>')
+        stride = self.stride()
+        fmt = "%d %b" if stride % 86400 == 0 else "%d %b %H:%M"
+        at = -(-self.first // stride) * stride            # the first round time in the chart
+        while at < self.first + self.n * self.d.bucket:
+            x = self.x((at - self.first) / self.d.bucket)
+            if x < self.W - self.R - 50:                  # a label that fits
+                out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{self.y(0):.1f}" y2="{self.y(0) + 4:.1f}" '
+                           f'stroke="#5b6670"/><text x="{x:.1f}" y="{self.H - self.B + 16}" text-anchor="middle">'
+                           f'{_e(time.strftime(fmt, time.gmtime(at)))}</text>')
+            at += stride
         return out
+
+    def stride(self) -> int:
+        """Seconds between time labels: a round step (hours, days, weeks) giving at most 6 labels."""
+        b = self.d.bucket
+        steps = sorted({b * k for k in (1, 2, 3, 4, 6, 8, 12)} | {86400 * k for k in (1, 2, 7, 14) if 86400 * k % b == 0})
+        span = self.n * b
+        return next((s for s in steps if span / s <= 6), b * -(-self.n // 6))
 
     def svg(self, label: str, body: list[str]) -> str:
         return (f'<svg class="chart time" viewBox="0 0 {self.W} {self.H}" role="img" aria-label="{_e(label)}">'

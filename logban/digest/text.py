@@ -55,7 +55,7 @@ def _kinds(o: Offender) -> str:
 def render_text(d: Digest, generated: float | None = None) -> str:
     generated = time.time() if generated is None else generated
     node = f"node {d.node}" if d.node is not None else "all nodes"
-    out = [(f"logban report: {fmt_time(d.since)} to {fmt_time(d.until)} UTC ({format_duration(d.until - d.since)}), "
+    out = [(f"logban report: {fmt_time(d.since)} to {fmt_time(d.until)} UTC ({format_duration(round((d.until - d.since) / 3600) * 3600)}), "
             f"{safe(node)}; made {fmt_time(generated)} UTC"), ""]
     out += _table(["", ""], [
         ["lines read", f"{d.lines_read:,}"], ["offences", f"{d.offences:,}"], ["offending clients", f"{d.clients:,}"],
