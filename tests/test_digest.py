@@ -74,9 +74,10 @@ def test_report_of_a_scanned_store_in_headless_chromium(tmp_path):
     r = run_logban(*db, "report", "--format", "text")          # default: the last 7 days
     assert r.returncode == 0, r.stderr
     text = r.stdout.decode()
-    head = dict(re.findall(r"^(lines read|offences|allow-list hits|escalations) +([\d,]+)", text, re.MULTILINE))
+    head = dict(re.findall(r"^(lines read, 2 files|offences|allow-list hits|escalations) +([\d,]+)", text,
+                           re.MULTILINE))
     assert head["offences"] == f"{expected:,}"                  # the old line is out of the period
-    assert head["lines read"] == f"{expected + 2:,}"            # what the read positions stand at
+    assert head["lines read, 2 files"] == f"{expected + 2:,}"            # what the read positions stand at
     assert head["allow-list hits"] == "3" and int(head["escalations"]) >= 1
     assert "198.51.100.99" not in text
     assert re.search(r"^  198\.51\.100\.9 +20 ", text, re.MULTILINE)       # the top offender, first

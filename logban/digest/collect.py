@@ -45,7 +45,7 @@ class Digest:
     node: str | None
     bucket: int                                         # seconds per chart bar
     lines_read: int = 0                                 # as the read positions stand (all time)
-    positions: int = 0                                  # read positions summed
+    positions: int = 0                                  # read positions (followed files) summed
     offences: int = 0
     clients: int = 0                                    # scored targets with offences
     bans_active: int = 0

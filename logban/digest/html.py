@@ -83,7 +83,7 @@ def _section(title: str, body: str) -> str:
 
 
 def _cards(d: Digest) -> str:
-    cards = [("lines read", _n(d.lines_read)), ("offences", _n(d.offences)), ("offending clients", _n(d.clients)),
+    cards = [(f"lines read, {d.positions:,} files", _n(d.lines_read)), ("offences", _n(d.offences)), ("offending clients", _n(d.clients)),
              ("active bans", _n(d.bans_active)),
              ("new bans", _n(d.bans_new) + (f" <small>{_n(d.bans_dry_run)} dry-run</small>" if d.bans_dry_run else "")),
              ("escalations", _n(d.escalations)), ("releases", _n(d.releases)), ("allow-list hits", _n(d.allow_hits))]

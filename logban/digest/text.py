@@ -58,7 +58,7 @@ def render_text(d: Digest, generated: float | None = None) -> str:
     out = [(f"logban report: {fmt_time(d.since)} to {fmt_time(d.until)} UTC ({format_duration(round((d.until - d.since) / 3600) * 3600)}), "
             f"{safe(node)}; made {fmt_time(generated)} UTC"), ""]
     out += _table(["", ""], [
-        ["lines read", f"{d.lines_read:,}"], ["offences", f"{d.offences:,}"], ["offending clients", f"{d.clients:,}"],
+        [f"lines read, {d.positions:,} files", f"{d.lines_read:,}"], ["offences", f"{d.offences:,}"], ["offending clients", f"{d.clients:,}"],
         ["active bans", f"{d.bans_active:,}"],
         ["new bans", f"{d.bans_new:,}" + (f" ({d.bans_dry_run:,} dry-run)" if d.bans_dry_run else "")],
         ["escalations", f"{d.escalations:,}"], ["releases", f"{d.releases:,}"],
