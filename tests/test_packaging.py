@@ -100,8 +100,8 @@ def test_grafana_dashboard_queries_only_metrics_a_running_daemon_exports(tmp_pat
     deadline, missing = time.monotonic() + 30, wanted
     while missing and time.monotonic() < deadline:        # until the ban's expiry is counted too
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        exported = {m.group(1) for m in re.finditer(r"^(logban_[a-z_]+)[{ ]", text, re.M)}
+        exported = {m.group(1) for m in re.finditer(r"^(logban_[a-z_]+)[{ ]", text, re.MULTILINE)}
         missing = wanted - exported
         time.sleep(0.2)
     assert not missing, f"the dashboard queries metrics the daemon does not export: {sorted(missing)}"
-    assert re.search(r"^logban_store_up 1\.0$", text, re.M)
+    assert re.search(r"^logban_store_up 1\.0$", text, re.MULTILINE)

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from ..allow import AllowList, canonical_num, ip_address_text
-from ..store import BANS, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS, Store, kind_names
+from ..store import (
+    BANS,
+    OFFENCE_HOURS,
+    OFFENCES,
+    OFFENDERS,
+    POSITIONS,
+    Store,
+    kind_names,
+)
 
 # Bucket widths for the charts (whole hours): the smallest giving at most BUCKETS_MAX bars.
 BUCKET_SIZES = (3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 7 * 86400, 30 * 86400, 91 * 86400, 365 * 86400)
