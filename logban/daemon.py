@@ -133,6 +133,9 @@ class Metrics:
         self.failures_seen = 0
         self.lag = pc.Gauge("logban_follow_lag_bytes", "Bytes written to a followed file and not read yet",
                             ["file"], registry=reg)
+        self.store_up = pc.Gauge("logban_store_up", "1 while the store answers, 0 during an outage", registry=reg)
+        self.store_up.set(1)
+        self.store_outages = pc.Counter("logban_store_outages", "Times the store became unreachable", registry=reg)
         self.server, self.thread = pc.start_http_server(int(port), addr=host.strip("[]"), registry=reg)
 
 
@@ -341,12 +344,17 @@ class Daemon:
             self.retry_at = time.monotonic() + RETRY_EVERY
             if self.offline_since is None:
                 self.offline_since = time.monotonic()
+                if self.metrics is not None:
+                    self.metrics.store_up.set(0)
+                    self.metrics.store_outages.inc()
                 log.error("store unreachable (%s): enforcing and banning on our own, keeping what is "
                           "to be recorded until it is back", short_error(e))
             return
         if self.offline_since is not None:
             down = time.monotonic() - self.offline_since
             self.offline_since = None
+            if self.metrics is not None:
+                self.metrics.store_up.set(1)
             log.warning("store back after %s; what was kept is recorded; resynchronising",
                         format_duration(max(1.0, round(down))))
             self._guard(self._resync)

@@ -419,3 +419,30 @@ def test_a_ban_ends_exactly_at_its_expiry(db_url):
     [b] = s.bans()
     assert b.released == t + 60 and b.release_reason == "expiry"
     s.close()
+
+
+def test_hourly_counts_are_migrated_kept_with_every_write_and_pruned(db_url):
+    """Schema 7: offence_hours, filled from the offences of an older store, then added to in
+    the transaction that records offences, and pruned with them."""
+    now = time.time()
+    h = int(now // 3600)
+    s = Store(db_url)
+    s.record([(off("192.0.2.7", (h - 30) * 3600 + 5), "192.0.2.7"), (off("192.0.2.7", (h - 30) * 3600 + 9), "192.0.2.7"),
+              (off("192.0.2.8", (h - 1) * 3600 + 1, "dnsbl", 5), "192.0.2.8")], [], node="mx1", dry_run=False, now=now)
+    s.close()
+    sql(db_url, "DROP TABLE offence_hours", "DROP INDEX ix_offences_target_time_node",
+        "CREATE INDEX ix_offences_target_time ON offences (target, time)",
+        "UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    s = Store(db_url)                                   # migrates 6 -> 7
+    assert s.schema_version() == store_mod.SCHEMA_VERSION
+    hours = "SELECT hour, node, kind, count FROM offence_hours ORDER BY hour"
+    assert sql(db_url, hours) == [(h - 30, "mx1", "auth_failed", 2), (h - 1, "mx1", "dnsbl", 1)]
+    index = sa.inspect(s.engine).get_indexes("offences")
+    assert {i["name"]: i["column_names"] for i in index}["ix_offences_target_time_node"] == \
+        ["target", "time", "node"] and "ix_offences_target_time" not in {i["name"] for i in index}
+    s.record([(off("192.0.2.9", (h - 1) * 3600 + 2, "dnsbl", 5), "192.0.2.9"),
+              (off("192.0.2.9", (h - 1) * 3600 + 3), "192.0.2.9")], [], node="mx1", dry_run=False, now=now)
+    assert sql(db_url, hours) == [(h - 30, "mx1", "auth_failed", 2), (h - 1, "mx1", "auth_failed", 1),
+                                  (h - 1, "mx1", "dnsbl", 2)]
+    s.prune(now, 24 * HOUR)
+    assert sql(db_url, hours) == [(h - 1, "mx1", "auth_failed", 1), (h - 1, "mx1", "dnsbl", 2)]

@@ -126,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--top", type=_count, default=10, metavar="N", help="offenders listed (default 10)")
 
+    rpt = sub.add("report", "the period's offences and bans: one self-contained HTML page with charts, or text",
+                 "logban report -o /var/www/logban.html", "logban report --since 24h --format text | mail -s logban root",
+                 "logban report --since 30d --node mx1 -o mx1.html")
+    rpt.add_argument("-o", "--output", type=Path, metavar="FILE", help="write FILE (replaced atomically) instead of stdout")
+    rpt.add_argument("--since", default="7d", metavar="DURATION", help="the period: the last DURATION (default 7d)")
+    rpt.add_argument("--node", metavar="NAME", help="only what this node read and decided (default: all nodes)")
+    rpt.add_argument("--format", choices=("html", "text"), default="html", help="html (default) or text")
+    rpt.add_argument("--top", type=_count, default=20, metavar="N", help="offenders listed (default 20)")
+
     tr = sub.add("test-rules", "show what the rules make of a log file",
                  "logban test-rules /var/log/mail.log", "logban test-rules --rule postfix-unknown-user mail.log",
                  "logban test-rules --mta sendmail --json maillog")
