@@ -19,6 +19,7 @@ from typing import BinaryIO
 
 import regex
 
+from .journal import JournalQuery, JournalStream
 CHUNK = 1 << 20
 # What a missing, unreadable, truncated or corrupt file raises while it is read.
 READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
@@ -33,7 +34,8 @@ _NOT_LOGS = (".json", ".toml", ".md", ".rst", ".html", ".py", ".pid", ".lock", "
 @dataclass(frozen=True)
 class Source:
     name: str                 # as shown in reports and events
-    path: Path | None         # None: standard input
+    path: Path | None         # None: standard input, or a journal
+    journal: JournalQuery | None = None
 
     def mtime(self) -> float | None:
         try:
@@ -90,6 +92,8 @@ def read_error(e: BaseException) -> str:
 
 
 def open_source(src: Source) -> BinaryIO:
+    if src.journal is not None:
+        return JournalStream(src.journal)
     if src.path is None:
         return sys.stdin.buffer
     f = open(src.path, "rb")

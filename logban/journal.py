@@ -1,0 +1,353 @@
+"""Where lines come from on hosts without a mail log: the systemd journal.
+
+The journal is read by `journalctl -o json` as a child process (no compiled
+dependency; the README's "journal" section says why). Each selected entry
+becomes one syslog line with an ISO 8601 stamp made of the entry's own
+`__REALTIME_TIMESTAMP` (exact to the microsecond, no year to guess), its
+`_HOSTNAME` and its `SYSLOG_IDENTIFIER[pid]`, followed by its `MESSAGE`; the
+parser then reads it like any log line. Entries are selected in Python (by
+identifier prefix or unit), because journalctl matches only whole values.
+
+Two uses: `scan` reads a journal once as a stream of such lines
+(`JournalStream`), and `run` follows one (`JournalFollower`), whose position
+is the cursor of the last entry read, saved with the offences read up to it.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .parse import iso
+
+JOURNALCTL = "journalctl"
+# Identifier prefixes of the MTAs the shipped rule packs read (postfix/smtpd, postfix-out/smtpd,
+# sm-mta, sendmail, qmail-smtpd, and the programs qmail runs in front of it).
+DEFAULT_IDENTIFIERS = ("postfix", "sm-mta", "sendmail", "qmail", "vchkpw", "spamdyke", "rblsmtpd",
+                       "tcpserver", "smtpd")
+FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME,_SYSTEMD_UNIT,_COMM"
+READ_MAX = 1 << 20          # bytes taken from journalctl per round, so one busy journal cannot starve the rest
+RETRY_EVERY = 2.0           # seconds before journalctl is started again after it ended
+
+_TAG_BAD = re.compile(rb"[^\w./@-]")
+_HOST_BAD = re.compile(rb"[\s]")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which entries are mail log lines: an identifier starting with one of `identifiers`,
+    or a unit matching one of `units` (shell patterns like "postfix@*.service")."""
+    identifiers: tuple[str, ...] = DEFAULT_IDENTIFIERS
+    units: tuple[str, ...] = ()
+
+    def matcher(self):
+        ids = tuple(self.identifiers)
+        units = re.compile("|".join(fnmatch.translate(u) for u in self.units)) if self.units else None
+
+        def wants(ident: str, unit: str) -> bool:
+            return (bool(ids) and ident.startswith(ids)) or (units is not None and bool(units.match(unit)))
+        return wants
+
+
+@dataclass(frozen=True)
+class JournalSpec:
+    """A journal to follow: the system's (directory None) or the files in `directory`."""
+    directory: Path | None = None
+    mta: str | None = None                  # the rule pack; None: by identifier
+    select: Selection = field(default_factory=Selection)
+
+    @property
+    def name(self) -> str:
+        """How events, positions and metrics name it."""
+        return "journal" if self.directory is None else f"journal:{self.directory}"
+
+    def where(self) -> list[str]:
+        return [] if self.directory is None else ["-D", str(self.directory)]
+
+
+def _value(v) -> bytes:
+    """A field as journalctl's JSON gives it: text, bytes as numbers (not UTF-8, or control
+    characters), or a list of either when the field is repeated (the first is taken)."""
+    if isinstance(v, str):
+        return v.encode("utf-8", "surrogateescape")
+    if isinstance(v, list) and v:
+        if all(isinstance(x, int) for x in v):
+            return bytes(x & 0xFF for x in v)
+        return _value(v[0])
+    return b""
+
+
+class Converter:
+    """Journal entries (journalctl's JSON lines) to syslog lines of the selected ones."""
+
+    def __init__(self, select: Selection) -> None:
+        self.wants = select.matcher()
+        self._sec = -1
+        self._stamp = ""
+
+    def stamp(self, usec: int) -> bytes:
+        sec, us = divmod(usec, 1_000_000)
+        if sec != self._sec:
+            self._sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        return f"{self._stamp}.{us:06d}Z".encode()
+
+    def line(self, e: dict) -> bytes | None:
+        """The entry as one syslog line (newline-terminated), or None if it is not selected."""
+        ident = e.get("SYSLOG_IDENTIFIER")
+        ident = _value(ident) if ident is not None else _value(e.get("_COMM"))
+        unit = e.get("_SYSTEMD_UNIT")
+        if not self.wants(ident.decode("utf-8", "replace"), _value(unit).decode("utf-8", "replace") if unit else ""):
+            return None
+        msg = e.get("MESSAGE")
+        if msg is None:
+            return None
+        try:
+            usec = int(e["__REALTIME_TIMESTAMP"])
+        except (KeyError, ValueError, TypeError):
+            return None
+        tag = _TAG_BAD.sub(b"_", ident[:64]) or b"-"
+        pid = _value(e.get("SYSLOG_PID") or e.get("_PID"))
+        host = _HOST_BAD.sub(b"_", _value(e.get("_HOSTNAME"))[:255]) or b"-"
+        head = b"%s %s %s%s: " % (self.stamp(usec), host, tag, b"[%s]" % pid if pid.isdigit() and len(pid) <= 10 else b"")
+        # One entry, one line: a message's own line breaks cannot start a line of their own.
+        return head + _value(msg).replace(b"\n", b" ") + b"\n"
+
+
+def parse_entry(raw: bytes) -> dict | None:
+    try:
+        e = json.loads(raw)
+    except ValueError:
+        return None
+    return e if isinstance(e, dict) else None
+
+
+def journalctl(where: list[str], *extra: str) -> list[str]:
+    return [JOURNALCTL, *where, "-o", "json", "--all", "-q", "--no-pager", f"--output-fields={FIELDS}", *extra]
+
+
+def since_arg(t: float) -> str:
+    return f"@{t:.6f}"
+
+
+@dataclass(frozen=True)
+class JournalQuery:
+    """A journal to read once: journalctl's arguments naming it (-D DIR, --file F, none: the
+    system's), the selection, and the time range (epoch seconds, either end open)."""
+    where: tuple[str, ...] = ()
+    select: Selection = field(default_factory=Selection)
+    since: float | None = None
+    until: float | None = None
+
+
+class JournalStream:
+    """A journal read once (`logban scan`), as a binary stream of the selected entries'
+    syslog lines; journalctl's complaint, if it fails, is raised as OSError at the end."""
+
+    def __init__(self, q: JournalQuery) -> None:
+        extra = ([f"--since={since_arg(q.since)}"] if q.since is not None else []) + \
+                ([f"--until={since_arg(q.until)}"] if q.until is not None else [])
+        self.err = tempfile.TemporaryFile()
+        try:
+            self.proc = subprocess.Popen(journalctl(list(q.where), *extra), stdout=subprocess.PIPE, stderr=self.err,
+                                         stdin=subprocess.DEVNULL)
+        except OSError:
+            self.err.close()
+            raise
+        self.conv = Converter(q.select)
+        self.done = False
+
+    def read(self, size: int = -1) -> bytes:
+        out: list[bytes] = []
+        n = 0
+        readline, line = self.proc.stdout.readline, self.conv.line
+        while not self.done and (size < 0 or n < size):
+            raw = readline()
+            if not raw:
+                self._finish()
+                break
+            e = parse_entry(raw)
+            got = line(e) if e is not None else None
+            if got is not None:
+                out.append(got)
+                n += len(got)
+        return b"".join(out)
+
+    def _finish(self) -> None:
+        self.done = True
+        self.err.seek(0)
+        err = self.err.read().decode("utf-8", "replace").strip().splitlines()
+        if self.proc.wait() != 0:
+            raise OSError(0, f"{JOURNALCTL}: " + (err[-1] if err else f"exit status {self.proc.returncode}"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+        self.err.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def first_cursor(where: list[str], *how: str) -> tuple[str, int] | None:
+    """(cursor, realtime µs) of the entry `how` points at (like "-n", "1": the newest), or None."""
+    try:
+        p = subprocess.run(journalctl(where, "-n", "1", *how), capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for raw in p.stdout.splitlines():
+        e = parse_entry(raw)
+        if e is not None and isinstance(e.get("__CURSOR"), str):
+            try:
+                return e["__CURSOR"], int(e["__REALTIME_TIMESTAMP"])
+            except (KeyError, ValueError, TypeError):
+                return None
+    return None
+
+
+class JournalFollower:
+    """One journal followed by a `journalctl --follow` child. The position is the cursor of the
+    last entry read (selected or not) and its time; `lines` counts the selected entries read,
+    which number the events (their `line`) like the lines of a file."""
+
+    def __init__(self, spec: JournalSpec, saved, *, from_start: bool = False, log=None) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.log = log or (lambda msg: print(f"logban: {msg}", file=sys.stderr))
+        self.conv = Converter(spec.select)
+        self.proc: subprocess.Popen | None = None
+        self.err = None                 # journalctl's stderr, a file: a full pipe would stop it
+        self.buf = b""
+        self.retry_at = 0.0
+        self.behind = 0.0               # seconds the last entry read is behind now, when more was waiting
+        self.cursor = ""                # of the last entry read; "": none yet, go on from `realtime`
+        self.realtime = 0               # µs: that entry's time, or where reading starts
+        self.lines = 0
+        self.checked = True             # the saved cursor has been looked for in the journal
+        if saved is not None:
+            self.cursor, self.realtime, self.lines = saved.fingerprint, int(saved.offset), int(saved.lines)
+            self.checked = not self.cursor
+        elif not from_start:
+            # From now on: after the newest entry, or (none yet) after this moment.
+            self.cursor, self.realtime = first_cursor(spec.where()) or ("", int(time.time() * 1e6))
+        self._start()
+
+    # ---- the child ---------------------------------------------------------------------
+    def _resume_args(self) -> list[str]:
+        if not self.cursor:
+            return [f"--since={since_arg(self.realtime / 1e6)}"] if self.realtime else []
+        if not self.checked:
+            self.checked = True
+            at = first_cursor(self.spec.where(), f"--cursor={self.cursor}")
+            if at is None or at[0] != self.cursor:
+                after = self.realtime / 1e6
+                self.log(f"{self.name}: the saved cursor is no longer in the journal (vacuumed or rotated "
+                         f"away); going on from the oldest entry after {iso(after)}: entries may have been lost")
+                return [f"--since={since_arg(after + 1e-6)}"]
+        return [f"--after-cursor={self.cursor}"]
+
+    def _start(self) -> None:
+        d = self.spec.directory
+        if d is not None and not d.is_dir():
+            if self.retry_at == 0.0:
+                self.log(f"{self.name}: {d} does not exist yet; waiting for it")
+            self.retry_at = time.monotonic() + RETRY_EVERY
+            return
+        self.err = tempfile.TemporaryFile()
+        try:
+            # A session of its own: a terminal's ^C or a signal to logban's group is logban's to
+            # handle (it stops the child itself); after a kill -9 the child ends at its next write.
+            self.proc = subprocess.Popen(journalctl(self.spec.where(), "--follow", "--lines=all", *self._resume_args()),
+                                         stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        except OSError as e:
+            self.log(f"{self.name}: cannot run {JOURNALCTL}: {e.strerror or e}; will try again")
+            self.retry_at = time.monotonic() + RETRY_EVERY
+            return
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        self.buf = b""
+
+    def _ended(self) -> None:
+        self._stop()
+        self.err.seek(0)
+        err = self.err.read().decode("utf-8", "replace").strip().splitlines()
+        self.err.close()
+        self.log(f"{self.name}: {JOURNALCTL} ended ({err[-1] if err else 'no reason given'}); "
+                 f"starting it again in {RETRY_EVERY:g} s")
+        self.retry_at = time.monotonic() + RETRY_EVERY
+        self.checked = False            # what it left behind may have been vacuumed meanwhile
+
+    def _stop(self) -> None:
+        p, self.proc = self.proc, None
+        if p is not None:
+            p.kill()
+            p.wait()
+            p.stdout.close()
+
+    def fileno(self) -> int | None:
+        """Readable when there is news (or journalctl ended); None while it is not running."""
+        return self.proc.stdout.fileno() if self.proc is not None else None
+
+    # ---- reading -----------------------------------------------------------------------
+    def read(self) -> tuple[bytes, int] | None:
+        """(the new selected entries as lines, entries read before them), or None."""
+        if self.proc is None:
+            if time.monotonic() >= self.retry_at:
+                self._start()
+            if self.proc is None:
+                return None
+        try:
+            data = os.read(self.proc.stdout.fileno(), READ_MAX)
+        except BlockingIOError:
+            return None
+        if not data:
+            self._ended()
+            return None
+        buf = self.buf + data
+        cut = buf.rfind(b"\n") + 1
+        whole, self.buf = buf[:cut], buf[cut:]
+        got = self._entries(whole.splitlines())
+        self.behind = max(0.0, time.time() - self.realtime / 1e6) if len(data) == READ_MAX else 0.0
+        return got
+
+    def _entries(self, raws: Iterable[bytes]) -> tuple[bytes, int] | None:
+        lines: list[bytes] = []
+        line = self.conv.line
+        for raw in raws:
+            e = parse_entry(raw)
+            if e is None or not isinstance(e.get("__CURSOR"), str):
+                continue
+            got = line(e)
+            if got is not None:
+                lines.append(got)
+            self.cursor = e["__CURSOR"]
+            try:
+                self.realtime = int(e["__REALTIME_TIMESTAMP"])
+            except (KeyError, ValueError, TypeError):
+                pass
+        if not lines:
+            return None
+        before, self.lines = self.lines, self.lines + len(lines)
+        return b"".join(lines), before
+
+    def position(self) -> dict:
+        """As a row of the positions table: the cursor in `fingerprint`, its time (µs) in `offset`."""
+        return {"path": self.name, "dev": 0, "inode": 0, "fingerprint": self.cursor, "fp_len": 0,
+                "offset": self.realtime, "lines": self.lines}
+
+    def close(self) -> None:
+        self._stop()
+        if self.err is not None:
+            self.err.close()
