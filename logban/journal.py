@@ -1,6 +1,6 @@
 """Where lines come from on hosts without a mail log: the systemd journal.
 
-The journal is read by `journalctl -o json` as a child process (no compiled
+The journal is read by `journalctl -o export` as a child process (no compiled
 dependency; the README's "journal" section says why). Each selected entry
 becomes one syslog line with an ISO 8601 stamp made of the entry's own
 `__REALTIME_TIMESTAMP` (exact to the microsecond, no year to guess), its
@@ -14,15 +14,14 @@ is the cursor of the last entry read, saved with the offences read up to it.
 """
 from __future__ import annotations
 
+import fcntl
 import fnmatch
-import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,11 +48,11 @@ class Selection:
     units: tuple[str, ...] = ()
 
     def matcher(self):
-        ids = tuple(self.identifiers)
-        units = re.compile("|".join(fnmatch.translate(u) for u in self.units)) if self.units else None
+        ids = tuple(i.encode() for i in self.identifiers)
+        units = (re.compile(b"|".join(fnmatch.translate(u).encode() for u in self.units)) if self.units else None)
 
-        def wants(ident: str, unit: str) -> bool:
-            return (bool(ids) and ident.startswith(ids)) or (units is not None and bool(units.match(unit)))
+        def wants(ident: bytes, unit: bytes) -> bool:
+            return (bool(ids) and ident.startswith(ids)) or (units is not None and units.match(unit) is not None)
         return wants
 
 
@@ -73,64 +72,84 @@ class JournalSpec:
         return [] if self.directory is None else ["-D", str(self.directory)]
 
 
-def _value(v) -> bytes:
-    """A field as journalctl's JSON gives it: text, bytes as numbers (not UTF-8, or control
-    characters), or a list of either when the field is repeated (the first is taken)."""
-    if isinstance(v, str):
-        return v.encode("utf-8", "surrogateescape")
-    if isinstance(v, list) and v:
-        if all(isinstance(x, int) for x in v):
-            return bytes(x & 0xFF for x in v)
-        return _value(v[0])
-    return b""
+def export_entries(buf: bytes, pos: int = 0) -> tuple[list[dict[bytes, bytes]], int]:
+    """The entries complete in `buf` (journalctl -o export) from `pos` on, and where the
+    rest begins. A field is `KEY=value` on a line, or, when its value is not printable text
+    (a line break, control characters), `KEY`, a 64-bit little-endian length and the bytes."""
+    out = []
+    find = buf.find
+    while (end := find(b"\n\n", pos)) >= 0:
+        e = {}
+        for ln in buf[pos:end].split(b"\n"):
+            k, sep, v = ln.partition(b"=")
+            if not sep:
+                break               # a binary field: read field by field
+            e[k] = v
+        else:
+            out.append(e)
+            pos = end + 2
+            continue
+        got = _binary_entry(buf, pos)
+        if got is None:
+            break
+        e, pos = got
+        out.append(e)
+    return out, pos
+
+
+def _binary_entry(buf: bytes, pos: int) -> tuple[dict[bytes, bytes], int] | None:
+    e = {}
+    while (nl := buf.find(b"\n", pos)) >= 0:
+        if nl == pos:
+            return e, pos + 1
+        eq = buf.find(b"=", pos, nl)
+        if eq >= 0:
+            e[buf[pos:eq]] = buf[eq + 1:nl]
+            pos = nl + 1
+            continue
+        if len(buf) < nl + 9:
+            return None
+        end = nl + 9 + int.from_bytes(buf[nl + 1:nl + 9], "little")
+        if len(buf) <= end:
+            return None
+        e[buf[pos:nl]] = buf[nl + 9:end]
+        pos = end + 1
+    return None
 
 
 class Converter:
-    """Journal entries (journalctl's JSON lines) to syslog lines of the selected ones."""
+    """Journal entries to syslog lines of the selected ones."""
 
     def __init__(self, select: Selection) -> None:
         self.wants = select.matcher()
         self._sec = -1
-        self._stamp = ""
+        self._stamp = b""
 
     def stamp(self, usec: int) -> bytes:
         sec, us = divmod(usec, 1_000_000)
         if sec != self._sec:
-            self._sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-        return f"{self._stamp}.{us:06d}Z".encode()
+            self._sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)).encode()
+        return b"%s.%06dZ" % (self._stamp, us)
 
-    def line(self, e: dict) -> bytes | None:
+    def line(self, e: dict[bytes, bytes]) -> bytes | None:
         """The entry as one syslog line (newline-terminated), or None if it is not selected."""
-        ident = e.get("SYSLOG_IDENTIFIER")
-        ident = _value(ident) if ident is not None else _value(e.get("_COMM"))
-        unit = e.get("_SYSTEMD_UNIT")
-        if not self.wants(ident.decode("utf-8", "replace"), _value(unit).decode("utf-8", "replace") if unit else ""):
+        ident = e.get(b"SYSLOG_IDENTIFIER") or e.get(b"_COMM") or b""
+        if not self.wants(ident, e.get(b"_SYSTEMD_UNIT", b"")):
             return None
-        msg = e.get("MESSAGE")
-        if msg is None:
-            return None
-        try:
-            usec = int(e["__REALTIME_TIMESTAMP"])
-        except (KeyError, ValueError, TypeError):
+        msg = e.get(b"MESSAGE")
+        rt = e.get(b"__REALTIME_TIMESTAMP", b"")
+        if msg is None or not rt.isdigit():
             return None
         tag = _TAG_BAD.sub(b"_", ident[:64]) or b"-"
-        pid = _value(e.get("SYSLOG_PID") or e.get("_PID"))
-        host = _HOST_BAD.sub(b"_", _value(e.get("_HOSTNAME"))[:255]) or b"-"
-        head = b"%s %s %s%s: " % (self.stamp(usec), host, tag, b"[%s]" % pid if pid.isdigit() and len(pid) <= 10 else b"")
+        pid = e.get(b"SYSLOG_PID") or e.get(b"_PID") or b""
+        host = _HOST_BAD.sub(b"_", e.get(b"_HOSTNAME", b"")[:255]) or b"-"
+        head = b"%s %s %s%s: " % (self.stamp(int(rt)), host, tag, b"[%s]" % pid if pid.isdigit() and len(pid) <= 10 else b"")
         # One entry, one line: a message's own line breaks cannot start a line of their own.
-        return head + _value(msg).replace(b"\n", b" ") + b"\n"
-
-
-def parse_entry(raw: bytes) -> dict | None:
-    try:
-        e = json.loads(raw)
-    except ValueError:
-        return None
-    return e if isinstance(e, dict) else None
+        return head + msg.replace(b"\n", b" ") + b"\n"
 
 
 def journalctl(where: list[str], *extra: str) -> list[str]:
-    return [JOURNALCTL, *where, "-o", "json", "--all", "-q", "--no-pager", f"--output-fields={FIELDS}", *extra]
+    return [JOURNALCTL, *where, "-o", "export", "-q", "--no-pager", f"--output-fields={FIELDS}", *extra]
 
 
 def since_arg(t: float) -> str:
@@ -162,22 +181,25 @@ class JournalStream:
             self.err.close()
             raise
         self.conv = Converter(q.select)
+        self.buf = b""
         self.done = False
 
     def read(self, size: int = -1) -> bytes:
         out: list[bytes] = []
         n = 0
-        readline, line = self.proc.stdout.readline, self.conv.line
+        line = self.conv.line
         while not self.done and (size < 0 or n < size):
-            raw = readline()
-            if not raw:
+            data = self.proc.stdout.read1(READ_MAX)
+            if not data:
                 self._finish()
                 break
-            e = parse_entry(raw)
-            got = line(e) if e is not None else None
-            if got is not None:
-                out.append(got)
-                n += len(got)
+            es, used = export_entries(self.buf + data)
+            self.buf = (self.buf + data)[used:]
+            for e in es:
+                got = line(e)
+                if got is not None:
+                    out.append(got)
+                    n += len(got)
         return b"".join(out)
 
     def _finish(self) -> None:
@@ -207,13 +229,10 @@ def first_cursor(where: list[str], *how: str) -> tuple[str, int] | None:
         p = subprocess.run(journalctl(where, "-n", "1", *how), capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    for raw in p.stdout.splitlines():
-        e = parse_entry(raw)
-        if e is not None and isinstance(e.get("__CURSOR"), str):
-            try:
-                return e["__CURSOR"], int(e["__REALTIME_TIMESTAMP"])
-            except (KeyError, ValueError, TypeError):
-                return None
+    for e in export_entries(p.stdout)[0]:
+        rt = e.get(b"__REALTIME_TIMESTAMP", b"")
+        if b"__CURSOR" in e and rt.isdigit():
+            return e[b"__CURSOR"].decode("ascii", "replace"), int(rt)
     return None
 
 
@@ -276,7 +295,14 @@ class JournalFollower:
             self.log(f"{self.name}: cannot run {JOURNALCTL}: {e.strerror or e}; will try again")
             self.retry_at = time.monotonic() + RETRY_EVERY
             return
-        os.set_blocking(self.proc.stdout.fileno(), False)
+        fd = self.proc.stdout.fileno()
+        os.set_blocking(fd, False)
+        try:
+            # A round takes up to READ_MAX: let journalctl run that far ahead (Linux; 1 MiB is
+            # what an unprivileged process may ask for by default).
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), READ_MAX)
+        except OSError:
+            pass
         self.buf = b""
 
     def _ended(self) -> None:
@@ -308,35 +334,39 @@ class JournalFollower:
                 self._start()
             if self.proc is None:
                 return None
-        try:
-            data = os.read(self.proc.stdout.fileno(), READ_MAX)
-        except BlockingIOError:
+        fd, parts, n = self.proc.stdout.fileno(), [], 0
+        while n < READ_MAX:
+            try:
+                data = os.read(fd, READ_MAX - n)
+            except BlockingIOError:
+                break
+            if not data:
+                if not parts:
+                    self._ended()
+                    return None
+                break
+            parts.append(data)
+            n += len(data)
+        if not parts:
             return None
-        if not data:
-            self._ended()
-            return None
-        buf = self.buf + data
-        cut = buf.rfind(b"\n") + 1
-        whole, self.buf = buf[:cut], buf[cut:]
-        got = self._entries(whole.splitlines())
-        self.behind = max(0.0, time.time() - self.realtime / 1e6) if len(data) == READ_MAX else 0.0
+        es, used = export_entries(self.buf + b"".join(parts))
+        self.buf = (self.buf + b"".join(parts))[used:]
+        got = self._entries(es)
+        self.behind = max(0.0, time.time() - self.realtime / 1e6) if n >= READ_MAX else 0.0
         return got
 
-    def _entries(self, raws: Iterable[bytes]) -> tuple[bytes, int] | None:
+    def _entries(self, es: list[dict[bytes, bytes]]) -> tuple[bytes, int] | None:
         lines: list[bytes] = []
         line = self.conv.line
-        for raw in raws:
-            e = parse_entry(raw)
-            if e is None or not isinstance(e.get("__CURSOR"), str):
-                continue
+        for e in es:
             got = line(e)
             if got is not None:
                 lines.append(got)
-            self.cursor = e["__CURSOR"]
-            try:
-                self.realtime = int(e["__REALTIME_TIMESTAMP"])
-            except (KeyError, ValueError, TypeError):
-                pass
+        for e in reversed(es):
+            rt = e.get(b"__REALTIME_TIMESTAMP", b"")
+            if b"__CURSOR" in e and rt.isdigit():
+                self.cursor, self.realtime = e[b"__CURSOR"].decode("ascii", "replace"), int(rt)
+                break
         if not lines:
             return None
         before, self.lines = self.lines, self.lines + len(lines)

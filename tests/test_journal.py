@@ -22,7 +22,7 @@ from daemonproc import Daemon
 
 from logban.config import load_config
 from logban.errors import UsageError
-from logban.journal import Converter, JournalSpec, Selection
+from logban.journal import Converter, JournalSpec, Selection, export_entries
 from logban.parse import iso
 
 REMOTE = "/lib/systemd/systemd-journal-remote"
@@ -77,17 +77,29 @@ def benign(i: int, **kw) -> dict:
 # ---- the conversion (pure) ---------------------------------------------------------------
 def test_converter_makes_one_syslog_line_of_a_selected_entry():
     c = Converter(Selection(("postfix", "sm-mta"), ("qmail*.service",)))
-    e = {"__REALTIME_TIMESTAMP": "1700000000123456", "_HOSTNAME": "mx 1", "SYSLOG_IDENTIFIER": "postfix/smtpd",
-         "_PID": "77", "MESSAGE": [0x66, 0xFF, 0x0A, 0x67]}
+    e = {b"__REALTIME_TIMESTAMP": b"1700000000123456", b"_HOSTNAME": b"mx 1", b"SYSLOG_IDENTIFIER": b"postfix/smtpd",
+         b"_PID": b"77", b"MESSAGE": b"f\xff\ng"}
     assert c.line(e) == b"2023-11-14T22:13:20.123456Z mx_1 postfix/smtpd[77]: f\xff g\n"
     # Not selected: another program, even with a mail-like message.
-    assert c.line(e | {"SYSLOG_IDENTIFIER": "sshd"}) is None
+    assert c.line(e | {b"SYSLOG_IDENTIFIER": b"sshd"}) is None
     # Selected by its unit; an identifier the header grammar cannot carry is made safe.
-    got = c.line(e | {"SYSLOG_IDENTIFIER": "tcp server", "_SYSTEMD_UNIT": "qmail-smtpd.service", "_PID": "x"})
+    got = c.line(e | {b"SYSLOG_IDENTIFIER": b"tcp server", b"_SYSTEMD_UNIT": b"qmail-smtpd.service", b"_PID": b"x"})
     assert got.startswith(b"2023-11-14T22:13:20.123456Z mx_1 tcp_server: ")
-    assert c.line({k: v for k, v in e.items() if k != "MESSAGE"}) is None
-    # A repeated field: the first value.
-    assert b" sm-mta[77]: " in c.line(e | {"SYSLOG_IDENTIFIER": ["sm-mta", "x"]})
+    assert c.line({k: v for k, v in e.items() if k != b"MESSAGE"}) is None
+    assert c.line(e | {b"__REALTIME_TIMESTAMP": b"soon"}) is None
+
+
+def test_export_format_entries_text_binary_and_cut_anywhere():
+    entries = [{"__CURSOR": "c1", "MESSAGE": "a=b"}, {"__CURSOR": "c2", "MESSAGE": b"x\n\ny\x00="},
+               {"__CURSOR": "c3", "MESSAGE": "last"}]
+    data = export(entries)
+    want = [{k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in e.items()} for e in entries]
+    assert export_entries(data) == (want, len(data))
+    # Whatever a read from the pipe cuts it at, the entries come whole, once, in order.
+    for cut in range(len(data)):
+        first, used = export_entries(data[:cut])
+        rest, used2 = export_entries(data[used:])
+        assert first + rest == want and used + used2 == len(data), cut
 
 
 def test_config_journal_entries(tmp_path):
@@ -123,6 +135,8 @@ def test_scan_journal_files_of_several_mtas_and_hosts(tmp_path, journal_tools):
         entry("198.51.100.12 pid 4: 451 http://www.spamhaus.org/query/bl?ip=198.51.100.12", ident="rblsmtpd",
               host="mx3", t=t0 + 4),
         sasl("198.51.100.13", t=now - 60),                                            # within --since 30m
+        # Not UTF-8, a line break, a NUL: journalctl exports it in the binary form.
+        entry(b"warning: unknown[198.51.100.14]: SASL LOGIN authentication failed: \xff\n\x00x", t=now - 30),
     ])
     write_journal(b, [sasl("2001:db8::13", host="mx4", t=t0 + 2.5)])
     r = run_logban("scan", "--events", "--journal-file", str(a), str(b))
@@ -135,12 +149,14 @@ def test_scan_journal_files_of_several_mtas_and_hosts(tmp_path, journal_tools):
         (ja, 3, "198.51.100.11", "sendmail", iso(int((t0 + 3) * 1e6) / 1e6)),
         (ja, 4, "198.51.100.12", "qmail", iso(int((t0 + 4) * 1e6) / 1e6)),
         (ja, 5, "198.51.100.13", "postfix", iso(int((now - 60) * 1e6) / 1e6)),
+        (ja, 6, "198.51.100.14", "postfix", iso(int((now - 30) * 1e6) / 1e6)),
         (jb, 1, "2001:db8::13", "postfix", iso(int((t0 + 2.5) * 1e6) / 1e6)),
     ]), r.stdout
     # The same through a directory, in a time range, and as a report.
     r = run_logban("scan", "--json", "--journal-dir", str(a.parent), "--since", "30m")
     rep = json.loads(r.stdout)
-    assert r.returncode == 0 and rep["offences"] == 1 and rep["top"][0]["ip"] == "198.51.100.13", r.stdout
+    assert r.returncode == 0 and rep["offences"] == 2, r.stdout
+    assert {t["ip"] for t in rep["top"]} == {"198.51.100.13", "198.51.100.14"}
     until = iso(t0 + 3.5)
     r = run_logban("scan", "--json", "--journal-dir", str(a.parent), "--until", until)
     assert json.loads(r.stdout)["offences"] == 2, r.stdout
