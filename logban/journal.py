@@ -124,6 +124,21 @@ class Converter:
         self.wants = select.matcher()
         self._sec = -1
         self._stamp = b""
+        self._heads: dict[tuple[bytes, bytes, bytes], bytes | None] = {}    # (identifier, unit, host): " host tag"
+
+    def _head(self, ident: bytes, unit: bytes, host: bytes) -> bytes | None:
+        """" host tag" for an entry of this program, unit and host; None: not selected."""
+        key = (ident, unit, host)
+        got = self._heads.get(key, b"")
+        if got == b"":
+            got = None
+            if self.wants(ident, unit):
+                tag = _TAG_BAD.sub(b"_", ident[:64]) or b"-"
+                got = b" %s %s" % (_HOST_BAD.sub(b"_", host[:255]) or b"-", tag)
+            if len(self._heads) > 10_000:
+                self._heads.clear()
+            self._heads[key] = got
+        return got
 
     def stamp(self, usec: int) -> bytes:
         sec, us = divmod(usec, 1_000_000)
@@ -133,19 +148,16 @@ class Converter:
 
     def line(self, e: dict[bytes, bytes]) -> bytes | None:
         """The entry as one syslog line (newline-terminated), or None if it is not selected."""
-        ident = e.get(b"SYSLOG_IDENTIFIER") or e.get(b"_COMM") or b""
-        if not self.wants(ident, e.get(b"_SYSTEMD_UNIT", b"")):
-            return None
+        head = self._head(e.get(b"SYSLOG_IDENTIFIER") or e.get(b"_COMM") or b"", e.get(b"_SYSTEMD_UNIT", b""),
+                          e.get(b"_HOSTNAME", b""))
         msg = e.get(b"MESSAGE")
         rt = e.get(b"__REALTIME_TIMESTAMP", b"")
-        if msg is None or not rt.isdigit():
+        if head is None or msg is None or not rt.isdigit():
             return None
-        tag = _TAG_BAD.sub(b"_", ident[:64]) or b"-"
         pid = e.get(b"SYSLOG_PID") or e.get(b"_PID") or b""
-        host = _HOST_BAD.sub(b"_", e.get(b"_HOSTNAME", b"")[:255]) or b"-"
-        head = b"%s %s %s%s: " % (self.stamp(int(rt)), host, tag, b"[%s]" % pid if pid.isdigit() and len(pid) <= 10 else b"")
+        pid = b"[%s]: " % pid if pid.isdigit() and len(pid) <= 10 else b": "
         # One entry, one line: a message's own line breaks cannot start a line of their own.
-        return head + msg.replace(b"\n", b" ") + b"\n"
+        return b"".join((self.stamp(int(rt)), head, pid, msg.replace(b"\n", b" ") if b"\n" in msg else msg, b"\n"))
 
 
 def journalctl(where: list[str], *extra: str) -> list[str]:
