@@ -76,8 +76,9 @@ class Daemon:
         # Under `ip netns exec` the Python process is the child of Popen's.
         pid = self.p.pid
         kids = Path(f"/proc/{pid}/task/{pid}/children")
-        if kids.exists() and kids.read_text().split():
-            return int(kids.read_text().split()[0])
+        for k in kids.read_text().split() if kids.exists() else []:
+            if Path(f"/proc/{k}/comm").read_text().startswith("python"):     # not its journalctl
+                return int(k)
         return pid
 
     def peak_rss_mib(self, pid: int | None = None) -> float:
@@ -366,7 +367,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as t:
         tmp = Path(t)
         if a.journal:
-            latency(a.bans, tmp, store_only=a.backend == "none", journal=True)
+            if a.bans:
+                latency(a.bans, tmp, store_only=a.backend == "none", journal=True)
             if a.seconds > 0:
                 journal_rate(a.rate if a.rate != 50_000 else 20_000, a.seconds, tmp)
             return

@@ -86,10 +86,12 @@ def head_matches(head: bytes, pos) -> bool:
 
 
 def rotated_copies(path: Path) -> list[Path]:
-    """Where logrotate or newsyslog put the previous file: mail.log.1, mail.log.0,
-    mail.log-20261122, compressed or not; newest first."""
+    """Where logrotate, newsyslog or `postfix logrotate` put the previous file: mail.log.1,
+    mail.log.0, mail.log-20261122, postfix.log.20261122-063632, compressed or not; newest first."""
     base = glob.escape(str(path))
-    cands = {Path(p) for pat in (f"{base}.[01]", f"{base}.[01].*", f"{base}-*") for p in glob.glob(pat)}
+    stamp = "[12]" + "[0-9]" * 7 + "-" + "[0-9]" * 6           # maillog_file_rotate_suffix, %Y%m%d-%H%M%S
+    cands = {Path(p) for pat in (f"{base}.[01]", f"{base}.[01].*", f"{base}-*", f"{base}.{stamp}", f"{base}.{stamp}.*")
+             for p in glob.glob(pat)}
     return sorted((c for c in cands if c.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
