@@ -41,6 +41,7 @@ class AllowConfig:
 class DaemonConfig:
     follow: list[tuple[Path, str | None]] = field(default_factory=list)   # (path, rule pack or None: auto)
     journals: list[JournalSpec] = field(default_factory=list)             # [[follow]] journal = true
+    journal_if_missing: set[Path] = field(default_factory=set)   # followed paths to replace by the journal if absent
     poll: bool | None = None            # None: inotify where it works, polling elsewhere
     from_start: bool = False            # a file met for the first time: read what it holds already
     sync_interval: float = 600.0        # full firewall reconcile
@@ -281,7 +282,8 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
     if not isinstance(follow, list) or not all(isinstance(f, dict) for f in follow):
         raise UsageError(f"{path}: follow must be a list of tables ([[follow]] path = ..., mta = ...)")
     for i, f in enumerate(follow):
-        _keys(f, {"path", "mta", "journal", "directory", "identifiers", "units"}, f"follow[{i}].", path)
+        _keys(f, {"path", "mta", "journal", "directory", "identifiers", "units", "journal_if_missing"},
+              f"follow[{i}].", path)
         p, mta = f.get("path"), f.get("mta", "auto")
         if not isinstance(mta, str) or not mta:
             raise UsageError(f"{path}: follow[{i}].mta must be a rule pack name (postfix, sendmail, qmail) or \"auto\"")
@@ -291,6 +293,8 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
         if not isinstance(p, str) or not p.startswith("/"):
             raise UsageError(f"{path}: follow[{i}].path must be an absolute file path")
         dc.follow.append((Path(p), None if mta == "auto" else mta))
+        if _bool(f.get("journal_if_missing", False), f"follow[{i}].journal_if_missing", path):
+            dc.journal_if_missing.add(Path(p))
     if "poll" in d:
         dc.poll = _bool(d["poll"], "daemon.poll", path)
     if "from_start" in d:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from .errors import ExportError, FirewallError, UsageError
 from .export import SYSTEMD_HINT, unwritable_exports
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
-from .journal import JournalSpec
+from .journal import JOURNALCTL, JournalSpec
 from .parse import Clock, Offence, Parser
 from .pidfile import default_pid_file, write_pid
 from .report import safe
@@ -177,8 +178,14 @@ class Daemon:
         for rid in cfg.policy.rule_durations:
             if rules.by_id(rid) is None:
                 raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
-        specs = [Spec(p, mta) for p, mta in cfg.daemon.follow] + [Spec(p) for p in self.opts.follow]
-        journals = list(dict.fromkeys(cfg.daemon.journals + self.opts.journals))
+        # Debian 12 and later log mail to the journal only: a [[follow]] file with
+        # journal_if_missing that is not there (at start, at a reload) becomes the system journal.
+        gone = [(p, mta) for p, mta in cfg.daemon.follow if p in cfg.daemon.journal_if_missing
+                and not p.exists() and shutil.which(JOURNALCTL)]
+        for p, _ in gone:
+            log.info("%s does not exist: following the system journal instead (journal_if_missing)", p)
+        specs = [Spec(p, mta) for p, mta in cfg.daemon.follow if (p, mta) not in gone] + [Spec(p) for p in self.opts.follow]
+        journals = list(dict.fromkeys(cfg.daemon.journals + [JournalSpec(mta=mta) for _, mta in gone] + self.opts.journals))
         if not specs and not journals:
             raise UsageError("nothing to follow: give --follow PATH, --journal or [[follow]] path = ... in the config")
         packs = {r.pack for r in rules.rules}

@@ -274,9 +274,14 @@ def _latency(d: Daemon, jf: Path, name: str) -> float:
 def test_run_from_start_and_a_directory_that_appears_later(tmp_path, journal_tools):
     jdir = tmp_path / "later"
     name = f"journal:{jdir}"
-    d = Daemon(tmp_path / "d", "--journal-dir", str(jdir), config="from_start = true\n").start()
+    missing = tmp_path / "mail.log"
+    d = Daemon(tmp_path / "d", "--journal-dir", str(jdir), config=f"from_start = true\n[[follow]]\npath = "
+               f"\"{missing}\"\nmta = \"postfix\"\njournal_if_missing = true\n").start()
     try:
         d.wait_log("does not exist yet")
+        # A mail.log that is not there (Debian 12 without rsyslog): the system journal instead.
+        assert "following the system journal instead" in d.wait_log(f"{missing} does not exist")
+        assert f"following journal, journal:{jdir} (" in d.wait_log("running:")
         jdir.mkdir()
         write_journal(jdir / "remote.journal", [sasl(f"198.51.100.{i}") for i in range(1, 6)]
                       + [benign(1), sasl("198.51.100.6", ident="sshd")])
