@@ -263,22 +263,23 @@ class JournalFollower:
         self.buf = b""
         self.retry_at = 0.0
         self.behind = 0.0               # seconds the last entry read is behind now, when more was waiting
-        self.cursor = ""                # of the last entry read; "": none yet, go on from `realtime`
-        self.realtime = 0               # µs: that entry's time, or where reading starts
+        self.cursor = ""                # of the last entry read; "": none yet, read from the start
+        self.realtime = 0               # µs: that entry's time
         self.lines = 0
         self.checked = True             # the saved cursor has been looked for in the journal
         if saved is not None:
             self.cursor, self.realtime, self.lines = saved.fingerprint, int(saved.offset), int(saved.lines)
             self.checked = not self.cursor
         elif not from_start:
-            # From now on: after the newest entry, or (none yet) after this moment.
-            self.cursor, self.realtime = first_cursor(spec.where()) or ("", int(time.time() * 1e6))
+            # From now on: after the newest entry. None yet (an empty or missing directory):
+            # all that comes is new, as a log file that appears is read from its start.
+            self.cursor, self.realtime = first_cursor(spec.where()) or ("", 0)
         self._start()
 
     # ---- the child ---------------------------------------------------------------------
     def _resume_args(self) -> list[str]:
         if not self.cursor:
-            return [f"--since={since_arg(self.realtime / 1e6)}"] if self.realtime else []
+            return []
         if not self.checked:
             self.checked = True
             at = first_cursor(self.spec.where(), f"--cursor={self.cursor}")
