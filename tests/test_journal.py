@@ -271,17 +271,18 @@ def _latency(d: Daemon, jf: Path, name: str) -> float:
     return took if d.query("SELECT count(*) FROM offences WHERE ip = '2001:db8:5::1'")[0][0] == 1 else 99.0
 
 
-def test_run_from_start_and_a_directory_that_appears_later(tmp_path, journal_tools):
+def test_run_a_directory_that_appears_later_the_fallback_and_from_start(tmp_path, journal_tools):
     jdir = tmp_path / "later"
     name = f"journal:{jdir}"
     missing = tmp_path / "mail.log"
-    d = Daemon(tmp_path / "d", "--journal-dir", str(jdir), config=f"from_start = true\n[[follow]]\npath = "
-               f"\"{missing}\"\nmta = \"postfix\"\njournal_if_missing = true\n").start()
+    d = Daemon(tmp_path / "d", "--journal-dir", str(jdir), config=f"[[follow]]\npath = \"{missing}\"\n"
+               "mta = \"postfix\"\njournal_if_missing = true\n").start()
     try:
         d.wait_log("does not exist yet")
         # A mail.log that is not there (Debian 12 without rsyslog): the system journal instead.
         assert "following the system journal instead" in d.wait_log(f"{missing} does not exist")
         assert f"following journal, journal:{jdir} (" in d.wait_log("running:")
+        # A journal that was not there when logban started is all new, as a log file that appears.
         jdir.mkdir()
         write_journal(jdir / "remote.journal", [sasl(f"198.51.100.{i}") for i in range(1, 6)]
                       + [benign(1), sasl("198.51.100.6", ident="sshd")])
@@ -289,3 +290,13 @@ def test_run_from_start_and_a_directory_that_appears_later(tmp_path, journal_too
         assert d.offences() == 5
     finally:
         d.close()
+    # Another store meets the same journal for the first time: from its end, or with
+    # daemon.from_start from its start.
+    for config, want in (("", 0), ("from_start = true\n", 5)):
+        d = Daemon(tmp_path / f"d{want}", "--journal-dir", str(jdir), config=config).start()
+        try:
+            write_journal(jdir / "remote.journal", [benign(2)])
+            _wait_lines(d, name, 8 if want else 1)        # 6 + 1 + this one, from the start
+            assert d.offences() == want
+        finally:
+            d.close()
