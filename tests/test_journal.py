@@ -300,3 +300,22 @@ def test_run_a_directory_that_appears_later_the_fallback_and_from_start(tmp_path
             assert d.offences() == want
         finally:
             d.close()
+
+
+def test_scan_apply_of_a_journal_twice_applies_only_what_is_new(tmp_path, journal_tools):
+    jf = tmp_path / "j" / "remote.journal"
+    jf.parent.mkdir()
+    t0 = time.time() - 600
+    write_journal(jf, [sasl(f"198.51.100.{i}", t=t0 + i) for i in range(1, 4)])
+    db = f"sqlite:///{tmp_path / 'db'}"
+
+    def apply(*more: str) -> dict:
+        r = run_logban("--db", db, "scan", "--json", "--apply", "--dry-run", "--journal-dir", str(jf.parent), *more)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+    assert apply()["applied"]["offences"] == 3
+    again = apply()
+    assert again["applied"]["offences"] == 0 and again["offences"] == 3     # the report still shows them
+    write_journal(jf, [sasl("198.51.100.9", t=t0 + 100)])
+    assert apply()["applied"]["offences"] == 1
+    assert apply("--reapply")["applied"]["offences"] == 4

@@ -98,6 +98,9 @@ def cmd_scan(args, cfg: Config) -> int:
         if applied.skipped:
             print(f"logban: {applied.skipped:,} lines applied by an earlier scan --apply were not applied again "
                   "(--reapply counts them again); the report still shows what they contain", file=sys.stderr)
+        if applied.skipped_entries:
+            print(f"logban: {applied.skipped_entries:,} offences of journal entries applied by an earlier scan --apply "
+                  "were not applied again (--reapply counts them again); the report still shows them", file=sys.stderr)
         engine.close()
         engine.store.prune(time.time(), cfg.retention, cfg.policy.lookback)
         note = _enforce(args, cfg, engine.store, dry_run=args.dry_run)
@@ -213,6 +216,8 @@ class Applied:
         self.now: dict[str, dict] = {}          # path -> position read up to in this run
         self.done: dict[str, int] = {}          # source name -> its first lines, applied before
         self.skipped = 0
+        self.applied_to: dict[str, int] = {}   # journal source -> time (µs) of the newest entry applied before
+        self.skipped_entries = 0
         engine.batch = 1 << 62                  # flushed here, with positions
 
     def skip(self, src: Source) -> int:
@@ -220,6 +225,13 @@ class Applied:
         maybe grown since, under this name or another (logrotate renamed mail.log to
         mail.log.1, then compressed it)."""
         from ..follow import FP_LEN, head_matches
+        if src.journal is not None:
+            # A journal has no first bytes that stay: what was applied is known by time.
+            old = None if self.again else self.saved.get(src.name)
+            self.applied_to[src.name] = int(old.offset) if old is not None else -1
+            self.now[src.name] = {"node": self.node, "path": src.name, "dev": 0, "inode": 0, "fingerprint": "",
+                                  "fp_len": 0, "offset": max(0, self.applied_to[src.name]), "lines": 0}
+            return 0
         if src.path is None:
             return 0
         path = str(src.path.resolve())
@@ -243,15 +255,27 @@ class Applied:
         return lines
 
     def new(self, offs: list[Offence]) -> list[Offence]:
-        """The offences of lines not applied before."""
-        if not self.done:
-            return offs
-        return [o for o in offs if o.line > self.done.get(o.file, 0)]
+        """The offences of lines (journal entries) not applied before; a journal's position
+        moves on to the newest of them, to be saved with them."""
+        if self.done:
+            offs = [o for o in offs if o.line > self.done.get(o.file, 0)]
+        if self.applied_to:
+            out = []
+            for o in offs:
+                before = self.applied_to.get(o.file)
+                if before is not None:
+                    usec = round(o.time * 1e6)
+                    if usec <= before:
+                        self.skipped_entries += 1
+                        continue
+                    pos = self.now[o.file]
+                    pos["offset"] = max(pos["offset"], usec)
+                out.append(o)
+            offs = out
+        return offs
 
     def read_to(self, src: Source, lines: int) -> None:
-        if src.path is None:
-            return
-        pos = self.now.get(str(src.path.resolve()))
+        pos = self.now.get(str(src.path.resolve())) if src.path is not None else None
         if pos is not None:
             pos["lines"] = max(pos["lines"], lines)
         if self.engine.unsaved() >= BATCH:
