@@ -76,9 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add("scan", "scan log files once and report offenders",
                  "logban scan /var/log/mail.log*               # a rotated set, oldest first",
-                 "logban scan --events /var/log/mail.log | jq .ip",
                  "logban scan --apply --dry-run samples/logs/  # record bans, never enforce them",
-                 "logban scan --journal --since 24h            # the system journal's last day")
+                 "logban scan --journal --since 24h --events   # the system journal's last day")
     sc.add_argument("paths", nargs="*", metavar="PATH", help="file, directory, rotated set member, or - for stdin")
     sc.add_argument("--journal", action="store_true", help="the system journal (its mail entries)")
     sc.add_argument("--journal-file", action="append", default=[], nargs="+", metavar="FILE",
