@@ -235,6 +235,15 @@ class JournalStream:
         self.close()
 
 
+def _has_journals(d: Path) -> bool:
+    """Whether `d` holds journal files, as journalctl -D finds them (in it, or in a
+    machine-id directory below it)."""
+    try:
+        return any(True for pat in ("*.journal", "*.journal~", "*/*.journal", "*/*.journal~") for _ in d.glob(pat))
+    except OSError:
+        return False
+
+
 def first_cursor(where: list[str], *how: str) -> tuple[str, int] | None:
     """(cursor, realtime µs) of the entry `how` points at (like "-n", "1": the newest), or None."""
     try:
@@ -267,6 +276,8 @@ class JournalFollower:
         self.realtime = 0               # µs: that entry's time
         self.lines = 0
         self.checked = True             # the saved cursor has been looked for in the journal
+        self.waiting = False            # for journal files to appear in the directory
+        self.ended_why = ""             # the last reason journalctl gave for ending, as logged
         if saved is not None:
             self.cursor, self.realtime, self.lines = saved.fingerprint, int(saved.offset), int(saved.lines)
             self.checked = not self.cursor
@@ -292,11 +303,15 @@ class JournalFollower:
 
     def _start(self) -> None:
         d = self.spec.directory
-        if d is not None and not d.is_dir():
-            if self.retry_at == 0.0:
-                self.log(f"{self.name}: {d} does not exist yet; waiting for it")
-            self.retry_at = time.monotonic() + RETRY_EVERY
+        if d is not None and not _has_journals(d):
+            # journalctl -D on a directory without journal files ends at once: looked at again
+            # every half second (the loop comes round at least once a second) until one is there.
+            if not self.waiting:
+                self.waiting = True
+                self.log(f"{self.name}: no journal files in {d} yet; waiting for them")
+            self.retry_at = time.monotonic() + 0.5
             return
+        self.waiting = False
         self.err = tempfile.TemporaryFile()
         try:
             # A session of its own: a terminal's ^C or a signal to logban's group is logban's to
@@ -323,8 +338,10 @@ class JournalFollower:
         self.err.seek(0)
         err = self.err.read().decode("utf-8", "replace").strip().splitlines()
         self.err.close()
-        self.log(f"{self.name}: {JOURNALCTL} ended ({err[-1] if err else 'no reason given'}); "
-                 f"starting it again in {RETRY_EVERY:g} s")
+        why = err[-1] if err else "no reason given"
+        if why != self.ended_why:           # once, not every RETRY_EVERY while it keeps failing
+            self.ended_why = why
+            self.log(f"{self.name}: {JOURNALCTL} ended ({why}); starting it again every {RETRY_EVERY:g} s")
         self.retry_at = time.monotonic() + RETRY_EVERY
         self.checked = False            # what it left behind may have been vacuumed meanwhile
 
@@ -362,6 +379,7 @@ class JournalFollower:
             n += len(data)
         if not parts:
             return None
+        self.ended_why = ""
         es, used = export_entries(self.buf + b"".join(parts))
         self.buf = (self.buf + b"".join(parts))[used:]
         got = self._entries(es)

@@ -278,7 +278,7 @@ def test_run_a_directory_that_appears_later_the_fallback_and_from_start(tmp_path
     d = Daemon(tmp_path / "d", "--journal-dir", str(jdir), config=f"[[follow]]\npath = \"{missing}\"\n"
                "mta = \"postfix\"\njournal_if_missing = true\n").start()
     try:
-        d.wait_log("does not exist yet")
+        d.wait_log(f"no journal files in {jdir} yet")
         # A mail.log that is not there (Debian 12 without rsyslog): the system journal instead.
         assert "following the system journal instead" in d.wait_log(f"{missing} does not exist")
         assert f"following journal, journal:{jdir} (" in d.wait_log("running:")
