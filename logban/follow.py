@@ -152,6 +152,7 @@ class Follower:
         for fs in self.files:
             self._resume(fs, saved.get(str(fs.spec.path)), from_start)
         self.journals = [JournalFollower(j, saved.get(j.name), from_start=from_start, log=self.log) for j in journals]
+        self._taken = True                  # read() ran since the last wait()
 
     # ---- start: where to go on from --------------------------------------------------------
     def _resume(self, fs: _File, pos, from_start: bool) -> None:
@@ -233,6 +234,7 @@ class Follower:
                 self._read_file(fs, out)
             except OSError as e:
                 self.log(f"{fs.spec.path}: {e.strerror or e}; will try again")
+        self._taken = True
         for j in self.journals:
             got = j.read()
             if got is not None:
@@ -359,7 +361,11 @@ class Follower:
         fds = [] if wake_fd is None else [wake_fd]
         if n is not None:
             fds.append(self._wm.get_fd())
-        fds += [fd for j in self.journals if (fd := j.fileno()) is not None]
+        if self._taken:
+            # A pipe with news stays readable until it is read: while the caller does not read
+            # (the store is away and its buffer full) it must not wake the loop at once.
+            fds += [fd for j in self.journals if (fd := j.fileno()) is not None]
+        self._taken = False
         polling = n is None and bool(self.files)
         ready = select.select(fds, [], [], min(max(timeout, 0), 0.25 if polling else timeout))[0]
         if wake_fd is not None and wake_fd in ready:
