@@ -32,7 +32,9 @@ JOURNALCTL = "journalctl"
 # sm-mta, sendmail, qmail-smtpd, and the programs qmail runs in front of it).
 DEFAULT_IDENTIFIERS = ("postfix", "sm-mta", "sendmail", "qmail", "vchkpw", "spamdyke", "rblsmtpd",
                        "tcpserver", "smtpd")
-FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,SYSLOG_PID,_PID,_HOSTNAME,_SYSTEMD_UNIT,_COMM"
+# What journalctl prints of an entry besides its cursor and stamps: the less, the cheaper for it.
+FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,_PID,_HOSTNAME"
+UNIT_FIELDS = ",_SYSTEMD_UNIT,_COMM"      # with units: an entry may have no identifier, its program names it
 READ_MAX = 1 << 20          # bytes taken from journalctl per round, so one busy journal cannot starve the rest
 RETRY_EVERY = 2.0           # seconds before journalctl is started again after it ended
 
@@ -46,6 +48,10 @@ class Selection:
     or a unit matching one of `units` (shell patterns like "postfix@*.service")."""
     identifiers: tuple[str, ...] = DEFAULT_IDENTIFIERS
     units: tuple[str, ...] = ()
+
+    @property
+    def fields(self) -> str:
+        return FIELDS + (UNIT_FIELDS if self.units else "")
 
     def matcher(self):
         ids = tuple(i.encode() for i in self.identifiers)
@@ -154,14 +160,14 @@ class Converter:
         rt = e.get(b"__REALTIME_TIMESTAMP", b"")
         if head is None or msg is None or not rt.isdigit():
             return None
-        pid = e.get(b"SYSLOG_PID") or e.get(b"_PID") or b""
+        pid = e.get(b"_PID", b"")
         pid = b"[%s]: " % pid if pid.isdigit() and len(pid) <= 10 else b": "
         # One entry, one line: a message's own line breaks cannot start a line of their own.
         return b"".join((self.stamp(int(rt)), head, pid, msg.replace(b"\n", b" ") if b"\n" in msg else msg, b"\n"))
 
 
-def journalctl(where: list[str], *extra: str) -> list[str]:
-    return [JOURNALCTL, *where, "-o", "export", "-q", "--no-pager", f"--output-fields={FIELDS}", *extra]
+def journalctl(where: list[str], select: Selection, *extra: str) -> list[str]:
+    return [JOURNALCTL, *where, "-o", "export", "-q", "--no-pager", f"--output-fields={select.fields}", *extra]
 
 
 def since_arg(t: float) -> str:
@@ -187,7 +193,7 @@ class JournalStream:
                 ([f"--until={since_arg(q.until)}"] if q.until is not None else [])
         self.err = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen(journalctl(list(q.where), *extra), stdout=subprocess.PIPE, stderr=self.err,
+            self.proc = subprocess.Popen(journalctl(list(q.where), q.select, *extra), stdout=subprocess.PIPE, stderr=self.err,
                                          stdin=subprocess.DEVNULL)
         except OSError:
             self.err.close()
@@ -247,7 +253,7 @@ def _has_journals(d: Path) -> bool:
 def first_cursor(where: list[str], *how: str) -> tuple[str, int] | None:
     """(cursor, realtime µs) of the entry `how` points at (like "-n", "1": the newest), or None."""
     try:
-        p = subprocess.run(journalctl(where, "-n", "1", *how), capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        p = subprocess.run(journalctl(where, Selection(), "-n", "1", *how), capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
     for e in export_entries(p.stdout)[0]:
@@ -316,7 +322,8 @@ class JournalFollower:
         try:
             # A session of its own: a terminal's ^C or a signal to logban's group is logban's to
             # handle (it stops the child itself); after a kill -9 the child ends at its next write.
-            self.proc = subprocess.Popen(journalctl(self.spec.where(), "--follow", "--lines=all", *self._resume_args()),
+            self.proc = subprocess.Popen(journalctl(self.spec.where(), self.spec.select, "--follow", "--lines=all",
+                                                    *self._resume_args()),
                                          stdout=subprocess.PIPE, stderr=self.err, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
         except OSError as e:
