@@ -35,7 +35,10 @@ DEFAULT_IDENTIFIERS = ("postfix", "sm-mta", "sendmail", "qmail", "vchkpw", "spam
 # What journalctl prints of an entry besides its cursor and stamps: the less, the cheaper for it.
 FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,_PID,_HOSTNAME"
 UNIT_FIELDS = ",_SYSTEMD_UNIT,_COMM"      # with units: an entry may have no identifier, its program names it
-READ_MAX = 1 << 20          # bytes taken from journalctl per round, so one busy journal cannot starve the rest
+# Bytes taken from journalctl per round, so one busy journal cannot starve the rest: about
+# as many entries as a file's 1 MiB round holds lines (an exported entry is twice a line).
+READ_MAX = 2 << 20
+PIPE_SIZE = 1 << 20         # what an unprivileged process may ask for by default (pipe-max-size)
 RETRY_EVERY = 2.0           # seconds before journalctl is started again after it ended
 
 _TAG_BAD = re.compile(rb"[^\w./@-]")
@@ -333,9 +336,8 @@ class JournalFollower:
         fd = self.proc.stdout.fileno()
         os.set_blocking(fd, False)
         try:
-            # A round takes up to READ_MAX: let journalctl run that far ahead (Linux; 1 MiB is
-            # what an unprivileged process may ask for by default).
-            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), READ_MAX)
+            # Let journalctl run ahead while logban parses a round (Linux only).
+            fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
         except OSError:
             pass
         self.buf = b""
