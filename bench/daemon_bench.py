@@ -281,10 +281,10 @@ def follow_rate(rate: int, seconds: float, tmp: Path) -> None:
 
 # What else a mail host's journal holds: sendmail, qmail, and programs that are no MTA at all.
 OTHERS = [
-    "sm-mta[{pid}]: 4AKA{pid}: ruleset=check_rcpt, arg1=<spam@example.net>, relay=bot.example.biz [{ip}] "
-    "(may be forged), reject=550 5.7.1 <spam@example.net>... Relaying denied",
-    "sm-mta[{pid}]: 4AKA{pid}: from=<a@example.org>, size=1234, class=0, nrcpts=1, proto=ESMTP, daemon=MTA, "
-    "relay=mail.example.org [{ip}]",
+    ("sm-mta[{pid}]: 4AKA{pid}: ruleset=check_rcpt, arg1=<spam@example.net>, relay=bot.example.biz [{ip}] "
+     "(may be forged), reject=550 5.7.1 <spam@example.net>... Relaying denied"),
+    ("sm-mta[{pid}]: 4AKA{pid}: from=<a@example.org>, size=1234, class=0, nrcpts=1, proto=ESMTP, daemon=MTA, "
+     "relay=mail.example.org [{ip}]"),
     "qmail-smtpd[{pid}]: 553 sorry, that domain isn't in my list of allowed rcpthosts (#5.7.1)",
     "rblsmtpd[{pid}]: {ip} pid {pid}: 451 http://www.spamhaus.org/query/bl?ip={ip}",
     "CRON[{pid}]: pam_unix(cron:session): session opened for user root(uid=0) by (uid=0)",
@@ -316,7 +316,7 @@ def journal_rate(rate: int, seconds: float, tmp: Path) -> None:
     writer.write(writer.entry(fields[0]))                   # the file exists when logban starts
     d = Daemon(tmp / "jr", ["--journal-dir", str(tmp / "jr" / "journal")], "none", None)
     total = int(rate * seconds)
-    n_sel = lambda k: (k // len(lines)) * cum[-1] + cum[k % len(lines)]       # noqa: E731
+    n_sel = lambda k: (k // len(lines)) * cum[-1] + cum[k % len(lines)]
     written, lags = 0, []
     t0 = time.perf_counter()
     step = 0.05

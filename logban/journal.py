@@ -196,8 +196,8 @@ class JournalStream:
                 ([f"--until={since_arg(q.until)}"] if q.until is not None else [])
         self.err = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen(journalctl(list(q.where), q.select, *extra), stdout=subprocess.PIPE, stderr=self.err,
-                                         stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(journalctl(list(q.where), q.select, *extra), stdout=subprocess.PIPE,
+                                         stderr=self.err, stdin=subprocess.DEVNULL)
         except OSError:
             self.err.close()
             raise
@@ -256,7 +256,8 @@ def _has_journals(d: Path) -> bool:
 def first_cursor(where: list[str], *how: str) -> tuple[str, int] | None:
     """(cursor, realtime µs) of the entry `how` points at (like "-n", "1": the newest), or None."""
     try:
-        p = subprocess.run(journalctl(where, Selection(), "-n", "1", *how), capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        p = subprocess.run(journalctl(where, Selection(), "-n", "1", *how), capture_output=True, timeout=60,
+                           stdin=subprocess.DEVNULL, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return None
     for e in export_entries(p.stdout)[0]:

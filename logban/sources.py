@@ -20,6 +20,7 @@ from typing import BinaryIO
 import regex
 
 from .journal import JournalQuery, JournalStream
+
 CHUNK = 1 << 20
 # What a missing, unreadable, truncated or corrupt file raises while it is read.
 READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)

@@ -80,7 +80,7 @@ def cmd_scan(args, cfg: Config) -> int:
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     if since is not None or until is not None:
         lo, hi, inner = -math.inf if since is None else since, math.inf if until is None else until, sink
-        sink = lambda offs: inner([o for o in offs if lo <= o.time < hi])     # noqa: E731
+        sink = lambda offs: inner([o for o in offs if lo <= o.time < hi])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
     streams = _streams(sources)
