@@ -202,27 +202,29 @@ def _wait_lines(d: Daemon, name: str, n: int, timeout: float = 60) -> None:
 def test_run_follows_a_journal_directory_exactly_once_across_kill_and_vacuum(tmp_path, journal_tools):
     jdir = tmp_path / "journal"
     jdir.mkdir()
-    jf = jdir / "remote.journal"
+    jf, jf2 = jdir / "remote-mx1.journal", jdir / "remote-mx2.journal"      # two hosts' journals
     name = f"journal:{jdir}"
     # History before logban ever ran: not read (no saved cursor: from now on).
     write_journal(jf, [sasl(f"2001:db8:1::{i:x}") for i in range(1, 21)])
+    write_journal(jf2, [sasl(f"2001:db8:1:1::{i:x}", host="mx2") for i in range(1, 21)])
     d = Daemon(tmp_path / "d", "--journal-dir", str(jdir)).start()
     try:
         assert name in d.wait_log("running:")
         assert _position(d, name) is None or d.offences() == 0
-        # Appended while it follows, in batches, with entries of other programs between;
-        # kill -9 in the middle of the stream, batches go on meanwhile, then a restart.
+        # Appended while it follows, in batches to one host's journal and the other's, with
+        # entries of other programs between; kill -9 in the middle of the stream, batches go
+        # on meanwhile, then a restart.
         total, batches = 0, 16
         killed = threading.Event()
 
         def writer():
             nonlocal total
             for b in range(batches):
-                es = []
+                es, host = [], ("mx1", "mx2")[b % 2]
                 for i in range(40):
-                    es.append(sasl(f"2001:db8:{0x100 + b:x}:{i:x}::1"))
-                    es.append(entry("a message of another program", ident="cron"))
-                write_journal(jf, es)
+                    es.append(sasl(f"2001:db8:{0x100 + b:x}:{i:x}::1", host=host))
+                    es.append(entry("a message of another program", ident="cron", host=host))
+                write_journal((jf, jf2)[b % 2], es)
                 total += 40
                 if b == batches // 2:
                     killed.wait(30)
@@ -237,7 +239,7 @@ def test_run_follows_a_journal_directory_exactly_once_across_kill_and_vacuum(tmp
         killed.set()
         t.join(60)
         assert seen < total == 640
-        # The first start saw the history's end, so none of its 20 entries counts.
+        # The first start saw the history's end, so none of its 40 entries counts.
         d.start()
         _wait_lines(d, name, 640)
         assert d.offences() == 640
@@ -245,11 +247,12 @@ def test_run_follows_a_journal_directory_exactly_once_across_kill_and_vacuum(tmp
         assert sorted(r[1] for r in rows) == list(range(1, 641)) and {r[0] for r in rows} == {name}
         latency = _latency(d, jf, name)
 
-        # Vacuumed while logban is down: the file holding the saved cursor is gone, and a new
+        # Vacuumed while logban is down: the files holding the saved cursor are gone, and a new
         # one holds entries older than the cursor's time (lost for good) and newer ones.
         assert d.stop() == 0
         cursor_time = _position(d, name)[1] / 1e6
         jf.unlink()
+        jf2.unlink()
         write_journal(jdir / "remote2.journal", [sasl("2001:db8:2::1", t=cursor_time - 5)]
                       + [sasl(f"2001:db8:3::{i:x}", t=cursor_time + 1 + i / 1000) for i in range(1, 31)])
         d.start()
