@@ -180,6 +180,8 @@ def test_scan_since_until_on_files(tmp_path):
     assert [json.loads(x)["ip"] for x in r.stdout.splitlines()] == ["198.51.100.2"]
     r = run_logban("scan", "--until", "yesterday", str(log))
     assert r.returncode == 2 and r.stderr.count(b"\n") == 1 and b"--until" in r.stderr
+    r = run_logban("scan", "--journal", env={"PATH": "/nonexistent"})
+    assert r.returncode == 2 and r.stderr == b"logban: reading the journal needs journalctl (systemd) on PATH\n"
 
 
 # ---- run: follow, kill -9, resume, vacuum ----------------------------------------------------

@@ -131,7 +131,9 @@ def _streams(sources: list[Source]) -> list[list[Source]]:
 def journal_sources(args, since: float | None, until: float | None) -> list[Source]:
     """--journal, --journal-dir DIR, --journal-file FILE...: each a source of its own, read
     by journalctl with the time range given (the offences are also held to it)."""
-    from ..journal import JournalQuery
+    import shutil
+
+    from ..journal import JOURNALCTL, JournalQuery
 
     def src(name: str, where: tuple[str, ...]) -> Source:
         return Source(name, None, JournalQuery(where, since=since, until=until))
@@ -139,6 +141,8 @@ def journal_sources(args, since: float | None, until: float | None) -> list[Sour
     out += [src(f"journal:{os.path.abspath(d)}", ("-D", os.path.abspath(d))) for d in args.journal_dir]
     out += [src(f"journal:{os.path.abspath(f)}", (f"--file={glob.escape(os.path.abspath(f))}",))
             for group in args.journal_file for f in group]
+    if out and shutil.which(JOURNALCTL) is None:
+        raise UsageError(f"reading the journal needs {JOURNALCTL} (systemd) on PATH")
     return out
 
 
