@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -30,7 +29,7 @@ from .errors import ExportError, FirewallError, UsageError
 from .export import SYSTEMD_HINT, unwritable_exports
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
-from .journal import JOURNALCTL, JournalSpec
+from .journal import JournalSpec, journal_if_missing
 from .parse import Clock, Offence, Parser
 from .pidfile import default_pid_file, write_pid
 from .report import safe
@@ -178,14 +177,9 @@ class Daemon:
         for rid in cfg.policy.rule_durations:
             if rules.by_id(rid) is None:
                 raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
-        # Debian 12 and later log mail to the journal only: a [[follow]] file with
-        # journal_if_missing that is not there (at start, at a reload) becomes the system journal.
-        gone = [(p, mta) for p, mta in cfg.daemon.follow if p in cfg.daemon.journal_if_missing
-                and not p.exists() and shutil.which(JOURNALCTL)]
-        for p, _ in gone:
-            log.info("%s does not exist: following the system journal instead (journal_if_missing)", p)
-        specs = [Spec(p, mta) for p, mta in cfg.daemon.follow if (p, mta) not in gone] + [Spec(p) for p in self.opts.follow]
-        journals = list(dict.fromkeys(cfg.daemon.journals + [JournalSpec(mta=mta) for _, mta in gone] + self.opts.journals))
+        files, instead = journal_if_missing(cfg.daemon.follow, cfg.daemon.journal_if_missing, log.info)
+        specs = [Spec(p, mta) for p, mta in files] + [Spec(p) for p in self.opts.follow]
+        journals = list(dict.fromkeys(cfg.daemon.journals + instead + self.opts.journals))
         if not specs and not journals:
             raise UsageError("nothing to follow: give --follow PATH, --journal or [[follow]] path = ... in the config")
         packs = {r.pack for r in rules.rules}
@@ -271,7 +265,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         log.info("running: following %s (%s), firewall %s%s, store %s%s",
-                 ", ".join([str(s.path) for s in self.specs] + [j.name for j in self.journals]), self.follower.mode, self.firewall.backend.name,
+                 ", ".join([str(s.path) for s in self.specs] + [j.name for j in self.journals]), self.follower.mode,
+                 self.firewall.backend.name,
                  " (dry run)" if self.dry_run else "", self.store.where(self.store.url),
                  f" shared as node {self.opts.node}" if self.store.shared else "")
         sd_notify("READY=1\nSTATUS=" + self._status())

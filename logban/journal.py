@@ -18,6 +18,7 @@ import fcntl
 import fnmatch
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,21 @@ class Converter:
         pid = b"[%s]: " % pid if pid.isdigit() and len(pid) <= 10 else b": "
         # One entry, one line: a message's own line breaks cannot start a line of their own.
         return b"".join((self.stamp(int(rt)), head, pid, msg.replace(b"\n", b" ") if b"\n" in msg else msg, b"\n"))
+
+
+def journal_if_missing(follow: list[tuple[Path, str | None]], if_missing: set[Path], log
+                       ) -> tuple[list[tuple[Path, str | None]], list[JournalSpec]]:
+    """The followed files that are there, and the system journal (with the entry's rule pack)
+    for each file with journal_if_missing that is not: Debian 12 and later, without rsyslog,
+    log mail to the journal only. Decided at start and at each reload."""
+    files, journals = [], []
+    for p, mta in follow:
+        if p in if_missing and not p.exists() and shutil.which(JOURNALCTL):
+            log(f"{p} does not exist: following the system journal instead (journal_if_missing)")
+            journals.append(JournalSpec(mta=mta))
+        else:
+            files.append((p, mta))
+    return files, journals
 
 
 def journalctl(where: list[str], select: Selection, *extra: str) -> list[str]:
