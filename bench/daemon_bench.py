@@ -195,6 +195,8 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
     where_dir.mkdir()
     log.write_text("")
     writer = JournalWriter(where_dir / "journal") if journal else None
+    if writer:              # the journal file exists when logban starts, as on a running host
+        writer.write(writer.entry(writer.fields("Dec  2 10:00:00 mx1 CRON[1]: session opened")))
     try:
         if past:
             t0 = time.perf_counter()
@@ -245,7 +247,8 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
     if gap:
         store += f", {gap:g} s apart on average"
     print(f"latency       {n:,} bans on {store}, line appended -> ban in {where}: p50 {statistics.median(ms):.0f} ms, "
-          f"p99 {pct(ms, 0.99):.0f} ms, max {max(ms):.0f} ms (ban #{worst + 1})   (target p99 < {100 if past else 200} ms)"
+          f"p99 {pct(ms, 0.99):.0f} ms, max {max(ms):.0f} ms (ban #{worst + 1})   "
+          f"(target p99 < {100 if past or journal else 200} ms)"
           + (f"; peak RSS {rss:.0f} MiB" if rss == rss else ""), flush=True)
 
 
