@@ -12,6 +12,7 @@ from .allow import check_name_pattern, parse_network
 from .errors import UsageError
 from .export import FORMATS, ExportOptions
 from .firewall import ACTIONS, BACKENDS, FirewallOptions
+from .journal import JournalSpec, Selection
 from .rules import shipped_rules_dir
 from .score import DEFAULT_DURATIONS, DEFAULT_HORIZONS, Horizon, Policy
 from .units import check_duration, parse_duration
@@ -66,6 +67,8 @@ class AllowConfig:
 @dataclass
 class DaemonConfig:
     follow: list[tuple[Path, str | None]] = field(default_factory=list)   # (path, rule pack or None: auto)
+    journals: list[JournalSpec] = field(default_factory=list)             # [[follow]] journal = true
+    journal_if_missing: set[Path] = field(default_factory=set)   # followed paths to replace by the journal if absent
     poll: bool | None = None            # None: inotify where it works, polling elsewhere
     from_start: bool = False            # a file met for the first time: read what it holds already
     sync_interval: float = 600.0        # full firewall reconcile
@@ -330,6 +333,23 @@ def load_config(path: Path | None) -> Config:
     return cfg
 
 
+def _journal(f: dict, key: str, path: Path, mta: str | None) -> JournalSpec:
+    """A [[follow]] entry that names the journal: journal = true, directory, identifiers, units."""
+    if f.get("journal") is not True:
+        raise UsageError(f"{path}: {key}journal = true goes with directory, identifiers and units")
+    if "path" in f:
+        raise UsageError(f"{path}: {key}path and journal = true: one [[follow]] entry is a file or the journal")
+    d = f.get("directory")
+    if d is not None and (not isinstance(d, str) or not d.startswith("/")):
+        raise UsageError(f"{path}: {key}directory must be an absolute directory path")
+    sel = Selection()
+    if "identifiers" in f:
+        sel = Selection(_strings(f["identifiers"], f"{key}identifiers", path), sel.units)
+    if "units" in f:
+        sel = Selection(sel.identifiers, _strings(f["units"], f"{key}units", path))
+    return JournalSpec(Path(d) if d else None, mta, sel)
+
+
 def _daemon(data: dict, path: Path) -> DaemonConfig:
     d = data.get("daemon", {})
     _keys(d, {"poll", "from_start", "sync_interval", "pid_file", "metrics", "offline_buffer"}, "daemon.", path)
@@ -338,13 +358,19 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
     if not isinstance(follow, list) or not all(isinstance(f, dict) for f in follow):
         raise UsageError(f"{path}: follow must be a list of tables ([[follow]] path = ..., mta = ...)")
     for i, f in enumerate(follow):
-        _keys(f, {"path", "mta"}, f"follow[{i}].", path)
+        _keys(f, {"path", "mta", "journal", "directory", "identifiers", "units", "journal_if_missing"},
+              f"follow[{i}].", path)
         p, mta = f.get("path"), f.get("mta", "auto")
-        if not isinstance(p, str) or not p.startswith("/"):
-            raise UsageError(f"{path}: follow[{i}].path must be an absolute file path")
         if not isinstance(mta, str) or not mta:
             raise UsageError(f"{path}: follow[{i}].mta must be a rule pack name (postfix, sendmail, qmail) or \"auto\"")
+        if "journal" in f or "directory" in f or "identifiers" in f or "units" in f:
+            dc.journals.append(_journal(f, f"follow[{i}].", path, None if mta == "auto" else mta))
+            continue
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise UsageError(f"{path}: follow[{i}].path must be an absolute file path")
         dc.follow.append((Path(p), None if mta == "auto" else mta))
+        if _bool(f.get("journal_if_missing", False), f"follow[{i}].journal_if_missing", path):
+            dc.journal_if_missing.add(Path(p))
     if "poll" in d:
         dc.poll = _bool(d["poll"], "daemon.poll", path)
     if "from_start" in d:

@@ -19,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .allow import AllowList, Resolver
@@ -29,6 +29,7 @@ from .errors import ExportError, FirewallError, UsageError
 from .export import SYSTEMD_HINT, unwritable_exports
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
+from .journal import JournalSpec, journal_if_missing
 from .parse import Clock, Offence, Parser
 from .pidfile import default_pid_file, write_pid
 from .report import safe
@@ -111,6 +112,7 @@ class Options:
     node: str
     dry_run: bool
     follow: list[Path]
+    journals: list[JournalSpec] = field(default_factory=list)     # --journal, --journal-dir
 
 
 class Metrics:
@@ -136,6 +138,8 @@ class Metrics:
         self.store_up = pc.Gauge("logban_store_up", "1 while the store answers, 0 during an outage", registry=reg)
         self.store_up.set(1)
         self.store_outages = pc.Counter("logban_store_outages", "Times the store became unreachable", registry=reg)
+        self.lag_seconds = pc.Gauge("logban_follow_lag_seconds", "How far behind the newest entry read from a "
+                                    "followed journal is, while more are waiting", ["file"], registry=reg)
         self.server, self.thread = pc.start_http_server(int(port), addr=host.strip("[]"), registry=reg)
 
 
@@ -176,19 +180,22 @@ class Daemon:
         for rid in cfg.policy.rule_durations:
             if rules.by_id(rid) is None:
                 raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
-        specs = [Spec(p, mta) for p, mta in cfg.daemon.follow] + [Spec(p) for p in self.opts.follow]
-        if not specs:
-            raise UsageError("nothing to follow: give --follow PATH or [[follow]] path = ... in the config")
+        files, instead = journal_if_missing(cfg.daemon.follow, cfg.daemon.journal_if_missing, log.info)
+        specs = [Spec(p, mta) for p, mta in files] + [Spec(p) for p in self.opts.follow]
+        journals = list(dict.fromkeys(cfg.daemon.journals + instead + self.opts.journals))
+        if not specs and not journals:
+            raise UsageError("nothing to follow: give --follow PATH, --journal or [[follow]] path = ... in the config")
         packs = {r.pack for r in rules.rules}
-        for s in specs:
+        for s in specs + journals:
             if s.mta is not None and s.mta not in packs:
-                raise UsageError(f"{cfg.path}: follow {s.path}: no rule pack {s.mta!r} (have: {', '.join(sorted(packs))})")
-        parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
+                raise UsageError(f"{cfg.path}: follow {getattr(s, 'path', None) or s.name}: no rule pack {s.mta!r} "
+                                 f"(have: {', '.join(sorted(packs))})")
+        parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs + journals}}
         for mta, p in parsers.items():
             if mta in getattr(self, "parsers", {}):
                 p.adopt(self.parsers[mta])      # a reload keeps sessions, links and rate windows
         self.parsers = parsers
-        self.cfg, self.rules, self.specs = cfg, rules, specs
+        self.cfg, self.rules, self.specs, self.journals = cfg, rules, specs, journals
         self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames, big=cfg.big_senders)
         for o, why in unwritable_exports(cfg.exports):     # at start and at each reload
             log.warning("export %s to %s: this daemon cannot write it (%s)%s", o.format, o.path, why, SYSTEMD_HINT)
@@ -261,7 +268,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         log.info("running: following %s (%s), firewall %s%s, store %s%s",
-                 ", ".join(str(s.path) for s in self.specs), self.follower.mode, self.firewall.backend.name,
+                 ", ".join([str(s.path) for s in self.specs] + [j.name for j in self.journals]), self.follower.mode,
+                 self.firewall.backend.name,
                  " (dry run)" if self.dry_run else "", self.store.where(self.store.url),
                  f" shared as node {self.opts.node}" if self.store.shared else "")
         sd_notify("READY=1\nSTATUS=" + self._status())
@@ -455,7 +463,8 @@ class Daemon:
 
     def _follower(self) -> Follower:
         return Follower(self.specs, self.store.positions(self.opts.node), max_line=self.cfg.parse.max_line,
-                        from_start=self.cfg.daemon.from_start, poll=self.cfg.daemon.poll, log=log.info)
+                        from_start=self.cfg.daemon.from_start, poll=self.cfg.daemon.poll, log=log.info,
+                        journals=self.journals)
 
     def _read(self) -> bool:
         chunks = self.follower.read()
@@ -480,6 +489,8 @@ class Daemon:
             for fs in self.follower.files:
                 if fs.f is not None:
                     m.lag.labels(str(fs.spec.path)).set(max(0, os.fstat(fs.f.fileno()).st_size - fs.offset))
+            for j in self.follower.journals:
+                m.lag_seconds.labels(j.name).set(j.behind)
         return bool(chunks)
 
     def _note_future(self) -> None:
@@ -598,7 +609,7 @@ class Daemon:
     def _reload(self) -> None:
         try:
             cfg = load_config(self.opts.config_path)
-            old_specs = self.specs
+            old_specs = self.specs, self.journals
             self._configure(cfg)
         except UsageError as e:
             log.error("reload refused, the running config stays: %s", e)
@@ -609,7 +620,7 @@ class Daemon:
         self.next_expiry = self.store.next_expiry()
         for t in released:
             log.info("release %s (allow-listed now)", t)
-        if self.specs != old_specs:
+        if (self.specs, self.journals) != old_specs:
             self.engine.flush(self.follower.positions())
             self.follower.close()
             self.follower = self._follower()

@@ -17,6 +17,7 @@ def test_default_config_follows_the_postfix_log_in_dry_run():
     cfg = load_config(PKG / "logban.toml")
     assert cfg.dry_run is True
     assert [(str(p), m) for p, m in cfg.daemon.follow] == [("/var/log/mail.log", "postfix")]
+    assert cfg.daemon.journal_if_missing == {Path("/var/log/mail.log")}     # Debian 12+: the journal instead
 
 
 def test_unit_is_type_notify_hardened_and_reloads_with_sighup():
@@ -28,6 +29,7 @@ def test_unit_is_type_notify_hardened_and_reloads_with_sighup():
     assert "HUP" in svc["ExecReload"]
     assert set(svc["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_DAC_READ_SEARCH"}
     assert svc["ProtectSystem"] == "strict" and "/var/lib/logban" in svc["ReadWritePaths"]
+    assert svc["SupplementaryGroups"] == "systemd-journal"
 
 
 def test_unit_verifies_with_systemd_analyze(tmp_path):

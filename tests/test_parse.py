@@ -497,3 +497,30 @@ def test_the_reply_class_is_read_where_the_mta_writes_it():
         [o] = p.parse_lines(line + b"\n")
         assert o.reply == want, line
     assert reply_class(b"ruleset=check_mail, arg1=<a>, relay=x [192.0.2.25], reject=451 4.1.8 Domain of sender") == 4
+def test_postfix_maillog_file_lines_written_by_postlog_itself(tmp_path):
+    """Postfix >= 3.4 can write its own log (maillog_file, postlog): a zero-padded day, no
+    syslog daemon between. The line comes from the real postlog where Postfix is installed."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from conftest import skip_or_fail
+    if shutil.which("postlog") is None:
+        skip_or_fail("needs postlog (Debian package postfix)")
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:        # maillog_file_prefixes: /var by default
+        conf = os.path.join(d, "conf")
+        os.mkdir(conf)
+        log = os.path.join(d, "postfix.log")
+        with open(os.path.join(conf, "main.cf"), "w") as f:
+            f.write(f"maillog_file = {log}\ncompatibility_level = 3.6\nqueue_directory = {d}/q\ndata_directory = {d}/d\n")
+        before = time.time()
+        subprocess.run(["postlog", "-c", conf, "-t", "postfix/smtpd",
+                        "warning: unknown[198.51.100.9]: SASL LOGIN authentication failed: UGFzc3dvcmQ6"],
+                       check=True, timeout=30, capture_output=True)
+        data = open(log, "rb").read()
+    p = Parser(RULES, clock=Clock(reference=time.time()))          # postlog writes this host's local time
+    [o] = p.parse_lines(data)
+    assert o.ip == "198.51.100.9" and o.kind == "auth_failed", data
+    assert int(before) - 1 <= o.time <= time.time() + 1, (data, o.time, before)
+    day = time.strftime("%b %d", time.localtime(o.time)).encode()
+    assert data.startswith(day), data            # "Dec 02": the day zero-padded, not "Dec  2" as syslog writes it

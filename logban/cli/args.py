@@ -76,9 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add("scan", "scan log files once and report offenders",
                  "logban scan /var/log/mail.log*               # a rotated set, oldest first",
-                 "logban scan --events /var/log/mail.log | jq .ip",
-                 "logban scan --apply --dry-run samples/logs/  # record bans, never enforce them")
-    sc.add_argument("paths", nargs="+", metavar="PATH", help="file, directory, rotated set member, or - for stdin")
+                 "logban scan --apply --dry-run samples/logs/  # record bans, never enforce them",
+                 "logban scan --journal --since 24h --events   # the system journal's last day")
+    sc.add_argument("paths", nargs="*", metavar="PATH", help="file, directory, rotated set member, or - for stdin")
+    sc.add_argument("--journal", action="store_true", help="the system journal (its mail entries)")
+    sc.add_argument("--journal-file", action="append", default=[], nargs="+", metavar="FILE",
+                    help="journal files (*.journal), read together")
+    sc.add_argument("--journal-dir", action="append", default=[], metavar="DIR", help="the journal files in DIR")
+    sc.add_argument("--since", metavar="TIME", help="only offences from TIME on: ISO 8601 (2026-11-20T08:00) "
+                                                    "or a duration back from now (24h)")
+    sc.add_argument("--until", metavar="TIME", help="only offences before TIME (ISO 8601 or a duration back from now)")
     sc.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack (postfix, sendmail, qmail)")
     out = sc.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON report")
@@ -151,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                  "logban --db sqlite:////tmp/t.db run --follow ./mail.log --backend none")
     rn.add_argument("--follow", action="append", type=Path, default=[], metavar="PATH",
                     help="a log file to follow (repeatable; adds to [[follow]] in the config)")
+    rn.add_argument("--journal", action="store_true", help="follow the system journal (adds to [[follow]])")
+    rn.add_argument("--journal-dir", action="append", type=Path, default=[], metavar="DIR",
+                    help="follow the journal files in DIR (repeatable)")
     rn.add_argument("--dry-run", action="store_true", help="decide and record, never touch the firewall")
     rn.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
     sub.add("reload", "make the running daemon reload its config and rule packs (SIGHUP)",

@@ -86,7 +86,7 @@ def read_source(src: Source, parser: Parser, left: int = 0) -> Iterator[tuple[li
             lines += parser.stats.lines - before
             yield offs, lines
     finally:
-        if src.path is not None:
+        if src.path is not None or src.journal is not None:
             stream.close()
 
 
