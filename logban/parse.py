@@ -32,7 +32,10 @@ _SYSLOG = re.compile(
     rb"(?:<\d{1,3}>)?"
     rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-3]\d [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
     rb"|(?P<iso>\d{4}-\d\d-\d\d[T ][0-2]\d:[0-5]\d:[0-6]\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?))"
-    rb" (?P<host>[^ ]{1,255}) (?:(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: )?")
+    # rsyslog templates that print the priority as text ("<mail.info>") put it before the host;
+    # Solaris syslogd puts "[ID 123456 mail.notice]" after the tag.
+    rb"(?: <[a-z0-9]{1,16}\.[a-z]{1,16}>)?"
+    rb" (?P<host>[^ ]{1,255}) (?:(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: (?:\[ID \d{1,12} [a-z0-9]{1,16}\.[a-z]{1,16}\] )?)?")
 _RFC5424 = re.compile(
     rb"<\d{1,3}>1 (?P<iso>\S{1,64}) (?P<host>\S{1,255}) (?P<app>\S{1,48}) (?P<pid>\S{1,128}) \S{1,32} "
     rb"(?:-|(?:\[(?:[^\]\\]|\\.){0,4096}\])+) ?(?:\xef\xbb\xbf)?")
@@ -341,8 +344,9 @@ class Parser:
         """Line start -> ids of the hints found on that line."""
         cand: dict[int, list[int]] = {}
         if self._fast is not None:
-            if chunk[:1] == b"<" or b"\n<" in chunk:
-                # RFC 5424 puts no ": " before the message: look for leads anywhere.
+            if chunk[:1] == b"<" or b"\n<" in chunk or b": [ID " in chunk:
+                # RFC 5424 puts no ": " before the message, Solaris puts its "[ID n fac.lvl] "
+                # there: look for leads anywhere.
                 self._find_into(chunk, self._lead_finds, cand)
             else:
                 ids = self._lead_ids
