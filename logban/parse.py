@@ -30,7 +30,7 @@ _MONTHS = {m.encode(): i for i, m in enumerate(
 # text the client chose, so the standard `re` is safe (and fast) here.
 _SYSLOG = re.compile(
     rb"(?:<\d{1,3}>)?"
-    rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-3]\d [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
+    rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?:[ 0-3]\d|[1-9]) [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
     rb"|(?P<iso>\d{4}-\d\d-\d\d[T ][0-2]\d:[0-5]\d:[0-6]\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?))"
     # rsyslog templates that print the priority as text ("<mail.info>") put it before the host;
     # Solaris syslogd puts "[ID 123456 mail.notice]" after the tag.
@@ -257,6 +257,8 @@ def parse_header(line: bytes, clock: Clock) -> Header | None:
         if not m:
             return None
         minute, sec, stamp, host, prog, pid = m.groups()
+        if minute and len(minute) == 11:
+            minute = minute[:4] + b" " + minute[4:]     # "Aug 3": a template that does not pad the day
         t = clock.bsd(minute, sec) if minute else clock.iso(stamp)
         if t is None:
             return None
