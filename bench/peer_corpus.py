@@ -69,6 +69,8 @@ class FileScore:
     false_pos: list[str] = field(default_factory=list)
     moved: list[str] = field(default_factory=list)
     disagree: list[str] = field(default_factory=list)
+    strict_miss: int = 0          # disagreements where fail2ban wants a match logban does not make
+    strict_fp: int = 0            # disagreements where logban matches a line fail2ban leaves alone
 
     @property
     def recall(self) -> float:
@@ -143,6 +145,9 @@ def score_file(path: Path, parser: Parser) -> FileScore:
             why = why or (f"annotated for fail2ban's {'/'.join(a.modes)} mode only, which leaves it out; "
                           "its broader modes match this shape")
         if why:
+            wanted = a.match and not any(ip == a.host for ip, _ in offs)
+            sc.strict_miss += wanted
+            sc.strict_fp += len(offs) if not a.match else 0
             took = ", ".join(f"{ip} by {rule}" for ip, rule in offs) or "nothing"
             sc.disagree.append(f"line {a.lineno}: {a.text}\n      fail2ban: {'match ' + str(a.host) if a.match else 'no match'};"
                                f" logban: {took}\n      disagree: {why}")
@@ -201,10 +206,18 @@ def main(argv: list[str] | None = None) -> int:
         total.hits += sc.hits
         for attr in ("misses", "false_pos", "moved", "disagree"):
             getattr(total, attr).extend(getattr(sc, attr))
+        total.strict_miss += sc.strict_miss
+        total.strict_fp += sc.strict_fp
     print(f"== overall: {total.annotated} annotated lines, {total.positives} to match; "
           f"recall {total.recall:.3f}, precision {total.precision:.3f} "
           f"({total.hits} hits, {len(total.misses)} misses, {len(total.false_pos)} false positives, "
           f"{len(total.moved)} moved, {len(total.disagree)} disagreements)")
+    # The same figures with every annotation taken as fail2ban wrote it (disagreements counted against logban).
+    hits = total.hits
+    strict_r = hits / (hits + len(total.misses) + total.strict_miss) if hits else 0.0
+    strict_p = hits / (hits + len(total.false_pos) + total.strict_fp) if hits else 0.0
+    print(f"== overall, fail2ban's annotations as written: recall {strict_r:.3f}, precision {strict_p:.3f} "
+          f"({total.strict_miss} more misses, {total.strict_fp} more false positives)")
     return 0
 
 
