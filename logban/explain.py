@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import regex
+
 from .parse import Parser, canonical_ip, not_target, parse_header
 from .rules import Rule
 
@@ -49,6 +51,36 @@ def _stop(r: Rule, line: bytes, start: int, timeout: float) -> int:
             ok = False
         lo, hi = (mid, hi) if ok else (lo, mid - 1)
     return lo
+
+
+FUZZ_MAX = 3       # changes to the line a near miss may need
+
+
+def _fuzzy(r: Rule, line: bytes, start: int, timeout: float) -> tuple[int, str] | None:
+    """The fewest changes (up to FUZZ_MAX) that would make the rule match, said in words."""
+    for e in range(1, FUZZ_MAX + 1):
+        try:
+            rx = regex.compile(b"(?e)(?:" + r.regex.pattern + b"){e<=%d}" % e)
+            m = rx.match(line, start, timeout=timeout)
+        except (regex.error, TimeoutError):
+            return None
+        if m is None:
+            continue
+        subs, ins, dels = m.fuzzy_changes
+        words = ([f"{_at(line, i)} is not what it wants" for i in subs]
+                 + [f"{_at(line, i)} is one character too many" for i in ins]
+                 + [f"a character is missing before {_at(line, i)}" for i in dels])
+        return e, "it would match but for: " + "; ".join(words)
+    return None
+
+
+def _guard(r: Rule) -> str:
+    # A guard reads ahead: the near match runs up to where it refuses the line.
+    return " (or a guard (?!...) in the pattern refuses what the line says there)" if b"(?!" in r.regex.pattern else ""
+
+
+def _at(line: bytes, i: int) -> str:
+    return f"column {i + 1} ({line[max(0, i - 12):i + 12].decode('utf-8', 'replace')!r})"
 
 
 def _took(r: Rule, m, parser: Parser, h) -> Took:
@@ -98,12 +130,14 @@ def explain(parser: Parser, raw: bytes, close_max: int = 3) -> Verdict:
             progs = ", ".join(r.programs) + (" or untagged lines" if r.untagged else "")
             near.append((len(line), Close(r.id, f"its pattern matches, but it reads only lines of {progs}, "
                                                 f"and this line's program is {h.program or '(none)'!r}")))
+        elif reads and (fz := _fuzzy(r, line, h.start, parser.timeout)):
+            near.append((len(line) * (FUZZ_MAX + 1 - fz[0]), Close(r.id, fz[1] + _guard(r))))
         elif reads and r.hint in line:
             at = _stop(r, line, h.start, parser.timeout)
             text = line[h.start:at].decode("utf-8", "replace")
             rest = line[at:at + 40].decode("utf-8", "replace")
             where = f"after {text[-60:]!r}" if text else "at the start of the message"
-            near.append((at, Close(r.id, f"its pattern stops {where}, where the line goes on with {rest!r}")))
+            near.append((at, Close(r.id, f"its pattern stops {where}, where the line goes on with {rest!r}" + _guard(r))))
     offences = [(r, t) for r, t in matched if not r.link]
     if offences:
         best = max(offences, key=lambda rt: (rt[0].score, -rt[0].order))[0]
