@@ -319,7 +319,7 @@ def test_explain_says_why_close_rules_did_not_match():
     v = _verdict("Nov 20 10:00:00 mx postfix/smtpd[1]: warning: unknown[192.0.2.50]: SASL LOGIN authentication failed: "
                  "Connection lost to authentication server")
     assert v.taken is None and v.close[0].rule == "postfix-sasl-failed"
-    assert "Connection lost" in v.close[0].why and "guard" in v.close[0].why
+    assert "failed: Connection" in v.close[0].why and "guard" in v.close[0].why
     v = _verdict("Nov 20 10:00:02 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[198.51.100.7]: 450 4.1.1 "
                  "<ann@example.com>: Recipient address rejected: User unknwn in local recipient table; from=<x@example.biz>")
     assert v.taken is None and v.close[0].rule == "postfix-unknown-user"
