@@ -128,7 +128,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add("test-rules", "show what the rules make of a log file, or of single lines",
                  "logban test-rules /var/log/mail.log", "logban test-rules --rule postfix-unknown-user mail.log",
-                 "logban test-rules --mta sendmail --json maillog",
                  "logban test-rules --line 'Nov 20 10:00:00 mx sm-mta[1]: ...'",
                  "grep CHKUSER /var/log/maillog | logban test-rules --line -")
     tr.add_argument("file", nargs="?", metavar="FILE", help="a log file (plain or compressed), a directory, or - for stdin")
