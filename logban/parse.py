@@ -454,6 +454,8 @@ class Parser:
         for r in rules:
             if r.order not in allowed or (r.needle and r.needle not in line):
                 continue
+            if best is not None and not r.link and r.score <= best.score:
+                continue            # it could not win: the first rule with the highest score takes the line
             if cut and r.tail:
                 skipped = True
                 continue
