@@ -350,3 +350,27 @@ def test_test_rules_line_option_end_to_end():
     assert json.loads(r.stdout)[0]["taken"]["ip"] == "203.0.113.160"
     r = run_logban("test-rules", "--line", line, "samples/logs")
     assert r.returncode == 2 and b"not both" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_peer_corpus_scores_hits_misses_false_positives_and_disagreements(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    log = tmp_path / "postfix"
+    log.write_text(
+        "# filterOptions: [{}]\n"
+        '# failJSON: { "match": true, "host": "192.0.2.10" }\n'
+        "Nov 20 10:00:01 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.10]: 554 5.7.1 <a@example.net>: "
+        "Relay access denied; from=<b@example.org> to=<a@example.net> proto=ESMTP helo=<x>\n"
+        '# failJSON: { "match": true, "host": "192.0.2.11" }\n'
+        "Nov 20 10:00:02 mx postfix/smtpd[1]: disconnect from unknown[192.0.2.11] ehlo=1 auth=0/1 quit=1 commands=2/3\n"
+        '# failJSON: { "match": true, "host": "192.0.2.12" }\n'
+        "Nov 20 10:00:03 mx postfix/smtpd[1]: lost connection after DATA from unknown[192.0.2.12]\n"
+        '# failJSON: { "match": false }\n'
+        "Nov 20 10:00:04 mx postfix/smtpd[1]: warning: unknown[192.0.2.13]: SASL LOGIN authentication failed: x\n")
+    r = subprocess.run([sys.executable, str(root / "bench" / "peer_corpus.py"), str(log)], capture_output=True, cwd=root)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert "recall 0.500, precision 0.500 (1 hits, 1 misses, 1 false positives, 0 moved, 1 disagreements)" in out
+    assert "miss: line 7:" in out and "false positive: line 9:" in out and "disagree: smtpd's session summary" in out
+    assert "as written: recall 0.333, precision 0.500" in out
