@@ -294,7 +294,6 @@ KIND_AND_SCORE = {
     "sendmail-pregreet": ("pregreet", 3),
     "sendmail-smtp-attack": ("protocol_abuse", 2),
     "sendmail-expn-vrfy": ("protocol_abuse", 1),
-    "sendmail-lost-early": ("protocol_abuse", 0.5),
     "sendmail-envelope-relay": ("", 0),
 }
 

@@ -184,7 +184,7 @@ NO_CLIENT_FIELD = {
     "sendmail-smtp-attack", "sendmail-pregreet",
     # the MTA's own fields, the admin's list names, and reverse names (after the address)
     "postfix-anvil-limit", "postfix-bare-lf", "qmail-badiprbl", "qmail-rblsmtpd-old", "qmail-relaylock-pid",
-    "sendmail-lost-early", "qmail-greetdelay",
+    "qmail-greetdelay",
 }
 
 
