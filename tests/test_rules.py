@@ -253,6 +253,8 @@ KIND_AND_SCORE = {
     "qmail-qlog-auth": ("auth_failed", 1.5),
     "qmail-qlog-unknown": ("unknown_user", 2),
     "qmail-qlog-relay": ("relay_denied", 2),
+    "qmail-qlog-helo": ("bad_helo", 2),
+    "qmail-qlog-sender": ("bad_sender", 1.5),
     "qmail-qlog-pregreet": ("pregreet", 3),
     "qmail-qlog-protocol": ("protocol_abuse", 1.5),
     "qmail-greetdelay": ("pregreet", 3),
