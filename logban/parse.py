@@ -30,9 +30,12 @@ _MONTHS = {m.encode(): i for i, m in enumerate(
 # text the client chose, so the standard `re` is safe (and fast) here.
 _SYSLOG = re.compile(
     rb"(?:<\d{1,3}>)?"
-    rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-3]\d [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
+    rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?:[ 0-3]\d|[1-9]) [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
     rb"|(?P<iso>\d{4}-\d\d-\d\d[T ][0-2]\d:[0-5]\d:[0-6]\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?))"
-    rb" (?P<host>[^ ]{1,255}) (?:(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: )?")
+    # rsyslog templates that print the priority as text ("<mail.info>") put it before the host;
+    # Solaris syslogd puts "[ID 123456 mail.notice]" after the tag.
+    rb"(?: <[a-z0-9]{1,16}\.[a-z]{1,16}>)?"
+    rb" (?P<host>[^ ]{1,255}) (?:(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: (?:\[ID \d{1,12} [a-z0-9]{1,16}\.[a-z]{1,16}\] )?)?")
 _RFC5424 = re.compile(
     rb"<\d{1,3}>1 (?P<iso>\S{1,64}) (?P<host>\S{1,255}) (?P<app>\S{1,48}) (?P<pid>\S{1,128}) \S{1,32} "
     rb"(?:-|(?:\[(?:[^\]\\]|\\.){0,4096}\])+) ?(?:\xef\xbb\xbf)?")
@@ -280,6 +283,8 @@ def parse_header(line: bytes, clock: Clock) -> Header | None:
         if not m:
             return None
         minute, sec, stamp, host, prog, pid = m.groups()
+        if minute and len(minute) == 11:
+            minute = minute[:4] + b" " + minute[4:]     # "Aug 3": a template that does not pad the day
         t = clock.bsd(minute, sec) if minute else clock.iso(stamp)
         if t is None:
             return None
@@ -367,8 +372,9 @@ class Parser:
         """Line start -> ids of the hints found on that line."""
         cand: dict[int, list[int]] = {}
         if self._fast is not None:
-            if chunk[:1] == b"<" or b"\n<" in chunk:
-                # RFC 5424 puts no ": " before the message: look for leads anywhere.
+            if chunk[:1] == b"<" or b"\n<" in chunk or b": [ID " in chunk:
+                # RFC 5424 puts no ": " before the message, Solaris puts its "[ID n fac.lvl] "
+                # there: look for leads anywhere.
                 self._find_into(chunk, self._lead_finds, cand)
             else:
                 ids = self._lead_ids
@@ -474,6 +480,8 @@ class Parser:
         for r in rules:
             if r.order not in allowed or (r.needle and r.needle not in line):
                 continue
+            if best is not None and not r.link and r.score <= best.score:
+                continue            # it could not win: the first rule with the highest score takes the line
             if cut and r.tail:
                 skipped = True
                 continue

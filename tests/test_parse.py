@@ -106,6 +106,30 @@ def test_splogger_stamp_and_inner_tag():
     assert h.program == "tcpserver" and h.host == b"mx"
 
 
+@pytest.mark.parametrize("line, host, program, message", [
+    # rsyslog templates printing the priority as text before the host
+    (b"Nov 20 05:01:00 <mail.info> mx sm-mta[27]: 4AKA0001: from=<a>", b"mx", "sm-mta", b"4AKA0001: from=<a>"),
+    # Solaris syslogd's message id after the tag
+    (b"Nov 20 05:01:00 mx sendmail[27]: [ID 801593 mail.info] 4AKA0001: from=<a>", b"mx", "sendmail", b"4AKA0001: from=<a>"),
+    # a day not padded to two places
+    (b"Nov 2 05:01:00 mx postfix/smtpd[1]: connect from x", b"mx", "postfix/smtpd", b"connect from x"),
+    # any splogger tag
+    (b"Nov 20 05:01:00 mx qmail: 1795150860.123456 rblsmtpd: 192.0.2.1 pid 7: 451 x", b"mx", "rblsmtpd", b"192.0.2.1 pid 7: 451 x"),
+])
+def test_header_variants(line, host, program, message):
+    h = parse_header(line, Clock("UTC", reference=REF))
+    assert (h.host, h.program, line[h.start:]) == (host, program, message)
+    if b"Nov 2 " in line:
+        assert h.time == utc(2026, 11, 2, 5, 1, 0)
+
+
+def test_solaris_and_rsyslog_priority_headers_reach_the_rules():
+    got = offences("Nov 20 05:01:00 mx sendmail[27]: [ID 801593 mail.info] ruleset=check_relay, arg1=[192.0.2.7], "
+                   "arg2=192.0.2.7, relay=[192.0.2.7], reject=550 5.7.1 Access denied\n"
+                   "Nov 20 05:01:01 <mail.notice> mx sm-mta[28]: 4AKA0001: [192.0.2.8]: possible SMTP attack: command=AUTH, count=5\n")
+    assert [(o.ip, o.rule) for o in got] == [("192.0.2.7", "sendmail-check-relay"), ("192.0.2.8", "sendmail-smtp-attack")]
+
+
 def test_iso_output_is_utc_with_z():
     assert iso(utc(2026, 11, 20, 5, 0, 3, 0.5)) == "2026-11-20T05:00:03.500000Z"
     assert iso(utc(2026, 11, 20, 5, 0, 3)) == "2026-11-20T05:00:03Z"

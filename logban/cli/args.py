@@ -142,10 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     rpt.add_argument("--format", choices=("html", "text"), default="html", help="html (default) or text")
     rpt.add_argument("--top", type=_count, default=20, metavar="N", help="offenders listed (default 20)")
 
-    tr = sub.add("test-rules", "show what the rules make of a log file",
+    tr = sub.add("test-rules", "show what the rules make of a log file, or of single lines",
                  "logban test-rules /var/log/mail.log", "logban test-rules --rule postfix-unknown-user mail.log",
-                 "logban test-rules --mta sendmail --json maillog")
-    tr.add_argument("file", metavar="FILE", help="a log file (plain or compressed), a directory, or - for stdin")
+                 "logban test-rules --line 'Nov 20 10:00:00 mx sm-mta[1]: ...'",
+                 "grep CHKUSER /var/log/maillog | logban test-rules --line -")
+    tr.add_argument("file", nargs="?", metavar="FILE", help="a log file (plain or compressed), a directory, or - for stdin")
+    tr.add_argument("--line", action="append", metavar="TEXT",
+                    help="one log line (repeatable; - reads lines from stdin): which rule takes it, the client, "
+                         "kind and score, or which rules came close and why not")
     tr.add_argument("--rule", metavar="ID", help="only this rule")
     tr.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack")
     tr.add_argument("--samples", type=_count, default=3, metavar="N", help="matched lines shown per rule (default 3)")
