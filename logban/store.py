@@ -39,7 +39,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
@@ -139,8 +139,19 @@ class PositionRow(SQLModel, table=True):
     updated: float
 
 
+class AllowRow(SQLModel, table=True):
+    """The live allow-list (`logban allow add`): every node reads it each second."""
+    __tablename__ = "allowlist"
+    target: str = Field(primary_key=True)          # canonical address or network, or a name pattern
+    kind: str                                      # address, network or name
+    reason: str = ""
+    created: float
+    expires: float | None = None                   # None: until removed
+    added_by: str = ""                             # the node (host) that added it
+
+
 OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
-POSITIONS = PositionRow.__table__
+POSITIONS, ALLOWLIST = PositionRow.__table__, AllowRow.__table__
 
 OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text", "name")
 OFFENDER_COLS = ("target", "first_seen", "last_seen", "offences", "kinds", "name", "score", "score_time", "reset_at")
@@ -224,6 +235,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _offence_names,
     4: _dry_run_slot,
     5: _big_positions,
+    6: lambda conn: ALLOWLIST.create(conn, checkfirst=True),     # the live allow-list (`logban allow`)
 }
 
 
@@ -721,6 +733,35 @@ class Store:
             got = [t for t, n in rows if canonical_num(t) is not None and "/" not in t and allow.name_allowed(n)]
         self._partners = {allow.names: (now, got)}
         return got
+
+    # ---- the live allow-list ------------------------------------------------------------------
+    def allow_entries(self, now: float | None = None) -> list[sa.Row]:
+        """The live allow-list, oldest first; `now`: only the entries still in force then."""
+        with self.read() as conn:
+            q = sa.select(ALLOWLIST.c.target, ALLOWLIST.c.kind, ALLOWLIST.c.reason, _number(ALLOWLIST.c.created),
+                          _number(ALLOWLIST.c.expires), ALLOWLIST.c.added_by).order_by(ALLOWLIST.c.created)
+            if now is not None:
+                q = q.where(sa.or_(ALLOWLIST.c.expires.is_(None), sa.cast(ALLOWLIST.c.expires, sa.Float) > now))
+            return list(conn.execute(q))
+
+    def allow_add(self, target: str, kind: str, reason: str, now: float, expires: float | None, by: str) -> None:
+        """Add an entry, or replace the one of the same target; entries whose time is over go."""
+        row = {"target": target, "kind": kind, "reason": _clean(reason), "created": now, "expires": expires,
+               "added_by": by}
+
+        def run() -> None:
+            with self.write() as conn:
+                conn.execute(sa.delete(ALLOWLIST).where(sa.or_(ALLOWLIST.c.target == target,
+                                                               ALLOWLIST.c.expires <= now)))
+                conn.execute(sa.insert(ALLOWLIST), row)
+        self._retrying(run)
+
+    def allow_remove(self, target: str) -> bool:
+        """Remove an entry; whether there was one."""
+        def run() -> bool:
+            with self.write() as conn:
+                return conn.execute(sa.delete(ALLOWLIST).where(ALLOWLIST.c.target == target)).rowcount > 0
+        return self._retrying(run)
 
     def offender(self, target: str) -> sa.Row | None:
         with self.read() as conn:

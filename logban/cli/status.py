@@ -1,0 +1,61 @@
+"""`logban status`: what the running daemon publishes about itself (logban/status.py)."""
+from __future__ import annotations
+
+import json
+
+from ..config import Config
+from ..errors import UsageError
+from ..pidfile import check_dir, default_pid_file
+from ..report import safe
+from ..status import read_status, status_path
+from ..units import format_duration
+
+NOT_RUNNING = 3             # as `systemctl status`
+
+
+def cmd_status(args, cfg: Config) -> int:
+    pid_file = cfg.daemon.pid_file or default_pid_file()
+    path = status_path(pid_file)
+    try:        # a state file in a directory others may write is no daemon's word
+        check_dir(path.parent, create=False)
+    except UsageError as e:
+        state = {"running": False, "why": str(e)}
+    else:
+        from ..store import Store
+        url = args.db or cfg.database
+        state = read_status(path, store=Store.where(url) if url else None, node=args.node or cfg.node)
+    if args.json:
+        print(json.dumps(state, indent=2))
+    else:
+        print(safe(human(state)))
+    return 0 if state["running"] else NOT_RUNNING
+
+
+def human(s: dict) -> str:
+    if not s["running"]:
+        out = [f"logban: not running ({s.get('why', 'stopped')})"]
+        if s.get("pid"):
+            out.append(f"  last: pid {s['pid']}, node {s.get('node')}, started {s.get('started')}"
+                       + (f", stopped {s['stopped']}" if s.get("stopped") else ""))
+        return "\n".join(out)
+    st = s["store"]
+    out = [f"logban: running, pid {s['pid']}, up {format_duration(s['uptime'])} (since {s['started']})"
+           + (f"; {s['why']}" if s.get("stalled") else ""),
+           f"  node {s['node']}, firewall {s['backend']}" + (" (dry run)" if s["dry_run"] else ""),
+           f"  store {st['url']}: " + ("reachable" if st["reachable"] else f"UNREACHABLE since {st['outage_since']}")]
+    for src in s["sources"]:
+        lag = "?" if src.get("lag_bytes") is None else f"{src['lag_bytes']:,} bytes, {src.get('lag_seconds')} s"
+        out.append(f"  {src['kind']} {src['source']}: position {src.get('position')}, "
+                   f"{src.get('lines_read', 0):,} lines read, lag {lag}" + ("" if src.get("open", True) else " (not open)"))
+    for key in ("offences", "bans"):
+        c = s.get(key)
+        if c is not None:
+            out.append(f"  {key}: {c['last_hour']:,} in the last hour, {c['last_day']:,} in the last day (this node)")
+    a = s["active_bans"]
+    out.append(f"  active bans: {a['total']:,} ({a['addresses']:,} addresses, {a['networks']:,} networks); "
+               f"clients being scored: {s['clients_scored']:,}")
+    lb, le = s.get("last_ban"), s.get("last_error")
+    out.append("  last ban: " + (f"{lb['target']} {lb['kind']} at {lb['time']}" if lb else "none"))
+    out.append("  last error: " + (f"{le['time']} {le['message']}" if le else "none"))
+    return "\n".join(out)
+
