@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from .parse import iso
 
 PUBLISH_EVERY = 1.0         # seconds between rewrites of the state file
-STORE_EVERY = 10.0          # seconds between the store's counts
+STORE_EVERY = 5.0           # seconds between the store's counts
 STALLED_AFTER = 30.0        # a state this old while the process lives: the daemon's loop is stuck
 ERROR_MAX = 500             # characters of the last error kept
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from ..allow import ban_target
 from ..config import Config
 from ..errors import UsageError
 from ..parse import iso
-from ..rules import KINDS
 from ..report import (
     ban_json,
     bans_table,
     show_human,
 )
+from ..rules import KINDS
 from ..score import Decision, Scorer
 from ..units import format_duration, parse_duration
 from .common import (
@@ -109,7 +109,7 @@ def parse_since(text: str, now: float) -> float:
     except ValueError:
         raise UsageError(f"--since: {text!r} is neither a duration (like 2h, 3d) nor an ISO 8601 time "
                          "(like 2026-05-01T12:00)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp()
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()     # noqa: FURB162
 
 
 def bulk_filter(args, now: float):

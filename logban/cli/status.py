@@ -27,17 +27,17 @@ def cmd_status(args, cfg: Config) -> int:
     if args.json:
         print(json.dumps(state, indent=2))
     else:
-        print(safe(human(state)))
+        print("\n".join(safe(ln) for ln in human(state)))
     return 0 if state["running"] else NOT_RUNNING
 
 
-def human(s: dict) -> str:
+def human(s: dict) -> list[str]:
     if not s["running"]:
         out = [f"logban: not running ({s.get('why', 'stopped')})"]
         if s.get("pid"):
             out.append(f"  last: pid {s['pid']}, node {s.get('node')}, started {s.get('started')}"
                        + (f", stopped {s['stopped']}" if s.get("stopped") else ""))
-        return "\n".join(out)
+        return out
     st = s["store"]
     out = [f"logban: running, pid {s['pid']}, up {format_duration(s['uptime'])} (since {s['started']})"
            + (f"; {s['why']}" if s.get("stalled") else ""),
@@ -57,5 +57,5 @@ def human(s: dict) -> str:
     lb, le = s.get("last_ban"), s.get("last_error")
     out.append("  last ban: " + (f"{lb['target']} {lb['kind']} at {lb['time']}" if lb else "none"))
     out.append("  last error: " + (f"{le['time']} {le['message']}" if le else "none"))
-    return "\n".join(out)
+    return out
 
