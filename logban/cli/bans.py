@@ -105,11 +105,11 @@ def parse_since(text: str, now: float) -> float:
     except UsageError:
         pass
     try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        t = datetime.fromisoformat(text.strip())
     except ValueError:
         raise UsageError(f"--since: {text!r} is neither a duration (like 2h, 3d) nor an ISO 8601 time "
                          "(like 2026-05-01T12:00)") from None
-    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()     # noqa: FURB162
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 def bulk_filter(args, now: float):
