@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", action="store_true", help="the ban and the firewall's answer as one JSON object")
 
     ub = sub.add("unban", "lift bans and clear the score of addresses or networks",
-                 "logban unban 198.51.100.7", "logban unban 203.0.113.0/24 2001:db8::5", "logban unban --json 198.51.100.7",
+                 "logban unban 203.0.113.0/24 2001:db8::5 --json",
                  "logban unban --all                           # every active ban, in one kernel batch",
                  "logban unban --kind dnsbl --node mx2 --since 2h --json")
     ub.add_argument("targets", nargs="*", metavar="TARGET", help="address or CIDR (a network ban covering it is lifted)")
@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     aa.add_argument("--for", dest="duration", metavar="DURATION", help="how long (90s, 10m, 12h, 3d, 2w; default: until removed)")
     aa.add_argument("--force", action="store_true", help="allow a /8 or wider (IPv6: /32 or wider); /0 is always refused")
     aa.add_argument("--json", action="store_true", help="the entry as one JSON object")
-    ar = asub.add("remove", "remove an entry of the live allow-list", "logban allow remove 198.51.100.7")
+    ar = asub.add("remove", "remove an entry of the live allow-list", "logban allow remove 198.51.100.7",
+                  "logban allow remove '*.out.partner.example' --json")
     ar.add_argument("target", metavar="TARGET", help="as it was added")
     ar.add_argument("--json", action="store_true", help="one JSON object")
     alist = asub.add("list", "the allow-list in force: the config's and the live entries, with their origin",
