@@ -28,6 +28,7 @@ from .parse import iso
 PUBLISH_EVERY = 1.0         # seconds between rewrites of the state file
 STORE_EVERY = 5.0           # seconds between the store's counts
 STALLED_AFTER = 30.0        # a state this old while the process lives: the daemon's loop is stuck
+LIST_MAX = 1000            # active bans listed by target (the rest: `logban list`)
 ERROR_MAX = 500             # characters of the last error kept
 
 
@@ -103,6 +104,15 @@ def store_counts(store, node: str, now: float) -> dict:
     return out
 
 
+def active_bans(active) -> dict:
+    """How many bans are in force, and which (the first LIST_MAX addresses and networks)."""
+    nets = [t for t in active if "/" in t]
+    addrs = [t for t in active if "/" not in t]
+    return {"total": len(active), "address_count": len(addrs), "network_count": len(nets),
+            "addresses": sorted(addrs[:LIST_MAX]), "networks": sorted(nets[:LIST_MAX]),
+            "truncated": max(len(addrs), len(nets)) > LIST_MAX}
+
+
 class Publisher:
     """Writes the daemon's state file; `tick` from the daemon's loop (it rate-limits itself)."""
 
@@ -143,8 +153,7 @@ class Publisher:
 
     def state(self, *, running: bool) -> dict:
         d, now = self.d, time.time()
-        active = list(d.engine.scorer.active)
-        nets = sum("/" in t for t in active)
+        active = d.engine.scorer.active
         outage = None
         if d.offline_since is not None:
             outage = iso(now - (time.monotonic() - d.offline_since))
@@ -155,7 +164,7 @@ class Publisher:
             "config": str(d.cfg.path) if d.cfg.path else None,
             "sources": file_sources(d.follower, self.read, now),
             **self.counts,
-            "active_bans": {"total": len(active), "addresses": len(active) - nets, "networks": nets},
+            "active_bans": active_bans(active),
             "clients_scored": len(d.engine.scorer.tracks),
             "last_error": self.errors.last,
             "store": {"url": d.store.where(d.store.url), "shared": d.store.shared,

@@ -49,7 +49,8 @@ def test_status_of_a_running_stopped_and_killed_daemon(tmp_path, daemons):
     assert src["source"] == str(log) and src["kind"] == "file"
     assert src["position"] == log.stat().st_size and src["lag_bytes"] == 0 and src["lag_seconds"] == 0
     assert s["offences"] == {"last_hour": 3, "last_day": 3} and s["bans"] == {"last_hour": 2, "last_day": 2}
-    assert s["active_bans"] == {"total": 2, "addresses": 2, "networks": 0}
+    assert s["active_bans"] == {"total": 2, "address_count": 2, "network_count": 0, "truncated": False,
+                                "addresses": [f"{NET}.2", f"{NET}.4"], "networks": []}
     assert s["clients_scored"] == 1                   # NET.3: one auth failure, below the threshold
     assert s["last_ban"]["target"] == f"{NET}.4" and s["last_ban"]["kind"] == "dnsbl"
     assert s["store"] == {"url": str(d.db), "shared": False, "reachable": True, "outage_since": None}

@@ -52,7 +52,7 @@ def human(s: dict) -> list[str]:
         if c is not None:
             out.append(f"  {key}: {c['last_hour']:,} in the last hour, {c['last_day']:,} in the last day (this node)")
     a = s["active_bans"]
-    out.append(f"  active bans: {a['total']:,} ({a['addresses']:,} addresses, {a['networks']:,} networks); "
+    out.append(f"  active bans: {a['total']:,} ({a['address_count']:,} addresses, {a['network_count']:,} networks); "
                f"clients being scored: {s['clients_scored']:,}")
     lb, le = s.get("last_ban"), s.get("last_error")
     out.append("  last ban: " + (f"{lb['target']} {lb['kind']} at {lb['time']}" if lb else "none"))
