@@ -246,6 +246,7 @@ class Daemon:
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
         if self.live.refresh(self.store, time.time()):
             self.allow = self.live.allow(c)
+            self.live.done()
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
                              resolver=resolver, batch=1 << 62,      # flushed by the loop, with positions
                              clock_skew=c.parse.clock_skew, future="now",
@@ -459,6 +460,7 @@ class Daemon:
         self.refused_seen.clear()
         self._sync("allow-list")
         self.exports_dirty = True
+        self.live.done()
 
     def _release_allowed(self) -> None:
         """Bans of clients the allow-list covers by their verified name (addresses and

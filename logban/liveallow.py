@@ -100,17 +100,22 @@ def load(cfg: Config, store) -> AllowList:
 
 class Live:
     """The daemon's view of the live allow-list: `refresh` says when the entries in force
-    changed (one added or removed on any node, one whose time ran out)."""
+    changed (one added or removed on any node, one whose time ran out), and again at each
+    look until the daemon says it honoured them (`done`): a change half applied when the
+    store went away is applied again."""
 
     def __init__(self) -> None:
         self.entries: tuple[Entry, ...] = ()
+        self.pending = False
 
     def refresh(self, store, now: float) -> bool:
         got = entries_in_force(store.allow_entries(now), now)
-        if {(e.target, e.expires) for e in got} == {(e.target, e.expires) for e in self.entries}:
-            return False
-        self.entries = got
-        return True
+        if {(e.target, e.expires) for e in got} != {(e.target, e.expires) for e in self.entries}:
+            self.entries, self.pending = got, True
+        return self.pending
+
+    def done(self) -> None:
+        self.pending = False
 
     def allow(self, cfg: Config) -> AllowList:
         return merged(cfg, self.entries)

@@ -65,7 +65,10 @@ def test_live_notices_additions_removals_and_ends():
     now = time.time()
     store = FakeStore([Row(target="192.0.2.9", reason="", created=1.0, expires=now + 5, added_by="")])
     live = Live()
-    assert live.refresh(store, now) and not live.refresh(store, now + 1)
+    assert live.refresh(store, now) and live.refresh(store, now + 1)    # not honoured yet: said again
+    live.done()
+    assert not live.refresh(store, now + 1)
     assert live.refresh(store, now + 6) and live.entries == ()          # its time is over
+    live.done()
     store.rows = []
     assert not live.refresh(store, now + 7)
