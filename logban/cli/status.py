@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+from pathlib import Path
 
 from ..config import Config
-from ..errors import UsageError
-from ..pidfile import check_dir, default_pid_file
+from ..pidfile import default_pid_file
 from ..report import safe
 from ..status import read_status, status_path
 from ..units import format_duration
@@ -14,12 +16,11 @@ NOT_RUNNING = 3             # as `systemctl status`
 
 
 def cmd_status(args, cfg: Config) -> int:
-    pid_file = cfg.daemon.pid_file or default_pid_file()
+    pid_file = cfg.daemon.pid_file or _root_pid_file()
     path = status_path(pid_file)
-    try:        # a state file in a directory others may write is no daemon's word
-        check_dir(path.parent, create=False)
-    except UsageError as e:
-        state = {"running": False, "why": str(e)}
+    why = untrusted(path.parent)
+    if why:
+        state = {"running": False, "why": why}
     else:
         from ..store import Store
         url = args.db or cfg.database
@@ -29,6 +30,28 @@ def cmd_status(args, cfg: Config) -> int:
     else:
         print("\n".join(safe(ln) for ln in human(state)))
     return 0 if state["running"] else NOT_RUNNING
+
+
+def _root_pid_file() -> Path:
+    """An admin without root asks about the system's daemon (run as root) when there is one."""
+    own = default_pid_file()
+    root = Path("/run/logban/logban.pid")
+    return root if os.geteuid() and not status_path(own).exists() and status_path(root).exists() else own
+
+
+def untrusted(d: Path) -> str | None:
+    """Why a status file in directory `d` is no daemon's word: a symlink, or a directory
+    someone other than root or us owns or may write to (they could have written it)."""
+    try:
+        st = os.lstat(d)
+    except OSError:
+        return f"{d}: no such directory; no daemon ran with this pid file"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{d}: not a directory (a symlink?): its status file is not trusted"
+    if st.st_uid not in (0, os.geteuid()) or st.st_mode & 0o022:
+        return (f"{d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):04o}: "
+                "its status file is not trusted")
+    return None
 
 
 def human(s: dict) -> list[str]:
