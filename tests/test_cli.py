@@ -256,7 +256,14 @@ def test_completion_scripts_complete_every_command_and_option(logban, tmp_path):
     assert complete("logban completion ") == {"bash", "zsh"}
     r = logban("completion", "zsh")
     assert r.returncode == 0 and b"#compdef logban" in r.stdout and b"--since" in r.stdout
-    if shutil.which("zsh"):
-        (tmp_path / "_logban").write_bytes(r.stdout)
-        assert subprocess.run(["zsh", "-n", str(tmp_path / "_logban")], timeout=30).returncode == 0
+    if not shutil.which("zsh"):
+        from conftest import skip_or_fail
+        skip_or_fail("no zsh (apt-get install zsh)")
+    (tmp_path / "_logban").write_bytes(r.stdout)
+    # Installed as zsh installs completions: a file on $fpath that compinit binds to the command.
+    p = subprocess.run(["zsh", "-f", "-c", f"fpath=({tmp_path} $fpath); autoload -U compinit && "
+                        f"compinit -u -d {tmp_path}/zcompdump && print -r -- $_comps[logban]"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout.strip() == "_logban" and p.stderr == "", (p.stdout, p.stderr)
+    assert subprocess.run(["zsh", "-n", str(tmp_path / "_logban")], timeout=30).returncode == 0
     assert logban("completion", "fish").returncode == 2
