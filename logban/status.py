@@ -21,8 +21,6 @@ import os
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-
 from .parse import iso
 
 PUBLISH_EVERY = 1.0         # seconds between rewrites of the state file
@@ -89,6 +87,8 @@ def file_sources(follower, read: dict[str, int], now: float) -> list[dict]:
 
 def store_counts(store, node: str, now: float) -> dict:
     """This node's offences and bans in the last hour and day, and its last ban."""
+    import sqlalchemy as sa     # not at import: `logban status` and every other command would pay for it
+
     from .store import BANS, OFFENCES
     out: dict = {}
     with store.read() as conn:

@@ -129,9 +129,9 @@ def _unban_bulk(args, cfg: Config) -> int:
     keep = bulk_filter(args, now)           # checked before anything changes
     _check_backend(args, cfg, lifting=True)
     store = _store(args, cfg)
-    chosen = [b for b in store.active_bans(now) if keep(b)]
-    done = store.release([b.target for b in chosen], "unban", now) if chosen else {}
-    lifted = [b for b in chosen if done.get(b.target)]
+    lifted = [b for b in store.active_bans(now) if keep(b)]
+    if lifted:
+        store.release_many([b.target for b in lifted], "unban", now)
     # One sync: every element lifted in one kernel batch.
     note = (_enforce(args, cfg, store, lifting=True) if any(not b.dry_run for b in lifted)
             else "firewall: nothing to lift")
