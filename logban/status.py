@@ -87,7 +87,7 @@ def file_sources(follower, read: dict[str, int], now: float) -> list[dict]:
 
 def store_counts(store, node: str, now: float) -> dict:
     """This node's offences and bans in the last hour and day, and its last ban."""
-    import sqlalchemy as sa     # not at import: `logban status` and every other command would pay for it
+    import sqlalchemy as sa  # not at import: `logban status` and every other command would pay for it
 
     from .store import BANS, OFFENCES
     out: dict = {}

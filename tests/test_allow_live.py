@@ -8,10 +8,9 @@ import json
 import time
 
 import pytest
-
 from daemonproc import NET, Daemon, append, dnsbl
-from test_daemon_modes import cli, nft_elements, wait_for
 from netlab import Lab, need_netns, need_tools
+from test_daemon_modes import cli, nft_elements, wait_for
 
 ATTACKER, OTHER = "198.51.100.2", "198.51.100.3"     # client addresses of the namespaces (netlab)
 THIRD = "203.0.113.50"
