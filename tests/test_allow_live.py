@@ -45,8 +45,8 @@ def test_allow_add_lifts_a_running_daemons_ban_in_the_kernel_and_the_exports(tmp
     r = cli(d, "allow", "add", ATTACKER, "--reason", "partner relay", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["covers_active_bans"] == [ATTACKER]
-    d.wait_log(f"release {ATTACKER} (allow-listed now)", timeout=5)
-    wait_for(lambda: nft_elements(lab) == {OTHER}, timeout=5, what="the allowed client lifted from the kernel")
+    d.wait_log(f"release {ATTACKER} (allow-listed now)", timeout=10)     # within a second; margin for a loaded host
+    wait_for(lambda: nft_elements(lab) == {OTHER}, timeout=10, what="the allowed client lifted from the kernel")
     assert lab.connects(ATTACKER) and not lab.connects(OTHER)
     wait_for(lambda: set(out.read_text().split()) == {OTHER}, what="the export without it")
     assert not any("reloaded" in ln for ln in d.lines)
@@ -56,10 +56,11 @@ def test_allow_add_lifts_a_running_daemons_ban_in_the_kernel_and_the_exports(tmp
     d.wait_log(f"ban {THIRD} dnsbl")
     assert nft_elements(lab) == {OTHER, THIRD}
 
-    r = cli(d, "allow", "add", OTHER, "--for", "3s")
+    r = cli(d, "allow", "add", OTHER, "--for", "8s")
     assert r.returncode == 0, r.stderr
-    wait_for(lambda: nft_elements(lab) == {THIRD}, timeout=5, what="the second allowed client lifted")
-    wait_for(lambda: live_count(d, 1) == 2, timeout=15, what="the --for entry over")
+    d.wait_log(f"release {OTHER} (allow-listed now)", timeout=8)
+    wait_for(lambda: nft_elements(lab) == {THIRD}, timeout=10, what="the second allowed client lifted")
+    wait_for(lambda: live_count(d, 1) == 2, timeout=20, what="the --for entry over")
     append(log, dnsbl(OTHER))                           # its allowance over: banned again
     wait_for(lambda: nft_elements(lab) == {OTHER, THIRD}, what="banned again after --for")
 
@@ -67,7 +68,7 @@ def test_allow_add_lifts_a_running_daemons_ban_in_the_kernel_and_the_exports(tmp
     assert [(e["target"], e["origin"], e["reason"]) for e in json.loads(r.stdout)] == [
         (ATTACKER, "store", "partner relay")]
     assert cli(d, "allow", "remove", ATTACKER).returncode == 0
-    wait_for(lambda: live_count(d, 0) == 1, timeout=5, what="the removal seen")
+    wait_for(lambda: live_count(d, 0) == 1, timeout=10, what="the removal seen")
     append(log, dnsbl(ATTACKER))
     wait_for(lambda: nft_elements(lab) == {ATTACKER, OTHER, THIRD}, what="banned once no longer allowed")
     assert d.stop() == 0
@@ -96,13 +97,13 @@ def test_every_node_of_a_cluster_honours_the_live_allow_list(tmp_path, pg_url, d
     assert r.returncode == 0, r.stderr
     for d in (a, b):
         wait_for(lambda d=d: live_count(d, 1) >= 1 and any(f"release {victim}" in ln for ln in d.lines),
-                 timeout=5, what="each node lifts the ban")
-    assert time.monotonic() - t0 < 5
+                 timeout=10, what="each node lifts the ban")
+    assert time.monotonic() - t0 < 10                  # a second or two; margin for a loaded host
     assert a.query(f"SELECT release_reason FROM bans WHERE target = '{victim}'") == [("allow-list",)]
 
     # A wildcard added on one node is honoured on the other, for verified names only.
     assert cli(b, "allow", "add", "*.out.partner.example").returncode == 0
-    wait_for(lambda: live_count(b, 2) >= 1, timeout=5, what="mx2 sees the wildcard")
+    wait_for(lambda: live_count(b, 2) >= 1, timeout=10, what="mx2 sees the wildcard")
     append(logs["mx2"], named(f"{NET}.40", "mx7.out.partner.example", "mx7.out.partner.example")
            + named(f"{NET}.41", "unknown", "mx7.out.partner.example")           # a HELO is no name
            + named(f"{NET}.42", "mx.out.partner.example.evil.example", "x"))   # nor a look-alike
