@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .allow import AllowList, Resolver
+from .allow import Resolver
 from .config import Config, load_config
 from .engine import Engine
 from .errors import ExportError, FirewallError, UsageError
@@ -30,11 +30,13 @@ from .export import SYSTEMD_HINT, unwritable_exports
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
 from .journal import JournalSpec, journal_if_missing
+from .liveallow import Live, newly_allowed
 from .parse import Clock, Offence, Parser
 from .pidfile import default_pid_file, write_pid
 from .report import safe
 from .rules import RuleSet, load_rules
 from .score import Decision
+from .status import Publisher, status_path
 from .store import NOTIFY_CHANNEL, UNREACHABLE, Store, short_error
 from .units import format_duration
 
@@ -170,6 +172,7 @@ class Daemon:
         self.export_delay = EXPORT_EVERY    # doubled after each failed export, back to EXPORT_EVERY after one that works
         self.export_failing: dict[str, str] = {}    # path -> the error logged for it (logged once per change)
         self.future_told, self.future_next = 0, 0.0
+        self.live = Live()                  # the store's allow-list, read each second (liveallow.py)
         self._configure(cfg)
 
     # ---- configuration (start and SIGHUP) ------------------------------------------------------
@@ -196,7 +199,7 @@ class Daemon:
                 p.adopt(self.parsers[mta])      # a reload keeps sessions, links and rate windows
         self.parsers = parsers
         self.cfg, self.rules, self.specs, self.journals = cfg, rules, specs, journals
-        self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames, big=cfg.big_senders)
+        self.allow = self.live.allow(cfg)
         for o, why in unwritable_exports(cfg.exports):     # at start and at each reload
             log.warning("export %s to %s: this daemon cannot write it (%s)%s", o.format, o.path, why, SYSTEMD_HINT)
 
@@ -251,18 +254,24 @@ class Daemon:
     def _run(self) -> int:
         c = self.cfg
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
+        if self.live.refresh(self.store, time.time()):
+            self.allow = self.live.allow(c)
+            self.live.done()
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
                              resolver=resolver, batch=1 << 62,      # flushed by the loop, with positions
                              clock_skew=c.parse.clock_skew, future="now",
                              wait_names=False)                      # DNS never holds up the loop
         self.remote_low = self.store.max_offence_id()           # other nodes' offences: from here on
         self.firewall = self._firewall()
+        if self.live.entries:
+            self._release_allowed()
         self._sync("start")
         self.follower = self._follower()
         self.metrics = Metrics(c.daemon.metrics) if c.daemon.metrics else None
         self.listener = Listener(self.store.listen_dsn()) if self.store.shared else None
         pid_file = c.daemon.pid_file or default_pid_file()
         self._write_pid(pid_file)
+        self.status = Publisher(status_path(pid_file), self)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
@@ -322,6 +331,7 @@ class Daemon:
                 if watchdog and mono >= next_ping:
                     next_ping = mono + watchdog / 2
                     sd_notify("WATCHDOG=1\nSTATUS=" + self._status())
+                self.status.tick()
         finally:
             sd_notify("STOPPING=1")
             try:
@@ -334,6 +344,7 @@ class Daemon:
             self.store.close()
             if self.listener is not None:
                 self.listener.stop()
+            self.status.stopped()
             pid_file.unlink(missing_ok=True)
             if self.metrics is not None:
                 self.metrics.server.shutdown()
@@ -398,6 +409,8 @@ class Daemon:
     def _follow_store(self) -> None:
         """What others wrote: other nodes' offences count here too; bans and unbans made
         elsewhere (another node, `logban ban`/`unban`) reach this kernel."""
+        if self.live.refresh(self.store, time.time()):
+            self._allow_changed()
         rows = self.store.offences_after(self.remote_low, self.opts.node)
         if rows:
             offs = []
@@ -451,6 +464,31 @@ class Daemon:
                     self.metrics.bans_released.labels(why.get(t) or "released").inc()
         self._gauge()
 
+    def _allow_changed(self) -> None:
+        """The live allow-list changed (an entry added or removed on any node, or its time
+        over): honoured at once, without a reload; the bans it covers now are lifted."""
+        log.info("allow-list: %d live entries in force", len(self.live.entries))
+        self.allow = self.live.allow(self.cfg)
+        for t in self.engine.reconfigure(self.cfg.policy, self.allow):
+            log.info("release %s (allow-listed now)", t)
+        self._release_allowed()
+        self.firewall.allow = self.allow
+        self.refused_seen.clear()
+        self._sync("allow-list")
+        self.exports_dirty = True
+        self.live.done()
+
+    def _release_allowed(self) -> None:
+        """Bans of clients the allow-list covers by their verified name (addresses and
+        networks: Engine.release_allowed)."""
+        now = time.time()
+        gone = newly_allowed(self.allow, self.store.active_bans(now))
+        if gone:
+            self.store.release(gone, "allow-list", now)
+            for t in gone:
+                self.engine.scorer.release(t)
+                log.info("release %s (allow-listed now)", t)
+
     def _cleared(self) -> None:
         """Scores cleared elsewhere (`logban unban` of a client that was scored, not banned):
         the offences before the clearing no longer count here either."""
@@ -468,6 +506,7 @@ class Daemon:
 
     def _read(self) -> bool:
         chunks = self.follower.read()
+        self.status.lines(chunks)
         m = self.metrics
         for c in chunks:
             p = self.parsers[c.mta]

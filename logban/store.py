@@ -39,7 +39,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
@@ -152,8 +152,19 @@ class OffenceHourRow(SQLModel, table=True):
     count: int = Field(sa_type=sa.BigInteger)
 
 
+class AllowRow(SQLModel, table=True):
+    """The live allow-list (`logban allow add`): every node reads it each second."""
+    __tablename__ = "allowlist"
+    target: str = Field(primary_key=True)          # canonical address or network, or a name pattern
+    kind: str                                      # address, network or name
+    reason: str = ""
+    created: float
+    expires: float | None = None                   # None: until removed
+    added_by: str = ""                             # the node (host) that added it
+
+
 OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
-POSITIONS, OFFENCE_HOURS = PositionRow.__table__, OffenceHourRow.__table__
+POSITIONS, OFFENCE_HOURS, ALLOWLIST = PositionRow.__table__, OffenceHourRow.__table__, AllowRow.__table__
 
 OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text", "name")
 OFFENDER_COLS = ("target", "first_seen", "last_seen", "offences", "kinds", "name", "score", "score_time", "reset_at")
@@ -260,6 +271,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _dry_run_slot,
     5: _big_positions,
     6: _report_tables,
+    7: lambda conn: ALLOWLIST.create(conn, checkfirst=True),     # the live allow-list (`logban allow`)
 }
 
 
@@ -576,6 +588,24 @@ class Store:
                 return {t: self._release(conn, t, reason, now) for t in targets}
         return self._retrying(run)
 
+    def release_many(self, targets: Iterable[str], reason: str, now: float, chunk: int = 500) -> int:
+        """`release` for many targets at once (`unban --all`): a statement per `chunk` targets,
+        not per target. Bans ended."""
+        targets = sorted(dict.fromkeys(targets))
+
+        def run() -> int:
+            n = 0
+            with self.write() as conn:
+                conn.info["bans_changed"] = True
+                for i in range(0, len(targets), chunk):
+                    part = targets[i:i + chunk]
+                    n += conn.execute(sa.update(BANS).where(BANS.c.target.in_(part), BANS.c.released.is_(None))
+                                      .values(released=now, release_reason=reason)).rowcount
+                    conn.execute(sa.update(OFFENDERS).where(OFFENDERS.c.target.in_(part)).values(
+                        reset_at=sa.case((OFFENDERS.c.reset_at < now, now), else_=OFFENDERS.c.reset_at), score=0.0))
+            return n
+        return self._retrying(run)
+
     def expire(self, now: float) -> list[sa.Row]:
         """Mark bans whose time is over as released by expiry; returns them."""
         return self._retrying(lambda: self._expire(now))
@@ -776,6 +806,35 @@ class Store:
                    and (allow.name_allowed(n) or allow.big_sender(n))]
         self._partners = {pats: (now, got)}
         return got
+
+    # ---- the live allow-list ------------------------------------------------------------------
+    def allow_entries(self, now: float | None = None) -> list[sa.Row]:
+        """The live allow-list, oldest first; `now`: only the entries still in force then."""
+        with self.read() as conn:
+            q = sa.select(ALLOWLIST.c.target, ALLOWLIST.c.kind, ALLOWLIST.c.reason, _number(ALLOWLIST.c.created),
+                          _number(ALLOWLIST.c.expires), ALLOWLIST.c.added_by).order_by(ALLOWLIST.c.created)
+            if now is not None:
+                q = q.where(sa.or_(ALLOWLIST.c.expires.is_(None), sa.cast(ALLOWLIST.c.expires, sa.Float) > now))
+            return list(conn.execute(q))
+
+    def allow_add(self, target: str, kind: str, reason: str, now: float, expires: float | None, by: str) -> None:
+        """Add an entry, or replace the one of the same target; entries whose time is over go."""
+        row = {"target": target, "kind": kind, "reason": _clean(reason), "created": now, "expires": expires,
+               "added_by": by}
+
+        def run() -> None:
+            with self.write() as conn:
+                conn.execute(sa.delete(ALLOWLIST).where(sa.or_(ALLOWLIST.c.target == target,
+                                                               ALLOWLIST.c.expires <= now)))
+                conn.execute(sa.insert(ALLOWLIST), row)
+        self._retrying(run)
+
+    def allow_remove(self, target: str) -> bool:
+        """Remove an entry; whether there was one."""
+        def run() -> bool:
+            with self.write() as conn:
+                return conn.execute(sa.delete(ALLOWLIST).where(ALLOWLIST.c.target == target)).rowcount > 0
+        return self._retrying(run)
 
     def offender(self, target: str) -> sa.Row | None:
         with self.read() as conn:

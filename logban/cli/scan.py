@@ -67,7 +67,8 @@ def cmd_scan(args, cfg: Config) -> int:
     if args.apply:
         _check_rule_durations(cfg, rules)
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
-        engine = _engine(args, cfg, _store(args, cfg), allow)
+        store = _store(args, cfg)
+        engine = _engine(args, cfg, store, _allow(cfg, store))
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         for src in sources:
             applied.skip(src)
