@@ -198,7 +198,9 @@ class AllowList:
     ALWAYS = ("127.0.0.0/8", "::1/128")
 
     def __init__(self, networks: Iterable[str] = (), names: Iterable[str] = (), *,
-                 own: Iterable[str] | None = None) -> None:
+                 own: Iterable[str] | None = None, big: Iterable[str] = ()) -> None:
+        """`big`: name patterns of big senders' outbound farms (`BigSenders`): their offences
+        are counted, but neither they nor a network holding one are banned automatically."""
         nets = [parse_network(n) for n in (*self.ALWAYS, *networks)]
         nets += [ipaddress.ip_network(a) for a in (host_addresses() if own is None else own)]
         self.networks = sorted(set(nets), key=lambda n: (n.version, n.network_address, n.prefixlen))
@@ -210,6 +212,8 @@ class AllowList:
         # (CIDR networks nest or are apart)
         self._starts = {v: sorted(int(n.network_address) for n in self.networks if n.version == v) for v in (4, 6)}
         self.names = tuple(check_name_pattern(p) for p in names)
+        self.big = tuple(check_name_pattern(p) for p in big)
+        self._big_cache: dict[str, str | None] = {}
         self._cache: dict[str, bool] = {}
         self._screened: dict = {}      # target (or (target, name)) -> why refused, or None
         self._partners: frozenset[str] = frozenset()
@@ -253,6 +257,19 @@ class AllowList:
             return False
         n = name.lower().rstrip(".")
         return any(fnmatch.fnmatchcase(n, p) for p in self.names)
+
+    def big_sender(self, name: str | None) -> str | None:
+        """The big-sender pattern a verified name matches, else None."""
+        if not name or not self.big:
+            return None
+        got = self._big_cache.get(name, False)
+        if got is False:
+            n = name.lower().rstrip(".")
+            got = next((p for p in self.big if fnmatch.fnmatchcase(n, p)), None)
+            if len(self._big_cache) > _CACHE_MAX:
+                self._big_cache.clear()
+            self._big_cache[name] = got
+        return got
 
     def screen(self, bans: Iterable, partners: Iterable[str] | None = None) -> tuple[list, list[tuple[str, str]]]:
         """What this node may enforce or publish, of bans read from anywhere (the store,

@@ -12,10 +12,38 @@ from .allow import check_name_pattern, parse_network
 from .errors import UsageError
 from .export import FORMATS, ExportOptions
 from .firewall import ACTIONS, BACKENDS, FirewallOptions
-from .score import DEFAULT_DURATIONS, Policy
+from .journal import JournalSpec, Selection
+from .rules import shipped_rules_dir
+from .score import DEFAULT_DURATIONS, DEFAULT_HORIZONS, Horizon, Policy
 from .units import check_duration, parse_duration
 
 DEFAULT_PATH = Path("/etc/logban/logban.toml")
+BIG_SENDERS = Path("senders/bigsenders.toml")       # beside the rule packs
+
+
+def big_sender_entries(path: Path | None = None) -> dict[str, tuple[str, ...]]:
+    """The shipped list of big senders' outbound farms: id -> name patterns."""
+    path = path or shipped_rules_dir() / BIG_SENDERS
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise UsageError(f"{path}: cannot read the big senders list: {e}") from None
+    out: dict[str, tuple[str, ...]] = {}
+    for i, e in enumerate(data.get("sender", [])):
+        sid, names = e.get("id") if isinstance(e, dict) else None, e.get("names") if isinstance(e, dict) else None
+        if not isinstance(sid, str) or not sid or sid in out:
+            raise UsageError(f"{path}: sender[{i}]: id must be a unique non-empty string")
+        out[sid] = _strings(names, f"sender {sid}: names", path)
+        for n in out[sid]:
+            try:
+                check_name_pattern(n)
+            except ValueError as err:
+                raise UsageError(f"{path}: sender {sid}: {err}") from None
+    return out
+
+
+def _shipped_big_senders() -> tuple[str, ...]:
+    return tuple(n for names in big_sender_entries().values() for n in names)
 
 @dataclass
 class ParseConfig:
@@ -39,6 +67,8 @@ class AllowConfig:
 @dataclass
 class DaemonConfig:
     follow: list[tuple[Path, str | None]] = field(default_factory=list)   # (path, rule pack or None: auto)
+    journals: list[JournalSpec] = field(default_factory=list)             # [[follow]] journal = true
+    journal_if_missing: set[Path] = field(default_factory=set)   # followed paths to replace by the journal if absent
     poll: bool | None = None            # None: inotify where it works, polling elsewhere
     from_start: bool = False            # a file met for the first time: read what it holds already
     sync_interval: float = 600.0        # full firewall reconcile
@@ -58,6 +88,7 @@ class Config:
     dry_run: bool = False
     policy: Policy = field(default_factory=Policy)
     allow: AllowConfig = field(default_factory=AllowConfig)
+    big_senders: tuple[str, ...] = field(default_factory=_shipped_big_senders)
     retention: float = 30 * 86400.0     # offences kept this long
     firewall: FirewallOptions = field(default_factory=FirewallOptions)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -96,7 +127,8 @@ def _bool(v, key: str, path: Path) -> bool:
 
 def _policy(data: dict, path: Path) -> Policy:
     sc = data.get("score", {})
-    _keys(sc, {"threshold", "window", "half_life", "max_tracked"}, "score.", path)
+    _keys(sc, {"threshold", "window", "half_life", "max_tracked", "transient", "verified_transient", "horizons"},
+          "score.", path)
     bn = data.get("ban", {})
     _keys(bn, {"default", "durations", "rules", "escalate", "factor", "max", "lookback",
                "ipv4_prefix", "ipv6_prefix", "subnet_bans"}, "ban.", path)
@@ -111,6 +143,11 @@ def _policy(data: dict, path: Path) -> Policy:
         kw["window"], kw["half_life"] = None, _duration(sc["half_life"], "score.half_life", path)
     if "max_tracked" in sc:
         kw["max_tracked"] = int(_number(sc["max_tracked"], "score.max_tracked", path, 100, 1e8, whole=True))
+    for k in ("transient", "verified_transient"):
+        if k in sc:
+            kw[k] = float(_number(sc[k], f"score.{k}", path, 0, 1))
+    if "horizons" in sc:
+        kw["horizons"] = _horizons(sc["horizons"], path)
     if "default" in bn:
         kw["default_duration"] = _duration(bn["default"], "ban.default", path)
     durations = dict(DEFAULT_DURATIONS)
@@ -143,6 +180,47 @@ def _policy(data: dict, path: Path) -> Policy:
         if kw["subnet_bans"] == 1:
             raise UsageError(f"{path}: ban.subnet_bans must be 0 (off) or 2 or more: 1 would ban a whole network for one address")
     return Policy(**kw)
+
+
+def _horizons(table, path: Path) -> tuple[Horizon, ...]:
+    """[score.horizons.NAME] tables: change a default horizon (hour, day, week) or add one;
+    threshold = 0 switches one off."""
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise UsageError(f"{path}: score.horizons must hold tables ([score.horizons.day] span = ..., threshold = ...)")
+    got = {h.name: h for h in DEFAULT_HORIZONS}
+    for name, t in table.items():
+        where = f"score.horizons.{name}."
+        _keys(t, {"span", "threshold", "repeat", "transient"}, where, path)
+        old = got.get(name)
+        if old is None and ("span" not in t or "threshold" not in t):
+            raise UsageError(f"{path}: {where}span and {where}threshold: a new horizon needs both")
+        span = _duration(t["span"], where + "span", path) if "span" in t else old.span
+        thr = float(_number(t["threshold"], where + "threshold", path, 0, 1e9)) if "threshold" in t else old.threshold
+        repeat = _bool(t["repeat"], where + "repeat", path) if "repeat" in t else (old.repeat if old else False)
+        tr = float(_number(t["transient"], where + "transient", path, 0, 1)) if "transient" in t else \
+            (old.transient if old else 1.0)
+        got[name] = Horizon(name, span, thr, repeat, tr)
+    return tuple(sorted((h for h in got.values() if h.threshold > 0), key=lambda h: h.span))
+
+
+def _big_senders(data: dict, path: Path) -> tuple[str, ...]:
+    """[big_senders]: the shipped list, less the entries switched off, plus the admin's patterns."""
+    b = data.get("big_senders", {})
+    if not isinstance(b, dict):
+        raise UsageError(f"{path}: big_senders must be a table ([big_senders])")
+    _keys(b, {"enabled", "disable", "names"}, "big_senders.", path)
+    entries = big_sender_entries() if _bool(b.get("enabled", True), "big_senders.enabled", path) else {}
+    off = _strings(b.get("disable", []), "big_senders.disable", path)
+    for sid in off:
+        if entries and sid not in entries:
+            raise UsageError(f"{path}: big_senders.disable: no shipped entry {sid!r} (have: {', '.join(entries)})")
+    names = _strings(b.get("names", []), "big_senders.names", path)
+    for n in names:
+        try:
+            check_name_pattern(n)
+        except ValueError as e:
+            raise UsageError(f"{path}: big_senders.names: {e}") from None
+    return tuple(n for sid, ns in entries.items() if sid not in off for n in ns) + names
 
 
 def _allow(data: dict, path: Path) -> AllowConfig:
@@ -197,7 +275,7 @@ def load_config(path: Path | None) -> Config:
     except UnicodeDecodeError as e:
         raise UsageError(f"{path}: cannot read config: {e}") from None
     _keys(data, {"rules", "parse", "database", "node", "dry_run", "score", "ban", "allow", "store", "firewall",
-                 "daemon", "follow", "export"}, "", path)
+                 "daemon", "follow", "export", "big_senders"}, "", path)
     cfg = Config(path=path)
     rules = data.get("rules", {})
     _keys(rules, {"dirs", "disable"}, "rules.", path)
@@ -244,6 +322,7 @@ def load_config(path: Path | None) -> Config:
         cfg.dry_run = _bool(data["dry_run"], "dry_run", path)
     cfg.policy = _policy(data, path)
     cfg.allow = _allow(data, path)
+    cfg.big_senders = _big_senders(data, path)
     st = data.get("store", {})
     _keys(st, {"retention"}, "store.", path)
     if "retention" in st:
@@ -254,6 +333,23 @@ def load_config(path: Path | None) -> Config:
     return cfg
 
 
+def _journal(f: dict, key: str, path: Path, mta: str | None) -> JournalSpec:
+    """A [[follow]] entry that names the journal: journal = true, directory, identifiers, units."""
+    if f.get("journal") is not True:
+        raise UsageError(f"{path}: {key}journal = true goes with directory, identifiers and units")
+    if "path" in f:
+        raise UsageError(f"{path}: {key}path and journal = true: one [[follow]] entry is a file or the journal")
+    d = f.get("directory")
+    if d is not None and (not isinstance(d, str) or not d.startswith("/")):
+        raise UsageError(f"{path}: {key}directory must be an absolute directory path")
+    sel = Selection()
+    if "identifiers" in f:
+        sel = Selection(_strings(f["identifiers"], f"{key}identifiers", path), sel.units)
+    if "units" in f:
+        sel = Selection(sel.identifiers, _strings(f["units"], f"{key}units", path))
+    return JournalSpec(Path(d) if d else None, mta, sel)
+
+
 def _daemon(data: dict, path: Path) -> DaemonConfig:
     d = data.get("daemon", {})
     _keys(d, {"poll", "from_start", "sync_interval", "pid_file", "metrics", "offline_buffer"}, "daemon.", path)
@@ -262,13 +358,19 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
     if not isinstance(follow, list) or not all(isinstance(f, dict) for f in follow):
         raise UsageError(f"{path}: follow must be a list of tables ([[follow]] path = ..., mta = ...)")
     for i, f in enumerate(follow):
-        _keys(f, {"path", "mta"}, f"follow[{i}].", path)
+        _keys(f, {"path", "mta", "journal", "directory", "identifiers", "units", "journal_if_missing"},
+              f"follow[{i}].", path)
         p, mta = f.get("path"), f.get("mta", "auto")
-        if not isinstance(p, str) or not p.startswith("/"):
-            raise UsageError(f"{path}: follow[{i}].path must be an absolute file path")
         if not isinstance(mta, str) or not mta:
             raise UsageError(f"{path}: follow[{i}].mta must be a rule pack name (postfix, sendmail, qmail) or \"auto\"")
+        if "journal" in f or "directory" in f or "identifiers" in f or "units" in f:
+            dc.journals.append(_journal(f, f"follow[{i}].", path, None if mta == "auto" else mta))
+            continue
+        if not isinstance(p, str) or not p.startswith("/"):
+            raise UsageError(f"{path}: follow[{i}].path must be an absolute file path")
         dc.follow.append((Path(p), None if mta == "auto" else mta))
+        if _bool(f.get("journal_if_missing", False), f"follow[{i}].journal_if_missing", path):
+            dc.journal_if_missing.add(Path(p))
     if "poll" in d:
         dc.poll = _bool(d["poll"], "daemon.poll", path)
     if "from_start" in d:

@@ -19,21 +19,24 @@ import socket
 import subprocess
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .allow import AllowList, Resolver
+from .allow import Resolver
 from .config import Config, load_config
 from .engine import Engine
 from .errors import ExportError, FirewallError, UsageError
 from .export import SYSTEMD_HINT, unwritable_exports
 from .firewall import Firewall, choose, kernel_timeout
 from .follow import Follower, Spec
+from .journal import JournalSpec, journal_if_missing
+from .liveallow import Live, newly_allowed
 from .parse import Clock, Offence, Parser
 from .pidfile import default_pid_file, write_pid
 from .report import safe
 from .rules import RuleSet, load_rules
 from .score import Decision
+from .status import Publisher, status_path
 from .store import NOTIFY_CHANNEL, UNREACHABLE, Store, short_error
 from .units import format_duration
 
@@ -111,6 +114,7 @@ class Options:
     node: str
     dry_run: bool
     follow: list[Path]
+    journals: list[JournalSpec] = field(default_factory=list)     # --journal, --journal-dir
 
 
 class Metrics:
@@ -133,6 +137,11 @@ class Metrics:
         self.failures_seen = 0
         self.lag = pc.Gauge("logban_follow_lag_bytes", "Bytes written to a followed file and not read yet",
                             ["file"], registry=reg)
+        self.store_up = pc.Gauge("logban_store_up", "1 while the store answers, 0 during an outage", registry=reg)
+        self.store_up.set(1)
+        self.store_outages = pc.Counter("logban_store_outages", "Times the store became unreachable", registry=reg)
+        self.lag_seconds = pc.Gauge("logban_follow_lag_seconds", "How far behind the newest entry read from a "
+                                    "followed journal is, while more are waiting", ["file"], registry=reg)
         self.server, self.thread = pc.start_http_server(int(port), addr=host.strip("[]"), registry=reg)
 
 
@@ -163,6 +172,7 @@ class Daemon:
         self.export_delay = EXPORT_EVERY    # doubled after each failed export, back to EXPORT_EVERY after one that works
         self.export_failing: dict[str, str] = {}    # path -> the error logged for it (logged once per change)
         self.future_told, self.future_next = 0, 0.0
+        self.live = Live()                  # the store's allow-list, read each second (liveallow.py)
         self._configure(cfg)
 
     # ---- configuration (start and SIGHUP) ------------------------------------------------------
@@ -173,20 +183,23 @@ class Daemon:
         for rid in cfg.policy.rule_durations:
             if rules.by_id(rid) is None:
                 raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
-        specs = [Spec(p, mta) for p, mta in cfg.daemon.follow] + [Spec(p) for p in self.opts.follow]
-        if not specs:
-            raise UsageError("nothing to follow: give --follow PATH or [[follow]] path = ... in the config")
+        files, instead = journal_if_missing(cfg.daemon.follow, cfg.daemon.journal_if_missing, log.info)
+        specs = [Spec(p, mta) for p, mta in files] + [Spec(p) for p in self.opts.follow]
+        journals = list(dict.fromkeys(cfg.daemon.journals + instead + self.opts.journals))
+        if not specs and not journals:
+            raise UsageError("nothing to follow: give --follow PATH, --journal or [[follow]] path = ... in the config")
         packs = {r.pack for r in rules.rules}
-        for s in specs:
+        for s in specs + journals:
             if s.mta is not None and s.mta not in packs:
-                raise UsageError(f"{cfg.path}: follow {s.path}: no rule pack {s.mta!r} (have: {', '.join(sorted(packs))})")
-        parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs}}
+                raise UsageError(f"{cfg.path}: follow {getattr(s, 'path', None) or s.name}: no rule pack {s.mta!r} "
+                                 f"(have: {', '.join(sorted(packs))})")
+        parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs + journals}}
         for mta, p in parsers.items():
             if mta in getattr(self, "parsers", {}):
                 p.adopt(self.parsers[mta])      # a reload keeps sessions, links and rate windows
         self.parsers = parsers
-        self.cfg, self.rules, self.specs = cfg, rules, specs
-        self.allow = AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+        self.cfg, self.rules, self.specs, self.journals = cfg, rules, specs, journals
+        self.allow = self.live.allow(cfg)
         for o, why in unwritable_exports(cfg.exports):     # at start and at each reload
             log.warning("export %s to %s: this daemon cannot write it (%s)%s", o.format, o.path, why, SYSTEMD_HINT)
 
@@ -241,24 +254,31 @@ class Daemon:
     def _run(self) -> int:
         c = self.cfg
         resolver = Resolver(c.allow.resolve_timeout) if c.allow.resolve else None
+        if self.live.refresh(self.store, time.time()):
+            self.allow = self.live.allow(c)
+            self.live.done()
         self.engine = Engine(self.store, c.policy, self.allow, node=self.opts.node, dry_run=self.dry_run,
                              resolver=resolver, batch=1 << 62,      # flushed by the loop, with positions
                              clock_skew=c.parse.clock_skew, future="now",
                              wait_names=False)                      # DNS never holds up the loop
         self.remote_low = self.store.max_offence_id()           # other nodes' offences: from here on
         self.firewall = self._firewall()
+        if self.live.entries:
+            self._release_allowed()
         self._sync("start")
         self.follower = self._follower()
         self.metrics = Metrics(c.daemon.metrics) if c.daemon.metrics else None
         self.listener = Listener(self.store.listen_dsn()) if self.store.shared else None
         pid_file = c.daemon.pid_file or default_pid_file()
         self._write_pid(pid_file)
+        self.status = Publisher(status_path(pid_file), self)
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         log.info("running: following %s (%s), firewall %s%s, store %s%s",
-                 ", ".join(str(s.path) for s in self.specs), self.follower.mode, self.firewall.backend.name,
+                 ", ".join([str(s.path) for s in self.specs] + [j.name for j in self.journals]), self.follower.mode,
+                 self.firewall.backend.name,
                  " (dry run)" if self.dry_run else "", self.store.where(self.store.url),
                  f" shared as node {self.opts.node}" if self.store.shared else "")
         sd_notify("READY=1\nSTATUS=" + self._status())
@@ -311,6 +331,7 @@ class Daemon:
                 if watchdog and mono >= next_ping:
                     next_ping = mono + watchdog / 2
                     sd_notify("WATCHDOG=1\nSTATUS=" + self._status())
+                self.status.tick()
         finally:
             sd_notify("STOPPING=1")
             try:
@@ -323,6 +344,7 @@ class Daemon:
             self.store.close()
             if self.listener is not None:
                 self.listener.stop()
+            self.status.stopped()
             pid_file.unlink(missing_ok=True)
             if self.metrics is not None:
                 self.metrics.server.shutdown()
@@ -341,12 +363,17 @@ class Daemon:
             self.retry_at = time.monotonic() + RETRY_EVERY
             if self.offline_since is None:
                 self.offline_since = time.monotonic()
+                if self.metrics is not None:
+                    self.metrics.store_up.set(0)
+                    self.metrics.store_outages.inc()
                 log.error("store unreachable (%s): enforcing and banning on our own, keeping what is "
                           "to be recorded until it is back", short_error(e))
             return
         if self.offline_since is not None:
             down = time.monotonic() - self.offline_since
             self.offline_since = None
+            if self.metrics is not None:
+                self.metrics.store_up.set(1)
             log.warning("store back after %s; what was kept is recorded; resynchronising",
                         format_duration(max(1.0, round(down))))
             self._guard(self._resync)
@@ -382,6 +409,8 @@ class Daemon:
     def _follow_store(self) -> None:
         """What others wrote: other nodes' offences count here too; bans and unbans made
         elsewhere (another node, `logban ban`/`unban`) reach this kernel."""
+        if self.live.refresh(self.store, time.time()):
+            self._allow_changed()
         rows = self.store.offences_after(self.remote_low, self.opts.node)
         if rows:
             offs = []
@@ -435,6 +464,31 @@ class Daemon:
                     self.metrics.bans_released.labels(why.get(t) or "released").inc()
         self._gauge()
 
+    def _allow_changed(self) -> None:
+        """The live allow-list changed (an entry added or removed on any node, or its time
+        over): honoured at once, without a reload; the bans it covers now are lifted."""
+        log.info("allow-list: %d live entries in force", len(self.live.entries))
+        self.allow = self.live.allow(self.cfg)
+        for t in self.engine.reconfigure(self.cfg.policy, self.allow):
+            log.info("release %s (allow-listed now)", t)
+        self._release_allowed()
+        self.firewall.allow = self.allow
+        self.refused_seen.clear()
+        self._sync("allow-list")
+        self.exports_dirty = True
+        self.live.done()
+
+    def _release_allowed(self) -> None:
+        """Bans of clients the allow-list covers by their verified name (addresses and
+        networks: Engine.release_allowed)."""
+        now = time.time()
+        gone = newly_allowed(self.allow, self.store.active_bans(now))
+        if gone:
+            self.store.release(gone, "allow-list", now)
+            for t in gone:
+                self.engine.scorer.release(t)
+                log.info("release %s (allow-listed now)", t)
+
     def _cleared(self) -> None:
         """Scores cleared elsewhere (`logban unban` of a client that was scored, not banned):
         the offences before the clearing no longer count here either."""
@@ -447,10 +501,12 @@ class Daemon:
 
     def _follower(self) -> Follower:
         return Follower(self.specs, self.store.positions(self.opts.node), max_line=self.cfg.parse.max_line,
-                        from_start=self.cfg.daemon.from_start, poll=self.cfg.daemon.poll, log=log.info)
+                        from_start=self.cfg.daemon.from_start, poll=self.cfg.daemon.poll, log=log.info,
+                        journals=self.journals)
 
     def _read(self) -> bool:
         chunks = self.follower.read()
+        self.status.lines(chunks)
         m = self.metrics
         for c in chunks:
             p = self.parsers[c.mta]
@@ -472,6 +528,8 @@ class Daemon:
             for fs in self.follower.files:
                 if fs.f is not None:
                     m.lag.labels(str(fs.spec.path)).set(max(0, os.fstat(fs.f.fileno()).st_size - fs.offset))
+            for j in self.follower.journals:
+                m.lag_seconds.labels(j.name).set(j.behind)
         return bool(chunks)
 
     def _note_future(self) -> None:
@@ -590,7 +648,7 @@ class Daemon:
     def _reload(self) -> None:
         try:
             cfg = load_config(self.opts.config_path)
-            old_specs = self.specs
+            old_specs = self.specs, self.journals
             self._configure(cfg)
         except UsageError as e:
             log.error("reload refused, the running config stays: %s", e)
@@ -601,7 +659,7 @@ class Daemon:
         self.next_expiry = self.store.next_expiry()
         for t in released:
             log.info("release %s (allow-listed now)", t)
-        if self.specs != old_specs:
+        if (self.specs, self.journals) != old_specs:
             self.engine.flush(self.follower.positions())
             self.follower.close()
             self.follower = self._follower()

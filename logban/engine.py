@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from .allow import PENDING, AllowList, Resolver, valid_target
-from .parse import Offence
+from .parse import Clock, Offence, parse_header, reply_class
 from .score import Decision, Policy, Scorer
 from .store import UNREACHABLE, Store, short_error
 
@@ -41,6 +41,15 @@ def _end(b) -> float:
     if b is None:
         return -math.inf
     return math.inf if b.expires is None else b.expires
+
+
+def recorded_reply(text: str | None, clock: Clock) -> int:
+    """The reply class of a recorded offence, read again from its line (the store keeps the line)."""
+    if not text:
+        return 0
+    raw = text.encode("utf-8", "replace")
+    h = parse_header(raw, clock)
+    return 0 if h is None else reply_class(raw, h.start)
 
 
 class Engine:
@@ -76,8 +85,10 @@ class Engine:
         self.refresh_bans()
         for ip in self.store.partners(self.allow):
             sc.partner(ip)
+        clock = Clock()
         for r in self.store.recent_offences(sc.policy.horizon):
-            sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line, name=r.name))
+            sc.seed(Offence(r.time, r.ip, r.mta, r.rule, r.kind, r.score, r.file, r.line, name=r.name,
+                            reply=recorded_reply(r.text, clock)))
 
     def release_allowed(self) -> list[str]:
         """Bans of targets the allow-list covers now are released."""

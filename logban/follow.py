@@ -7,7 +7,9 @@ saved by the caller with the offences read up to it. The follower copes with
 rotation by rename (the old file is finished before the new one is read),
 `copytruncate`, deletion and re-creation, a file that does not exist yet, a
 symlink whose target changes, and a last line still being written (it waits for
-the newline). inotify wakes it where available; otherwise it polls.
+the newline). inotify wakes it where available; otherwise it polls. Journals
+(journal.py) are followed beside the files, in the same loop: their readers'
+pipes wake it as the files' inotify does.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from .journal import JournalFollower, JournalSpec
 from .sources import READ_ERRORS, Source, open_source
 
 FP_LEN = 1024          # bytes of a file's head that identify it
@@ -83,10 +86,12 @@ def head_matches(head: bytes, pos) -> bool:
 
 
 def rotated_copies(path: Path) -> list[Path]:
-    """Where logrotate or newsyslog put the previous file: mail.log.1, mail.log.0,
-    mail.log-20261122, compressed or not; newest first."""
+    """Where logrotate, newsyslog or `postfix logrotate` put the previous file: mail.log.1,
+    mail.log.0, mail.log-20261122, postfix.log.20261122-063632, compressed or not; newest first."""
     base = glob.escape(str(path))
-    cands = {Path(p) for pat in (f"{base}.[01]", f"{base}.[01].*", f"{base}-*") for p in glob.glob(pat)}
+    stamp = "[12]" + "[0-9]" * 7 + "-" + "[0-9]" * 6           # maillog_file_rotate_suffix, %Y%m%d-%H%M%S
+    cands = {Path(p) for pat in (f"{base}.[01]", f"{base}.[01].*", f"{base}-*", f"{base}.{stamp}", f"{base}.{stamp}.*")
+             for p in glob.glob(pat)}
     return sorted((c for c in cands if c.is_file()), key=lambda p: p.stat().st_mtime, reverse=True)
 
 
@@ -139,13 +144,15 @@ class _Backlog:
 
 class Follower:
     def __init__(self, specs: list[Spec], saved: dict, *, max_line: int = 8192, from_start: bool = False,
-                 poll: bool | None = None, log=None) -> None:
+                 poll: bool | None = None, log=None, journals: list[JournalSpec] = ()) -> None:
         self.files = [_File(s) for s in specs]
         self.max_line = max_line
         self.log = log or (lambda msg: print(f"logban: {msg}", file=sys.stderr))
-        self._notifier = None if poll else self._inotify(poll is False)
+        self._notifier = None if poll or not specs else self._inotify(poll is False)
         for fs in self.files:
             self._resume(fs, saved.get(str(fs.spec.path)), from_start)
+        self.journals = [JournalFollower(j, saved.get(j.name), from_start=from_start, log=self.log) for j in journals]
+        self._taken = True                  # read() ran since the last wait()
 
     # ---- start: where to go on from --------------------------------------------------------
     def _resume(self, fs: _File, pos, from_start: bool) -> None:
@@ -216,7 +223,7 @@ class Follower:
                 fs.fp, fs.fp_len = fingerprint(fs.f)     # the file has grown: a longer, surer fingerprint
             out.append({"path": str(fs.spec.path), "dev": fs.dev, "inode": fs.inode, "fingerprint": fs.fp,
                         "fp_len": fs.fp_len, "offset": fs.offset, "lines": fs.lines})
-        return out
+        return out + [j.position() for j in self.journals]
 
     # ---- reading ---------------------------------------------------------------------------
     def read(self) -> list[Chunk]:
@@ -227,6 +234,11 @@ class Follower:
                 self._read_file(fs, out)
             except OSError as e:
                 self.log(f"{fs.spec.path}: {e.strerror or e}; will try again")
+        self._taken = True
+        for j in self.journals:
+            got = j.read()
+            if got is not None:
+                out.append(Chunk(j.name, j.name, j.spec.mta, *got))
         return out
 
     def _read_file(self, fs: _File, out: list[Chunk]) -> None:
@@ -340,7 +352,7 @@ class Follower:
 
     @property
     def mode(self) -> str:
-        return "inotify" if self._notifier is not None else "polling"
+        return "inotify" if self._notifier is not None else "polling" if self.files else "journalctl"
 
     def wait(self, timeout: float, wake_fd: int | None = None) -> None:
         """Until something may have changed in a followed directory, `wake_fd` is readable
@@ -349,7 +361,13 @@ class Follower:
         fds = [] if wake_fd is None else [wake_fd]
         if n is not None:
             fds.append(self._wm.get_fd())
-        ready = select.select(fds, [], [], min(max(timeout, 0), 0.25 if n is None else timeout))[0]
+        if self._taken:
+            # A pipe with news stays readable until it is read: while the caller does not read
+            # (the store is away and its buffer full) it must not wake the loop at once.
+            fds += [fd for j in self.journals if (fd := j.fileno()) is not None]
+        self._taken = False
+        polling = n is None and bool(self.files)
+        ready = select.select(fds, [], [], min(max(timeout, 0), 0.25 if polling else timeout))[0]
         if wake_fd is not None and wake_fd in ready:
             os.read(wake_fd, 4096)
         if n is not None and self._wm.get_fd() in ready:
@@ -366,6 +384,8 @@ class Follower:
                 fs.f = None
         if self._notifier is not None:
             self._notifier.stop()
+        for j in self.journals:
+            j.close()
 
 
 def unfollowable(path: Path) -> str | None:

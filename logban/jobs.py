@@ -57,7 +57,7 @@ class Pool:
         self.close()
 
     def takes(self, src: Source) -> bool:
-        """A plain file worth cutting into parts (not stdin, not compressed: those are read in order)."""
+        """A plain file worth cutting into parts (not stdin, not a journal, not compressed: those are read in order)."""
         if src.path is None:
             return False
         try:

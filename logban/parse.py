@@ -31,9 +31,12 @@ _MONTHS = {m.encode(): i for i, m in enumerate(
 # text the client chose, so the standard `re` is safe (and fast) here.
 _SYSLOG = re.compile(
     rb"(?:<\d{1,3}>)?"
-    rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) [ 0-3]\d [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
+    rb"(?:(?P<bsd>(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) (?:[ 0-3]\d|[1-9]) [0-2]\d:[0-5]\d):(?P<sec>[0-6]\d)(?:\.\d{1,9})?"
     rb"|(?P<iso>\d{4}-\d\d-\d\d[T ][0-2]\d:[0-5]\d:[0-6]\d(?:[.,]\d{1,9})?(?:Z|[+-]\d\d:?\d\d)?))"
-    rb" (?P<host>[^ ]{1,255}) (?:(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: )?")
+    # rsyslog templates that print the priority as text ("<mail.info>") put it before the host;
+    # Solaris syslogd puts "[ID 123456 mail.notice]" after the tag.
+    rb"(?: <[a-z0-9]{1,16}\.[a-z]{1,16}>)?"
+    rb" (?P<host>[^ ]{1,255}) (?:(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: (?:\[ID \d{1,12} [a-z0-9]{1,16}\.[a-z]{1,16}\] )?)?")
 _RFC5424 = re.compile(
     rb"<\d{1,3}>1 (?P<iso>\S{1,64}) (?P<host>\S{1,255}) (?P<app>\S{1,48}) (?P<pid>\S{1,128}) \S{1,32} "
     rb"(?:-|(?:\[(?:[^\]\\]|\\.){0,4096}\])+) ?(?:\xef\xbb\xbf)?")
@@ -42,6 +45,13 @@ _TAG = re.compile(rb"(?P<prog>[\w./@-]{1,64})(?:\[(?P<pid>\d{1,10})\])?: ")
 _SPLOGGER = re.compile(rb"\d{9,11}\.\d{6} ")
 
 SUSPICIOUS = re.compile(rb"(?i)reject|denied|fail|warning|blocked|listed|attack|illegal|refused")
+
+# Where an MTA writes the reply it gave, before any text the client chose: right after the
+# client field of a Postfix reject (matched at the message start), or sendmail's "reject=".
+_REPLY_POSTFIX = re.compile(
+    rb"(?:NOQUEUE|[0-9A-Za-z]{5,20}): reject: [A-Z-]{3,16} from [^\s\[\]]{0,255}\[[^\]\s]{1,64}\](?::\d{1,5})?: "
+    rb"([245])\d\d[ -]")
+_REPLY_SENDMAIL = re.compile(rb", reject=([245])\d\d[ -]")
 
 _LIMIT = 200_000          # entries kept in each correlation or cache table
 _IP_CACHE = 20_000        # raw address -> canonical: a miss costs a microsecond, an entry 150 bytes
@@ -60,6 +70,7 @@ class Offence:
     line: int             # 1-based line number in `file`
     raw: bytes = b""      # the log line (cut at max_line)
     name: str | None = None   # client name the MTA verified (forward-confirmed), else None
+    reply: int = 0        # class of the MTA's SMTP reply: 4 (try later), 5 (refused), 0 (none in the line)
 
     @property
     def iso_time(self) -> str:
@@ -92,6 +103,24 @@ class ParseStats:
         """Another parser's counts added to these (several logs read apart, reported as one)."""
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+def reply_class(line: bytes, start: int = 0) -> int:
+    """4 or 5: the class of the SMTP reply the MTA logged on `line` (its message at `start`);
+    0 when it logged none. sendmail writes the reply after text the client chose (arg1): a
+    permanent reply anywhere wins, so that text can make an offence weigh more, never less."""
+    m = _REPLY_POSTFIX.match(line, start)
+    if m is not None:
+        return int(m.group(1)) if m.group(1) != b"2" else 0
+    got = 0
+    if b"ruleset=" in line:
+        for m in _REPLY_SENDMAIL.finditer(line, start):
+            c = m.group(1)
+            if c == b"5":
+                return 5
+            if c == b"4":
+                got = 4
+    return got
 
 
 def not_target(ip: str) -> bool:
@@ -293,6 +322,8 @@ def parse_header(line: bytes, clock: Clock) -> Header | None:
         if not m:
             return None
         minute, sec, stamp, host, prog, pid = m.groups()
+        if minute and len(minute) == 11:
+            minute = minute[:4] + b" " + minute[4:]     # "Aug 3": a template that does not pad the day
         t = clock.bsd(minute, sec) if minute else clock.iso(stamp)
         if t is None:
             return None
@@ -381,8 +412,9 @@ class Parser:
         """Line start -> ids of the hints found on that line."""
         cand: dict[int, list[int]] = {}
         if self._fast is not None:
-            if chunk[:1] == b"<" or b"\n<" in chunk:
-                # RFC 5424 puts no ": " before the message: look for leads anywhere.
+            if chunk[:1] == b"<" or b"\n<" in chunk or b": [ID " in chunk:
+                # RFC 5424 puts no ": " before the message, Solaris puts its "[ID n fac.lvl] "
+                # there: look for leads anywhere.
                 self._find_into(chunk, self._lead_finds, cand)
             else:
                 ids = self._lead_ids
@@ -446,7 +478,7 @@ class Parser:
 
     def match(self, chunk: bytes, lines_before: int) -> tuple[list[tuple], set[int]]:
         """The stateless stage: (line number, time, line, matches) for each line a rule took,
-        `matches` being (rule order, address, key, name) of its links in rule order, then of
+        `matches` being (rule order, address, key, name, reply class) of its links in rule order, then of
         its best offence rule; and the starts of those lines."""
         n_lines = chunk.count(b"\n")
         if chunk and not chunk.endswith(b"\n"):
@@ -488,12 +520,12 @@ class Parser:
         out: list[Offence] = []
         by_order, link, offence = self._by_order, self._link, self._offence
         for lineno, t, line, found in hits:
-            for order, ip, key, name in found:
+            for order, ip, key, name, reply in found:
                 r = by_order[order]
                 if r.link:
                     link(r, ip, key, name, out)
                 else:
-                    offence(r, ip, key, name, t, line, lineno + lines_before, out)
+                    offence(r, ip, key, name, reply, t, line, lineno + lines_before, out)
         self.stats.offences += len(out)
         return out
 
@@ -519,6 +551,8 @@ class Parser:
         for r in rules:
             if r.order not in allowed or (r.needle and r.needle not in line):
                 continue
+            if best is not None and not r.link and r.score <= best.score:
+                continue            # it could not win: the first rule with the highest score takes the line
             if cut and r.tail:
                 skipped = True
                 continue
@@ -541,14 +575,15 @@ class Parser:
         return (h.time, found) if found else None
 
     def _found(self, r: Rule, m, h: Header) -> tuple:
-        """(rule order, address, key, name) of a match: plain data, for the stateful stage."""
+        """(rule order, address, key, name, reply class) of a match: plain data, for the
+        stateful stage. A link line's reply is not an offence's: 0 for links."""
         if r.link or r.key is None or r.has_ip:
             ip = self._ip(m)
             name = self._name(m) if r.has_name and ip is not None else None
         else:
             ip = name = None
         key = self._key(r, m, h) if r.key is not None else None
-        return (r.order, ip, key, name)
+        return (r.order, ip, key, name, 0 if r.link else reply_class(m.string, h.start))
 
     def _ip(self, m) -> str | None:
         """The canonical address, "" when it can never be a ban target, None when it is no address.
@@ -612,17 +647,17 @@ class Parser:
             return True
         return False
 
-    def _offence(self, r: Rule, ip: str | None, key: tuple | None, name: str | None, t: float,
-                 line: bytes, lineno: int, out: list[Offence]) -> None:
+    def _offence(self, r: Rule, ip: str | None, key: tuple | None, name: str | None, reply: int,
+                 t: float, line: bytes, lineno: int, out: list[Offence]) -> None:
         if r.key is None or r.has_ip:
             if ip == "":
                 self.stats.not_target += 1
             elif ip is not None:
                 if not r.rate_over or self._over_rate(r, ip, name, t):
-                    out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name))
+                    out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply))
             return
         ip, name = self._links.get(key, (None, None))
-        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name)
+        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply)
         if ip == "":
             self.stats.not_target += 1
         elif ip is not None:

@@ -291,6 +291,11 @@ def show_human(d: dict, bans: list, now: float) -> str:
                    + (f"; score counts from {o['reset_at']}" if o["reset_at"] else ""))
     else:
         out.append("  no offences recorded")
+    if d.get("horizons"):
+        out.append("  horizons: " + ", ".join(f"{h['horizon']} {h['total']:g}/{h['threshold']:g} in {h['span']}"
+                                              for h in d["horizons"]))
+    if d.get("big_sender"):
+        out.append(f"  big sender ({safe(d['big_sender'])}): counted and shown, never banned automatically")
     if bans:
         out += ["", "Bans:", bans_table(bans, now, True)]
         out += ["", "Why:"] + [f"  {_short(b.created)} {safe(b.target)}: {safe(b.reason)}"

@@ -1,12 +1,21 @@
 """Where offences become decisions.
 
 Pure: offences in (in time order, with their log time stamps), decisions out,
-no I/O. Each client (an IPv4 address, an IPv6 /64 by default) has a score:
-the sum of its recent offences' scores (within `window`, or decayed with a
-`half_life`). At the threshold it is banned, for the time its worst kind of
-offence deserves, longer each time it comes back within the look-back period,
-and its score starts again from zero. K address bans at once in one IPv4 /24
-become one ban of the /24. Allow-listed clients are never scored.
+no I/O. Each client (an IPv4 address, an IPv6 /64 by default) is scored over
+several horizons. The burst horizon sums its recent offences' scores (within
+`window`, or decayed with a `half_life`); the long ones (an hour, a day, a week
+for clients banned before) count its offences, so a patient attacker is caught
+too. A temporary (4xx) reject weighs less than a refusal: an MTA that retries it
+on its schedule never reaches a threshold, a bot that retries all day does. When
+any horizon reaches its threshold the client is banned, for the time its worst
+kind of offence deserves, longer each time it comes back within the look-back
+period, and every score starts again from zero. K address bans at once in one
+IPv4 /24 become one ban of the /24. Allow-listed clients are never scored; big
+senders (by a name the MTA verified) are scored, and never banned automatically.
+
+Memory: the burst horizon keeps its few recent offences; older offences are
+folded into per-client bucket counters (a fixed number of buckets per horizon),
+so a client retrying for a week costs as much as one retrying for an hour.
 
 A network is a target only when it covers no allow-listed, own or special address
 and no partner seen by verified name: such an IPv6 /64 is scored per address
@@ -18,6 +27,7 @@ import bisect
 import ipaddress
 import math
 import socket
+from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -41,14 +51,45 @@ DEFAULT_DURATIONS: dict[str, float | None] = {
     "auth_failed": 1 * HOUR,
     "manual": 24 * HOUR,            # `logban ban` without --for
 }
-_EVENTS_MAX = 64          # offences remembered per client (more only repeat what the score says)
+_EVENTS_MAX = 64          # offences remembered one by one per client; older ones are only counted
+BUCKETS = 24              # counters per long horizon: a day counts 24 to 25 hours back
+_ZEROS = array("d", bytes(8 * BUCKETS))
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """A long horizon: `threshold` offences within `span` ban."""
+    name: str
+    span: float
+    threshold: float
+    repeat: bool = False       # only for clients banned before (within `lookback`)
+    # What a temporary reject of a client without a verified name counts for here: one that
+    # comes back after "try later" all day is a bot, or a server nobody can tell from one.
+    transient: float = 1.0
+
+    @property
+    def bucket(self) -> float:
+        return self.span / BUCKETS
+
+
+# Chosen on traces of real attack patterns (README, "Horizons"): fail2ban's 5 in 10 minutes
+# misses the SASL guesser that tries 4 every 20 minutes and the bot that retries a
+# rejected HELO every 5 to 20 minutes all day.
+DEFAULT_HORIZONS = (
+    Horizon("hour", HOUR, 5.0),
+    Horizon("day", DAY, 10.0),
+    Horizon("week", 7 * DAY, 10.0, repeat=True),
+)
 
 
 @dataclass(frozen=True)
 class Policy:
-    threshold: float = 5.0
+    threshold: float = 5.0                # the burst horizon:
     window: float | None = 600.0          # score = offences of the last `window` seconds ...
     half_life: float | None = None        # ... or every offence, halved each `half_life`
+    horizons: tuple[Horizon, ...] = DEFAULT_HORIZONS
+    transient: float = 0.5                # a temporary (4xx) reject's weight in the burst horizon (a refusal: 1)
+    verified_transient: float = 0.1       # ... on every horizon, of a client whose name the MTA verified
     max_tracked: int = 100_000            # clients scored at once; the lowest scores are evicted
     durations: Mapping[str, float | None] = field(default_factory=lambda: dict(DEFAULT_DURATIONS))
     rule_durations: Mapping[str, float | None] = field(default_factory=dict)
@@ -67,9 +108,37 @@ class Policy:
         return self.durations.get(kind, self.default_duration)
 
     @property
+    def burst(self) -> float:
+        """How far back an offence counts in the burst horizon."""
+        return self.window if self.window is not None else 10 * (self.half_life or 0.0)
+
+    @property
     def horizon(self) -> float:
         """How far back an offence can still count."""
-        return self.window if self.window is not None else 10 * (self.half_life or 0.0)
+        return max([self.burst, *(h.span + h.bucket for h in self.horizons)])
+
+    def weights(self, h: Horizon | None) -> tuple[float, float, float]:
+        """What an offence of each evidence class (`evidence`) counts for on a horizon (None: the burst one)."""
+        return 1.0, self.transient if h is None else h.transient, self.verified_transient
+
+
+def evidence(o: Offence) -> int:
+    """0: a refusal (or no reply logged); 1: a temporary reject; 2: a temporary reject of a
+    client whose name the MTA verified, and not a name made of its address (a dial-up or
+    cloud pool's generic name proves no mail server): an MTA retrying on its schedule."""
+    if o.reply != 4:
+        return 0
+    return 2 if o.name and not generic_name(o.name, o.ip) else 1
+
+
+def generic_name(name: str, ip: str) -> bool:
+    """Whether `name` spells the IPv4 address `ip` (218-42-154-114.cust.example.jp,
+    static-ip-209-126-100-0.pool.example, 114.154.42.218.dyn.example), forward or reversed."""
+    octets = ip.split(".")
+    if len(octets) != 4:
+        return False
+    n = name.lower()
+    return any(sep.join(o) in n for o in (octets, octets[::-1]) for sep in "-._")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +177,22 @@ class ScoreStats:
     decisions: int = 0
     network_bans: int = 0
     evicted: int = 0              # low scores dropped to bound memory
+    big_senders: int = 0          # offences of verified big senders: counted, never banned automatically
+
+
+class Track:
+    """A client's evidence: its offences within the longest horizon one by one, (time, score,
+    evidence, kind, rule) in time order, up to _EVENTS_MAX; older ones beyond that as counters:
+    per long horizon [newest bucket number, BUCKETS weighted counts], and per kind [offences,
+    temporary rejects, rule]."""
+    __slots__ = ("agg", "ev", "folded", "kinds", "until")
+
+    def __init__(self) -> None:
+        self.ev: list[tuple[float, float, int, str, str]] = []
+        self.agg: array | None = None
+        self.kinds: dict[str, list] | None = None
+        self.folded = 0           # offences counted: no long horizon can hold more
+        self.until = 0.0          # the newest of them
 
 
 def _insort(ev: list, e: tuple) -> None:
@@ -116,6 +201,23 @@ def _insort(ev: list, e: tuple) -> None:
         ev.append(e)
     else:
         bisect.insort(ev, e, key=lambda x: x[0])
+
+
+def horizon_totals(policy: Policy, offences: list[Offence], now: float, banned_before: bool) -> dict[str, float]:
+    """Where a client stands on each horizon at `now`, from its offences (`show`): the burst
+    score, and each long horizon's weighted count (exact, not bucketed)."""
+    out = {}
+    w = policy.weights(None)
+    if policy.window is not None:
+        out["burst"] = sum(o.score * w[evidence(o)] for o in offences if now - policy.window < o.time <= now)
+    else:
+        out["burst"] = sum(o.score * w[evidence(o)] * 0.5 ** ((now - o.time) / policy.half_life)
+                           for o in offences if o.time <= now)
+    for h in policy.horizons:
+        if banned_before or not h.repeat:
+            w = policy.weights(h)
+            out[h.name] = sum(w[evidence(o)] for o in offences if now - h.span < o.time <= now)
+    return out
 
 
 def network_of(ip: str, prefix: int) -> str:
@@ -133,7 +235,7 @@ def network_of(ip: str, prefix: int) -> str:
 class Scorer:
     def __init__(self, policy: Policy, allow: AllowList | None = None) -> None:
         self.stats = ScoreStats()
-        self.tracks: dict[str, list[tuple[float, float, str, str]]] = {}   # target -> (time, score, kind, rule)
+        self.tracks: dict[str, Track] = {}
         self.active: dict[str, float] = {}          # target -> expires (inf: permanent)
         self.history: dict[str, Past] = {}
         self._wide: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}   # other active networks
@@ -145,8 +247,18 @@ class Scorer:
         self.configure(policy, allow or AllowList(own=()))
 
     def configure(self, policy: Policy, allow: AllowList) -> None:
-        """A policy and allow-list (at start, or reloaded): the scores and bans stay."""
+        """A policy and allow-list (at start, or reloaded): the scores and bans stay (the
+        counters of offences past the burst horizon only while the long horizons stay)."""
+        old = getattr(self, "policy", None)
+        if old is not None and old.horizons != policy.horizons:
+            for tr in self.tracks.values():
+                tr.agg = tr.kinds = None
+                tr.folded = 0
         self.policy, self.allow = policy, allow
+        self._bw = policy.weights(None)
+        self._hw = [policy.weights(h) for h in policy.horizons]
+        self._least = min((h.threshold for h in policy.horizons), default=math.inf)
+        self._keep = policy.horizon          # how long an offence may count anywhere
         self._target.clear()                 # prefix lengths and the allow-list may have changed
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
@@ -199,6 +311,8 @@ class Scorer:
         if self.allow.name_allowed(name):
             self.partner(ip, name, t)
             return None
+        if self.allow.big_sender(name):
+            self.partner(ip, name, t)
         target, _, ok = self._where(ip)
         return target if ok else None
 
@@ -235,31 +349,130 @@ class Scorer:
         return False
 
     def score(self, target: str, now: float) -> float:
-        ev = self.tracks.get(target)
-        return self._score(ev, now) if ev else 0.0
+        """The burst score."""
+        tr = self.tracks.get(target)
+        return self._burst(tr, now) if tr else 0.0
 
-    def _score(self, ev: list, now: float) -> float:
-        """The score at `now`, or at the newest offence when one is newer: offences arrive
-        out of time order (other nodes after an outage, an older rotated file applied later,
-        two followed files), and none may weigh more than its own score."""
-        p = self.policy
+    def _prune(self, tr: Track, now: float) -> float:
+        """Offences past every horizon go; past the number kept one by one, to the counters
+        (a client with few offences never needs them). Returns `now`, or the newest offence
+        when one is newer: offences arrive out of time order (other nodes after an outage, an
+        older rotated file applied later, two followed files), and none may weigh more than
+        its own score."""
+        ev = tr.ev
         if ev and ev[-1][0] > now:
             now = ev[-1][0]
+        cut = now - self._keep
+        n, size = 0, len(ev)
+        while n < size and (ev[n][0] <= cut or size - n > _EVENTS_MAX):
+            n += 1
+        if n:
+            if self.policy.horizons:
+                self._fold(tr, [e for e in ev[:n] if e[0] > cut])
+            del ev[:n]
+        if tr.agg is not None and tr.until <= cut:
+            tr.agg = tr.kinds = None         # every counted offence is past every horizon
+            tr.folded = 0
+        return now
+
+    def _fold(self, tr: Track, events: list) -> None:
+        if not events:
+            return
+        hs = self.policy.horizons
+        agg = tr.agg
+        if agg is None:
+            agg = tr.agg = array("d", bytes(8 * (BUCKETS + 1) * len(hs)))
+        tr.folded += len(events)
+        tr.until = max(tr.until, events[-1][0])
+        kinds = tr.kinds
+        if kinds is None:
+            kinds = tr.kinds = {}
+        for t, _, cls, kind, rule in events:
+            c = kinds.get(kind)
+            if c is None:
+                c = kinds[kind] = [0, 0, rule]
+            c[0] += 1
+            c[1] += cls != 0
+            c[2] = rule
+            for i, h in enumerate(hs):
+                w = self._hw[i][cls]
+                base, k = i * (BUCKETS + 1), int(t // h.bucket)
+                last = int(agg[base])
+                if k > last:
+                    if k - last >= BUCKETS:
+                        if last:
+                            agg[base + 1:base + 1 + BUCKETS] = _ZEROS
+                    else:
+                        for j in range(last + 1, k + 1):
+                            agg[base + 1 + j % BUCKETS] = 0.0
+                    agg[base] = k
+                elif k <= last - BUCKETS:
+                    continue                 # older than the horizon
+                agg[base + 1 + k % BUCKETS] += w
+
+    def _burst(self, tr: Track, now: float) -> float:
+        now = self._prune(tr, now)
+        p, bw = self.policy, self._bw
+        cut = now - p.burst
         if p.window is not None:
-            cut = now - p.window
-            while ev and ev[0][0] <= cut:
-                del ev[0]
-            return sum(e[1] for e in ev)
+            return sum(e[1] * bw[e[2]] for e in tr.ev if e[0] > cut)
         h = p.half_life
-        return sum(e[1] * 0.5 ** ((now - e[0]) / h) for e in ev)
+        return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / h) for e in tr.ev if e[0] > cut)
+
+    def _long(self, tr: Track, i: int, h: Horizon, now: float) -> float:
+        """Offences (weighted) within the horizon: the whole buckets that reach into it."""
+        cut, w = now - h.span, self._hw[i]
+        total = sum(w[e[2]] for e in tr.ev if e[0] > cut)
+        agg = tr.agg
+        if agg is not None:
+            base = i * (BUCKETS + 1)
+            last, top = int(agg[base]), int(now // h.bucket)
+            if top - last < BUCKETS:
+                if top >= last:
+                    # Every slot, less those of buckets the horizon has left behind.
+                    total += sum(agg[base + 1:base + 1 + BUCKETS])
+                    for k in range(last - BUCKETS + 1, top - BUCKETS + 1):
+                        total -= agg[base + 1 + k % BUCKETS]
+                else:
+                    for k in range(last - BUCKETS + 1, top + 1):
+                        total += agg[base + 1 + k % BUCKETS]
+        return total
+
+    def _reach(self, tr: Track, target: str, now: float,
+               more: Offence | None = None) -> tuple[Horizon | None, float] | None:
+        """The first horizon whose threshold the track reaches (None: the burst one) and its
+        total, with `more` counted too when given; else None."""
+        p = self.policy
+        cls = evidence(more) if more is not None else -1
+        b = self._burst(tr, now) + (more.score * self._bw[cls] if more is not None else 0.0)
+        if b >= p.threshold:
+            return None, b
+        now = max(now, tr.ev[-1][0]) if tr.ev else now
+        if len(tr.ev) + tr.folded + 1 < self._least:
+            return None              # too few offences ever for any long horizon
+        again = target in self.history
+        for i, h in enumerate(p.horizons):
+            if h.repeat and not again:
+                continue
+            n = self._long(tr, i, h, now) + (self._hw[i][cls] if more is not None else 0.0)
+            if n + 1e-9 >= h.threshold:
+                return h, n
+        return None
+
+    def _rank(self, tr: Track, now: float) -> float:
+        """How near its nearest threshold a client is, about: what eviction keeps."""
+        # The long horizons by the offences kept at all (within the longest one): cheap, and
+        # a client that came back often this week stays ahead of a flood of one-offence ones.
+        return max(self._burst(tr, now) / self.policy.threshold, (len(tr.ev) + tr.folded) / self._least)
 
     # ---- offences ------------------------------------------------------------------
     def would_ban(self, o: Offence) -> bool:
-        """Whether `o` would cross the threshold: where a slow check (DNS) is worth doing."""
+        """Whether `o` would cross a threshold: where a slow check (DNS) is worth doing."""
         target, net = self.target_of(o.ip)
         if self.banned(target, net, o.time):
             return False
-        return self.score(target, o.time) + o.score >= self.policy.threshold
+        tr = self.tracks.get(target) or Track()
+        return self._reach(tr, target, o.time, o) is not None
 
     def add(self, o: Offence) -> list[Decision]:
         st = self.stats
@@ -271,6 +484,10 @@ class Scorer:
             st.allowed += 1
             self.partner(o.ip, o.name, o.time)
             return []
+        big = self.allow.big_sender(o.name)
+        if big:
+            # Counted (recorded, shown) but never banned automatically, nor its network.
+            self.partner(o.ip, o.name, o.time)
         target, net, ok = self._where(o.ip)
         if not ok:
             st.not_target += 1
@@ -278,21 +495,23 @@ class Scorer:
         if self.banned(target, net, o.time):
             st.while_banned += 1
             return []
-        ev = self.tracks.get(target)
-        if ev is None:
+        if big:
+            st.big_senders += 1
+            return []
+        tr = self.tracks.get(target)
+        if tr is None:
             if len(self.tracks) >= self._evict_at:
                 self._evict(o.time)
-            ev = self.tracks[target] = []
-        _insort(ev, (o.time, o.score, o.kind, o.rule))
-        if len(ev) > _EVENTS_MAX:
-            del ev[0]
-        total = self._score(ev, o.time)
-        if total < self.policy.threshold:
+            tr = self.tracks[target] = Track()
+        _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
+        got = self._reach(tr, target, o.time)
+        if got is None:
             return []
-        del self.tracks[target]            # the ban uses the score up: after it, start from zero
-        kind, rule, reason = self._explain(ev, total)
+        del self.tracks[target]            # the ban uses the scores up: after it, start from zero
+        horizon, total = got
+        kind, rule, reason = self._explain(tr, horizon, total)
         # Decided when the evidence was complete: at the newest offence that counted.
-        d = self._decide(target, kind, rule, total, max(o.time, ev[-1][0]), reason, o)
+        d = self._decide(target, kind, rule, total, max(o.time, tr.ev[-1][0]), reason, o)
         if net is not None:
             return self._aggregate(net, d)
         return [d]
@@ -302,21 +521,41 @@ class Scorer:
         target, net, ok = self._where(o.ip)
         if not ok or self.allow.address_allowed(o.ip) or self.banned(target, net, o.time):
             return
-        if self.allow.name_allowed(o.name):
+        if self.allow.name_allowed(o.name) or self.allow.big_sender(o.name):
             self.partner(o.ip)
             return
-        _insort(self.tracks.setdefault(target, []), (o.time, o.score, o.kind, o.rule))
+        tr = self.tracks.get(target)
+        if tr is None:
+            if len(self.tracks) >= self._evict_at:
+                self._evict(o.time)
+            tr = self.tracks[target] = Track()
+        _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
+        self._prune(tr, o.time)
 
-    def _explain(self, ev: list, total: float) -> tuple[str, str, str]:
-        """The kind the ban is for (the one that earns the longest ban), its rule, and a reason."""
+    def _explain(self, tr: Track, horizon: Horizon | None, total: float) -> tuple[str, str, str]:
+        """The kind the ban is for (the one that earns the longest ban), its rule, and a reason
+        naming the horizon that fired and its evidence: offences by kind, temporary rejects apart."""
         p = self.policy
-        by_kind: dict[str, list] = {}
-        for e in ev:
-            by_kind.setdefault(e[2], []).append(e)
-        worst = max(by_kind, key=lambda k: (p.base_duration(k, by_kind[k][-1][3]) or math.inf,
-                                            sum(e[1] for e in by_kind[k])))
-        parts = ", ".join(f"{k} x{len(v)}" for k, v in sorted(by_kind.items(), key=lambda kv: -len(kv[1])))
-        return worst, by_kind[worst][-1][3], f"score {total:g} {self._span} >= {p.threshold:g}: {parts}"
+        by_kind: dict[str, list] = {}          # kind -> [offences, temporary, rule, points]
+        if horizon is not None and tr.kinds:
+            for k, (n, tmp, rule) in tr.kinds.items():
+                by_kind[k] = [n, tmp, rule, 0.0]
+        cut = (tr.ev[-1][0] if tr.ev else 0.0) - (p.burst if horizon is None else horizon.span)
+        for _, score, cls, kind, rule in (e for e in tr.ev if e[0] > cut):
+            c = by_kind.setdefault(kind, [0, 0, rule, 0.0])
+            c[0] += 1
+            c[1] += cls != 0
+            c[2] = rule
+            c[3] += score * self._bw[cls]
+        worst = max(by_kind, key=lambda k: (p.base_duration(k, by_kind[k][2]) or math.inf, by_kind[k][3], by_kind[k][0]))
+        parts = ", ".join(f"{k} x{c[0]}" + (f" ({c[1]} temporary)" if c[1] else "")
+                          for k, c in sorted(by_kind.items(), key=lambda kv: -kv[1][0]))
+        if horizon is None:
+            head = f"burst: score {total:g} {self._span} >= {p.threshold:g}"
+        else:
+            head = (f"{horizon.name}: {total:g} offences in {format_duration(horizon.span)} >= {horizon.threshold:g}"
+                    + (" (banned before)" if horizon.repeat else ""))
+        return worst, by_kind[worst][2], f"{head}: {parts}"
 
     def _decide(self, target: str, kind: str, rule: str, score: float, t: float, reason: str,
                 trigger: Offence | None, members: tuple[str, ...] = (), until: float = 0.0) -> Decision:
@@ -356,11 +595,13 @@ class Scorer:
                 self._wide[d.target] = ipaddress.ip_network(d.target)
 
     def clear(self, target: str, at: float) -> None:
-        """The target's offences before `at` no longer count (its score was cleared elsewhere)."""
-        ev = self.tracks.get(target)
-        if ev:
-            ev[:] = [e for e in ev if e[0] >= at]
-            if not ev:
+        """The target's offences before `at` no longer count (its score was cleared elsewhere).
+        The counted ones go too: they are older than those kept one by one."""
+        tr = self.tracks.get(target)
+        if tr:
+            tr.ev[:] = [e for e in tr.ev if e[0] >= at]
+            tr.agg = tr.kinds = None
+            if not tr.ev:
                 del self.tracks[target]
 
     def release(self, target: str) -> None:
@@ -418,11 +659,12 @@ class Scorer:
 
     # ---- memory -----------------------------------------------------------------------
     def _evict(self, now: float) -> None:
-        """Keep the higher half of the scores (and nothing that has decayed away)."""
+        """Keep the higher half of the clients, by how near a threshold they are (and nothing
+        that has decayed away): a patient attacker's day outweighs a flood of one-offence clients."""
         scored = []
-        for k, ev in self.tracks.items():
-            s = self._score(ev, now) if ev else 0.0
-            if s > 0.01:
+        for k, tr in self.tracks.items():
+            s = self._rank(tr, now)
+            if s > 0.002:
                 scored.append((s, k))
         keep = self.policy.max_tracked // 2
         scored.sort(reverse=True)

@@ -19,13 +19,16 @@ from typing import BinaryIO
 
 import regex
 
+from .journal import JournalQuery, JournalStream
+
 CHUNK = 1 << 20
 # What a missing, unreadable, truncated or corrupt file raises while it is read.
 READ_ERRORS = (OSError, EOFError, lzma.LZMAError, zlib.error)
 _COMPRESSED = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}
 _MAGIC = ((b"\x1f\x8b", gzip.open), (b"BZh", bz2.open), (b"\xfd7zXZ\x00", lzma.open))
-# mail.log, mail.log.1, mail.log.2.gz, maillog-20261120, maillog-20261120.xz
-_ROTATED = regex.compile(r"(?P<base>.+?)(?:\.(?P<n>\d{1,4})|-(?P<date>\d{8}(?:\d{2})?))?")
+# mail.log, mail.log.1, mail.log.2.gz, maillog-20261120, maillog-20261120.xz, and what
+# `postfix logrotate` makes of Postfix's own maillog_file: postfix.log.20261120-063632(.gz)
+_ROTATED = regex.compile(r"(?P<base>.+?)(?:\.(?P<n>\d{1,4})|-(?P<date>\d{8}(?:\d{2})?)|\.(?P<stamp>\d{8}-\d{6}))?")
 # Not logs, even in a log directory.
 _NOT_LOGS = (".json", ".toml", ".md", ".rst", ".html", ".py", ".pid", ".lock", ".swp")
 
@@ -33,7 +36,8 @@ _NOT_LOGS = (".json", ".toml", ".md", ".rst", ".html", ".py", ".pid", ".lock", "
 @dataclass(frozen=True)
 class Source:
     name: str                 # as shown in reports and events
-    path: Path | None         # None: standard input
+    path: Path | None         # None: standard input, or a journal
+    journal: JournalQuery | None = None
 
     def mtime(self) -> float | None:
         try:
@@ -50,7 +54,7 @@ def rotation_key(p: Path) -> tuple:
             name = name[: -len(suf)]
             break
     m = _ROTATED.fullmatch(name)
-    base, n, date = m.group("base"), m.group("n"), m.group("date")
+    base, n, date = m.group("base"), m.group("n"), m.group("date") or m.group("stamp")
     if n is not None:
         age = (0, -int(n), "")          # mail.log.9 before mail.log.1
     elif date is not None:
@@ -90,6 +94,8 @@ def read_error(e: BaseException) -> str:
 
 
 def open_source(src: Source) -> BinaryIO:
+    if src.journal is not None:
+        return JournalStream(src.journal)
     if src.path is None:
         return sys.stdin.buffer
     f = open(src.path, "rb")

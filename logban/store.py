@@ -39,7 +39,7 @@ from .parse import Offence
 from .rules import KINDS
 from .score import Decision, Past
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 8
 PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
 TEXT_MAX = 500                 # characters of a log line kept with its offence
@@ -75,7 +75,8 @@ class OffenderRow(SQLModel, table=True):
 
 class OffenceRow(SQLModel, table=True):
     __tablename__ = "offences"
-    __table_args__ = (sa.Index("ix_offences_target_time", "target", "time"),)
+    # node too: the report counts a period's offences per target (of one node) from the index alone.
+    __table_args__ = (sa.Index("ix_offences_target_time_node", "target", "time", "node"),)
     id: int | None = Field(default=None, primary_key=True)
     time: float = Field(index=True)
     target: str
@@ -139,8 +140,31 @@ class PositionRow(SQLModel, table=True):
     updated: float
 
 
+class OffenceHourRow(SQLModel, table=True):
+    """Offences counted per hour, node, pack, rule and kind, written with the offences: the
+    report's charts read thousands of these rows, not millions of offences."""
+    __tablename__ = "offence_hours"
+    hour: int = Field(primary_key=True, sa_type=sa.BigInteger)    # epoch seconds // 3600
+    node: str = Field(primary_key=True)
+    mta: str = Field(primary_key=True)
+    rule: str = Field(primary_key=True)
+    kind: str = Field(primary_key=True)
+    count: int = Field(sa_type=sa.BigInteger)
+
+
+class AllowRow(SQLModel, table=True):
+    """The live allow-list (`logban allow add`): every node reads it each second."""
+    __tablename__ = "allowlist"
+    target: str = Field(primary_key=True)          # canonical address or network, or a name pattern
+    kind: str                                      # address, network or name
+    reason: str = ""
+    created: float
+    expires: float | None = None                   # None: until removed
+    added_by: str = ""                             # the node (host) that added it
+
+
 OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
-POSITIONS = PositionRow.__table__
+POSITIONS, OFFENCE_HOURS, ALLOWLIST = PositionRow.__table__, OffenceHourRow.__table__, AllowRow.__table__
 
 OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text", "name")
 OFFENDER_COLS = ("target", "first_seen", "last_seen", "offences", "kinds", "name", "score", "score_time", "reset_at")
@@ -218,12 +242,36 @@ def _big_positions(conn: Connection) -> None:
                              'ALTER COLUMN "offset" TYPE BIGINT, ALTER COLUMN lines TYPE BIGINT')
 
 
+def _hour_sql(conn: Connection) -> str:
+    """The hour of an offence's time, in SQL: SQLite's CAST truncates, PostgreSQL's rounds."""
+    return ("CAST(FLOOR(time / 3600) AS BIGINT)" if conn.dialect.name == "postgresql"
+            else "CAST(time / 3600 AS INTEGER)")
+
+
+def fill_offence_hours(conn: Connection) -> None:
+    """Count the offences already stored into offence_hours (once; the writes keep it since)."""
+    conn.exec_driver_sql("DELETE FROM offence_hours")
+    conn.exec_driver_sql(f"INSERT INTO offence_hours (hour, node, mta, rule, kind, count) SELECT {_hour_sql(conn)}, "
+                         "node, mta, rule, kind, count(*) FROM offences GROUP BY 1, 2, 3, 4, 5")
+
+
+def _report_tables(conn: Connection) -> None:
+    """0.7: `logban report` reads hourly counts and a covering index by target."""
+    OFFENCE_HOURS.create(conn, checkfirst=True)
+    fill_offence_hours(conn)
+    conn.exec_driver_sql("DROP INDEX IF EXISTS ix_offences_target_time")
+    for ix in OFFENCES.indexes:
+        ix.create(conn, checkfirst=True)
+
+
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: lambda conn: POSITIONS.create(conn),          # 0.2: the daemon's read positions
     2: _one_unreleased_ban,
     3: _offence_names,
     4: _dry_run_slot,
     5: _big_positions,
+    6: _report_tables,
+    7: lambda conn: ALLOWLIST.create(conn, checkfirst=True),     # the live allow-list (`logban allow`)
 }
 
 
@@ -388,8 +436,24 @@ class Store:
             # A ban resets its target's score: for targets in this batch that rides on the upsert.
             resets = {d.target: (d.expires if d.expires is not None and d.expires <= now else d.time)
                       for d in decisions}
+            if offences:
+                self._count_hours(conn, offences, node)
             folded = self._upsert_offenders(conn, offences, scores or {}, resets) if offences else set()
             self._insert_bans(conn, decisions, node=node, dry_run=dry_run, now=now, source="auto", reset_done=folded)
+
+    @staticmethod
+    def _count_hours(conn: Connection, offences: list[tuple[Offence, str]], node: str) -> None:
+        counts: dict[tuple, int] = {}
+        for o, _ in offences:
+            if math.isfinite(o.time):
+                key = (int(o.time // 3600), node, o.mta, o.rule, o.kind)
+                counts[key] = counts.get(key, 0) + 1
+        mark = _mark(conn)
+        # In key order: two nodes adding to the same hours lock them in the same order.
+        conn.exec_driver_sql(
+            f"INSERT INTO offence_hours (hour, node, mta, rule, kind, count) VALUES ({', '.join([mark] * 6)}) "
+            "ON CONFLICT (hour, node, mta, rule, kind) DO UPDATE SET count = offence_hours.count + excluded.count",
+            [(*k, n) for k, n in sorted(counts.items())])
 
     def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
                           scores: dict[str, float], resets: dict[str, float]) -> set[str]:
@@ -524,6 +588,24 @@ class Store:
                 return {t: self._release(conn, t, reason, now) for t in targets}
         return self._retrying(run)
 
+    def release_many(self, targets: Iterable[str], reason: str, now: float, chunk: int = 500) -> int:
+        """`release` for many targets at once (`unban --all`): a statement per `chunk` targets,
+        not per target. Bans ended."""
+        targets = sorted(dict.fromkeys(targets))
+
+        def run() -> int:
+            n = 0
+            with self.write() as conn:
+                conn.info["bans_changed"] = True
+                for i in range(0, len(targets), chunk):
+                    part = targets[i:i + chunk]
+                    n += conn.execute(sa.update(BANS).where(BANS.c.target.in_(part), BANS.c.released.is_(None))
+                                      .values(released=now, release_reason=reason)).rowcount
+                    conn.execute(sa.update(OFFENDERS).where(OFFENDERS.c.target.in_(part)).values(
+                        reset_at=sa.case((OFFENDERS.c.reset_at < now, now), else_=OFFENDERS.c.reset_at), score=0.0))
+            return n
+        return self._retrying(run)
+
     def expire(self, now: float) -> list[sa.Row]:
         """Mark bans whose time is over as released by expiry; returns them."""
         return self._retrying(lambda: self._expire(now))
@@ -639,6 +721,7 @@ class Store:
                     break
         with self.write() as conn:
             n = conn.execute(sa.delete(OFFENCES).where(OFFENCES.c.time < cut)).rowcount
+            conn.execute(sa.delete(OFFENCE_HOURS).where(OFFENCE_HOURS.c.hour < math.floor(cut / 3600)))
             # Rows without offences are partners (clients allowed by verified name): kept, so
             # no network ban is ever made over one that was last seen long ago.
             conn.execute(sa.delete(OFFENDERS).where(
@@ -709,18 +792,49 @@ class Store:
         """Addresses whose last verified name `allow`'s name patterns cover. The query reads
         every offender (no index serves `%.example.com`): its answer is reused for `max_age`
         seconds, since a sync or an export may ask for it every second."""
-        if not allow.names:
+        pats = allow.names + allow.big         # big senders' networks are never banned automatically either
+        if not pats:
             return []
         now = time.monotonic()
-        hit = self._partners.get(allow.names)
+        hit = self._partners.get(pats)
         if hit is not None and now - hit[0] < max_age:
             return hit[1]
-        like = [OFFENDERS.c.name.like(p.replace("*", "%").replace("?", "_")) for p in allow.names]
+        like = [OFFENDERS.c.name.like(p.replace("*", "%").replace("?", "_")) for p in pats]
         with self.read() as conn:
             rows = conn.execute(sa.select(OFFENDERS.c.target, OFFENDERS.c.name).where(sa.or_(*like)))
-            got = [t for t, n in rows if canonical_num(t) is not None and "/" not in t and allow.name_allowed(n)]
-        self._partners = {allow.names: (now, got)}
+            got = [t for t, n in rows if canonical_num(t) is not None and "/" not in t
+                   and (allow.name_allowed(n) or allow.big_sender(n))]
+        self._partners = {pats: (now, got)}
         return got
+
+    # ---- the live allow-list ------------------------------------------------------------------
+    def allow_entries(self, now: float | None = None) -> list[sa.Row]:
+        """The live allow-list, oldest first; `now`: only the entries still in force then."""
+        with self.read() as conn:
+            q = sa.select(ALLOWLIST.c.target, ALLOWLIST.c.kind, ALLOWLIST.c.reason, _number(ALLOWLIST.c.created),
+                          _number(ALLOWLIST.c.expires), ALLOWLIST.c.added_by).order_by(ALLOWLIST.c.created)
+            if now is not None:
+                q = q.where(sa.or_(ALLOWLIST.c.expires.is_(None), sa.cast(ALLOWLIST.c.expires, sa.Float) > now))
+            return list(conn.execute(q))
+
+    def allow_add(self, target: str, kind: str, reason: str, now: float, expires: float | None, by: str) -> None:
+        """Add an entry, or replace the one of the same target; entries whose time is over go."""
+        row = {"target": target, "kind": kind, "reason": _clean(reason), "created": now, "expires": expires,
+               "added_by": by}
+
+        def run() -> None:
+            with self.write() as conn:
+                conn.execute(sa.delete(ALLOWLIST).where(sa.or_(ALLOWLIST.c.target == target,
+                                                               ALLOWLIST.c.expires <= now)))
+                conn.execute(sa.insert(ALLOWLIST), row)
+        self._retrying(run)
+
+    def allow_remove(self, target: str) -> bool:
+        """Remove an entry; whether there was one."""
+        def run() -> bool:
+            with self.write() as conn:
+                return conn.execute(sa.delete(ALLOWLIST).where(ALLOWLIST.c.target == target)).rowcount > 0
+        return self._retrying(run)
 
     def offender(self, target: str) -> sa.Row | None:
         with self.read() as conn:

@@ -174,3 +174,96 @@ def test_scan_rates_follow_the_configured_ipv6_prefix(logban, tmp_path):
     r = logban("-c", str(cfg), "scan", "--events", str(log))
     assert r.returncode == 0, r.stderr
     assert events(r.stdout) == []
+
+
+def test_unban_all_and_its_filters_lift_from_the_kernel(tmp_path):
+    """`unban --kind/--node/--since/--all` (issue 17), options after the command, in nftables
+    inside a namespace: what each printed it lifted is what left the kernel."""
+    from daemonproc import dnsbl
+    from netlab import Lab, need_netns, need_tools
+    from test_daemon_modes import nft_elements
+    need_netns()
+    need_tools("nft")
+    attacker, other, third = "198.51.100.2", "198.51.100.3", "203.0.113.60"
+    lab = Lab(tmp_path)
+    try:
+        cfg = tmp_path / "logban.toml"
+        cfg.write_text('node = "mx1"\n[parse]\ntimezone = "UTC"\n')
+        log = tmp_path / "mail.log"
+        log.write_text(dnsbl(other))
+
+        def run(*args: str):
+            r = lab.run(lab.srv, *lab.logban_cmd(f"sqlite:///{tmp_path}/t.db", "nftables", "-c", str(cfg), *args),
+                        env=lab.env())
+            assert r.returncode == 0, r.stderr
+            return r.stdout
+        run("ban", attacker, "--for", "1h")
+        run("ban", third, "--for", "1h")
+        run("scan", "--apply", "--node", "mx2", str(log))          # a dnsbl ban of node mx2
+        assert nft_elements(lab) == {attacker, other, third}
+        assert not lab.connects(other)
+
+        got = json.loads(run("unban", "--kind", "dnsbl", "--json"))
+        assert [(u["target"], u["kind"], u["node"]) for u in got["unbanned"]] == [(other, "dnsbl", "mx2")]
+        assert "1 removed" in got["firewall"]
+        assert nft_elements(lab) == {attacker, third} and lab.connects(other)
+
+        assert "no active ban matches" in run("unban", "--node", "mx1", "--since", "2099-01-01T00:00")
+        assert "no active ban matches" in run("unban", "--node", "mx2")
+        assert nft_elements(lab) == {attacker, third}
+
+        out = run("unban", "--since", "1h", "--node", "mx1", "--all")
+        assert f"unbanned {attacker} (manual, node mx1" in out and f"unbanned {third}" in out
+        assert "2 ban(s) lifted" in out and "2 removed" in out      # one sync: one batch to the kernel
+        assert nft_elements(lab) == set() and lab.connects(attacker)
+        assert json.loads(run("list", "--json")) == []
+        assert json.loads(run("unban", "--all", "--json"))["unbanned"] == []
+    finally:
+        lab.close()
+
+
+def test_unban_needs_targets_or_a_filter_not_both(logban, tmp_path):
+    db = f"sqlite:///{tmp_path}/t.db"
+    for args, why in ((("unban",), "give TARGET"), (("unban", "198.51.100.7", "--all"), "not both"),
+                      (("unban", "--kind", "spam"), "no kind 'spam'"), (("unban", "--since", "yesterday"), "--since")):
+        r = logban("--db", db, *args)
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and why in r.stderr.decode(), (args, r.stderr)
+
+
+def test_completion_scripts_complete_every_command_and_option(logban, tmp_path):
+    import shutil
+    import subprocess
+    from logban.cli.args import build_parser
+    r = logban("completion", "bash")
+    assert r.returncode == 0, r.stderr
+    script = tmp_path / "logban.bash"
+    script.write_bytes(r.stdout)
+
+    def complete(line: str) -> set[str]:
+        words = line.split(" ")
+        sh = (f"source {script}; COMP_WORDS=({' '.join(repr(w) for w in words)}); COMP_CWORD={len(words) - 1}; "
+              f"COMP_LINE={line!r}; COMP_POINT={len(line)}; _shtab_logban; printf '%s\\n' \"${{COMPREPLY[@]}}\"")
+        p = subprocess.run(["bash", "-c", sh], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stderr
+        return set(p.stdout.split())
+    commands = set(next(a for a in build_parser()._actions if a.dest == "command").choices)
+    assert {"status", "allow", "unban", "completion", "scan"} <= commands
+    assert complete("logban ") >= commands
+    assert complete("logban st") == {"stats", "status"}
+    assert complete("logban allow ") >= {"add", "remove", "list"}
+    assert complete("logban unban --") >= {"--all", "--kind", "--node", "--since", "--json", "--db", "--backend"}
+    assert complete("logban allow add x --") >= {"--reason", "--for", "--force", "--json"}
+    assert complete("logban completion ") == {"bash", "zsh"}
+    r = logban("completion", "zsh")
+    assert r.returncode == 0 and b"#compdef logban" in r.stdout and b"--since" in r.stdout
+    if not shutil.which("zsh"):
+        from conftest import skip_or_fail
+        skip_or_fail("no zsh (apt-get install zsh)")
+    (tmp_path / "_logban").write_bytes(r.stdout)
+    # Installed as zsh installs completions: a file on $fpath that compinit binds to the command.
+    p = subprocess.run(["zsh", "-f", "-c", f"fpath=({tmp_path} $fpath); autoload -U compinit && "
+                        f"compinit -u -d {tmp_path}/zcompdump && print -r -- $_comps[logban]"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0 and p.stdout.strip() == "_logban" and p.stderr == "", (p.stdout, p.stderr)
+    assert subprocess.run(["zsh", "-n", str(tmp_path / "_logban")], timeout=30).returncode == 0
+    assert logban("completion", "fish").returncode == 2

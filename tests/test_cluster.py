@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import pytest
 
 from daemonproc import NET, Daemon, append, dnsbl, sasl
+from test_status import wait_status
 
 
 @pytest.fixture
@@ -118,7 +119,12 @@ def test_the_store_going_away_loses_nothing(nodes, pg_server):
         append(log_a, sasl(f"{NET}.31") * 3 + dnsbl(f"{NET}.32"))
         a.wait_log("store unreachable", timeout=10)
         a.wait_log(f"ban {NET}.32 dnsbl", timeout=10)         # banned on its own meanwhile
+        # `logban status` tells the outage (issue 17): it reads the daemon's word, not the store.
+        s = wait_status(a, lambda s: not s["store"]["reachable"])
+        assert s["running"] and s["store"]["shared"] and s["store"]["outage_since"]
+        assert "store unreachable" in s["last_error"]["message"]
     a.wait_log("store back", timeout=20)
+    assert wait_status(a, lambda s: s["store"]["reachable"])["store"]["outage_since"] is None
     a.wait_offences(5, timeout=10)
     assert a.query("SELECT target, count FROM bans") == [(f"{NET}.32", 1)]
     append(log_a, sasl(f"{NET}.33"))

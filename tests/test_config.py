@@ -86,3 +86,44 @@ def test_bad_scoring_values(tmp_path):
         with pytest.raises(UsageError, match=key.replace(".", r"\.").replace("'", "'")):
             load_config(p)
 
+
+
+def test_horizons_weights_and_big_senders(tmp_path):
+    from logban.config import Config, big_sender_entries
+    p = tmp_path / "logban.toml"
+    p.write_text('[score]\ntransient = 0.25\nverified_transient = 0.05\n'
+                 '[score.horizons.day]\nthreshold = 20\ntransient = 0.5\n'
+                 '[score.horizons.week]\nthreshold = 0\n'
+                 '[score.horizons.fortnight]\nspan = "2w"\nthreshold = 30\nrepeat = true\n'
+                 '[big_senders]\ndisable = ["google", "sendgrid"]\nnames = ["*.mailout.example.net"]\n')
+    cfg = load_config(p)
+    hs = {h.name: h for h in cfg.policy.horizons}
+    assert set(hs) == {"hour", "day", "fortnight"}                  # week switched off
+    assert (hs["day"].threshold, hs["day"].transient, hs["day"].span) == (20, 0.5, 86400)
+    assert hs["fortnight"].repeat and hs["fortnight"].span == 14 * 86400
+    assert (cfg.policy.transient, cfg.policy.verified_transient) == (0.25, 0.05)
+    assert "mail-*.google.com" not in cfg.big_senders and "*.mailout.example.net" in cfg.big_senders
+    assert "*.outbound.protection.outlook.com" in cfg.big_senders
+    shipped = big_sender_entries()
+    assert {"microsoft", "google", "yahoo", "amazonses", "mailgun", "sendgrid"} <= set(shipped)
+    assert set(Config().big_senders) == {n for ns in shipped.values() for n in ns}
+    p.write_text('[big_senders]\nenabled = false\nnames = ["*.mailout.example.net"]\n')
+    assert load_config(p).big_senders == ("*.mailout.example.net",)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("[score]\ntransient = 2\n", "score.transient"),
+    ("[score.horizons.day]\nthreshold = -1\n", "score.horizons.day.threshold"),
+    ("[score.horizons.day]\nspan = \"x\"\n", "score.horizons.day.span"),
+    ("[score.horizons.day]\nsize = 1\n", "score.horizons.day.size"),
+    ("[score.horizons.month]\nthreshold = 3\n", "score.horizons.month.span"),
+    ("[score]\nhorizons = 3\n", "score.horizons"),
+    ("[big_senders]\ndisable = [\"nobody\"]\n", "big_senders.disable"),
+    ("[big_senders]\nnames = [\"bad name!\"]\n", "big_senders.names"),
+    ("[big_senders]\nenabled = 1\n", "big_senders.enabled"),
+])
+def test_bad_horizons_and_big_senders_name_the_key(tmp_path, text, key):
+    p = tmp_path / "logban.toml"
+    p.write_text(text)
+    with pytest.raises(UsageError, match=key.replace(".", r"\.")):
+        load_config(p)

@@ -266,3 +266,67 @@ def test_stamps_ahead_of_the_clock_never_stretch_a_ban(tmp_path, logban):
     assert b"ahead of this host's clock" in r.stdout
     bans = json.loads(logban("--db", db, "list", "--json").stdout)
     assert [b["target"] for b in bans] == ["198.51.100.41"]
+
+
+def test_horizons_weights_and_big_senders_with_the_real_logban(logban, db, tmp_path):
+    """Issue 19, scan --apply --dry-run over the last hours: the patient guesser (hour horizon)
+    and the bot retrying a temporary reject (day horizon) are banned; a verified Microsoft 365
+    server's offences are recorded and shown, never banned, nor its /24; one that only claims
+    to be one (unknown[...] with a HELO of the farm) is banned; a manual ban still can."""
+    now = datetime.now()
+    m365 = "mail-db8eur05on2101.outbound.protection.outlook.com"
+    reject = ("NOQUEUE: reject: RCPT from {client}: {code} Service unavailable; Client host [{ip}] blocked using "
+              "zen.spamhaus.org; from=<a@example.org> to=<b@example.com> proto=ESMTP helo=<{helo}>")
+    helo = ("NOQUEUE: reject: RCPT from unknown[198.51.100.50]: 450 4.7.1 <bot.invalid>: Helo command rejected: "
+            "Host not found; from=<x@example.biz> to=<b@example.com> proto=ESMTP helo=<bot.invalid>")
+    events = []
+    for i in range(12):       # the big sender: refused and deferred, again and again
+        events.append((now - timedelta(hours=9, minutes=-i * 20), reject.format(
+            client=f"{m365}[198.51.100.40]", code="554 5.7.1" if i % 2 else "450 4.7.1", ip="198.51.100.40", helo=m365)))
+    events.append((now - timedelta(hours=3), reject.format(
+        client="unknown[198.51.100.41]", code="554 5.7.1", ip="198.51.100.41", helo=m365)))
+    for n, ip in enumerate(("198.51.100.66", "198.51.100.67", "198.51.100.68")):    # its neighbours
+        events.append((now - timedelta(hours=2, seconds=-n), reject.format(
+            client=f"unknown[{ip}]", code="554 5.7.1", ip=ip, helo="x")))
+    for b in range(3):        # SASL guesses, 4 every 20 minutes
+        for i in range(4):
+            events.append((now - timedelta(hours=4, minutes=-20 * b, seconds=-i * 10),
+                           "warning: unknown[203.0.113.30]: SASL LOGIN authentication failed: UGFzc3dvcmQ6"))
+    for i in range(20):       # a bot retrying its rejected HELO every 30 minutes for 10 hours
+        events.append((now - timedelta(hours=11, minutes=-30 * i), helo))
+    log = tmp_path / "mail.log"
+    with open(log, "w") as f:
+        for i, (t, msg) in enumerate(sorted(events)):
+            f.write(f"{t:%b %e %H:%M:%S} mx postfix/smtpd[{100 + i}]: {msg}\n")
+    touch_now(log)
+
+    r = logban("--db", db, "scan", "--apply", "--dry-run", "--json", str(log))
+    assert r.returncode == 0, r.stderr
+    bans = {b["target"]: b for b in json.loads(logban("--db", db, "list", "--all", "--json").stdout)}
+    assert set(bans) == {"198.51.100.41", "198.51.100.66", "198.51.100.67", "198.51.100.68",
+                         "203.0.113.30", "198.51.100.50"}, bans
+    assert all(b["dry_run"] for b in bans.values())
+    assert bans["203.0.113.30"]["reason"].startswith("hour: 5 offences in 1h >= 5: auth_failed x5")
+    assert bans["198.51.100.50"]["reason"].startswith("day: 10 offences in 1d >= 10: bad_helo x10 (10 temporary)")
+    assert bans["198.51.100.41"]["reason"].startswith("burst: score 5")
+
+    s = json.loads(logban("--db", db, "show", "--json", "198.51.100.40").stdout)
+    assert not s["banned"] and s["offences"]["total"] == 12 and s["offender"]["name"] == m365
+    assert s["big_sender"] == "*.outbound.protection.outlook.com"
+    day = next(h for h in s["horizons"] if h["horizon"] == "day")
+    assert day["total"] == 6 + 6 * 0.1 and day["threshold"] == 10
+    out = logban("--db", db, "show", "198.51.100.50").stdout.decode()
+    assert "day: 10 offences in 1d" in out and "horizons: burst" in out
+
+    # Admins can switch the entry off: then the same log bans it.
+    cfg = tmp_path / "logban.toml"
+    cfg.write_text('[big_senders]\ndisable = ["microsoft"]\n')
+    db2 = db.replace("logban.db", "other.db")
+    r = logban("--db", db2, "-c", str(cfg), "scan", "--apply", "--dry-run", "--json", str(log))
+    assert r.returncode == 0, r.stderr
+    # ... and with it, its neighbours' bans become the /24's.
+    assert {b["target"] for b in json.loads(logban("--db", db2, "list", "--json").stdout)} == {"198.51.100.0/24"}
+
+    r = logban("--db", db, "ban", "198.51.100.40", "--for", "1h")        # by hand it still can
+    assert r.returncode == 0, r.stderr
+    assert "198.51.100.40" in {b["target"] for b in json.loads(logban("--db", db, "list", "--json").stdout)}

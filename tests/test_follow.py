@@ -199,6 +199,12 @@ def test_rotated_copies_newest_first(tmp_path):
         (tmp_path / n).write_bytes(b"x\n")
         os.utime(tmp_path / n, (1_800_000_000 - age * 100, 1_800_000_000 - age * 100))
     assert [p.name for p in follow.rotated_copies(log)] == ["mail.log-20261120", "mail.log.1", "mail.log.0.gz"]
+    # Postfix's own maillog_file after `postfix logrotate` (maillog_file_rotate_suffix, compressed or not).
+    log = tmp_path / "postfix.log"
+    for age, n in enumerate(["postfix.log.20261121-063632.gz", "postfix.log.20261120-063632", "postfix.log.old"]):
+        (tmp_path / n).write_bytes(b"x\n")
+        os.utime(tmp_path / n, (1_800_000_000 - age * 100, 1_800_000_000 - age * 100))
+    assert [p.name for p in follow.rotated_copies(log)] == ["postfix.log.20261121-063632.gz", "postfix.log.20261120-063632"]
 
 
 def test_truncation_appearance_and_a_rotation_to_a_file_with_a_half_line(tmp_path):

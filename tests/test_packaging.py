@@ -3,6 +3,7 @@ import configparser
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 
@@ -16,6 +17,7 @@ def test_default_config_follows_the_postfix_log_in_dry_run():
     cfg = load_config(PKG / "logban.toml")
     assert cfg.dry_run is True
     assert [(str(p), m) for p, m in cfg.daemon.follow] == [("/var/log/mail.log", "postfix")]
+    assert cfg.daemon.journal_if_missing == {Path("/var/log/mail.log")}     # Debian 12+: the journal instead
 
 
 def test_unit_is_type_notify_hardened_and_reloads_with_sighup():
@@ -27,6 +29,7 @@ def test_unit_is_type_notify_hardened_and_reloads_with_sighup():
     assert "HUP" in svc["ExecReload"]
     assert set(svc["CapabilityBoundingSet"].split()) == {"CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_DAC_READ_SEARCH"}
     assert svc["ProtectSystem"] == "strict" and "/var/lib/logban" in svc["ReadWritePaths"]
+    assert svc["SupplementaryGroups"] == "systemd-journal"
 
 
 def test_unit_verifies_with_systemd_analyze(tmp_path):
@@ -66,3 +69,41 @@ def test_every_skip_goes_through_skip_or_fail():
             for n, ln in enumerate(p.read_text().splitlines(), 1)
             if any(w in ln for w in words)]
     assert not bare, f"bare skips: {bare}"
+
+
+def _metric_names(expr: str) -> set[str]:
+    return set(re.findall(r"\blogban_[a-z_]+", expr))
+
+
+def test_grafana_dashboard_queries_only_metrics_a_running_daemon_exports(tmp_path, daemons):
+    """Every metric the dashboard asks for has samples in the /metrics of a real daemon that
+    read lines, found offences, banned, and let the ban expire."""
+    import json
+    import socket
+    import urllib.request
+
+    from daemonproc import NET, Daemon, append, dnsbl, sasl
+    dash = json.loads((PKG / "grafana" / "logban.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    wanted = set().union(*map(_metric_names, exprs))
+    assert {"logban_lines_total", "logban_offences_total", "logban_bans_added_total", "logban_bans_released_total",
+            "logban_bans_active", "logban_follow_lag_bytes", "logban_store_up", "logban_store_outages_total"} <= wanted
+    assert all(p["datasource"]["uid"] == "${datasource}" for p in dash["panels"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path, "--follow", str(log),
+               config=f'metrics = "127.0.0.1:{port}"\n[ban.durations]\ndnsbl = "2s"\n').start()
+    daemons.append(d)
+    append(log, sasl(f"{NET}.1") + dnsbl(f"{NET}.2"))
+    d.wait_log(f"ban {NET}.2")
+    deadline, missing = time.monotonic() + 30, wanted
+    while missing and time.monotonic() < deadline:        # until the ban's expiry is counted too
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        exported = {m.group(1) for m in re.finditer(r"^(logban_[a-z_]+)[{ ]", text, re.MULTILINE)}
+        missing = wanted - exported
+        time.sleep(0.2)
+    assert not missing, f"the dashboard queries metrics the daemon does not export: {sorted(missing)}"
+    assert re.search(r"^logban_store_up 1\.0$", text, re.MULTILINE)

@@ -108,6 +108,30 @@ def test_splogger_stamp_and_inner_tag():
     assert h.program == "tcpserver" and h.host == b"mx"
 
 
+@pytest.mark.parametrize("line, host, program, message", [
+    # rsyslog templates printing the priority as text before the host
+    (b"Nov 20 05:01:00 <mail.info> mx sm-mta[27]: 4AKA0001: from=<a>", b"mx", "sm-mta", b"4AKA0001: from=<a>"),
+    # Solaris syslogd's message id after the tag
+    (b"Nov 20 05:01:00 mx sendmail[27]: [ID 801593 mail.info] 4AKA0001: from=<a>", b"mx", "sendmail", b"4AKA0001: from=<a>"),
+    # a day not padded to two places
+    (b"Nov 2 05:01:00 mx postfix/smtpd[1]: connect from x", b"mx", "postfix/smtpd", b"connect from x"),
+    # any splogger tag
+    (b"Nov 20 05:01:00 mx qmail: 1795150860.123456 rblsmtpd: 192.0.2.1 pid 7: 451 x", b"mx", "rblsmtpd", b"192.0.2.1 pid 7: 451 x"),
+])
+def test_header_variants(line, host, program, message):
+    h = parse_header(line, Clock("UTC", reference=REF))
+    assert (h.host, h.program, line[h.start:]) == (host, program, message)
+    if b"Nov 2 " in line:
+        assert h.time == utc(2026, 11, 2, 5, 1, 0)
+
+
+def test_solaris_and_rsyslog_priority_headers_reach_the_rules():
+    got = offences("Nov 20 05:01:00 mx sendmail[27]: [ID 801593 mail.info] ruleset=check_relay, arg1=[192.0.2.7], "
+                   "arg2=192.0.2.7, relay=[192.0.2.7], reject=550 5.7.1 Access denied\n"
+                   "Nov 20 05:01:01 <mail.notice> mx sm-mta[28]: 4AKA0001: [192.0.2.8]: possible SMTP attack: command=AUTH, count=5\n")
+    assert [(o.ip, o.rule) for o in got] == [("192.0.2.7", "sendmail-check-relay"), ("192.0.2.8", "sendmail-smtp-attack")]
+
+
 def test_iso_output_is_utc_with_z():
     assert iso(utc(2026, 11, 20, 5, 0, 3, 0.5)) == "2026-11-20T05:00:03.500000Z"
     assert iso(utc(2026, 11, 20, 5, 0, 3)) == "2026-11-20T05:00:03Z"
@@ -515,3 +539,55 @@ _v6_small = st.builds(lambda hi, lo: str(ipaddress.IPv6Address((hi << 112) | lo)
                                   "2001:db8::1.2.3.4", "2001:db8:0:0:1:0:0:1", "1::", "1:0:0:2::3"])))
 def test_address_parser_matches_ipaddress(raw):
     assert _fast(raw) == _reference(raw)
+
+
+def test_the_reply_class_is_read_where_the_mta_writes_it():
+    """4xx and 5xx from Postfix's client field and sendmail's reject=; text the client wrote
+    (a SASL user name, an address sendmail echoes) never makes a refusal look temporary."""
+    from logban.parse import reply_class
+    p = Parser(load_rules(), clock=Clock(reference=1_795_000_000))
+    lines = {
+        b"Nov 20 10:00:04 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.21]: 450 4.7.1 <x.invalid>: "
+        b"Helo command rejected: Host not found; from=<a@example.org> to=<b@example.com> proto=ESMTP helo=<x.invalid>": 4,
+        b"Nov 20 10:00:04 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from mx.example.org[192.0.2.22]: 554 5.7.1 Service "
+        b"unavailable; Client host [192.0.2.22] blocked using zen.spamhaus.org; from=<a@example.org> to=<b@example.com> "
+        b"proto=ESMTP helo=<x>": 5,
+        b"Nov 20 10:00:07 mx postfix/smtpd[1]: warning: unknown[192.0.2.23]: SASL LOGIN authentication failed: x, "
+        b"sasl_username=NOQUEUE: reject: RCPT from a[192.0.2.23]: 450 4.7.1 y": 0,
+        b"Nov 20 10:00:00 mx sm-mta[2]: 4AKA0001234567: ruleset=check_rcpt, arg1=<a@example.net>, "
+        b"relay=bot.example.biz [192.0.2.24] (may be forged), reject=550 5.7.1 <a@x>, reject=451 4.1.1 ... "
+        b"Relaying denied": 5,
+    }
+    for line, want in lines.items():
+        [o] = p.parse_lines(line + b"\n")
+        assert o.reply == want, line
+    assert reply_class(b"ruleset=check_mail, arg1=<a>, relay=x [192.0.2.25], reject=451 4.1.8 Domain of sender") == 4
+
+
+def test_postfix_maillog_file_lines_written_by_postlog_itself(tmp_path):
+    """Postfix >= 3.4 can write its own log (maillog_file, postlog): a zero-padded day, no
+    syslog daemon between. The line comes from the real postlog where Postfix is installed."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+    from conftest import skip_or_fail
+    if shutil.which("postlog") is None:
+        skip_or_fail("needs postlog (Debian package postfix)")
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as d:        # maillog_file_prefixes: /var by default
+        conf = os.path.join(d, "conf")
+        os.mkdir(conf)
+        log = os.path.join(d, "postfix.log")
+        with open(os.path.join(conf, "main.cf"), "w") as f:
+            f.write(f"maillog_file = {log}\ncompatibility_level = 3.6\nqueue_directory = {d}/q\ndata_directory = {d}/d\n")
+        before = time.time()
+        subprocess.run(["postlog", "-c", conf, "-t", "postfix/smtpd",
+                        "warning: unknown[198.51.100.9]: SASL LOGIN authentication failed: UGFzc3dvcmQ6"],
+                       check=True, timeout=30, capture_output=True)
+        data = open(log, "rb").read()
+    p = Parser(RULES, clock=Clock(reference=time.time()))          # postlog writes this host's local time
+    [o] = p.parse_lines(data)
+    assert o.ip == "198.51.100.9" and o.kind == "auth_failed", data
+    assert int(before) - 1 <= o.time <= time.time() + 1, (data, o.time, before)
+    day = time.strftime("%b %d", time.localtime(o.time)).encode()
+    assert data.startswith(day), data            # "Dec 02": the day zero-padded, not "Dec  2" as syslog writes it

@@ -190,7 +190,7 @@ def test_rules_that_read_the_line_end_are_marked_and_named():
     rules = load_rules()
     tail = {r.id for r in rules.rules if r.tail}
     assert {"qmail-qlog-rejected", "qmail-chkuser-unknown", "sendmail-auth-failure", "spamdyke-rbl"} <= tail
-    assert not {"postfix-relay-denied", "postfix-sasl-failed", "sendmail-pregreet", "postscreen-pregreet"} & tail
+    assert not {"postfix-relay-denied", "postfix-non-smtp", "sendmail-pregreet", "postscreen-pregreet"} & tail
     notes = lint_notes(rules.by_id("qmail-qlog-rejected"))
     assert len(notes) == 1 and "rule qmail-qlog-rejected" in notes[0] and "max_line" in notes[0]
     assert "client-written" in notes[0]
@@ -201,8 +201,6 @@ def test_rules_that_read_the_line_end_are_marked_and_named():
 # Every shipped rule's kind and score, pinned: the packs' own tests check the address only,
 # and a rule whose kind or score changes bans other clients, or for another time (issue 14).
 KIND_AND_SCORE = {
-    "qmail-tcpserver-pid": ("", 0.0),          # context rules: they name a client, count nothing
-    "sendmail-envelope-relay": ("", 0.0),
     "postfix-relay-denied": ("relay_denied", 2),
     "postfix-unknown-user": ("unknown_user", 2),
     "postfix-dnsbl": ("dnsbl", 5),
@@ -217,6 +215,14 @@ KIND_AND_SCORE = {
     "postfix-pipelining": ("protocol_abuse", 2),
     "postfix-non-smtp": ("protocol_abuse", 2),
     "postfix-helo-is-us": ("bad_helo", 5),
+    "postfix-helo-rhsbl": ("bad_helo", 2),
+    "postfix-pipelining-reply": ("protocol_abuse", 2),
+    "postscreen-protocol-error": ("protocol_abuse", 2),
+    "postfix-milter-virus": ("virus", 5),
+    "postfix-milter-reject": ("client_rejected", 1),
+    "postfix-anvil-limit": ("protocol_abuse", 1),
+    "postfix-bare-lf": ("protocol_abuse", 1),
+    "postfix-reject-other": ("client_rejected", 0.5),
     "postscreen-pregreet": ("pregreet", 3),
     "postscreen-dnsbl": ("dnsbl", 5),
     "postscreen-hangup": ("protocol_abuse", 1),
@@ -228,9 +234,14 @@ KIND_AND_SCORE = {
     "postfix-connect-rate": ("protocol_abuse", 3),
     "postscreen-connect-rate": ("protocol_abuse", 3),
     "qmail-rblsmtpd": ("dnsbl", 5),
+    "qmail-rblsmtpd-old": ("dnsbl", 5),
+    "qmail-badiprbl": ("dnsbl", 5),
     "qmail-chkuser-unknown": ("unknown_user", 2),
     "qmail-chkuser-relaying": ("relay_denied", 2),
     "qmail-chkuser-intrusion": ("protocol_abuse", 2),
+    "qmail-chkuser-sender": ("bad_sender", 1),
+    "qmail-chkuser-must-auth": ("relay_denied", 1),
+    "qmail-chkuser-overquota": ("client_rejected", 0.5),
     "spamdyke-rbl": ("dnsbl", 5),
     "spamdyke-rdns": ("client_rejected", 1),
     "spamdyke-relaying": ("relay_denied", 2),
@@ -238,15 +249,54 @@ KIND_AND_SCORE = {
     "spamdyke-sender": ("bad_sender", 1),
     "qmail-smtpd-rcpthosts": ("relay_denied", 2),
     "qmail-qlog-rejected": ("client_rejected", 1),
+    "qmail-qlog-dnsbl": ("dnsbl", 5),
+    "qmail-qlog-auth": ("auth_failed", 1.5),
+    "qmail-qlog-unknown": ("unknown_user", 2),
+    "qmail-qlog-relay": ("relay_denied", 2),
+    "qmail-qlog-helo": ("bad_helo", 2),
+    "qmail-qlog-sender": ("bad_sender", 1.5),
+    "qmail-qlog-pregreet": ("pregreet", 3),
+    "qmail-qlog-protocol": ("protocol_abuse", 1.5),
+    "qmail-greetdelay": ("pregreet", 3),
+    "qmail-smtpd-auth-log": ("auth_failed", 1),
+    "spamdyke-recipient": ("unknown_user", 2),
+    "spamdyke-too-many": ("protocol_abuse", 1),
+    "spamdyke-auth": ("auth_failed", 1),
+    "spamdyke-other-unknown": ("unknown_user", 2),
+    "spamdyke-other-relay": ("relay_denied", 2),
+    "spamdyke-other": ("client_rejected", 1),
+    "qmail-vchkpw": ("auth_failed", 1),
+    "qmail-simscan-virus": ("virus", 5),
+    "qmail-tcpserver-deny": ("client_rejected", 1),
+    "qmail-plesk-smtp-auth": ("auth_failed", 1),
+    "qmail-smtpd-badmailfrom": ("bad_sender", 1),
+    "qmail-smtpd-badrcptto": ("client_rejected", 1),
+    "qmail-smtpd-badhelo": ("bad_helo", 2),
+    "qmail-smtpd-no-mailbox": ("unknown_user", 2),
+    "qmail-smtpd-auth-failed": ("auth_failed", 1),
+    "qmail-smtpd-greetdelay": ("pregreet", 3),
+    "qmail-tcpserver-pid": ("", 0),
+    "qmail-relaylock-pid": ("", 0),
     "sendmail-relaying-denied": ("relay_denied", 2),
     "sendmail-check-relay-dnsbl": ("dnsbl", 5),
+    "sendmail-dnsbl-answer": ("dnsbl", 5),
+    "sendmail-conn-rate": ("protocol_abuse", 1),
     "sendmail-check-relay": ("client_rejected", 2),
+    "sendmail-check-other": ("client_rejected", 0.5),
+    "sendmail-reject-client": ("client_rejected", 1),
+    "sendmail-rcpt-unknown": ("unknown_user", 2),
     "sendmail-sender-domain": ("bad_sender", 1),
+    "sendmail-milter-virus": ("virus", 5),
+    "sendmail-milter-reject": ("client_rejected", 1),
+    "sendmail-clamav-milter": ("virus", 5),
+    "sendmail-smf-virus": ("virus", 5),
     "sendmail-user-unknown": ("unknown_user", 2),
     "sendmail-no-mail": ("protocol_abuse", 1),
     "sendmail-auth-failure": ("auth_failed", 1),
     "sendmail-pregreet": ("pregreet", 3),
     "sendmail-smtp-attack": ("protocol_abuse", 2),
+    "sendmail-expn-vrfy": ("protocol_abuse", 1),
+    "sendmail-envelope-relay": ("", 0),
 }
 
 
@@ -254,3 +304,74 @@ def test_every_shipped_rule_keeps_its_kind_and_score():
     rules = load_rules(own_names=("mx.example.com",))
     got = {r.id: (r.kind, r.score) for r in rules.rules}
     assert got == KIND_AND_SCORE
+
+
+# ---- test-rules --line ------------------------------------------------------
+
+def _verdict(line: str):
+    from logban.explain import explain
+    from logban.parse import Clock, Parser
+    return explain(Parser(load_rules(), clock=Clock("UTC", reference=1_795_000_000)), line.encode())
+
+
+def test_explain_names_the_rule_client_kind_and_score():
+    v = _verdict("Nov 20 10:00:00 mx sm-acceptingconnections[1]: ruleset=check_relay, arg1=[192.0.2.114], arg2=192.0.2.114, "
+                 "relay=[192.0.2.114], reject=421 4.3.2 Connection rate limit exceeded.")
+    assert (v.taken.rule, v.taken.ip, v.taken.kind, v.taken.score) == ("sendmail-conn-rate", "192.0.2.114", "protocol_abuse", 1)
+    assert v.close == []
+    # A keyed rule says where its client comes from; lower-scored matches are listed as not counted.
+    v = _verdict("Nov 20 10:00:04 mx sm-mta[2005]: 4AKA0001234572: <nobody@example.com>... User unknown")
+    assert v.taken.key == "4AKA0001234572" and v.taken.ip is None and "link" in v.taken.note
+
+
+def test_explain_says_why_close_rules_did_not_match():
+    v = _verdict("Nov 20 10:00:00 mx postfix/smtpd[1]: warning: unknown[192.0.2.50]: SASL LOGIN authentication failed: "
+                 "Connection lost to authentication server")
+    assert v.taken is None and v.close[0].rule == "postfix-sasl-failed"
+    assert "failed: Connection" in v.close[0].why and "guard" in v.close[0].why
+    v = _verdict("Nov 20 10:00:02 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[198.51.100.7]: 450 4.1.1 "
+                 "<ann@example.com>: Recipient address rejected: User unknwn in local recipient table; from=<x@example.biz>")
+    assert v.taken is None and v.close[0].rule == "postfix-unknown-user"
+    assert "a character is missing before column 154" in v.close[0].why and "unknwn" in v.close[0].why
+    v = _verdict("Nov 20 10:00:00 mx my-postfix[1]: warning: unknown[192.0.2.50]: SASL LOGIN authentication failed: x")
+    assert v.taken is None and any(c.rule == "postfix-sasl-failed" and "my-postfix" in c.why for c in v.close)
+    assert _verdict("no header here").program is None
+
+
+def test_test_rules_line_option_end_to_end():
+    from conftest import run_logban
+    line = ("Nov 20 10:00:00 mx vpopmail[1]: vchkpw-smtp: password fail (pass: 'x') bob@example.com:203.0.113.160")
+    r = run_logban("test-rules", "--line", line, "--line", "-", stdin=b"garbage\n")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert "taken by qmail-vchkpw: client 203.0.113.160, kind auth_failed, score 1" in out
+    assert "line 2: garbage" in out and "header" in out
+    r = run_logban("test-rules", "--json", "--line", line)
+    import json
+    assert json.loads(r.stdout)[0]["taken"]["ip"] == "203.0.113.160"
+    r = run_logban("test-rules", "--line", line, "samples/logs")
+    assert r.returncode == 2 and b"not both" in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+def test_peer_corpus_scores_hits_misses_false_positives_and_disagreements(tmp_path):
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parent.parent
+    log = tmp_path / "postfix"
+    log.write_text(
+        "# filterOptions: [{}]\n"
+        '# failJSON: { "match": true, "host": "192.0.2.10" }\n'
+        "Nov 20 10:00:01 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.10]: 554 5.7.1 <a@example.net>: "
+        "Relay access denied; from=<b@example.org> to=<a@example.net> proto=ESMTP helo=<x>\n"
+        '# failJSON: { "match": true, "host": "192.0.2.11" }\n'
+        "Nov 20 10:00:02 mx postfix/smtpd[1]: disconnect from unknown[192.0.2.11] ehlo=1 auth=0/1 quit=1 commands=2/3\n"
+        '# failJSON: { "match": true, "host": "192.0.2.12" }\n'
+        "Nov 20 10:00:03 mx postfix/smtpd[1]: lost connection after DATA from unknown[192.0.2.12]\n"
+        '# failJSON: { "match": false }\n'
+        "Nov 20 10:00:04 mx postfix/smtpd[1]: warning: unknown[192.0.2.13]: SASL LOGIN authentication failed: x\n")
+    r = subprocess.run([sys.executable, str(root / "bench" / "peer_corpus.py"), str(log)], capture_output=True, cwd=root)
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert "recall 0.500, precision 0.500 (1 hits, 1 misses, 1 false positives, 0 moved, 1 disagreements)" in out
+    assert "miss: line 7:" in out and "false positive: line 9:" in out and "disagree: smtpd's session summary" in out
+    assert "as written: recall 0.333, precision 0.500" in out

@@ -60,6 +60,10 @@ TEMPLATES = {
         ("192.0.2.1", "Nov 20 01:00:00 mx postfix/smtpd[1]: warning: non-SMTP command from unknown[192.0.2.1]: {x}"),
         ("192.0.2.1", "Nov 20 01:00:00 mx postfix/postscreen[1]: PREGREET 11 after 0.1 from [192.0.2.1]:4000: {x}"),
         ("192.0.2.1", "Nov 20 01:00:00 mx postfix/postscreen[1]: NOQUEUE: reject: RCPT from [192.0.2.1]:4000: 550 5.7.1 Service unavailable; client [192.0.2.1] blocked using zen.example; from=<{x}>, to=<{x}>, proto=ESMTP, helo=<{x}>"),
+        ("192.0.2.1", "Nov 20 01:00:00 mx postfix/cleanup[1]: 4F2A71235: milter-reject: END-OF-MESSAGE from unknown[192.0.2.1]: 5.7.1 Virus found: Eicar; from=<{x}> to=<{x}> proto=ESMTP helo=<{x}>"),
+        ("192.0.2.1", "Nov 20 01:00:00 mx postfix/smtpd[1]: 4F2A71235: reject: BDAT from unknown[192.0.2.1]: 550 5.5.3 <{x}>: Data command rejected: Multi-recipient bounce; from=<{x}> to=<{x}> proto=ESMTP helo=<{x}>"),
+        ("192.0.2.1", "Nov 20 01:00:00 mx postfix/smtpd[1]: NOQUEUE: reject: RCPT from unknown[192.0.2.1]: 554 <{x}>: Relay access denied; from=<{x}> to=<{x}> proto=SMTP helo=<{x}>"),
+        ("192.0.2.1", "Nov 20 01:00:00 mx postfix/smtpd[1]: improper command pipelining after DATA from unknown[192.0.2.1]: {x}"),
     ],
     "sendmail": [
         ("192.0.2.1", "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: ruleset=check_rcpt, arg1=<{x}>, relay=[192.0.2.1], reject=550 5.7.1 <{x}>... Relaying denied"),
@@ -67,6 +71,10 @@ TEMPLATES = {
         ("192.0.2.1", "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: AUTH failure (LOGIN): authentication failure (-13) SASL(-13): authentication failure: checkpass failed, user={x}, relay=[192.0.2.1]"),
         ("192.0.2.1", "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: ruleset=check_mail, arg1=<{x}>, relay=[192.0.2.1], reject=553 5.1.8 <{x}>... Domain of sender address {x} does not exist"),
         ("192.0.2.1", "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: <{x}>... User unknown\nNov 20 01:00:01 mx sm-mta[1]: 4AK3000000000C: from=<{x}>, size=0, class=0, nrcpts=0, proto=ESMTP, daemon=MTA, relay=[192.0.2.1]"),
+        ("192.0.2.1", "Nov 20 01:00:00 mx sm-mta[1]: ruleset=check_relay, arg1={x}, arg2=192.0.2.1, relay=[192.0.2.1], reject=421 4.3.2 Connection rate limit exceeded."),
+        ("192.0.2.1", "Nov 20 01:00:00 mx sm-acceptingconnections[1]: 4AK3000000000C: ruleset=check_rcpt, arg1=<{x}>, relay=[192.0.2.1], reject=550 5.7.1 <{x}>... Rejected: IP in Example blocklist"),
+        ("192.0.2.1", "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: [192.0.2.1]: EXPN {x} [rejected]"),
+        ("192.0.2.1", "Nov 20 01:00:00 mx sm-mta[1]: 4AK3000000000C: rejecting commands from  [192.0.2.1] due to pre-greeting traffic after 0 seconds{x}"),
     ],
     "qmail": [
         ("198.51.100.7", "@4000000063f1c2d30f3b2a1c CHKUSER rejected rcpt: from <{x}> remote <{x}::198.51.100.7> rcpt <{x}> : not existing recipient"),
@@ -75,6 +83,13 @@ TEMPLATES = {
         ("2001:db8::133", "@4000000063f1c2d30f3b2a1c CHKUSER rejected rcpt: from <{x}> remote <{x}:mx.example.de:2001:db8::133> rcpt <{x}> : not existing recipient"),
         ("203.0.113.146", "Nov 20 01:00:00 mx qmail-smtpd[1]: qlogenvelope: result=rejected code=553 reason=relaying helo={x} mailfrom={x} rcptto={x} authuser={x} localip=192.0.2.1 localport=25 remoteip=203.0.113.146 remoteport=1 remotehost=bot.example.biz qp=1 pid=1"),
         ("203.0.113.140", "Nov 20 01:00:00 mx spamdyke[1]: DENIED_RBL_MATCH from: {x} to: {x} origin_ip: 203.0.113.140 origin_rdns: (unknown) auth: {x} encryption: (none)"),
+        ("203.0.113.150", "Nov 20 01:00:00 mx spamdyke[1]: DENIED_OTHER from: {x} to: {x} origin_ip: 203.0.113.150 origin_rdns: (unknown) auth: {x} encryption: (none) reason: 550_sorry,_no_mailbox_here_by_that_name"),
+        ("198.51.100.136", "Nov 20 01:00:00 mx qmail-smtpd[1]: CHKUSER rejected rcpt: from <{x}|remoteinfo:|chkuserid:> remote <helo:{x}|remotehostname:|remotehostip:198.51.100.136> rcpt <{x}> : not existing recipient"),
+        ("2001:db8::136", "Nov 20 01:00:00 mx qmail-smtpd[1]: CHKUSER rejected rcpt: from <{x}|remoteinfo:|chkuserid:> remote <helo:{x}|remotehostname:mx.example.de|remotehostip:2001:db8::136> rcpt <{x}> : not existing recipient"),
+        ("203.0.113.160", "Nov 20 01:00:00 mx vpopmail[1]: vchkpw-smtp: password fail (pass: '{x}') {x}@example.com:203.0.113.160"),
+        ("203.0.113.165", "Nov 20 01:00:00 mx smtp_auth: smtp_auth: FAILED: {x} - password incorrect from unknown@ [203.0.113.165]"),
+        ("203.0.113.164", "@4000000063f1c2d30f3b2a1c tcpserver: deny 4742 mx.example.com:192.0.2.1:25 bot.example.biz:{x}:203.0.113.164:40000"),
+        ("203.0.113.163", "@4000000063f1c2d30f3b2a1c simscan:[4741]:VIRUS:0.4210s:Eicar-Test-Signature:203.0.113.163:{x}:{x}"),
     ],
 }
 
@@ -156,6 +171,10 @@ FIELDS = [
     r"from: (?P<f>\S+) to:", r"to: (?P<f>\S+) origin_ip:", r"auth: (?P<f>\S+)",
     r" helo=(?P<f>[^<\s]\S*)", r"mailfrom=(?P<f>\S*)", r"rcptto=(?P<f>\S*)", r"authuser=(?P<f>\S*)",
     r"pid \d+: (?:451|553) (?P<f>.*)$",
+    r"\(pass: '(?P<f>[^']*)'\)", r"(?:fail|found) (?:\(pass: '[^']*'\) )?(?P<f>[^\s:]+@[^\s:]*)",
+    r"simscan:\S*:\d+\.\d+\.\d+\.\d+:(?P<f>.*)$", r"(?i:expn|vrfy) (?P<f>.*) \[rejected\]$",
+    r"deny \d+ \S+ [^:\s]*:(?P<f>\S*):\d+\.\d+\.\d+\.\d+:\d+$", r"FAILED: (?P<f>.*) from \S+ \[",
+    r"reject=\d{3} \S+ (?P<f>.*)\.\.\. User unknown",
 ]
 # Shapes in which the client writes nothing the rule reads (the MTA's own fields only).
 NO_CLIENT_FIELD = {
@@ -163,6 +182,9 @@ NO_CLIENT_FIELD = {
     "postscreen-hangup", "postscreen-bare-newline", "postscreen-limit", "postscreen-denylisted",
     "postfix-connect-rate", "postscreen-connect-rate", "qmail-tcpserver-pid", "sendmail-no-mail",
     "sendmail-smtp-attack", "sendmail-pregreet",
+    # the MTA's own fields, the admin's list names, and reverse names (after the address)
+    "postfix-anvil-limit", "postfix-bare-lf", "qmail-badiprbl", "qmail-rblsmtpd-old", "qmail-relaylock-pid",
+    "qmail-greetdelay",
 }
 
 
@@ -235,3 +257,36 @@ def test_scan_events_on_cut_lines_never_names_the_injected_address(tmp_path):
     assert r.returncode == 0, r.stderr
     got = [(e["line"], e["ip"], e["rule"]) for e in map(json.loads, r.stdout.decode().splitlines())]
     assert got == [(2, "198.51.100.7", "qmail-chkuser-unknown"), (4, "192.0.2.10", "postfix-relay-denied")]
+
+
+# ---- kinds: client text can make its own offence no lighter -----------------
+
+def kinds(line: str) -> list[tuple[str, str]]:
+    p = Parser(RULES, clock=Clock("UTC", reference=REF), max_line=MAX_LINE)
+    return [(o.ip, o.kind) for o in p.parse_lines(line.encode())]
+
+
+def test_client_text_cannot_choose_the_kind_where_the_mta_states_it():
+    # A sender naming malware does not make a policy reject a virus verdict (the search stops at "; from=").
+    assert kinds("Nov 20 01:00:00 mx postfix/cleanup[1]: 4F2A71235: milter-reject: END-OF-MESSAGE from unknown[192.0.2.1]: "
+                 "5.7.1 Rejected by policy; from=<virus-trojan@example.biz> to=<b@example.com> proto=ESMTP helo=<x>") \
+        == [("192.0.2.1", "client_rejected")]
+    # spamdyke: an auth: name imitating a reason does not replace the real one at the line end.
+    assert kinds("Nov 20 01:00:00 mx spamdyke[1]: DENIED_OTHER from: a to: b origin_ip: 203.0.113.150 origin_rdns: (unknown) "
+                 "auth: x_reason:_550_no_mailbox encryption: (none) reason: 553_sorry,_that_domain_isn't_in_my_list_of_allowed_rcpthosts") \
+        == [("203.0.113.150", "relay_denied")]
+    # A server-side SASL failure stays none, whatever the client wrote before it.
+    assert kinds("Nov 20 01:00:00 mx postfix/smtpd[1]: warning: unknown[192.0.2.9]: SASL LOGIN authentication failed: "
+                 "Connection lost to authentication server") == []
+
+
+def test_chkuser_pipe_layout_helo_imitating_the_address_field():
+    t = ("Nov 20 01:00:00 mx qmail-smtpd[1]: CHKUSER rejected rcpt: from <a@example.biz|remoteinfo:|chkuserid:> "
+         "remote <helo:{helo}|remotehostname:{host}|remotehostip:{ip}> rcpt <b@example.com> : not existing recipient")
+    for helo, host, ip, want in [
+        (f"x|remotehostip:{FAKE4}", "", "198.51.100.7", ["198.51.100.7"]),
+        (f"x|remotehostname:|remotehostip:{FAKE4}>", "", "198.51.100.7", []),      # ">" in the HELO: skipped
+        (f"x|remotehostip:{FAKE6}", "mx.example.de", "2001:db8::7", ["2001:db8::7"]),
+        (f"x|remotehostip:{FAKE6}", "", "198.51.100.7", ["198.51.100.7"]),
+    ]:
+        assert run(t.format(helo=helo, host=host, ip=ip))[0] == want, (helo, host, ip)

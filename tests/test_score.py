@@ -6,13 +6,14 @@ from hypothesis import given, settings, strategies as st
 
 from logban.allow import AllowList
 from logban.parse import Offence
-from logban.score import DAY, HOUR, Policy, Scorer, network_of
+from logban.score import DAY, HOUR, Horizon, Policy, Scorer, network_of
 
 T0 = 1_795_000_000.0
 
 
-def off(ip: str, t: float, kind: str = "auth_failed", score: float = 1.0, rule: str = "r", name=None) -> Offence:
-    return Offence(T0 + t, ip, "postfix", rule, kind, score, "f", 1, b"line", name)
+def off(ip: str, t: float, kind: str = "auth_failed", score: float = 1.0, rule: str = "r", name=None,
+        reply: int = 0) -> Offence:
+    return Offence(T0 + t, ip, "postfix", rule, kind, score, "f", 1, b"line", name, reply)
 
 
 def scorer(**kw) -> Scorer:
@@ -39,7 +40,7 @@ def test_five_ordinary_offences_within_ten_minutes_ban_four_do_not():
 
 
 def test_window_forgets_old_offences():
-    sc = scorer()
+    sc = scorer(horizons=())           # the burst horizon alone (the hour one counts these: test_horizons)
     assert feed(sc, [off("192.0.2.1", i * 200) for i in range(10)]) == []      # one every 3m20s: never 5 in 10m
     assert sc.score("192.0.2.1", T0 + 9 * 200) == 3
 
@@ -56,7 +57,7 @@ def test_half_life_decay():
     assert math.isclose(sc.score("192.0.2.1", T0 + 1200), 1.0)
     assert sc.add(off("192.0.2.1", 600, score=2.5)) == []                      # 2 + 2.5 < 5
     [d] = sc.add(off("192.0.2.1", 601, score=1))
-    assert d.reason.startswith("score 5.4")
+    assert d.reason.startswith("burst: score 5.4")
 
 
 def test_ban_kind_is_the_worst_seen():
@@ -280,8 +281,9 @@ def test_out_of_order_offences_never_weigh_more_than_their_score():
     assert sc.add(off("192.0.2.1", 3 * 3600)) == []
     assert sc.add(off("192.0.2.1", 0)) == []                    # three hours older, applied after
     assert sc.score("192.0.2.1", T0 + 3 * 3600) < 1.01
-    # With a window too: an older offence counts within the window of the newest one only.
-    sc = scorer()
+    # With a window too: an older offence counts within the window of the newest one only
+    # (the burst horizon alone: five in 50 minutes is the hour horizon's ban).
+    sc = scorer(horizons=())
     assert feed(sc, [off("192.0.2.2", 3000 + i) for i in range(3)] + [off("192.0.2.2", 0), off("192.0.2.2", 1)]) == []
     assert sc.add(off("192.0.2.2", 2990)) == []                 # four within ten minutes of the newest
     [d] = sc.add(off("192.0.2.2", 2995))                        # five
@@ -409,3 +411,205 @@ def test_the_member_that_made_a_network_ban_escalates_on_its_own_later():
     feed(sc, [off(f"198.51.100.{i}", i, "dnsbl", 5) for i in (1, 2, 3)])        # .3 makes the /24
     [d] = sc.add(off("198.51.100.3", 6 * HOUR + 10, "dnsbl", 5))
     assert (d.target, d.duration, d.count, d.escalated) == ("198.51.100.3", 12 * HOUR, 2, True)
+
+
+# ---- horizons ------------------------------------------------------------------------------
+
+def test_hour_horizon_catches_the_patient_guesser_the_burst_one_misses():
+    """SASL guessing in bursts of 4 every 20 minutes: never 5 in 10 minutes, 5 within the hour."""
+    guesses = [off("192.0.2.1", 1200 * b + i * 20) for b in range(9) for i in range(4)]
+    sc = scorer(horizons=())                              # the burst horizon alone: all evening, no ban
+    assert feed(sc, guesses) == [] and sc.score("192.0.2.1", T0 + 1300) == 4
+    sc = scorer()
+    d = feed(sc, guesses)[0]
+    assert d.reason.startswith("hour: 5 offences in 1h >= 5: auth_failed x5"), d.reason
+    assert d.time == T0 + 1200 and d.score == 5
+
+
+def test_hour_horizon_forgets_after_an_hour():
+    sc = scorer(horizons=(Horizon("hour", HOUR, 5.0),))
+    assert feed(sc, [off("192.0.2.1", i * 1000) for i in range(40)]) == []     # one every 16m40s: 4 an hour
+    [d] = feed(sc, [off("192.0.2.1", 40 * 1000 + 1), off("192.0.2.1", 40 * 1000 + 2)])   # 5 within the hour
+    assert d.reason.startswith("hour: 5")
+
+
+def test_day_horizon_catches_the_bot_retrying_a_temporary_reject_all_day():
+    """450 Helo command rejected every 20 minutes: 3 an hour, never 5; the 10th within a day bans."""
+    sc = scorer()
+    [d] = feed(sc, [off("198.51.100.9", i * 1200, "bad_helo", 2, "helo", reply=4) for i in range(30)])
+    assert d.time == T0 + 9 * 1200 and d.kind == "bad_helo"
+    assert d.reason.startswith("day: 10 offences in 1d >= 10: bad_helo x10 (10 temporary)"), d.reason
+
+
+def test_day_horizon_counts_offences_folded_into_buckets_and_forgets_them_after_a_day():
+    sc = scorer()
+    # 9 refusals over 20 hours, then quiet for a day: the 10th starts again from one.
+    assert feed(sc, [off("192.0.2.7", i * 8000, "bad_sender", 1) for i in range(9)]) == []
+    assert feed(sc, [off("192.0.2.7", 8 * 8000 + 2 * DAY)]) == []
+    # 9 more within the day: the 10th bans, on the day horizon.
+    [d] = feed(sc, [off("192.0.2.7", 8 * 8000 + 2 * DAY + i * 8000) for i in range(1, 10)])
+    assert d.reason.startswith("day: 10 offences in 1d"), d.reason
+
+
+def test_week_horizon_only_for_clients_banned_before():
+    trickle = [off("203.0.113.8", i * 15 * HOUR, "unknown_user", 2) for i in range(11)]   # 10 within a week
+    assert feed(scorer(), trickle) == []
+    sc = scorer()
+    assert len(feed(sc, [off("203.0.113.8", -20 * DAY, "dnsbl", 5)])) == 1         # banned 20 days ago
+    [d] = feed(sc, trickle)
+    assert d.reason.startswith("week: 10 offences in 1w >= 10 (banned before)"), d.reason
+    assert d.count == 2
+
+
+def test_a_horizon_of_ones_own():
+    sc = scorer(horizons=(Horizon("fortnight", 14 * DAY, 3.0),))
+    [d] = feed(sc, [off("192.0.2.3", i * 4 * DAY, "bad_sender", 1) for i in range(3)])
+    assert d.reason.startswith("fortnight: 3 offences in 2w >= 3")
+
+
+# ---- weights -------------------------------------------------------------------------------
+
+def test_a_temporary_reject_weighs_less_than_a_refusal():
+    assert feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=5) for i in range(3)])       # 6 points
+    assert not feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(4)])   # 4 points
+    assert feed(scorer(), [off("192.0.2.1", i, "bad_helo", 2, reply=0) for i in range(3)])       # no reply logged: a refusal
+    [d] = feed(scorer(horizons=()), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(5)])
+    assert d.reason.startswith("burst: score 5 in 10m") and "bad_helo x5 (5 temporary)" in d.reason
+    [d] = feed(scorer(transient=0.25, horizons=()), [off("192.0.2.1", i, "bad_helo", 2, reply=4) for i in range(10)])
+    assert d.reason.startswith("burst: score 5 in 10m")
+    # On a long horizon a temporary reject counts whole unless the horizon says otherwise.
+    slow = [off("192.0.2.2", i * 1200, "bad_sender", 1, reply=4) for i in range(30)]
+    assert feed(scorer(), slow)[0].reason.startswith("day: 10")
+    assert not feed(scorer(horizons=(Horizon("day", DAY, 10.0, transient=0.2),)), slow)
+
+
+def test_a_verified_client_s_temporary_reject_weighs_less_again():
+    sc = scorer()
+    name = "mx1.example.org"
+    assert feed(sc, [off("192.0.2.1", i * 600, "bad_helo", 2, name=name, reply=4) for i in range(99)]) == []
+    [d] = sc.add(off("192.0.2.1", 99 * 600, "bad_helo", 2, name=name, reply=4))      # the 100th: 10 on the day
+    assert d.reason.startswith("day: 10 offences in 1d"), d.reason
+    # A name that only spells the address proves no mail server: it counts as unknown.
+    [d] = feed(scorer(), [off("198.51.100.9", i * 600, "bad_helo", 2, name="198-51-100-9.dyn.example.net", reply=4)
+                          for i in range(5)])
+    assert d.reason.startswith("hour: 5")
+    # The weights are the policy's.
+    sc = scorer(transient=1.0, verified_transient=1.0)
+    [d] = feed(sc, [off("192.0.2.1", i * 600, "bad_helo", 2, name=name, reply=4) for i in range(5)])
+    assert d.reason.startswith("hour: 5")
+
+
+# ---- big senders ---------------------------------------------------------------------------
+
+def big_scorer(**kw) -> Scorer:
+    return Scorer(Policy(**kw), AllowList(own=(), big=["*.outbound.protection.outlook.com"]))
+
+
+def test_a_verified_big_sender_is_counted_never_banned_and_protects_its_network():
+    sc = big_scorer()
+    m365 = "mail-db8eur05on2101.outbound.protection.outlook.com"
+    assert feed(sc, [off("192.0.2.10", i, "dnsbl", 5, name=m365, reply=5) for i in range(20)]) == []
+    assert sc.stats.big_senders == 20 and sc.stats.allowed == 0      # counted: the engine records them
+    # Its neighbours are banned one by one, never as the /24 that holds it.
+    ds = feed(sc, [off(ip, 30, "dnsbl", 5) for ip in ("192.0.2.66", "192.0.2.67", "192.0.2.68")])
+    assert [d.target for d in ds] == ["192.0.2.66", "192.0.2.67", "192.0.2.68"]
+    [d] = feed(sc, [off("2001:db8:9::66", 30, "dnsbl", 5)])
+    assert d.target == "2001:db8:9::/64"
+    assert feed(sc, [off("2001:db8:9::10", 40, "dnsbl", 5, name=m365)]) == []
+    [d] = feed(sc, [off("2001:db8:9::67", 50, "dnsbl", 5)])
+    assert d.target == "2001:db8:9::67"                             # the /64 holds the big sender now
+
+
+def test_a_forged_big_sender_is_banned():
+    sc = big_scorer()
+    # unknown[...] (the parser gives no name) whatever it said in HELO; a name not under the farm's zone.
+    assert feed(sc, [off("192.0.2.11", 0, "dnsbl", 5)])
+    assert feed(sc, [off("192.0.2.12", 0, "dnsbl", 5, name="outbound.protection.outlook.com.evil.example")])
+
+
+# ---- retry schedules: a verified MTA is never banned for retrying ----------------------------
+
+def postfix_schedule(start: float, jitter: list[float], end: float) -> list[float]:
+    """Postfix: first retry after minimal_backoff_time (300 s), doubling to maximal_backoff_time
+    (4000 s), each late by up to queue_run_delay (300 s); given up after maximal_queue_lifetime (5 d)."""
+    out, t, backoff, i = [start], start, 300.0, 0
+    while True:
+        t += backoff + jitter[i % len(jitter)]
+        if t > start + end:
+            return out
+        out.append(t)
+        backoff, i = min(backoff * 2, 4000.0), i + 1
+
+
+def rfc_schedule(start: float, gaps: list[float], end: float) -> list[float]:
+    """RFC 5321 4.5.4.1: retries at least 30 minutes apart, given up after 4 to 5 days."""
+    out, t, i = [start], start, 0
+    while True:
+        t += gaps[i % len(gaps)]
+        if t > start + end:
+            return out
+        out.append(t)
+        i += 1
+
+
+temporary = st.sampled_from([("bad_helo", 2.0), ("client_rejected", 1.0), ("bad_sender", 1.0),
+                             ("unknown_user", 2.0), ("relay_denied", 2.0), ("dnsbl", 5.0)])
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(
+    st.tuples(st.just("postfix"), st.lists(st.floats(0, 300), min_size=1, max_size=8),
+              st.lists(st.floats(0, 5 * DAY), min_size=1, max_size=3)),
+    st.tuples(st.just("rfc"), st.lists(st.floats(1800, 4 * HOUR), min_size=1, max_size=8),
+              st.lists(st.floats(0, 5 * DAY), min_size=1, max_size=1))),
+    temporary, st.floats(4 * DAY, 5 * DAY), st.booleans())
+def test_no_retry_schedule_of_temporary_rejects_bans_a_verified_sender(sched, kind, lifetime, v6):
+    """Up to three queued messages on Postfix's schedule, or one on RFC 5321's, each rejected
+    with 4xx at every attempt, from a client whose name the MTA verified: no horizon fires."""
+    how, params, starts = sched
+    times = sorted(t for s in starts for t in (postfix_schedule(s, params, lifetime) if how == "postfix"
+                                               else rfc_schedule(s, params, lifetime)))
+    ip = "2001:db8:25::25" if v6 else "198.51.100.25"
+    sc = scorer()
+    assert feed(sc, [off(ip, t, kind[0], kind[1], name="mx.example.org", reply=4) for t in times]) == []
+
+
+def test_the_bot_retrying_every_5_to_20_minutes_is_banned_within_the_day():
+    import random
+    rnd = random.Random(7)
+    t, ds, sc = 0.0, [], scorer()
+    while t < DAY and not ds:
+        ds = sc.add(off("198.51.100.26", t, "bad_helo", 2, reply=4))
+        t += rnd.uniform(300, 1200)
+    assert ds and ds[0].reason.startswith(("hour:", "day:")) and ds[0].time < T0 + 3 * HOUR
+
+
+# ---- memory --------------------------------------------------------------------------------
+
+def test_eviction_keeps_the_patient_attacker_over_a_flood():
+    sc = scorer(max_tracked=1000)
+    for i in range(8):                                  # 8 refusals over 7 hours: near the day's 10
+        sc.add(off("192.0.2.200", i * 3600, "bad_sender", 1))
+    for i in range(20_000):
+        sc.add(off(f"2001:db8:{i >> 16:x}:{i & 0xffff:x}::1", 8 * 3600, score=0.5))
+    assert sc.stats.evicted > 0
+    ds = feed(sc, [off("192.0.2.200", 9 * 3600 + i, "bad_sender", 1) for i in range(2)])
+    assert ds and ds[0].reason.startswith("day: 10")
+
+
+def test_generic_names():
+    from logban.score import generic_name
+    assert generic_name("218-42-154-114.cust.bit-drive.ne.jp", "218.42.154.114")
+    assert generic_name("static-ip-209-126-100-0.inaddr.ip-pool.com", "209.126.100.0")
+    assert generic_name("114.154.42.218.dyn.example.net", "218.42.154.114")
+    assert not generic_name("mail.example.org", "218.42.154.114")
+    assert not generic_name("mx2.example.org", "2001:db8::2")
+
+
+def test_a_reload_that_changes_the_horizons_keeps_the_recent_offences():
+    sc = scorer(horizons=(Horizon("day", DAY, 1000.0),))
+    assert feed(sc, [off("192.0.2.5", i * 300, "bad_sender", 1) for i in range(80)]) == []   # counters in use
+    sc.configure(Policy(horizons=(Horizon("hour", HOUR, 1000.0), Horizon("day", DAY, 1000.0))), sc.allow)
+    assert feed(sc, [off("192.0.2.5", 80 * 300 + i * 1000, "bad_sender", 1) for i in range(3)]) == []
+    [d] = feed(sc, [off("192.0.2.5", 80 * 300 + 3000 + i, "bad_sender", 1) for i in range(5)])
+    assert d.reason.startswith("burst:")

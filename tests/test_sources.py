@@ -19,6 +19,15 @@ def test_rotated_sets_are_read_oldest_first(tmp_path):
                    "maillog-20261119", "maillog-20261120.bz2", "maillog"]
 
 
+def test_postfix_logrotate_names_are_read_oldest_first(tmp_path):
+    """Postfix's own maillog_file, as `postfix logrotate` renames (and compresses) it."""
+    names = ["postfix.log", "postfix.log.20261120-235959.gz", "postfix.log.20261121-000100", "postfix.log.20261119-120000.xz"]
+    for n in names:
+        (tmp_path / n).write_bytes(b"")
+    assert [s.path.name for s in expand([str(tmp_path)])] == [
+        "postfix.log.20261119-120000.xz", "postfix.log.20261120-235959.gz", "postfix.log.20261121-000100", "postfix.log"]
+
+
 def test_stdin_and_missing_paths(tmp_path):
     assert [s.name for s in expand(["-"])] == ["-"]
     # A missing file is an input that cannot be read, reported when it is read (exit 1), not a usage error.

@@ -419,3 +419,50 @@ def test_a_ban_ends_exactly_at_its_expiry(db_url):
     [b] = s.bans()
     assert b.released == t + 60 and b.release_reason == "expiry"
     s.close()
+
+
+def test_hourly_counts_are_migrated_kept_with_every_write_and_pruned(db_url):
+    """Schema 7: offence_hours, filled from the offences of an older store, then added to in
+    the transaction that records offences, and pruned with them."""
+    now = time.time()
+    h = int(now // 3600)
+    s = Store(db_url)
+    s.record([(off("192.0.2.7", (h - 30) * 3600 + 5), "192.0.2.7"), (off("192.0.2.7", (h - 30) * 3600 + 9), "192.0.2.7"),
+              (off("192.0.2.8", (h - 1) * 3600 + 1, "dnsbl", 5), "192.0.2.8")], [], node="mx1", dry_run=False, now=now)
+    s.close()
+    sql(db_url, "DROP TABLE offence_hours", "DROP INDEX ix_offences_target_time_node",
+        "CREATE INDEX ix_offences_target_time ON offences (target, time)",
+        "UPDATE meta SET value = '6' WHERE key = 'schema_version'")
+    s = Store(db_url)                                   # migrates 6 -> 7
+    assert s.schema_version() == store_mod.SCHEMA_VERSION
+    hours = "SELECT hour, node, kind, count FROM offence_hours ORDER BY hour"
+    assert sql(db_url, hours) == [(h - 30, "mx1", "auth_failed", 2), (h - 1, "mx1", "dnsbl", 1)]
+    index = sa.inspect(s.engine).get_indexes("offences")
+    assert {i["name"]: i["column_names"] for i in index}["ix_offences_target_time_node"] == \
+        ["target", "time", "node"] and "ix_offences_target_time" not in {i["name"] for i in index}
+    s.record([(off("192.0.2.9", (h - 1) * 3600 + 2, "dnsbl", 5), "192.0.2.9"),
+              (off("192.0.2.9", (h - 1) * 3600 + 3), "192.0.2.9")], [], node="mx1", dry_run=False, now=now)
+    assert sql(db_url, hours) == [(h - 30, "mx1", "auth_failed", 2), (h - 1, "mx1", "auth_failed", 1),
+                                  (h - 1, "mx1", "dnsbl", 2)]
+    s.prune(now, 24 * HOUR)
+    assert sql(db_url, hours) == [(h - 1, "mx1", "auth_failed", 1), (h - 1, "mx1", "dnsbl", 2)]
+def test_a_version_7_database_gains_the_live_allow_list(db_url):
+    s = Store(db_url)
+    s.ban(Decision("192.0.2.1", "manual", "", 0, time.time(), HOUR, 1, False, "old"), node="a", dry_run=False,
+          now=time.time())
+    s.close()
+    sql(db_url, "DROP TABLE allowlist", "UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    s = Store(db_url)
+    assert s.schema_version() == store_mod.SCHEMA_VERSION == 8
+    assert [b.target for b in s.active_bans(time.time())] == ["192.0.2.1"]
+    now = time.time()
+    s.allow_add("192.0.2.1", "address", "partner", now, None, "mx1")
+    s.allow_add("*.partner.example", "name", "", now + 1, now + 60, "mx2")
+    s.allow_add("198.51.100.0/24", "network", "", now + 2, now + 1, "mx2")
+    assert [(r.target, r.kind, r.added_by) for r in s.allow_entries(now + 5)] == [
+        ("192.0.2.1", "address", "mx1"), ("*.partner.example", "name", "mx2")]
+    assert len(s.allow_entries()) == 3                  # an entry whose time is over stays until the next add
+    s.allow_add("192.0.2.1", "address", "again", now + 10, None, "mx1")        # replaced, the old one gone
+    assert [(r.target, r.reason) for r in s.allow_entries()] == [("*.partner.example", ""), ("192.0.2.1", "again")]
+    assert s.allow_remove("192.0.2.1") and not s.allow_remove("192.0.2.1")
+    assert [r.target for r in s.allow_entries()] == ["*.partner.example"]

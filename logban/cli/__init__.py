@@ -7,17 +7,22 @@ import sys
 from ..config import load_config
 from ..errors import ExportError, FirewallError, StoreError, UsageError
 from ..report import safe
+from .allow import cmd_allow
 from .args import build_parser
 from .bans import cmd_ban, cmd_list, cmd_show, cmd_unban
+from .completion import cmd_completion
 from .daemon import cmd_reload, cmd_run
 from .export import cmd_export
 from .firewall import cmd_firewall
+from .report import cmd_report
 from .rules import cmd_rules_check, cmd_test_rules
 from .scan import cmd_scan
 from .stats import cmd_stats
+from .status import cmd_status
 
 COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "export": cmd_export, "run": cmd_run, "reload": cmd_reload, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
-            "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats}
+            "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats, "status": cmd_status,
+            "allow": cmd_allow, "completion": cmd_completion, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

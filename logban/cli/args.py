@@ -15,6 +15,7 @@ exit status:
   1  runtime failure (an unreadable input among several: the others are still read and reported;
      the store or the firewall failed)
   2  bad usage, bad config or bad rule pack (one line on stderr names the file, key or rule)
+  3  `logban status` only: the daemon is not running
 
 environment:
   LOGBAN_DEBUG=1  show the Python traceback of an unexpected error instead of one line
@@ -76,9 +77,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add("scan", "scan log files once and report offenders",
                  "logban scan /var/log/mail.log*               # a rotated set, oldest first",
-                 "logban scan --events /var/log/mail.log | jq .ip",
-                 "logban scan --apply --dry-run samples/logs/  # record bans, never enforce them")
-    sc.add_argument("paths", nargs="+", metavar="PATH", help="file, directory, rotated set member, or - for stdin")
+                 "logban scan --apply --dry-run samples/logs/  # record bans, never enforce them",
+                 "logban scan --journal --since 24h --events   # the system journal's last day")
+    sc.add_argument("paths", nargs="*", metavar="PATH", help="file, directory, rotated set member, or - for stdin")
+    sc.add_argument("--journal", action="store_true", help="the system journal (its mail entries)")
+    sc.add_argument("--journal-file", action="append", default=[], nargs="+", metavar="FILE",
+                    help="journal files (*.journal), read together")
+    sc.add_argument("--journal-dir", action="append", default=[], metavar="DIR", help="the journal files in DIR")
+    sc.add_argument("--since", metavar="TIME", help="only offences from TIME on: ISO 8601 (2026-11-20T08:00) "
+                                                    "or a duration back from now (24h)")
+    sc.add_argument("--until", metavar="TIME", help="only offences before TIME (ISO 8601 or a duration back from now)")
     sc.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack (postfix, sendmail, qmail)")
     out = sc.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON report")
@@ -113,8 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     bn.add_argument("--json", action="store_true", help="the ban and the firewall's answer as one JSON object")
 
     ub = sub.add("unban", "lift bans and clear the score of addresses or networks",
-                 "logban unban 198.51.100.7", "logban unban 203.0.113.0/24 2001:db8::5", "logban unban --json 198.51.100.7")
-    ub.add_argument("targets", nargs="+", metavar="TARGET", help="address or CIDR (a network ban covering it is lifted)")
+                 "logban unban 203.0.113.0/24 2001:db8::5 --json",
+                 "logban unban --all                           # every active ban, in one kernel batch",
+                 "logban unban --kind dnsbl --node mx2 --since 2h --json")
+    ub.add_argument("targets", nargs="*", metavar="TARGET", help="address or CIDR (a network ban covering it is lifted)")
+    ub.add_argument("--all", action="store_true", help="every active ban (or, with filters, every one they match)")
+    ub.add_argument("--kind", action="append", metavar="KIND", help="active bans of this kind (repeatable)")
+    ub.add_argument("--node", action="append", metavar="NODE", help="active bans this node decided (repeatable)")
+    ub.add_argument("--since", metavar="TIME", help="active bans made since TIME (a duration back from now "
+                                                    "like 2h, or ISO 8601 like 2026-05-01T12:00)")
     ub.add_argument("--json", action="store_true", help="what was lifted, as one JSON object")
 
     sh = sub.add("show", "what logban knows about an address or network: score, offences, bans, why",
@@ -129,10 +144,23 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--top", type=_count, default=10, metavar="N", help="offenders listed (default 10)")
 
-    tr = sub.add("test-rules", "show what the rules make of a log file",
+    rpt = sub.add("report", "the period's offences and bans: one self-contained HTML page with charts, or text",
+                 "logban report -o /var/www/logban.html", "logban report --since 24h --format text | mail -s logban root",
+                 "logban report --since 30d --node mx1 -o mx1.html")
+    rpt.add_argument("-o", "--output", type=Path, metavar="FILE", help="write FILE (replaced atomically) instead of stdout")
+    rpt.add_argument("--since", default="7d", metavar="DURATION", help="the period: the last DURATION (default 7d)")
+    rpt.add_argument("--node", metavar="NAME", help="only what this node read and decided (default: all nodes)")
+    rpt.add_argument("--format", choices=("html", "text"), default="html", help="html (default) or text")
+    rpt.add_argument("--top", type=_count, default=20, metavar="N", help="offenders listed (default 20)")
+
+    tr = sub.add("test-rules", "show what the rules make of a log file, or of single lines",
                  "logban test-rules /var/log/mail.log", "logban test-rules --rule postfix-unknown-user mail.log",
-                 "logban test-rules --mta sendmail --json maillog")
-    tr.add_argument("file", metavar="FILE", help="a log file (plain or compressed), a directory, or - for stdin")
+                 "logban test-rules --line 'Nov 20 10:00:00 mx sm-mta[1]: ...'",
+                 "grep CHKUSER /var/log/maillog | logban test-rules --line -")
+    tr.add_argument("file", nargs="?", metavar="FILE", help="a log file (plain or compressed), a directory, or - for stdin")
+    tr.add_argument("--line", action="append", metavar="TEXT",
+                    help="one log line (repeatable; - reads lines from stdin): which rule takes it, the client, "
+                         "kind and score, or which rules came close and why not")
     tr.add_argument("--rule", metavar="ID", help="only this rule")
     tr.add_argument("--mta", action="append", metavar="PACK", help="read every line with this rule pack")
     tr.add_argument("--samples", type=_count, default=3, metavar="N", help="matched lines shown per rule (default 3)")
@@ -145,8 +173,38 @@ def build_parser() -> argparse.ArgumentParser:
                  "logban --db sqlite:////tmp/t.db run --follow ./mail.log --backend none")
     rn.add_argument("--follow", action="append", type=Path, default=[], metavar="PATH",
                     help="a log file to follow (repeatable; adds to [[follow]] in the config)")
+    rn.add_argument("--journal", action="store_true", help="follow the system journal (adds to [[follow]])")
+    rn.add_argument("--journal-dir", action="append", type=Path, default=[], metavar="DIR",
+                    help="follow the journal files in DIR (repeatable)")
     rn.add_argument("--dry-run", action="store_true", help="decide and record, never touch the firewall")
     rn.add_argument("--node", metavar="NAME", help="this server's name in a shared store (default: host name)")
+    ss = sub.add("status", "the running daemon's state (exit 0 running, 3 not running)",
+                 "logban status", "logban status --json | jq .sources", "logban -c /etc/logban/mx2.toml status --node mx2")
+    ss.add_argument("--json", action="store_true", help="one JSON object, running or not")
+    ss.add_argument("--node", metavar="NAME", help="the node asked about (default: any the pid file's daemon runs)")
+
+    al = sub.add("allow", "the live allow-list in the store, honoured at once by every node",
+                 "logban allow add 198.51.100.7 --reason 'partner relay'",
+                 "logban allow add '*.mailout.partner.example' --for 7d",
+                 "logban allow remove 203.0.113.0/24", "logban allow list --json")
+    asub = _Sub(al.add_subparsers(dest="allow_command", required=True, metavar="SUBCOMMAND", parser_class=_Args))
+    aa = asub.add("add", "allow an address, a network or a verified host name pattern",
+                  "logban allow add 198.51.100.7", "logban allow add 2001:db8:5::/48 --reason 'partner'",
+                  "logban allow add '*.out.partner.example' --for 2w")
+    aa.add_argument("target", metavar="TARGET", help="address, CIDR, or a host name pattern (*.partner.example) "
+                                                     "matched against verified names only")
+    aa.add_argument("--reason", default="", metavar="TEXT", help="why, for the record")
+    aa.add_argument("--for", dest="duration", metavar="DURATION", help="how long (90s, 10m, 12h, 3d, 2w; default: until removed)")
+    aa.add_argument("--force", action="store_true", help="allow a /8 or wider (IPv6: /32 or wider); /0 is always refused")
+    aa.add_argument("--json", action="store_true", help="the entry as one JSON object")
+    ar = asub.add("remove", "remove an entry of the live allow-list", "logban allow remove 198.51.100.7",
+                  "logban allow remove '*.out.partner.example' --json")
+    ar.add_argument("target", metavar="TARGET", help="as it was added")
+    ar.add_argument("--json", action="store_true", help="one JSON object")
+    alist = asub.add("list", "the allow-list in force: the config's and the live entries, with their origin",
+                     "logban allow list", "logban allow list --json")
+    alist.add_argument("--json", action="store_true", help="a JSON array")
+
     sub.add("reload", "make the running daemon reload its config and rule packs (SIGHUP)",
             "logban reload", "sudo systemctl reload logban      # the same under systemd")
 
@@ -182,4 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("dir", nargs="?", type=Path, metavar="DIR",
                     help="a directory of packs (*.toml) layered over the shipped ones")
     ck.add_argument("--json", action="store_true", help="one JSON object: packs, rules, tests, problems")
+
+    cp = sub.add("completion", "print a shell completion script",
+                 "logban completion bash | sudo tee /etc/bash_completion.d/logban",
+                 "logban completion zsh > ~/.zfunc/_logban")
+    cp.add_argument("shell", choices=("bash", "zsh"), help="the shell")
     return ap

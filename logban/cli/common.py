@@ -93,7 +93,7 @@ def read_source(src: Source, parser: Parser, left: int = 0,
             lines += parser.stats.lines - before
             yield offs, lines
     finally:
-        if src.path is not None:
+        if src.path is not None or src.journal is not None:
             stream.close()
 
 
@@ -148,7 +148,8 @@ def _check_backend(args, cfg: Config, *, dry_run: bool = False, lifting: bool = 
 def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
     """The firewall; in a dry run it adds nothing and still lifts what must go."""
     from ..firewall import Firewall, choose
-    return Firewall(choose(cfg.firewall, backend=args.backend), store, _allow(cfg), dry_run=cfg.dry_run or dry_run)
+    return Firewall(choose(cfg.firewall, backend=args.backend), store, _allow(cfg, store),
+                    dry_run=cfg.dry_run or dry_run)
 
 
 def _enforce(args, cfg: Config, store, *, dry_run: bool = False, lifting: bool = False) -> str:
@@ -178,14 +179,18 @@ def _check_rule_durations(cfg: Config, rules: RuleSet) -> None:
             raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
 
 
-def _allow(cfg: Config) -> AllowList:
-    """The config's allow-list, with loopback and this host's own addresses."""
-    return AllowList(cfg.allow.addresses, cfg.allow.hostnames)
+def _allow(cfg: Config, store=None) -> AllowList:
+    """The config's allow-list, with loopback and this host's own addresses; with `store`,
+    and the live allow-list kept in it (`logban allow`)."""
+    if store is not None:
+        from ..liveallow import load
+        return load(cfg, store)
+    return AllowList(cfg.allow.addresses, cfg.allow.hostnames, big=cfg.big_senders)
 
 
 def _engine(args, cfg: Config, store, allow: AllowList | None = None):
     from ..engine import Engine
-    allow = allow or _allow(cfg)
+    allow = allow or _allow(cfg, store)
     resolver = Resolver(cfg.allow.resolve_timeout) if cfg.allow.resolve else None
     return Engine(store, cfg.policy, allow, node=_node(args, cfg), dry_run=cfg.dry_run or args.dry_run,
                   resolver=resolver, clock_skew=cfg.parse.clock_skew, future="skip")

@@ -21,7 +21,8 @@ def cmd_run(args, cfg: Config) -> int:
     _check_follows(follow, [p for p, _ in cfg.daemon.follow], cfg)
     from ..pidfile import check_dir, default_pid_file
     check_dir((cfg.daemon.pid_file or default_pid_file()).parent, create=True)   # refused before any work
-    d = Daemon(cfg, Options(args.config, args.db, args.backend, _node(args, cfg), args.dry_run, follow))
+    journals = _journals(args, cfg)
+    d = Daemon(cfg, Options(args.config, args.db, args.backend, _node(args, cfg), args.dry_run, follow, journals))
     return d.run()
 
 
@@ -33,6 +34,20 @@ def _check_follows(given: list[Path], configured: list[Path], cfg: Config) -> No
             why = unfollowable(p)
             if why:
                 raise UsageError(f"{where} {p}: {why}")
+
+
+def _journals(args, cfg: Config) -> list:
+    """--journal and --journal-dir as journals to follow; any journal at all needs journalctl."""
+    import shutil
+
+    from ..journal import JOURNALCTL, JournalSpec
+    out = ([JournalSpec()] if args.journal else []) + [JournalSpec(d.resolve()) for d in args.journal_dir]
+    for j in out + cfg.daemon.journals:
+        if j.directory is not None and j.directory.exists() and not j.directory.is_dir():
+            raise UsageError(f"{j.name}: not a directory (name the directory that holds the *.journal files)")
+    if (out or cfg.daemon.journals) and shutil.which(JOURNALCTL) is None:
+        raise UsageError(f"following the journal needs {JOURNALCTL} (systemd) on PATH")
+    return out
 
 
 def cmd_reload(args, cfg: Config) -> int:

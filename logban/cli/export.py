@@ -17,7 +17,7 @@ def cmd_export(args, cfg: Config) -> int:
         check_path(args.output)             # before any work: a path that cannot be the file
     store = _store(args, cfg, readonly=True)
     o = ExportOptions(args.format, args.output, action=args.action)
-    allow = _allow(cfg)
+    allow = _allow(cfg, store)
     bans, refused = allow.screen((b for b in store.active_bans(time.time()) if not b.dry_run),
                                  store.partners(allow))
     for target, why in refused:

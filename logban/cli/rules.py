@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import asdict
 
 from ..config import Config
+from ..explain import explain
 from ..errors import UsageError
 from ..parse import Clock, Offence, Parser
 from ..report import (
@@ -18,6 +20,8 @@ from .common import _allow, _parser, _ruleset, _text, feed_sources
 
 
 def cmd_test_rules(args, cfg: Config) -> int:
+    if (args.file is None) == (not args.line):
+        raise UsageError("test-rules: give a FILE or --line TEXT (not both)")
     rules = _ruleset(cfg, args.mta)
     if args.rule:
         r = rules.by_id(args.rule)
@@ -25,6 +29,8 @@ def cmd_test_rules(args, cfg: Config) -> int:
             raise UsageError(f"--rule: no active rule with id {args.rule!r}")
         rules = RuleSet([r])
     parser = _parser(cfg, rules, args.mta, Scorer(cfg.policy, _allow(cfg)), collect_suspicious=args.unmatched)
+    if args.line:
+        return _test_lines(args, parser)
     samples: dict[str, list[Offence]] = {}
 
     def sink(offs: list[Offence]) -> None:
@@ -60,6 +66,41 @@ def cmd_test_rules(args, cfg: Config) -> int:
         for _, lineno, raw in parser.suspicious:
             print(f"  {lineno:>7}: {safe(_text(raw, 300))}")
     return 1 if failed else 0
+
+
+def _given_lines(texts: list[str]) -> list[bytes]:
+    out: list[bytes] = []
+    for t in texts:
+        if t == "-":
+            out += sys.stdin.buffer.read().splitlines()
+        else:
+            out += t.encode("utf-8", "surrogateescape").splitlines() or [b""]
+    return out
+
+
+def _test_lines(args, parser: Parser) -> int:
+    verdicts = [explain(parser, line) for line in _given_lines(args.line)]
+    if args.json:
+        print(json.dumps([asdict(v) for v in verdicts], indent=2))
+        return 0
+    for n, v in enumerate(verdicts, 1):
+        print(f"line {n}: {safe(_text(v.line.encode(), 200))}")
+        if v.program is None:
+            print("  no rule: the header (syslog stamp, host, program, or a multilog stamp) is not understood")
+        elif v.taken:
+            t = v.taken
+            who = f"client {t.ip}" if t.ip else f"client from key {t.key!r}"
+            print(f"  taken by {t.rule}: {who}, kind {t.kind}, score {t.score:g}")
+            if t.note:
+                print(f"    note: {t.note}")
+        else:
+            print(f"  no rule took it (program {v.program or '(none)'!r})")
+        for t in v.also:
+            what = "link" if not t.kind else f"kind {t.kind}, score {t.score:g} (lower or later: not counted)"
+            print(f"  also matched {t.rule}: {t.ip or t.key}, {what}")
+        for c in v.close:
+            print(f"  close: {c.rule}: {safe(c.why)}")
+    return 0
 
 
 def check_rules(rules: RuleSet) -> tuple[list[str], int]:

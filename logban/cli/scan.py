@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import heapq
 import json
@@ -25,7 +26,7 @@ from ..report import (
 )
 from ..score import Scorer
 from ..sources import READ_ERRORS, Source, expand, open_source, rotation_key
-from ..units import format_duration
+from ..units import format_duration, parse_duration
 from .common import (
     _allow,
     _check_backend,
@@ -49,7 +50,10 @@ def cmd_scan(args, cfg: Config) -> int:
     if (args.dry_run or args.node or args.reapply) and not args.apply:
         raise UsageError("--dry-run, --node and --reapply go with --apply")
     rules = _ruleset(cfg, args.mta)
-    sources = expand(args.paths)
+    since, until = (_time(v, f"--{k}", cfg) if v else None for k, v in (("since", args.since), ("until", args.until)))
+    sources = expand(args.paths) + journal_sources(args, since, until)
+    if not sources:
+        raise UsageError("nothing to scan: give PATH..., --journal, --journal-file FILE or --journal-dir DIR")
     summary = ScanSummary(files=[s.name for s in sources])
     allow = _allow(cfg)
     # Allow-listed clients are never offenders: counted apart, neither in the report nor
@@ -65,7 +69,8 @@ def cmd_scan(args, cfg: Config) -> int:
     if args.apply:
         _check_rule_durations(cfg, rules)
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
-        engine = _engine(args, cfg, _store(args, cfg), allow)
+        store = _store(args, cfg)
+        engine = _engine(args, cfg, store, _allow(cfg, store))
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         for src in sources:
             applied.skip(src)
@@ -76,6 +81,9 @@ def cmd_scan(args, cfg: Config) -> int:
     scorer = engine.scorer if engine is not None else Scorer(cfg.policy, allow)
     parser = _parser(cfg, rules, args.mta, scorer)
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
+    if since is not None or until is not None:
+        lo, hi, inner = -math.inf if since is None else since, math.inf if until is None else until, sink
+        sink = lambda offs: inner([o for o in offs if lo <= o.time < hi])
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
     streams = _streams(sources)
@@ -97,6 +105,9 @@ def cmd_scan(args, cfg: Config) -> int:
         if applied.skipped:
             print(f"logban: {applied.skipped:,} lines applied by an earlier scan --apply were not applied again "
                   "(--reapply counts them again); the report still shows what they contain", file=sys.stderr)
+        if applied.skipped_entries:
+            print(f"logban: {applied.skipped_entries:,} offences of journal entries applied by an earlier scan --apply "
+                  "were not applied again (--reapply counts them again); the report still shows them", file=sys.stderr)
         engine.close()
         engine.store.prune(time.time(), cfg.retention, cfg.policy.lookback)
         note = _enforce(args, cfg, engine.store, dry_run=args.dry_run)
@@ -120,8 +131,43 @@ def _streams(sources: list[Source]) -> list[list[Source]]:
     and a session may run from one into the next), every other file one of its own."""
     groups: dict[tuple, list[Source]] = {}
     for s in sources:
-        groups.setdefault(rotation_key(s.path)[:2] if s.path is not None else ("-",), []).append(s)
+        groups.setdefault(rotation_key(s.path)[:2] if s.path is not None else (s.name,), []).append(s)
     return list(groups.values())
+
+
+def journal_sources(args, since: float | None, until: float | None) -> list[Source]:
+    """--journal, --journal-dir DIR, --journal-file FILE...: each a source of its own, read
+    by journalctl with the time range given (the offences are also held to it)."""
+    import shutil
+
+    from ..journal import JOURNALCTL, JournalQuery
+
+    def src(name: str, where: tuple[str, ...]) -> Source:
+        return Source(name, None, JournalQuery(where, since=since, until=until))
+    out = [src("journal", ())] if args.journal else []
+    out += [src(f"journal:{os.path.abspath(d)}", ("-D", os.path.abspath(d))) for d in args.journal_dir]
+    out += [src(f"journal:{os.path.abspath(f)}", (f"--file={glob.escape(os.path.abspath(f))}",))
+            for group in args.journal_file for f in group]
+    if out and shutil.which(JOURNALCTL) is None:
+        raise UsageError(f"reading the journal needs {JOURNALCTL} (systemd) on PATH")
+    return out
+
+
+def _time(text: str, what: str, cfg: Config) -> float:
+    """ISO 8601 (without a zone: in parse.timezone, else this host's) or a duration back from now."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+    try:
+        d = datetime.fromisoformat(text.strip())
+    except ValueError:
+        try:
+            return time.time() - parse_duration(text, what)
+        except UsageError:
+            raise UsageError(f"{what}: {text!r} is neither an ISO 8601 time (2026-11-20T08:00) "
+                             "nor a duration back from now (24h)") from None
+    if d.tzinfo is None and cfg.parse.timezone:
+        d = d.replace(tzinfo=ZoneInfo(cfg.parse.timezone))
+    return d.timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +227,8 @@ class Applied:
         self.now: dict[str, dict] = {}          # path -> position read up to in this run
         self.done: dict[str, int] = {}          # source name -> its first lines, applied before
         self.skipped = 0
+        self.applied_to: dict[str, int] = {}   # journal source -> time (µs) of the newest entry applied before
+        self.skipped_entries = 0
         engine.batch = 1 << 62                  # flushed here, with positions
 
     def skip(self, src: Source) -> int:
@@ -188,6 +236,13 @@ class Applied:
         maybe grown since, under this name or another (logrotate renamed mail.log to
         mail.log.1, then compressed it)."""
         from ..follow import FP_LEN, head_matches
+        if src.journal is not None:
+            # A journal has no first bytes that stay: what was applied is known by time.
+            old = None if self.again else self.saved.get(src.name)
+            self.applied_to[src.name] = int(old.offset) if old is not None else -1
+            self.now[src.name] = {"node": self.node, "path": src.name, "dev": 0, "inode": 0, "fingerprint": "",
+                                  "fp_len": 0, "offset": max(0, self.applied_to[src.name]), "lines": 0}
+            return 0
         if src.path is None:
             return 0
         path = str(src.path.resolve())
@@ -211,15 +266,27 @@ class Applied:
         return lines
 
     def new(self, offs: list[Offence]) -> list[Offence]:
-        """The offences of lines not applied before."""
-        if not self.done:
-            return offs
-        return [o for o in offs if o.line > self.done.get(o.file, 0)]
+        """The offences of lines (journal entries) not applied before; a journal's position
+        moves on to the newest of them, to be saved with them."""
+        if self.done:
+            offs = [o for o in offs if o.line > self.done.get(o.file, 0)]
+        if self.applied_to:
+            out = []
+            for o in offs:
+                before = self.applied_to.get(o.file)
+                if before is not None:
+                    usec = round(o.time * 1e6)
+                    if usec <= before:
+                        self.skipped_entries += 1
+                        continue
+                    pos = self.now[o.file]
+                    pos["offset"] = max(pos["offset"], usec)
+                out.append(o)
+            offs = out
+        return offs
 
     def read_to(self, src: Source, lines: int) -> None:
-        if src.path is None:
-            return
-        pos = self.now.get(str(src.path.resolve()))
+        pos = self.now.get(str(src.path.resolve())) if src.path is not None else None
         if pos is not None:
             pos["lines"] = max(pos["lines"], lines)
         if self.engine.unsaved() >= BATCH:
