@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from ..allow import AllowList
 from ..errors import FirewallError, UsageError
@@ -106,12 +106,13 @@ class Firewall:
         """Bans are put in the kernel."""
         return self.has_backend and not self.dry_run
 
-    def want(self, now: float | None = None) -> dict[str, int | None]:
-        """What the kernel should hold now: the store's enforced bans, screened."""
+    def want(self, now: float | None = None, targets: Collection[str] | None = None) -> dict[str, int | None]:
+        """What the kernel should hold now: the store's enforced bans, screened (of
+        `targets` only, when given)."""
         at = time.time() if now is None else now
-        ok, self.refused = self.allow.screen(self.store.enforced(at, names=bool(self.allow.names)),
+        ok, self.refused = self.allow.screen(self.store.enforced(at, names=bool(self.allow.names), targets=targets),
                                              self.store.partners(self.allow))
-        return wanted(ok, at)
+        return wanted(ok, at, self.backend.exclusive)
 
     def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
         return plan(self.want(now), self.backend.elements() if have is None else have)
@@ -127,6 +128,26 @@ class Firewall:
         if add or remove:
             self.backend.apply(add, remove)
         return dict(add)
+
+    def update(self, targets: Collection[str], now: float | None = None) -> Plan:
+        """The kernel made to follow the store for these targets only, after a change to
+        them (`logban ban`, `unban`): each one the store enforces is written with its time
+        left, each other one lifted; the kernel is not listed, the other bans not read.
+        A target that must go where the kernel refuses nested elements (see `wanted`) takes
+        a full `sync` instead, and so does a batch the kernel refuses; drift left by anyone
+        else is still the periodic sync's to repair. Dry run: lifts only."""
+        if not self.has_backend:
+            return Plan()
+        if any(map(self.backend.exclusive, targets)):
+            return self.sync(now)
+        want = self.want(now, targets)
+        p = Plan(add={} if self.dry_run else want, remove=[t for t in targets if t not in want])
+        try:
+            # An added target is also removed first: written afresh, whatever time it had.
+            self.apply(p.add, [*p.remove, *p.add])
+        except FirewallError:
+            return self.sync(now)
+        return p
 
     def _setup(self) -> None:
         self.backend.setup()

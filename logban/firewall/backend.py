@@ -53,7 +53,13 @@ class Backend:
         pass
 
     def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
-        pass
+        """One batch: `remove` taken out whether the kernel holds it or not (nothing is listed
+        first: a ban or unban at 100,000 elements touches its own only), then `add` put in
+        with these timeouts; a target in both is written afresh."""
+
+    def exclusive(self, target: str) -> bool:
+        """`target` goes where the kernel refuses an element inside another (see `wanted`)."""
+        return False
 
     def elements(self) -> dict[str, int | None]:
         """target -> kernel seconds left (None: no timeout)."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 KERNEL_TIMEOUT_MAX = 2_147_483      # seconds: ipset's maximum, used by every backend alike
@@ -40,11 +40,14 @@ def _key(target: str) -> tuple[int, int, int]:
     return (6 if bits == 128 else 4), num, int(plen) if plen else bits
 
 
-def wanted(bans: Iterable, now: float) -> dict[str, int | None]:
+def wanted(bans: Iterable, now: float, exclusive: Callable[[str], bool] | None = None) -> dict[str, int | None]:
     """Kernel elements for the enforced active bans: target -> kernel timeout.
 
-    A target inside another banned network is left out: the network drops its
-    packets already, and nftables refuses overlapping intervals in one set.
+    Of the targets `exclusive` names (None: all), one inside another of them is left
+    out: they share a kernel set that refuses overlapping intervals (nftables), and the
+    network drops the packets already. Others are all kept, nested or not: the kernel
+    then holds exactly the store's bans, and lifting a network leaves its members' own
+    bans in force with nothing to put back.
     """
     want: dict[str, int | None] = {}
     for b in bans:
@@ -57,7 +60,8 @@ def wanted(bans: Iterable, now: float) -> dict[str, int | None]:
     # when one of its networks is shorter than its longest target.
     shortest = {4: 33, 6: 129}
     longest = {4: 0, 6: 0}
-    for target in want:
+    pool = list(want) if exclusive is None else [t for t in want if exclusive(t)]
+    for target in pool:
         v = 6 if ":" in target else 4
         _, slash, pl = target.partition("/")
         plen = int(pl) if slash else (128 if v == 6 else 32)
@@ -69,7 +73,7 @@ def wanted(bans: Iterable, now: float) -> dict[str, int | None]:
     if not check:
         return want
     nets: dict[int, set[tuple[int, int]]] = {4: set(), 6: set()}       # version -> {(plen, number)}
-    keys = {t: _key(t) for t in want if (6 if ":" in t else 4) in check}
+    keys = {t: _key(t) for t in pool if (6 if ":" in t else 4) in check}
     for target, (v, num, plen) in keys.items():
         if "/" in target:
             nets[v].add((plen, num))
