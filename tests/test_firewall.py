@@ -2,7 +2,9 @@
 packets from documentation addresses (the pure planning is in test_plan.py)."""
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import shutil
 import signal
 import sqlite3
@@ -375,3 +377,57 @@ def test_this_hosts_own_addresses_come_from_its_kernel_and_are_never_banned(lab,
         r = lab.run(lab.srv, *lab.logban_cmd(db, "none", "ban", target), env=lab.env())
         assert r.returncode != 0 and "Traceback" not in r.stderr, (target, r.stdout, r.stderr)
     assert lab.run(lab.srv, *lab.logban_cmd(db, "none", "ban", "203.0.113.2"), env=lab.env()).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["nftables", "ipset"])
+def test_ban_and_unban_at_20k_bans_touch_their_own_elements_only(lab, tmp_path, kind):
+    """A ban or unban writes its own element without listing what the kernel holds (the
+    seconds it cost at 100,000 bans): every `nft` / `ipset` run is logged by a wrapper
+    on PATH. The full `firewall sync` still lists (so the log does show a listing)."""
+    from logban.score import Decision
+    from logban.store import Store
+    server = Server(lab, tmp_path, kind)
+    n, now = 20_000, time.time()
+    nets = [str(ipaddress.ip_network(f"2001:db8:{0x100 + (i >> 16):x}:{i & 0xffff:x}::/64")) for i in range(n - 1)]
+    nets.append("2001:db8:2::/64")
+    store = Store(server.db)
+    store.record([], [Decision(t, "dnsbl", "r", 5.0, now, 86400.0, 1, False, "") for t in nets],
+                 node="n", dry_run=False, now=now)
+    store.close()
+    server("firewall", "sync")
+    tool = BACKENDS[kind][2][0]
+    log, wrap = tmp_path / "calls.log", tmp_path / "wrap"
+    wrap.mkdir()
+    (wrap / tool).write_text(f'#!/bin/sh\necho "$*" >> {log}\nexec {shutil.which(tool)} "$@"\n')
+    (wrap / tool).chmod(0o755)
+    env = lab.env() | {"PATH": f"{wrap}:{lab.env()['PATH']}"}
+
+    def run(*args: str) -> None:
+        r = lab.run(lab.srv, *lab.logban_cmd(server.db, server.backend, *args), env=env)
+        assert r.returncode == 0, r.stderr
+
+    def listings() -> list[str]:
+        calls = log.read_text().splitlines() if log.exists() else []
+        log.unlink(missing_ok=True)
+        assert calls, "the wrapper saw no call"
+        # What reads the elements: nft listing a set of bans (not the cheap look at the chains,
+        # nor at the name of an older layout's set), a table, the ruleset; ipset save or list.
+        return [c for c in calls if re.search(r"\blist (ruleset|tables?|sets|set inet logban (ban[46]_|net))", c)
+                or c.split()[:1] in (["save"], ["list"])]
+
+    assert lab.reachable("2001:db8:1::2", "2001:db8:2::2") == {"2001:db8:1::2": True, "2001:db8:2::2": False}
+    run("ban", "2001:db8:1::2")
+    assert listings() == []
+    assert not lab.connects("2001:db8:1::2")
+    run("unban", "2001:db8:1::2")
+    assert listings() == []
+    assert lab.connects("2001:db8:1::2")
+    run("unban", "2001:db8:2::3")            # an address inside a banned /64: the network is lifted
+    assert listings() == []
+    assert lab.connects("2001:db8:2::2")
+    run("firewall", "sync")
+    assert listings() != []
+    st = server.status()
+    assert st["elements"]["ipv6"] == st["bans_active"] == n - 1
+    assert st["drift"] == {"missing": 0, "unknown": 0, "stale": 0}
+    server("firewall", "teardown")

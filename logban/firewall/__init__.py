@@ -33,6 +33,7 @@ from .plan import (
     Plan,
     kernel_timeout,
     plan,
+    prefix,
     wanted,
 )
 
@@ -138,7 +139,7 @@ class Firewall:
         else is still the periodic sync's to repair. Dry run: lifts only."""
         if not self.has_backend:
             return Plan()
-        if any(map(self.backend.exclusive, targets)):
+        if any(plen in self.backend.exclusive[v] for v, plen in map(prefix, targets)):
             return self.sync(now)
         want = self.want(now, targets)
         p = Plan(add={} if self.dry_run else want, remove=[t for t in targets if t not in want])

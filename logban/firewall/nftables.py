@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 
 from ..errors import FirewallError
 from .backend import Backend, _run
+from .plan import prefix
 
 # Prefix lengths with a hash set of their own, looked up through a mask: every ban a
 # policy decides (an address, or its /24 or /64). `nft` reads every element of every
@@ -18,18 +19,11 @@ MASK = {24: "255.255.255.0", 64: "ffff:ffff:ffff:ffff::"}
 LEGACY_SETS = ("ban4", "ban6")          # interval sets that held every ban (logban before the hash sets)
 
 
-def _split(target: str) -> tuple[int, str, int]:
-    """(version, address, prefix length) of a canonical target."""
-    addr, slash, pl = target.partition("/")
-    v = 6 if ":" in addr else 4
-    return v, addr, int(pl) if slash else (128 if v == 6 else 32)
-
-
 def set_of(target: str) -> tuple[str, str]:
     """(set, element) where the target is held: hash sets hold the network's address."""
-    v, addr, plen = _split(target)
+    v, plen = prefix(target)
     if plen in HASHED[v]:
-        return f"ban{v}_{plen}", addr
+        return f"ban{v}_{plen}", target.partition("/")[0]
     return f"net{v}", target
 
 
@@ -55,12 +49,10 @@ class Nftables(Backend):
     name = "nftables"
     TABLE = "inet logban"
     PRIORITY = "filter - 10"
+    exclusive = {v: frozenset(range(129 if v == 6 else 33)) - set(lens) for v, lens in HASHED.items()}
 
     def _nft(self, script: str) -> None:
         _run(["nft", "-f", "-"], script)
-
-    def exclusive(self, target: str) -> bool:
-        return SETS[set_of(target)[0]][1] is None
 
     def _matches(self) -> list[str]:
         out = []
