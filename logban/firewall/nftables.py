@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from collections.abc import Iterable, Mapping
 
 from ..errors import FirewallError
+from . import netlink
 from .backend import Backend, _run
 from .plan import prefix
 
@@ -166,14 +168,26 @@ class Nftables(Backend):
 
     def _read(self, s: str, plen: int | None) -> dict[str, int | None]:
         """Set `s`'s elements as targets -> kernel seconds left (hash sets of networks hold
-        the network's address: `plen` puts the length back)."""
+        the network's address: `plen` puts the length back). A hash set is read over
+        netlink (see netlink.py), nft where that cannot be done."""
+        suffix = f"/{plen}" if plen in MASK else ""
+        if plen is not None:
+            try:
+                got = netlink.set_elements(*self.TABLE.split(), s)
+            except netlink.Absent:
+                return {}
+            except OSError:
+                pass
+            else:
+                fam = socket.AF_INET6 if SETS[s][0] == 6 else socket.AF_INET
+                ntop = socket.inet_ntop
+                return {f"{ntop(fam, k)}{suffix}": left for k, left in got.items()}
         try:
             out = _run(["nft", "-j", "list", "set", *self.TABLE.split(), s])
         except FirewallError as e:
             if "No such file or directory" in str(e):
                 return {}           # no table (never set up, torn down, or flushed away)
             raise
-        suffix = f"/{plen}" if plen in MASK else ""
         have: dict[str, int | None] = {}
         for obj in json.loads(out).get("nftables", []):
             for e in obj.get("set", {}).get("elem", []):

@@ -67,6 +67,8 @@ def wanted(bans: Iterable, now: float, exclusive: Mapping[int, Container[int]] |
         want[b.target] = None if t is None or old is None else t if t > old else old
     # Cheap first (prefix lengths from the text): a family can have covered targets only
     # when one of its networks is shorter than its longest target.
+    if exclusive is not None and not any(exclusive.values()):
+        return want
     shortest = {4: 33, 6: 129}
     longest = {4: 0, 6: 0}
     pool = []
