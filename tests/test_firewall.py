@@ -410,10 +410,8 @@ def test_ban_and_unban_at_20k_bans_touch_their_own_elements_only(lab, tmp_path, 
         calls = log.read_text().splitlines() if log.exists() else []
         log.unlink(missing_ok=True)
         assert calls, "the wrapper saw no call"
-        # What reads the elements: nft listing a set of bans (not the cheap look at the chains,
-        # nor at the name of an older layout's set), a table, the ruleset; ipset save or list.
-        return [c for c in calls if re.search(r"\blist (ruleset|tables?|sets|set inet logban (ban[46]_|net))", c)
-                or c.split()[:1] in (["save"], ["list"])]
+        # What reads the elements: any nft listing but the cheap one of the chains; ipset save or list.
+        return [c for c in calls if re.search(r"\blist (?!chains)", c) or c.split()[:1] in (["save"], ["list"])]
 
     assert lab.reachable("2001:db8:1::2", "2001:db8:2::2") == {"2001:db8:1::2": True, "2001:db8:2::2": False}
     run("ban", "2001:db8:1::2")

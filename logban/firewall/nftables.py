@@ -117,8 +117,14 @@ class Nftables(Backend):
         return lines
 
     def _exists(self, s: str) -> bool:
-        r = subprocess.run(["nft", "-t", "list", "set", *self.TABLE.split(), s], capture_output=True, text=True)
-        return r.returncode == 0
+        try:
+            netlink.set_elements(*self.TABLE.split(), s)      # at once when absent, as it is but once
+            return True
+        except netlink.Absent:
+            return False
+        except OSError:
+            r = subprocess.run(["nft", "-t", "list", "set", *self.TABLE.split(), s], capture_output=True, text=True)
+            return r.returncode == 0
 
     def _adds(self, add: Mapping[str, int | None]) -> list[str]:
         by_set: dict[str, list[str]] = {}
