@@ -134,9 +134,10 @@ class Firewall:
         """The kernel made to follow the store for these targets only, after a change to
         them (`logban ban`, `unban`): each one the store enforces is written with its time
         left, each other one lifted; the kernel is not listed, the other bans not read.
-        A target that must go where the kernel refuses nested elements (see `wanted`) takes
-        a full `sync` instead, and so does a batch the kernel refuses; drift left by anyone
-        else is still the periodic sync's to repair. Dry run: lifts only."""
+        Nothing is set up first: a batch the kernel refuses (no table or set yet, an older
+        layout) takes a full `sync`, which sets up, and so does a target that goes where
+        the kernel refuses nested elements (see `wanted`); drift left by anyone else
+        (a flushed hook rule) is the periodic sync's to repair. Dry run: lifts only."""
         if not self.has_backend:
             return Plan()
         if any(plen in self.backend.exclusive[v] for v, plen in map(prefix, targets)):
@@ -145,7 +146,8 @@ class Firewall:
         p = Plan(add={} if self.dry_run else want, remove=[t for t in targets if t not in want])
         try:
             # An added target is also removed first: written afresh, whatever time it had.
-            self.apply(p.add, [*p.remove, *p.add])
+            if p.add or p.remove:
+                self.backend.apply(p.add, [*p.remove, *p.add])
         except FirewallError:
             return self.sync(now)
         return p

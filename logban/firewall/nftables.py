@@ -165,12 +165,7 @@ class Nftables(Backend):
                 lines.append(f"delete element {t} {s} {{ {', '.join(els)} }}")
         lines += self._adds(add)
         if lines:
-            try:
-                self._nft("\n".join(lines) + "\n")
-            except FirewallError as e:
-                if add or "No such file or directory" not in str(e):
-                    raise
-                # No table: nothing to lift.
+            self._nft("\n".join(lines) + "\n")
 
     def _read(self, s: str, plen: int | None) -> dict[str, int | None]:
         """Set `s`'s elements as targets -> kernel seconds left (hash sets of networks hold
