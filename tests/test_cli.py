@@ -1,6 +1,7 @@
 """End to end: the real `logban` process on the sample logs, as a user runs it."""
 import bz2
 import gzip
+import ipaddress
 import lzma
 import json
 import re
@@ -174,3 +175,11 @@ def test_scan_rates_follow_the_configured_ipv6_prefix(logban, tmp_path):
     r = logban("-c", str(cfg), "scan", "--events", str(log))
     assert r.returncode == 0, r.stderr
     assert events(r.stdout) == []
+
+
+@pytest.mark.parametrize("target", ["192.0.2.7", "198.51.100.0/24", "2001:db8::5", "2001:db8:0:5::/64", "::1"])
+def test_unban_reads_the_networks_around_a_target_by_their_canonical_names(target):
+    from logban.cli.common import _around
+    net = ipaddress.ip_network(target)
+    want = [target] + [str(net.supernet(new_prefix=p)) for p in range(net.prefixlen)]
+    assert _around(target) == want

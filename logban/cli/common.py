@@ -215,14 +215,16 @@ def _around(target: str) -> list[str]:
 
 def _related_bans(store, target: str, now: float) -> dict:
     """The active bans that cover `target` or lie inside it, by target: an address's are read
-    by name; a network's members take a look through the targets of every active ban."""
+    by name (canonical spellings: a bad row never reaches the kernel anyway); a network's
+    members, and bad rows (`_related` reads them leniently), take a look through the
+    targets of every active ban."""
     names = _around(target)
     if "/" in target:
         v, num, plen = canonical_num(target)
         bits = 128 if v == 6 else 32
         for t in store.active_targets(now):
             got = canonical_num(t)
-            if got is not None and got[0] == v and got[2] > plen and got[1] >> (bits - plen) == num >> (bits - plen):
+            if got is None or (got[0] == v and got[2] > plen and got[1] >> (bits - plen) == num >> (bits - plen)):
                 names.append(t)
     active = {b.target: b for b in store.active_bans(now, targets=names)}
     return {t: active[t] for t in _related(target, active)}
