@@ -18,7 +18,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -731,18 +731,29 @@ class Store:
             return n
 
     # ---- reading -------------------------------------------------------------------------
-    def active_bans(self, now: float) -> list[sa.Row]:
-        """Bans in force, with the client's last verified `name` (for the allow-list)."""
+    def active_bans(self, now: float, targets: Collection[str] | None = None) -> list[sa.Row]:
+        """Bans in force (of `targets` only, when given), with the client's last verified
+        `name` (for the allow-list)."""
         with self.read() as conn:
             q = sa.select(*BAN_READ, OFFENDERS.c.name).join(
                 OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(BANS.c.released.is_(None),
                                       sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now)).order_by(BANS.c.created)
+            if targets is not None:
+                q = q.where(BANS.c.target.in_(list(targets)))
             return list(conn.execute(q))
 
-    def enforced(self, now: float, names: bool = True) -> list[sa.Row]:
+    def active_targets(self, now: float) -> list[str]:
+        """The targets of the bans in force, and nothing else of them."""
+        with self.read() as conn:
+            return list(conn.execute(sa.select(BANS.c.target).where(
+                BANS.c.released.is_(None),
+                sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now))).scalars())
+
+    def enforced(self, now: float, names: bool = True, targets: Collection[str] | None = None) -> list[sa.Row]:
         """What the firewall must hold: (target, expires, dry_run, node[, name]) of the active
-        bans that are not dry-run; `name`: the client's last verified name, for an allow-list
-        with name patterns (`names`; without them the join is work for nothing)."""
+        bans that are not dry-run (of `targets` only, when given); `name`: the client's last
+        verified name, for an allow-list with name patterns (`names`; without them the join
+        is work for nothing)."""
         with self.read() as conn:
             cols = [BANS.c.target, _number(BANS.c.expires), BANS.c.dry_run, BANS.c.node]
             q = (sa.select(*cols, OFFENDERS.c.name).join(OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True)
@@ -750,6 +761,8 @@ class Store:
             q = q.where(
                 BANS.c.released.is_(None), BANS.c.dry_run.is_(False),
                 sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now))
+            if targets is not None:
+                q = q.where(BANS.c.target.in_(list(targets)))
             return list(conn.execute(q))
 
     def bans(self, *, target: str | None = None) -> list[sa.Row]:
@@ -765,11 +778,14 @@ class Store:
             q = sa.select(*BAN_READ).where(BANS.c.released.is_(None))
             return list(conn.execute(q.where(BANS.c.dry_run.is_(False)) if real_only else q))
 
-    def history(self, real_only: bool = False) -> dict[str, Past]:
-        """The latest ban of every target: what escalation and ban counts build on. A node that
-        enforces builds on real bans only (`real_only`); a dry run on both."""
+    def history(self, real_only: bool = False, targets: Collection[str] | None = None) -> dict[str, Past]:
+        """The latest ban of every target (of `targets` only, when given): what escalation and
+        ban counts build on. A node that enforces builds on real bans only (`real_only`); a
+        dry run on both."""
         with self.read() as conn:
             last = sa.select(sa.func.max(BANS.c.id)).group_by(BANS.c.target)
+            if targets is not None:
+                last = last.where(BANS.c.target.in_(list(targets)))
             if real_only:
                 last = last.where(BANS.c.dry_run.is_(False))
             q = sa.select(BANS.c.target, _number(BANS.c.created), _number(BANS.c.duration),

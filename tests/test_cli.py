@@ -1,6 +1,7 @@
 """End to end: the real `logban` process on the sample logs, as a user runs it."""
 import bz2
 import gzip
+import ipaddress
 import lzma
 import json
 import re
@@ -267,3 +268,9 @@ def test_completion_scripts_complete_every_command_and_option(logban, tmp_path):
     assert p.returncode == 0 and p.stdout.strip() == "_logban" and p.stderr == "", (p.stdout, p.stderr)
     assert subprocess.run(["zsh", "-n", str(tmp_path / "_logban")], timeout=30).returncode == 0
     assert logban("completion", "fish").returncode == 2
+@pytest.mark.parametrize("target", ["192.0.2.7", "198.51.100.0/24", "2001:db8::5", "2001:db8:0:5::/64", "::1"])
+def test_unban_reads_the_networks_around_a_target_by_their_canonical_names(target):
+    from logban.cli.common import _around
+    net = ipaddress.ip_network(target)
+    want = [target] + [str(net.supernet(new_prefix=p)) for p in range(net.prefixlen)]
+    assert _around(target) == want

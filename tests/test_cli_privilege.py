@@ -105,7 +105,7 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     assert "inet logban" in logban_tables(netns)    # the check above can fail
 
     def elements() -> str:
-        return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "inet", "logban", "ban4"],
+        return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "inet", "logban", "ban4_32"],
                               capture_output=True, text=True).stdout
 
     assert "198.51.100.9" in elements()

@@ -261,7 +261,7 @@ def test_daemon_enforces_in_the_kernel_and_keeps_bans_when_stopped(tmp_path, log
         assert lab.reachable("192.0.2.2", "192.0.2.3") == {"192.0.2.2": True, "192.0.2.3": True}
         t0 = time.monotonic()
         append(log, dnsbl("192.0.2.2"))
-        while "192.0.2.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4").stdout:
+        while "192.0.2.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4_32").stdout:
             assert time.monotonic() - t0 < 5, "the ban did not reach the kernel within 5 s"
             time.sleep(0.02)
         assert time.monotonic() - t0 < 1.5

@@ -120,3 +120,16 @@ def test_options_defaults_and_ports_sorted():
     assert options_from({"ports": [587, 25, 25]}, "x").ports == (25, 587)
 
 
+
+
+@given(st.lists(_net_st, max_size=12))
+def test_wanted_leaves_out_nested_targets_only_among_the_exclusive_lengths(targets):
+    # nftables' layout: addresses, /24s and /64s in hash sets (nesting is fine), the rest in interval sets.
+    excl = {4: frozenset(range(33)) - {32, 24}, 6: frozenset(range(129)) - {128, 64}}
+    got = wanted([Ban(t, NOW + 60, False) for t in targets], NOW, excl)
+    nets = {t: ipaddress.ip_network(t) for t in targets}
+    pool = {t: n for t, n in nets.items() if n.prefixlen in excl[n.version]}
+    inside = {t for t, n in pool.items() for o, m in pool.items()
+              if o != t and n.version == m.version and n != m and n.subnet_of(m)}
+    assert set(got) == set(targets) - inside
+    assert wanted([Ban(t, NOW + 60, False) for t in targets], NOW, {4: (), 6: ()}).keys() == set(targets)

@@ -24,6 +24,7 @@ from .common import (
     _enforce,
     _node,
     _related,
+    _related_bans,
     _store,
     parse_target,
 )
@@ -81,13 +82,13 @@ def cmd_ban(args, cfg: Config) -> int:
         raise UsageError(f"{target}: not banned: {refused[0][1]}")
     now = time.time()
     scorer = Scorer(cfg.policy, allow)
-    scorer.history = store.history(real_only=not (cfg.dry_run or args.dry_run))
+    scorer.history = store.history(real_only=not (cfg.dry_run or args.dry_run), targets=[target])
     _, count, _ = scorer.duration(target, "manual", "", now)
     reason = args.reason or "banned by hand"
     d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
     dry = cfg.dry_run or args.dry_run
     store.ban(d, node=_node(args, cfg), dry_run=dry, now=now)
-    note = _enforce(args, cfg, store, dry_run=args.dry_run)
+    note = _enforce(args, cfg, store, [target], dry_run=args.dry_run)
     if args.json:
         print(json.dumps({"target": target, "kind": "manual", "reason": reason, "since": iso(now),
                           "until": None if duration is None else iso(now + duration), "count": count,
@@ -160,18 +161,19 @@ def cmd_unban(args, cfg: Config) -> int:
     _check_backend(args, cfg)
     store = _store(args, cfg)
     now = time.time()
-    active = {b.target: b for b in store.active_bans(now)}
     policy = cfg.policy
-    results, in_kernel = [], False
+    results, touched, in_kernel = [], {}, False
     for t in targets:
-        hit = _related(t, active)
+        active = _related_bans(store, t, now)
+        hit = list(active)
         scored = Scorer(policy).target_of(t)[0] if "/" not in t else t
         done = store.release(dict.fromkeys([*hit, t, scored]), "unban", now)
         lifted = [x for x in hit if done.get(x)]
         in_kernel |= any(not active[x].dry_run for x in lifted)
+        touched |= dict.fromkeys(lifted)
         results.append({"target": t, "lifted": lifted, "score_cleared": True})
-    # The kernel is touched only to lift something it may hold (a sync makes no table for nothing).
-    note = _enforce(args, cfg, store, lifting=True) if in_kernel else "firewall: nothing to lift"
+    # The kernel is touched only to lift something it may hold (no table is made for nothing).
+    note = _enforce(args, cfg, store, list(touched), lifting=True) if in_kernel else "firewall: nothing to lift"
     if args.json:
         print(json.dumps({"unbanned": results, "firewall": note}, indent=2))
         return 0

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..allow import AllowList, Resolver, parse_network
+from ..allow import AllowList, Resolver, canonical_num, parse_network
 from ..config import Config
 from ..errors import FirewallError, UsageError
 from ..jobs import Pool
@@ -152,9 +152,11 @@ def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
                     dry_run=cfg.dry_run or dry_run)
 
 
-def _enforce(args, cfg: Config, store, *, dry_run: bool = False, lifting: bool = False) -> str:
-    """After the store changed: the kernel follows. `lifting`: the change only ended bans.
-    Returns a note for the user."""
+def _enforce(args, cfg: Config, store, targets: list[str] | None = None, *, dry_run: bool = False,
+             lifting: bool = False) -> str:
+    """After the store changed: the kernel follows, for these `targets` only when given
+    (a ban, an unban: the periodic sync repairs anything else), else in full. `lifting`:
+    the change only ended bans. Returns a note for the user."""
     fw = _firewall(args, cfg, store, dry_run=dry_run)
     if not fw.has_backend:
         return "not enforced: firewall backend none" + (" (dry run)" if fw.dry_run else
@@ -162,7 +164,7 @@ def _enforce(args, cfg: Config, store, *, dry_run: bool = False, lifting: bool =
     if fw.dry_run and not lifting:
         return f"{fw.backend.name}: dry run, nothing added"
     try:
-        p = fw.sync()
+        p = fw.sync() if targets is None else fw.update(targets)
     except FirewallError as e:
         raise FirewallError(f"{e} (the store has the change; `logban firewall sync` enforces it)") from None
     return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed" + (" (dry run: nothing added)"
@@ -209,6 +211,35 @@ def parse_target(text: str, what: str = "target") -> str:
     except ValueError:
         raise UsageError(bad) from None
     return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+def _around(target: str) -> list[str]:
+    """The target and every network that holds it, spelt as the store spells targets."""
+    addr, _, plen = target.partition("/")
+    fam, bits = (socket.AF_INET6, 128) if ":" in addr else (socket.AF_INET, 32)
+    num = int.from_bytes(socket.inet_pton(fam, addr), "big")
+    out = [target]
+    for p in range(int(plen) if plen else bits):
+        net = num >> (bits - p) << (bits - p)
+        out.append(f"{socket.inet_ntop(fam, net.to_bytes(bits // 8, 'big'))}/{p}")
+    return out
+
+
+def _related_bans(store, target: str, now: float) -> dict:
+    """The active bans that cover `target` or lie inside it, by target: an address's are read
+    by name (canonical spellings: a bad row never reaches the kernel anyway); a network's
+    members, and bad rows (`_related` reads them leniently), take a look through the
+    targets of every active ban."""
+    names = _around(target)
+    if "/" in target:
+        v, num, plen = canonical_num(target)
+        bits = 128 if v == 6 else 32
+        for t in store.active_targets(now):
+            got = canonical_num(t)
+            if got is None or (got[0] == v and got[2] > plen and got[1] >> (bits - plen) == num >> (bits - plen)):
+                names.append(t)
+    active = {b.target: b for b in store.active_bans(now, targets=names)}
+    return {t: active[t] for t in _related(target, active)}
 
 
 def _related(target: str, candidates) -> list[str]:

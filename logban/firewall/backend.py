@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 
 from ..errors import FirewallError
 from .plan import FirewallOptions
@@ -45,6 +45,9 @@ class Backend:
 
     name = "none"
     kernel_timeouts = True
+    # Prefix lengths, per IP version, of targets that go where the kernel refuses an
+    # element inside another (see `wanted`): none here, overlapping elements are fine.
+    exclusive: Mapping[int, Container[int]] = {4: (), 6: ()}
 
     def __init__(self, opts: FirewallOptions) -> None:
         self.opts = opts
@@ -53,7 +56,10 @@ class Backend:
         pass
 
     def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
-        pass
+        """One batch: `remove` taken out whether the kernel holds it or not (nothing is listed
+        first: a ban or unban at 100,000 elements touches its own only), then `add` put in
+        with these timeouts; a target in both is written afresh."""
+
 
     def elements(self) -> dict[str, int | None]:
         """target -> kernel seconds left (None: no timeout)."""

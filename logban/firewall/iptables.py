@@ -65,6 +65,8 @@ class Iptables(Backend):
         for v6 in (False, True):
             t = _filter_table(v6)
             if not t.is_chain(self.CHAIN):
+                if any((":" in target) == v6 for target in add):
+                    raise FirewallError(f"{'ip6' if v6 else 'ip'}tables chain {self.CHAIN} is not there (not set up)")
                 continue
             t.autocommit = False
             c = iptc.Chain(t, self.CHAIN)

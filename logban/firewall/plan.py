@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 
 KERNEL_TIMEOUT_MAX = 2_147_483      # seconds: ipset's maximum, used by every backend alike
@@ -40,28 +40,44 @@ def _key(target: str) -> tuple[int, int, int]:
     return (6 if bits == 128 else 4), num, int(plen) if plen else bits
 
 
-def wanted(bans: Iterable, now: float) -> dict[str, int | None]:
+def prefix(target: str) -> tuple[int, int]:
+    """(IP version, prefix length) of a canonical target, from its text."""
+    addr, slash, pl = target.partition("/")
+    v = 6 if ":" in addr else 4
+    return v, int(pl) if slash else (128 if v == 6 else 32)
+
+
+def wanted(bans: Iterable, now: float, exclusive: Mapping[int, Container[int]] | None = None) -> dict[str, int | None]:
     """Kernel elements for the enforced active bans: target -> kernel timeout.
 
-    A target inside another banned network is left out: the network drops its
-    packets already, and nftables refuses overlapping intervals in one set.
+    Of the targets whose prefix length `exclusive` names for their IP version (None:
+    all), one inside another of them is left out: they share a kernel set that refuses
+    overlapping intervals (nftables), and the network drops the packets already. Others
+    are all kept, nested or not: the kernel then holds exactly the store's bans, and
+    lifting a network leaves its members' own bans in force with nothing to put back.
     """
     want: dict[str, int | None] = {}
+    get = want.get
     for b in bans:
-        if b.dry_run or (b.expires is not None and b.expires <= now):
+        exp = b.expires
+        if b.dry_run or (exp is not None and exp <= now):
             continue
-        t = kernel_timeout(b.expires, now)
-        old = want.get(b.target, 0)
-        want[b.target] = None if t is None or old is None else max(t, old)
+        t = None if exp is None else max(1, min(KERNEL_TIMEOUT_MAX, math.ceil(exp - now)))   # kernel_timeout
+        old = get(b.target, 0)
+        want[b.target] = None if t is None or old is None else t if t > old else old
     # Cheap first (prefix lengths from the text): a family can have covered targets only
     # when one of its networks is shorter than its longest target.
+    if exclusive is not None and not any(exclusive.values()):
+        return want
     shortest = {4: 33, 6: 129}
     longest = {4: 0, 6: 0}
+    pool = []
     for target in want:
-        v = 6 if ":" in target else 4
-        _, slash, pl = target.partition("/")
-        plen = int(pl) if slash else (128 if v == 6 else 32)
-        if slash and plen < shortest[v]:
+        v, plen = prefix(target)
+        if exclusive is not None and plen not in exclusive[v]:
+            continue
+        pool.append(target)
+        if plen < shortest[v] and "/" in target:
             shortest[v] = plen
         if plen > longest[v]:
             longest[v] = plen
@@ -69,7 +85,7 @@ def wanted(bans: Iterable, now: float) -> dict[str, int | None]:
     if not check:
         return want
     nets: dict[int, set[tuple[int, int]]] = {4: set(), 6: set()}       # version -> {(plen, number)}
-    keys = {t: _key(t) for t in want if (6 if ":" in t else 4) in check}
+    keys = {t: _key(t) for t in pool if (6 if ":" in t else 4) in check}
     for target, (v, num, plen) in keys.items():
         if "/" in target:
             nets[v].add((plen, num))
