@@ -77,6 +77,8 @@ def test_parts_give_what_one_process_gives(tmp_path):
     # Kinds of state the test must cover: a rate rule, a pid link, a queue-id link resolved later.
     assert {"postfix-connect-rate", "qmail-rblsmtpd"} <= rules, rules
     assert any(o[2] == "sendmail" for o in one)
+    # The reply class goes through the stateless stage too: of keyed sendmail offences as well.
+    assert {o[10] for o in one} == {0, 4, 5} and any(o[2] == "sendmail" and o[10] == 5 for o in one)
     assert one_stats["truncated"] > 0
     for a, b in zip(one, many):
         assert a == b
