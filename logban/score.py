@@ -498,12 +498,7 @@ class Scorer:
         if big:
             st.big_senders += 1
             return []
-        tr = self.tracks.get(target)
-        if tr is None:
-            if len(self.tracks) >= self._evict_at:
-                self._evict(o.time)
-            tr = self.tracks[target] = Track()
-        _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
+        tr = self._track(target, o)
         got = self._reach(tr, target, o.time)
         if got is None:
             return []
@@ -524,13 +519,17 @@ class Scorer:
         if self.allow.name_allowed(o.name) or self.allow.big_sender(o.name):
             self.partner(o.ip)
             return
+        self._prune(self._track(target, o), o.time)
+
+    def _track(self, target: str, o: Offence) -> Track:
+        """The target's track with `o` in it, a new one made (and the lowest evicted) if needed."""
         tr = self.tracks.get(target)
         if tr is None:
             if len(self.tracks) >= self._evict_at:
                 self._evict(o.time)
             tr = self.tracks[target] = Track()
         _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
-        self._prune(tr, o.time)
+        return tr
 
     def _explain(self, tr: Track, horizon: Horizon | None, total: float) -> tuple[str, str, str]:
         """The kind the ban is for (the one that earns the longest ban), its rule, and a reason

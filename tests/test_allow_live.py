@@ -7,22 +7,10 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
 from daemonproc import NET, Daemon, append, dnsbl
-from netlab import Lab, need_netns, need_tools
-from test_daemon_modes import cli, nft_elements, wait_for
+from test_daemon_modes import ATTACKER, OTHER, cli, lab, nft_elements, wait_for  # noqa: F401 (lab: the fixture)
 
-ATTACKER, OTHER = "198.51.100.2", "198.51.100.3"     # client addresses of the namespaces (netlab)
 THIRD = "203.0.113.50"
-
-
-@pytest.fixture
-def lab(tmp_path):
-    need_netns()
-    need_tools("nft")
-    lab = Lab(tmp_path)
-    yield lab
-    lab.close()
 
 
 def live_count(d: Daemon, n: int) -> int:
