@@ -301,10 +301,10 @@ def test_client_text_cannot_make_a_refusal_look_temporary():
     turn the offence into a temporary reject that weighs less (issue: reply class)."""
     lie = '"x, reject=451 ruleset=y"@example.biz'
     lines = [
-        "Nov 22 10:00:00 mx postfix/smtpd[1]: NOQUEUE: milter-reject: RCPT from unknown[192.0.2.40]: 550 5.7.1 "
-        f"Spam; from=<{lie}> to=<x@example.com> proto=ESMTP helo=<x>",
-        "Nov 22 10:00:00 mx postfix/smtpd[1]: warning: unknown[192.0.2.41]: SASL LOGIN authentication failed: "
-        "UGFzc3dvcmQ6, sasl_username=a, reject=451 ruleset=x",
+        ("Nov 22 10:00:00 mx postfix/smtpd[1]: NOQUEUE: milter-reject: RCPT from unknown[192.0.2.40]: 550 5.7.1 "
+         f"Spam; from=<{lie}> to=<x@example.com> proto=ESMTP helo=<x>"),
+        ("Nov 22 10:00:00 mx postfix/smtpd[1]: warning: unknown[192.0.2.41]: SASL LOGIN authentication failed: "
+         "UGFzc3dvcmQ6, sasl_username=a, reject=451 ruleset=x"),
     ]
     for line in lines:
         p = Parser(RULES, clock=Clock("UTC", reference=REF), max_line=MAX_LINE)

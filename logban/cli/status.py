@@ -33,8 +33,8 @@ def cmd_status(args, cfg: Config) -> int:
     except (KeyError, TypeError, AttributeError, ValueError, IndexError):
         # Written by another logban version, or damaged: said, not a traceback.
         state = {"running": False}
-        lines = [f"logban: status file {path} has fields missing or of the wrong type: "
-                 "its daemon's state is unknown (logban status --json shows the file)"]
+        lines = [(f"logban: status file {path} has fields missing or of the wrong type: "
+                  "its daemon's state is unknown (logban status --json shows the file)")]
     print("\n".join(safe(ln) for ln in lines))
     return 0 if state["running"] else NOT_RUNNING
 
