@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -203,14 +204,21 @@ def read_status(path: Path, *, store: str | None = None, node: str | None = None
         state["why"] = "stopped"
     elif not isinstance(pid, int) or pid <= 1 or proc_start(pid) is None or proc_start(pid) != state.get("proc_start"):
         state.update(running=False, why=f"process {pid} is gone (the daemon died without stopping cleanly)")
-    elif store is not None and state.get("store", {}).get("url") != store:
-        state.update(running=False, why=f"the daemon with this pid file uses another store ({state['store'].get('url')})")
+    elif store is not None and _field(state, "store", "url") != store:
+        state.update(running=False, why=f"the daemon with this pid file uses another store ({_field(state, 'store', 'url')})")
     elif node is not None and state.get("node") != node:
         state.update(running=False, why=f"the daemon with this pid file is node {state.get('node')!r}")
     else:
-        age = time.time() - float(state.get("updated_at") or 0)
+        t = state.get("updated_at")
+        age = time.time() - t if isinstance(t, (int, float)) and math.isfinite(t) else math.inf
         state["stalled"] = age > STALLED_AFTER
         if state["stalled"]:
             state["why"] = f"its state is {age:.0f} s old: its loop may be stuck"
     state.pop("updated_at", None)
     return state
+
+
+def _field(state: dict, key: str, sub: str):
+    """state[key][sub], or None where the file (another version's, or damaged) has no such thing."""
+    got = state.get(key)
+    return got.get(sub) if isinstance(got, dict) else None

@@ -243,3 +243,7 @@ def test_bad_rows_in_the_store_can_still_be_shown_listed_and_unbanned(logban, tm
     assert "lifted fe80::1" in r.stdout.decode() and "lifted 192.0.2.1/24" in r.stdout.decode()
     left = {b["target"] for b in json.loads(logban(*c, "list", "--json").stdout)}
     assert left == {"198.51.100.9", "not-an-ip\x1b[2J"}
+    r = logban(*c, "unban", "--all")                 # the bulk form prints each row's target too
+    assert r.returncode == 0, r.stderr
+    assert_terminal_safe(r.stdout)
+    assert "not-an-ip\\x1b[2J" in r.stdout.decode()

@@ -455,3 +455,26 @@ def test_nftables_moves_an_older_layouts_bans_in_one_transaction(lab, tmp_path):
     assert st["elements"] == {"ipv4": 3, "ipv6": 1}
     assert st["drift"]["unknown"] == 3          # moved as they were: the store never knew them
     server("firewall", "teardown")
+
+
+def test_an_unban_that_moves_an_older_layout_lifts_its_target(lab, tmp_path):
+    """The first command after an upgrade may be an `unban` of a client the older layout
+    drops: the sync that moves the old sets moves its element too, and the unban still
+    lifts it (it said "lifted" while the kernel went on dropping the client)."""
+    server = Server(lab, tmp_path, "nftables")
+    r = lab.run(lab.srv, *lab.logban_cmd(server.db, "none", "ban", "192.0.2.3"), env=lab.env())
+    assert r.returncode == 0, r.stderr
+    old = ("add table inet logban\n"
+           "add set inet logban ban4 { type ipv4_addr; flags interval, timeout; }\n"
+           "add chain inet logban input { type filter hook input priority filter - 10; policy accept; }\n"
+           "add rule inet logban input ip saddr @ban4 counter drop\n"
+           "add element inet logban ban4 { 192.0.2.3 timeout 3600s, 198.51.100.0/24 }\n")
+    r = subprocess.run(["ip", "netns", "exec", lab.srv, "nft", "-f", "-"], input=old, text=True, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    server("unban", "192.0.2.3")
+    blocked = {c for c, ok in lab.reachable("192.0.2.3", "198.51.100.2").items() if not ok}
+    assert blocked == {"198.51.100.2"}          # the rest moved as it was
+    assert server.status()["drift"]["unknown"] == 1
+    server("firewall", "sync")                  # the store holds no ban: nothing is dropped
+    assert all(lab.reachable("192.0.2.3", "198.51.100.2").values())
+    server("firewall", "teardown")

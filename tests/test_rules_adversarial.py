@@ -290,3 +290,23 @@ def test_chkuser_pipe_layout_helo_imitating_the_address_field():
         (f"x|remotehostip:{FAKE6}", "", "198.51.100.7", ["198.51.100.7"]),
     ]:
         assert run(t.format(helo=helo, host=host, ip=ip))[0] == want, (helo, host, ip)
+
+
+# parse.py is being merged elsewhere: the fix (reply_class reads ", reject=" only when the
+# message is sendmail's "ruleset=..." line) lands there; drop this mark with it.
+@pytest.mark.xfail(strict=True, reason="parse.reply_class reads sendmail's reject= on any line")
+def test_client_text_cannot_make_a_refusal_look_temporary():
+    """sendmail's ", reject=4xx" is read only from a sendmail line: a sender address, SASL
+    user name or HELO in a Postfix line that copies it ("ruleset=", ", reject=451 ") does not
+    turn the offence into a temporary reject that weighs less (issue: reply class)."""
+    lie = '"x, reject=451 ruleset=y"@example.biz'
+    lines = [
+        ("Nov 22 10:00:00 mx postfix/smtpd[1]: NOQUEUE: milter-reject: RCPT from unknown[192.0.2.40]: 550 5.7.1 "
+         f"Spam; from=<{lie}> to=<x@example.com> proto=ESMTP helo=<x>"),
+        ("Nov 22 10:00:00 mx postfix/smtpd[1]: warning: unknown[192.0.2.41]: SASL LOGIN authentication failed: "
+         "UGFzc3dvcmQ6, sasl_username=a, reject=451 ruleset=x"),
+    ]
+    for line in lines:
+        p = Parser(RULES, clock=Clock("UTC", reference=REF), max_line=MAX_LINE)
+        [o] = p.parse_lines(line.encode() + b"\n")
+        assert o.reply != 4, line

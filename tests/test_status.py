@@ -8,10 +8,11 @@ import subprocess
 import sys
 import time
 
-from conftest import ROOT
+from conftest import ROOT, run_logban
 from daemonproc import NET, Daemon, append, dnsbl, sasl
 
 from logban.status import proc_start, read_status, status_path
+from logban.store import Store
 
 
 def status(d: Daemon, *args: str) -> tuple[int, dict | str]:
@@ -104,3 +105,25 @@ def test_a_stale_state_file_is_not_a_running_daemon(tmp_path):
     (tmp_path / "other").write_text("{}")
     path.symlink_to(tmp_path / "other")
     assert "unreadable" in read_status(path)["why"]
+
+
+def test_a_status_file_of_another_shape_is_said_not_a_traceback(tmp_path):
+    """A live pid with a file lacking fields or holding other types (another logban version's,
+    or damaged) gives one line and status 3, never a traceback."""
+    pid_file = tmp_path / "logban.pid"
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[daemon]\npid_file = "{pid_file}"\n')
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        url = f"sqlite:///{tmp_path / 's.db'}"
+        me = {"running": True, "pid": sleeper.pid, "proc_start": proc_start(sleeper.pid),
+              "store": {"url": Store.where(url)}}
+        for extra in ({}, {"updated_at": "abc"}, {"updated_at": 1e400}, {"store": "x"}):
+            status_path(pid_file).write_text(json.dumps({**me, **extra}))
+            r = run_logban("status", "-c", str(cfg), "--db", url)
+            assert r.returncode == 3, (extra, r.stderr)
+            assert b"Traceback" not in r.stderr and b"error" not in r.stderr, r.stderr
+            assert b"wrong type" in r.stdout or b"another store" in r.stdout, r.stdout
+    finally:
+        sleeper.kill()
+        sleeper.wait()

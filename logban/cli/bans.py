@@ -13,6 +13,7 @@ from ..parse import iso
 from ..report import (
     ban_json,
     bans_table,
+    safe,
     show_human,
 )
 from ..rules import KINDS
@@ -142,8 +143,8 @@ def _unban_bulk(args, cfg: Config) -> int:
                           "count": len(lifted), "firewall": note}, indent=2))
         return 0
     for b in lifted:
-        print(f"unbanned {b.target} ({b.kind}, node {b.node or '-'}, since {iso(b.created)})"
-              + (" (dry run)" if b.dry_run else ""))
+        print(safe(f"unbanned {b.target} ({b.kind}, node {b.node or '-'}, since {iso(b.created)})"
+                   + (" (dry run)" if b.dry_run else "")))
     print(f"{len(lifted)} ban(s) lifted" if lifted else "no active ban matches")
     print(note)
     return 0

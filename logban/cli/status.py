@@ -27,8 +27,15 @@ def cmd_status(args, cfg: Config) -> int:
         state = read_status(path, store=Store.where(url) if url else None, node=args.node or cfg.node)
     if args.json:
         print(json.dumps(state, indent=2))
-    else:
-        print("\n".join(safe(ln) for ln in human(state)))
+        return 0 if state["running"] else NOT_RUNNING
+    try:
+        lines = human(state)
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError):
+        # Written by another logban version, or damaged: said, not a traceback.
+        state = {"running": False}
+        lines = [(f"logban: status file {path} has fields missing or of the wrong type: "
+                  "its daemon's state is unknown (logban status --json shows the file)")]
+    print("\n".join(safe(ln) for ln in lines))
     return 0 if state["running"] else NOT_RUNNING
 
 

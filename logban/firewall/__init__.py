@@ -151,7 +151,13 @@ class Firewall:
             if p.add or p.remove:
                 self.backend.apply(p.add, [*p.remove, *p.add])
         except FirewallError:
-            return self.sync(now)
+            self.ready = False
+            done = self.sync(now)
+            if p.remove and self.ready:
+                # That sync set up, which moves an older layout's elements in as they were:
+                # the lifted ones among them go too.
+                self.backend.apply({}, p.remove)
+            return done
         return p
 
     def _setup(self) -> None:
@@ -174,8 +180,10 @@ class Firewall:
                 p = Plan(remove=list(p.unknown), unknown=p.unknown)
                 want = {t: have[t] for t in want if t in have}
             try:
-                if p.add or (have and not self.dry_run):
-                    self._setup()               # made only when there is something to hold
+                if p.add or (not self.dry_run and (have or self.backend.outdated())):
+                    # Made only when there is something to hold, or an older layout's sets
+                    # (they drop clients too, and only a set-up moves them where a sync sees them).
+                    self._setup()
                 if p.add or p.remove:
                     self.backend.apply(p.add, p.remove)
                 self.wanted = want

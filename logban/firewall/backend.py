@@ -65,6 +65,10 @@ class Backend:
         """target -> kernel seconds left (None: no timeout)."""
         return {}
 
+    def outdated(self) -> bool:
+        """Whether the kernel holds an older logban's layout, which only `setup` moves in."""
+        return False
+
     def describe(self) -> dict:
         return {}
 

@@ -116,6 +116,9 @@ class Nftables(Backend):
                 lines.append(f"delete set {self.TABLE} {s}")
         return lines
 
+    def outdated(self) -> bool:
+        return any(map(self._exists, LEGACY_SETS))
+
     def _exists(self, s: str) -> bool:
         try:
             netlink.set_elements(*self.TABLE.split(), s)      # at once when absent, as it is but once
