@@ -45,13 +45,6 @@ DISAGREE: list[tuple[bool, re.Pattern, str]] = [
     (True, re.compile(r"warning: hostname \S+ does not resolve to address "),
      "a forward/reverse DNS mismatch warning: Postfix goes on with the session, many legitimate "
      "senders have such DNS; the client did nothing wrong (fail2ban flags it in aggressive mode only)"),
-    (True, re.compile(r"disconnect from \S+ .*\bauth=0/\d"),
-     "smtpd's session summary: each failed AUTH it counts was logged as a 'SASL ... authentication "
-     "failed' warning, which logban counts; counting the summary too would count one failure twice "
-     "(fail2ban's ddos mode counts the summary instead of the warnings)"),
-    (False, re.compile(r"lost connection after AUTH from "),
-     "logban counts a session dropped in AUTH as one auth failure here and never counts the "
-     "'disconnect ... auth=0/N' summary after it; fail2ban counts the summary instead: one event either way"),
     (True, re.compile(r"lost input channel from .* after \w+"),
      "a connection lost in the middle of a transaction: legitimate senders (callout verifiers, flaky "
      "links) do this too, as fail2ban itself says of Postfix's 'lost connection after DATA'; before MAIL "

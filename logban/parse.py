@@ -97,6 +97,7 @@ class ParseStats:
     truncated_skipped: int = 0     # cut lines on which rules that read the line end were not applied
     not_target: int = 0            # a rule's address can never be banned (unspecified, multicast, link-local, ...)
     unresolved: int = 0            # keyed offences whose key never met an address
+    repeated: int = 0              # summary lines whose session's offences were counted already
     hits: Counter = field(default_factory=Counter)   # rule id -> matches (links too)
 
     def add(self, other: ParseStats) -> None:
@@ -361,6 +362,7 @@ class Parser:
         self.suspicious: list[tuple[str, int, bytes]] = []
         self._suspicious_max = collect_suspicious
         self._links: dict[tuple, tuple[str, str | None]] = {}
+        self._said: dict[tuple, bool] = {}      # (session, client) -> an offence a summary would repeat
         self._pending: dict[tuple, list[Offence]] = {}
         self._pending_n = 0
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
@@ -582,7 +584,12 @@ class Parser:
             name = self._name(m) if r.has_name and ip is not None else None
         else:
             ip = name = None
-        key = self._key(r, m, h) if r.key is not None else None
+        if r.key is not None:
+            key = self._key(r, m, h)
+        elif r.session or r.repeats:
+            key = (h.host, r.pack, h.pid)       # the session a summary line repeats
+        else:
+            key = None
         return (r.order, ip, key, name, 0 if r.link else reply_class(m.string, h.start))
 
     def _ip(self, m) -> str | None:
@@ -653,7 +660,9 @@ class Parser:
             if ip == "":
                 self.stats.not_target += 1
             elif ip is not None:
-                if not r.rate_over or self._over_rate(r, ip, name, t):
+                if key is not None and self._repeated(r, (key, ip)):
+                    self.stats.repeated += 1
+                elif not r.rate_over or self._over_rate(r, ip, name, t):
                     out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply))
             return
         ip, name = self._links.get(key, (None, None))
@@ -671,6 +680,16 @@ class Parser:
                 self.stats.unresolved += len(old)
         else:
             self.stats.unresolved += 1
+
+    def _repeated(self, r: Rule, k: tuple) -> bool:
+        """Note an offence of a rule a summary repeats; whether a summary repeats one noted."""
+        said = self._said
+        if r.repeats:
+            return said.pop(k, False)
+        said[k] = True
+        if len(said) > _LIMIT:
+            del said[next(iter(said))]
+        return False
 
     def _link(self, r: Rule, ip: str | None, key: tuple, name: str | None, out: list[Offence]) -> None:
         self._links.pop(key, None)      # a key seen again (a pid reused) no longer means the old client
@@ -695,7 +714,7 @@ class Parser:
         their client, rate windows, statistics) over to this parser: a reload must not forget
         a session that began before it."""
         self._links, self._pending, self._pending_n = old._links, old._pending, old._pending_n
-        self._rates = old._rates
+        self._rates, self._said = old._rates, old._said
         self.stats = old.stats
         self.clock.adopt(old.clock)
 

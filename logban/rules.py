@@ -35,7 +35,7 @@ HINT_MAX = 16          # longer hints only make the chunk pre-filter slower
 HINT_MIN = 3
 PACK_KEYS = {"name", "description", "programs"}
 RULE_KEYS = {"id", "kind", "score", "match", "programs", "hint", "untagged", "key", "rate",
-             "tests", "description", "disabled"}
+             "repeats", "tests", "description", "disabled"}
 LINK_KEYS = {"id", "match", "programs", "hint", "untagged", "key", "resolves", "tests",
              "description", "disabled"}
 TEST_KEYS = {"line", "ip", "key", "none"}
@@ -71,6 +71,10 @@ class Rule:
     rate_over: int = 0            # a rate rule: more than this many matches ...
     rate_per: float = 0.0         # ... within this many seconds from one client is one offence
     tail: bool = False            # the match reads the line end ($, look-ahead): never applied to a line cut at max_line
+    # A summary line (smtpd's `disconnect ... auth=0/1`) repeats what these rules counted in the
+    # same session (syslog pid of the same host): it counts only when none of them did.
+    repeats: tuple[str, ...] = ()
+    session: bool = False         # a rule some summary repeats: its offences are noted per session
     tests: tuple[RuleTest, ...] = ()
     order: int = 0
 
@@ -612,6 +616,7 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
         if isinstance(score, bool) or not isinstance(score, (int, float)) or not score > 0:
             raise _bad(source, rid, "score must be a number above 0")
     rate_over, rate_per = _rate(entry.get("rate"), source, rid)
+    repeats = _str_list(entry.get("repeats", []), source, rid, "repeats")
     programs = _str_list(entry.get("programs", list(pack_programs)), source, rid, "programs")
     untagged = entry.get("untagged", False)
     if not isinstance(untagged, bool):
@@ -633,6 +638,8 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
         key = "group"
     if link and not (has_ip and key):
         raise _bad(source, rid, "a link needs an address group (?P<ip>...) and a key (key = \"pid\" or (?P<key>...))")
+    if repeats and (key or not has_ip or rate_over):
+        raise _bad(source, rid, "repeats goes with a rule that reads the client address and has no key or rate")
     if not link and not has_ip and not key:
         raise _bad(source, rid, "no address group: use {{IP}} or (?P<ip>...) for the client address, or a key to correlate")
     resolves = entry.get("resolves", "later")
@@ -653,7 +660,7 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
     return Rule(id=rid, pack=pack, source=source, pattern=src, regex=rx, programs=programs,
                 hint=hint.encode(), lead=lead, needle=needle.encode() if len(needle) > len(hint) else b"", kind=kind, score=float(score), untagged=untagged,
                 key=key, link=link, has_ip=has_ip, resolves=resolves, has_name="name" in rx.groupindex,
-                rate_over=rate_over, rate_per=rate_per, tail=tail_reason(expanded) is not None, tests=_parse_tests(entry.get("tests", []), source, rid))
+                rate_over=rate_over, rate_per=rate_per, repeats=repeats, tail=tail_reason(expanded) is not None, tests=_parse_tests(entry.get("tests", []), source, rid))
 
 
 def load_pack(path: Path, own_names: tuple[str, ...] = ()) -> tuple[list[Rule], list[str], set[str]]:
@@ -739,6 +746,15 @@ def load_rules(extra_dirs: list[Path] = (), *, disable: tuple[str, ...] = (),
             raise UsageError(f"{disable_key}: no rule with id {rid!r}")
     out = [r for rid, r in merged.items() if rid not in disable and rid not in user_disabled
            and (not only_packs or r.pack in only_packs)]
+    for r in out:
+        for rid in r.repeats:
+            other = merged.get(rid)
+            if other is None and rid not in known:
+                raise _bad(r.source, r.id, f"repeats names no rule with id {rid!r}")
+            if other is not None and (other.pack != r.pack or other.link or other.key or other.rate_over):
+                raise _bad(r.source, r.id, f"repeats {rid!r}: not an offence rule of the same pack without key or rate")
+            if other is not None:
+                other.session = True
     if only_packs and not out:
         raise UsageError(f"--mta: no rule pack named {', '.join(only_packs)} (have: {', '.join(sorted({r.pack for r in merged.values()}))})")
     for i, r in enumerate(out):

@@ -484,6 +484,31 @@ def test_rfc3164_stamps_a_little_ahead_of_the_reference_keep_its_year():
         assert parse_header(stamp + b" h postfix/smtpd[1]: x", ref).time == want, stamp
 
 
+def test_a_session_summary_counts_only_what_its_session_did_not_count_already():
+    """smtpd's `disconnect ... auth=0/N` repeats the SASL failures (or the connection lost in
+    AUTH) of its session: one failure is one event; a summary alone is one too."""
+    p = Parser(load_rules(), clock=Clock(reference=1_795_000_000))
+    lines = [
+        b"Nov 20 10:00:07 mx postfix/smtpd[1]: warning: unknown[192.0.2.50]: SASL LOGIN authentication failed: x",
+        b"Nov 20 10:00:07 mx postfix/smtpd[1]: warning: unknown[192.0.2.50]: SASL LOGIN authentication failed: x",
+        b"Nov 20 10:00:08 mx postfix/smtpd[1]: disconnect from unknown[192.0.2.50] ehlo=1 auth=0/2 quit=1 commands=2/4",
+        b"Nov 20 10:00:09 mx postfix/smtpd[1]: disconnect from unknown[192.0.2.51] ehlo=1 auth=0/1 quit=1 commands=2/3",
+        b"Nov 20 10:00:10 mx postfix/smtpd[2]: warning: unknown[192.0.2.52]: SASL PLAIN authentication failed: x",
+        b"Nov 20 10:00:11 mx2 postfix/smtpd[2]: disconnect from unknown[192.0.2.52] ehlo=1 auth=0/1 commands=1/2",
+        b"Nov 20 10:00:12 mx postfix/smtpd[3]: lost connection after AUTH from unknown[192.0.2.53]",
+        b"Nov 20 10:00:12 mx postfix/smtpd[3]: disconnect from unknown[192.0.2.53] ehlo=1 auth=0/1 commands=1/2",
+        b"Nov 20 10:00:13 mx postfix/smtpd[1]: disconnect from unknown[192.0.2.50] ehlo=1 auth=0/1 commands=1/2",
+        b"Nov 20 10:00:14 mx postfix/smtpd[4]: disconnect from unknown[192.0.2.54] ehlo=1 auth=1/2 quit=1 commands=3/4",
+    ]
+    got = [(o.ip, o.rule) for o in p.parse_lines(b"\n".join(lines) + b"\n")]
+    assert got == [("192.0.2.50", "postfix-sasl-failed"), ("192.0.2.50", "postfix-sasl-failed"),
+                   ("192.0.2.51", "postfix-auth-summary"),
+                   ("192.0.2.52", "postfix-sasl-failed"), ("192.0.2.52", "postfix-auth-summary"),   # another host's session
+                   ("192.0.2.53", "postfix-lost-after-auth"),
+                   ("192.0.2.50", "postfix-auth-summary")]      # the next session of pid 1: nothing counted in it
+    assert p.stats.repeated == 2
+
+
 def test_rate_window_edges_and_the_count_after_an_offence():
     """over = 30, per = 1m: the 31st connection within a minute (its last second included)
     is an offence, and the next one needs 31 more."""

@@ -178,7 +178,7 @@ FIELDS = [
 ]
 # Shapes in which the client writes nothing the rule reads (the MTA's own fields only).
 NO_CLIENT_FIELD = {
-    "postfix-lost-after-auth", "postfix-lost-early", "postfix-too-many-errors", "postscreen-dnsbl",
+    "postfix-lost-after-auth", "postfix-auth-summary", "postfix-lost-early", "postfix-too-many-errors", "postscreen-dnsbl",
     "postscreen-hangup", "postscreen-bare-newline", "postscreen-limit", "postscreen-denylisted",
     "postfix-connect-rate", "postscreen-connect-rate", "qmail-tcpserver-pid", "sendmail-no-mail",
     "sendmail-smtp-attack", "sendmail-pregreet",
