@@ -49,9 +49,11 @@ SUSPICIOUS = re.compile(rb"(?i)reject|denied|fail|warning|blocked|listed|attack|
 # Where an MTA writes the reply it gave, before any text the client chose: right after the
 # client field of a Postfix reject (matched at the message start), or sendmail's "reject=".
 _REPLY_POSTFIX = re.compile(
-    rb"(?:NOQUEUE|[0-9A-Za-z]{5,20}): reject: [A-Z-]{3,16} from [^\s\[\]]{0,255}\[[^\]\s]{1,64}\](?::\d{1,5})?: "
+    rb"(?:NOQUEUE|[0-9A-Za-z]{5,20}): (?:milter-)?reject: [A-Z-]{3,16} from [^\s\[\]]{0,255}\[[^\]\s]{1,64}\](?::\d{1,5})?: "
     rb"([245])\d\d[ -]")
 _REPLY_SENDMAIL = re.compile(rb", reject=([245])\d\d[ -]")
+# sendmail's own check line: only there is ", reject=" the MTA's (elsewhere it is client text)
+_SENDMAIL_CHECK = re.compile(rb"(?:[0-9A-Za-z]{6,20}: |NOQUEUE: )?ruleset=\w{1,32}, ")
 
 _LIMIT = 200_000          # entries kept in each correlation or cache table
 _IP_CACHE = 20_000        # raw address -> canonical: a miss costs a microsecond, an entry 150 bytes
@@ -114,7 +116,7 @@ def reply_class(line: bytes, start: int = 0) -> int:
     if m is not None:
         return int(m.group(1)) if m.group(1) != b"2" else 0
     got = 0
-    if b"ruleset=" in line:
+    if _SENDMAIL_CHECK.match(line, start):
         for m in _REPLY_SENDMAIL.finditer(line, start):
             c = m.group(1)
             if c == b"5":

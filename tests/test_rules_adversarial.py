@@ -292,9 +292,6 @@ def test_chkuser_pipe_layout_helo_imitating_the_address_field():
         assert run(t.format(helo=helo, host=host, ip=ip))[0] == want, (helo, host, ip)
 
 
-# parse.py is being merged elsewhere: the fix (reply_class reads ", reject=" only when the
-# message is sendmail's "ruleset=..." line) lands there; drop this mark with it.
-@pytest.mark.xfail(strict=True, reason="parse.reply_class reads sendmail's reject= on any line")
 def test_client_text_cannot_make_a_refusal_look_temporary():
     """sendmail's ", reject=4xx" is read only from a sendmail line: a sender address, SASL
     user name or HELO in a Postfix line that copies it ("ruleset=", ", reject=451 ") does not
