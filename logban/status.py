@@ -98,7 +98,8 @@ def store_counts(store, node: str, now: float) -> dict:
             h, d = conn.execute(sa.select(hour, day).where(col >= now - 86400, table.c.node == node)).one()
             out[name] = {"last_hour": int(h), "last_day": int(d)}
         last = conn.execute(sa.select(BANS.c.target, BANS.c.kind, sa.cast(BANS.c.created, sa.Float), BANS.c.dry_run)
-                            .where(BANS.c.node == node).order_by(BANS.c.id.desc()).limit(1)).first()
+                            .where(BANS.c.node == node).order_by(BANS.c.created.desc(), BANS.c.id.desc())
+                            .limit(1)).first()
     out["last_ban"] = None if last is None else {"target": last[0], "kind": last[1], "time": iso(last[2]),
                                                  "dry_run": bool(last[3])}
     return out

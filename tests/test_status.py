@@ -104,3 +104,27 @@ def test_a_stale_state_file_is_not_a_running_daemon(tmp_path):
     (tmp_path / "other").write_text("{}")
     path.symlink_to(tmp_path / "other")
     assert "unreadable" in read_status(path)["why"]
+
+
+def test_last_ban_is_the_newest_decision_not_the_newest_row(tmp_path):
+    """`scan --apply` of history records a ban decided days ago after today's (an escalated
+    or aggregated row is written last): status names the one decided last, and says when it
+    is a dry run."""
+    from logban.cli.status import human
+    from logban.status import store_counts
+    from logban.store import BANS, Store
+
+    now = time.time()
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    with store.write() as conn:
+        conn.execute(BANS.insert(), [
+            {"target": f"{NET}.9", "kind": "dnsbl", "created": now - 60, "node": "mx1", "dry_run": True},
+            {"target": f"{NET}.8", "kind": "bad_helo", "created": now - 4 * 86400, "node": "mx1", "dry_run": True},
+        ])
+    counts = store_counts(store, "mx1", now)
+    store.close()
+    assert counts["last_ban"]["target"] == f"{NET}.9" and counts["last_ban"]["dry_run"] is True
+    s = {"running": True, "pid": 1, "uptime": 1.0, "started": "x", "node": "mx1", "backend": "none",
+         "dry_run": False, "store": {"url": "t.db", "reachable": True}, "sources": [], "clients_scored": 0,
+         "active_bans": {"total": 0, "address_count": 0, "network_count": 0}, **counts}
+    assert f"  last ban: {NET}.9 dnsbl at " in "\n".join(human(s)) and "(dry run)" in human(s)[-2]

@@ -78,7 +78,8 @@ def human(s: dict) -> list[str]:
     out.append(f"  active bans: {a['total']:,} ({a['address_count']:,} addresses, {a['network_count']:,} networks); "
                f"clients being scored: {s['clients_scored']:,}")
     lb, le = s.get("last_ban"), s.get("last_error")
-    out.append("  last ban: " + (f"{lb['target']} {lb['kind']} at {lb['time']}" if lb else "none"))
+    out.append("  last ban: " + (f"{lb['target']} {lb['kind']} at {lb['time']}" + (" (dry run)" if lb.get("dry_run") else "")
+                                    if lb else "none"))
     out.append("  last error: " + (f"{le['time']} {le['message']}" if le else "none"))
     return out
 
