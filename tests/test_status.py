@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -128,3 +130,25 @@ def test_last_ban_is_the_newest_decision_not_the_newest_row(tmp_path):
          "dry_run": False, "store": {"url": "t.db", "reachable": True}, "sources": [], "clients_scored": 0,
          "active_bans": {"total": 0, "address_count": 0, "network_count": 0}, **counts}
     assert f"  last ban: {NET}.9 dnsbl at " in "\n".join(human(s)) and "(dry run)" in human(s)[-2]
+
+
+def test_status_shows_a_followed_journal(tmp_path, daemons):
+    """Debian 12 without rsyslog: the journal is the only source, and status must show it
+    (its lines read and how far behind it is), as it shows a followed file."""
+    from test_journal import REMOTE, entry, write_journal
+
+    from conftest import skip_or_fail
+    if not (shutil.which("journalctl") and os.access(REMOTE, os.X_OK)):
+        skip_or_fail("needs journalctl and systemd-journal-remote (Debian package systemd-journal-remote)")
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    write_journal(jdir / "remote.journal", [entry("connect from unknown[2001:db8::1]")])
+    d = Daemon(tmp_path, "--journal-dir", str(jdir))
+    daemons.append(d.start())
+    write_journal(jdir / "remote.journal", [entry(f"connect from unknown[{NET}.{i}]") for i in (5, 6)])
+    s = wait_status(d, lambda s: s["sources"] and s["sources"][0].get("lines_read") == 2)
+    src = s["sources"][0]
+    assert src["kind"] == "journal" and src["source"] == f"journal:{jdir}" and src["lag_seconds"] == 0
+    assert src["cursor"] and src["open"] is True
+    rc, text = status(d)
+    assert rc == 0 and f"  journal journal:{jdir}: 2 lines read, lag 0.0 s" in text, text

@@ -67,6 +67,11 @@ def human(s: dict) -> list[str]:
            f"  node {s['node']}, firewall {s['backend']}" + (" (dry run)" if s["dry_run"] else ""),
            f"  store {st['url']}: " + ("reachable" if st["reachable"] else f"UNREACHABLE since {st['outage_since']}")]
     for src in s["sources"]:
+        if src["kind"] == "journal":
+            out.append(f"  journal {src['source']}: {src.get('lines_read', 0):,} lines read, lag {src.get('lag_seconds')} s"
+                       + (" (waiting for journal files)" if src.get("waiting") else
+                          "" if src.get("open", True) else " (journalctl not running)"))
+            continue
         lag = "?" if src.get("lag_bytes") is None else f"{src['lag_bytes']:,} bytes, {src.get('lag_seconds')} s"
         out.append(f"  {src['kind']} {src['source']}: position {src.get('position')}, "
                    f"{src.get('lines_read', 0):,} lines read, lag {lag}" + ("" if src.get("open", True) else " (not open)"))
