@@ -135,9 +135,8 @@ def test_last_ban_is_the_newest_decision_not_the_newest_row(tmp_path):
 def test_status_shows_a_followed_journal(tmp_path, daemons):
     """Debian 12 without rsyslog: the journal is the only source, and status must show it
     (its lines read and how far behind it is), as it shows a followed file."""
-    from test_journal import REMOTE, entry, write_journal
-
     from conftest import skip_or_fail
+    from test_journal import REMOTE, entry, write_journal
     if not (shutil.which("journalctl") and os.access(REMOTE, os.X_OK)):
         skip_or_fail("needs journalctl and systemd-journal-remote (Debian package systemd-journal-remote)")
     jdir = tmp_path / "journal"
