@@ -111,8 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     bn = sub.add("ban", "ban an address or network by hand",
                  "logban ban 198.51.100.7                      # as root: in the kernel firewall at once",
                  "logban ban 198.51.100.7 --dry-run            # recorded only (so is --backend none)",
-                 'logban ban 203.0.113.0/24 --for 3d --reason "spam run"',
-                 "logban ban 2001:db8::/64 --for permanent --json")
+                 'logban ban 203.0.113.0/24 --for 3d --reason "spam run"')
     bn.add_argument("target", metavar="TARGET", help="address or CIDR without host bits (198.51.100.0/24); "
                                                      "a /8 or wider (IPv6 /32 or wider) needs --force")
     bn.add_argument("--for", dest="duration", metavar="DURATION",
