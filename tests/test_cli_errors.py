@@ -246,6 +246,14 @@ def test_help_states_exit_statuses_and_every_option_and_examples():
     assert b"examples:" in run_logban("show", "--help").stdout
 
 
+def test_an_unknown_option_points_at_its_command_help():
+    """`logban list --jsn` is the list command's typo: its help is the one to read."""
+    for args, helps in ((["list", "--jsn"], "logban list --help"), (["allow", "add", "x.example", "y"], "logban allow add --help"),
+                        (["--jsn", "stats"], "logban stats --help"), (["lsit"], "logban --help")):
+        r = run_logban(*args)
+        assert r.returncode == 2 and one_line(r).endswith(f"(see '{helps}')\n"), (args, r.stderr)
+
+
 @pytest.mark.parametrize("target, why", [("198.51.100.7/24", "198.51.100.0/24"), ("10.0.0.0/8", "--force"),
                                          ("2001:db8::/32", "--force"), ("0.0.0.0/0", "not a ban target")])
 def test_manual_ban_is_strict_and_wide_ones_need_force(tmp_path, target, why):

@@ -29,8 +29,17 @@ class _Args(argparse.ArgumentParser):
         kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*a, **kw)
 
+    # The command parser reached last: argparse reports a command's unknown option from the
+    # top parser, whose help does not list it.
+    reached: str | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        _Args.reached = self.prog
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:          # one line, exit 2
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        prog = _Args.reached if message.startswith("unrecognized arguments") and _Args.reached else self.prog
+        raise UsageError(f"{message} (see '{prog} --help')")
 
 
 def _count(text: str) -> int:
