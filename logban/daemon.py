@@ -34,7 +34,7 @@ from .liveallow import Live, newly_allowed
 from .parse import Clock, Offence, Parser
 from .pidfile import default_pid_file, write_pid
 from .report import safe
-from .rules import RuleSet, load_rules
+from .rules import RuleSet, check_config_references, load_rules
 from .score import Decision
 from .status import Publisher, status_path
 from .store import NOTIFY_CHANNEL, UNREACHABLE, Store, short_error
@@ -180,19 +180,12 @@ class Daemon:
         """Everything derived from the config; raises UsageError before changing anything."""
         rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names,
                            disable_key=f"{cfg.path or 'config'}: rules.disable")
-        for rid in cfg.policy.rule_durations:
-            if rules.by_id(rid) is None:
-                raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
+        check_config_references(cfg, rules)
         files, instead = journal_if_missing(cfg.daemon.follow, cfg.daemon.journal_if_missing, log.info)
         specs = [Spec(p, mta) for p, mta in files] + [Spec(p) for p in self.opts.follow]
         journals = list(dict.fromkeys(cfg.daemon.journals + instead + self.opts.journals))
         if not specs and not journals:
             raise UsageError("nothing to follow: give --follow PATH, --journal or [[follow]] path = ... in the config")
-        packs = {r.pack for r in rules.rules}
-        for s in specs + journals:
-            if s.mta is not None and s.mta not in packs:
-                raise UsageError(f"{cfg.path}: follow {getattr(s, 'path', None) or s.name}: no rule pack {s.mta!r} "
-                                 f"(have: {', '.join(sorted(packs))})")
         parsers = {mta: self._parser(cfg, rules, mta, self._rate_key) for mta in {s.mta for s in specs + journals}}
         for mta, p in parsers.items():
             if mta in getattr(self, "parsers", {}):

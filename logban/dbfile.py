@@ -9,7 +9,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from .errors import StoreError
+from .errors import StoreError, UsageError
 
 
 def state_dir() -> Path:
@@ -29,7 +29,7 @@ def _create_db_file(p: Path) -> None:
     directory is made on demand: a typo in --db must not leave directories behind."""
     if not p.parent.is_dir():
         if p.parent != state_dir():
-            raise StoreError(f"{p.parent}: no such directory (logban creates only its own, {state_dir()})")
+            raise UsageError(f"{p.parent}: no such directory (logban creates only its own, {state_dir()})")
         try:
             p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as e:
@@ -75,7 +75,7 @@ def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
     if not memory:
         p = Path(path)
         if p.is_dir():
-            raise StoreError(f"{p}: is a directory, not a database file")
+            raise UsageError(f"{p}: is a directory, not a database file")
         if not readonly and not p.exists():
             _create_db_file(p)
     if readonly:
@@ -109,7 +109,7 @@ def make_engine(url: str, readonly: bool = False) -> Engine:
     try:
         u = sa.make_url(url)
     except sa.exc.ArgumentError:
-        raise StoreError(f"{url!r} is not a database URL (like sqlite:////var/lib/logban/logban.db)") from None
+        raise UsageError(f"{url!r} is not a database URL (like sqlite:////var/lib/logban/logban.db)") from None
     try:
         if u.get_backend_name() == "sqlite":
             return _sqlite_engine(u, readonly)

@@ -713,6 +713,25 @@ def _pack_files(d: Path) -> list[Path]:
     return sorted(d.glob("*.toml"))
 
 
+def check_rule_durations(cfg, rules: RuleSet) -> None:
+    """Each `[ban.rules]` id names an active rule of `rules`."""
+    for rid in cfg.policy.rule_durations:
+        if rules.by_id(rid) is None:
+            raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
+
+
+def check_config_references(cfg, rules: RuleSet) -> None:
+    """What a config names in the packs: `[ban.rules]` ids and each `[[follow]]`'s `mta`.
+    The daemon checks them at start and at SIGHUP, and `logban reload` before it signals,
+    so a config the daemon would refuse is never reported as reloaded."""
+    check_rule_durations(cfg, rules)
+    packs = {r.pack for r in rules.rules}
+    named = [(str(p), mta) for p, mta in cfg.daemon.follow] + [(j.name, j.mta) for j in cfg.daemon.journals]
+    for where, mta in named:
+        if mta is not None and mta not in packs:
+            raise UsageError(f"{cfg.path}: follow {where}: no rule pack {mta!r} (have: {', '.join(sorted(packs))})")
+
+
 def load_rules(extra_dirs: list[Path] = (), *, disable: tuple[str, ...] = (),
                own_names: tuple[str, ...] = (), shipped: bool = True,
                only_packs: tuple[str, ...] = (), disable_key: str = "disable") -> RuleSet:

@@ -62,9 +62,17 @@ class LastError(logging.Handler):
         self.last = {"time": iso(record.created), "message": msg[:ERROR_MAX]}
 
 
+def journal_sources(follower, read: dict[str, int]) -> list[dict]:
+    """One entry per followed journal: its position is the cursor of the last entry read, its
+    lag how far that entry was behind now while more waited (bytes mean nothing there)."""
+    return [{"source": j.name, "kind": "journal", "open": j.proc is not None, "waiting": j.waiting,
+             "cursor": j.cursor, "line": j.lines, "lines_read": read.get(j.name, 0),
+             "lag_bytes": None, "lag_seconds": round(j.behind, 1)} for j in follower.journals]
+
+
 def file_sources(follower, read: dict[str, int], now: float) -> list[dict]:
     """One entry per followed file. `source` and `kind` are what every kind of source has
-    (a journal source adds entries of kind "journal" with its own position and lag)."""
+    (`journal_sources` adds those of kind "journal")."""
     out = []
     for fs in follower.files:
         size = mtime = None
@@ -99,7 +107,8 @@ def store_counts(store, node: str, now: float) -> dict:
             h, d = conn.execute(sa.select(hour, day).where(col >= now - 86400, table.c.node == node)).one()
             out[name] = {"last_hour": int(h), "last_day": int(d)}
         last = conn.execute(sa.select(BANS.c.target, BANS.c.kind, sa.cast(BANS.c.created, sa.Float), BANS.c.dry_run)
-                            .where(BANS.c.node == node).order_by(BANS.c.id.desc()).limit(1)).first()
+                            .where(BANS.c.node == node).order_by(BANS.c.created.desc(), BANS.c.id.desc())
+                            .limit(1)).first()
     out["last_ban"] = None if last is None else {"target": last[0], "kind": last[1], "time": iso(last[2]),
                                                  "dry_run": bool(last[3])}
     return out
@@ -163,7 +172,7 @@ class Publisher:
             "started": iso(self.started), "uptime": round(now - self.started, 1), "updated": iso(now),
             "updated_at": now, "node": d.opts.node, "backend": d.firewall.backend.name, "dry_run": d.dry_run,
             "config": str(d.cfg.path) if d.cfg.path else None,
-            "sources": file_sources(d.follower, self.read, now),
+            "sources": file_sources(d.follower, self.read, now) + journal_sources(d.follower, self.read),
             **self.counts,
             "active_bans": active_bans(active),
             "clients_scored": len(d.engine.scorer.tracks),

@@ -167,9 +167,14 @@ def test_malformed_database_is_one_line(tmp_path):
 
 
 def test_db_in_a_missing_directory_creates_nothing(tmp_path):
+    """A --db typo is bad usage (exit 2, one line), as a typo in any other argument is."""
     r = run_logban("--db", f"sqlite:///{tmp_path}/typo/x.db", "ban", "198.51.100.7")
-    assert r.returncode == 1 and "no such directory" in one_line(r)
+    assert r.returncode == 2 and "no such directory" in one_line(r)
     assert not (tmp_path / "typo").exists()
+    r = run_logban("--db", str(tmp_path / "x.db"), "list")             # a path, not a URL
+    assert r.returncode == 2 and "is not a database URL (like sqlite:////" in one_line(r)
+    r = run_logban("--db", f"sqlite:///{tmp_path}", "list")
+    assert r.returncode == 2 and "is a directory, not a database file" in one_line(r)
 
 
 def test_default_store_is_0600_in_a_0700_directory(public_tmp):
@@ -239,6 +244,14 @@ def test_help_states_exit_statuses_and_every_option_and_examples():
         assert "examples:" in (p.epilog or ""), name
         assert 2 <= p.epilog.count("\n  logban") + p.epilog.count("\n  sudo") <= 3, name
     assert b"examples:" in run_logban("show", "--help").stdout
+
+
+def test_an_unknown_option_points_at_its_command_help():
+    """`logban list --jsn` is the list command's typo: its help is the one to read."""
+    for args, helps in ((["list", "--jsn"], "logban list --help"), (["allow", "add", "x.example", "y"], "logban allow add --help"),
+                        (["--jsn", "stats"], "logban stats --help"), (["lsit"], "logban --help")):
+        r = run_logban(*args)
+        assert r.returncode == 2 and one_line(r).endswith(f"(see '{helps}')\n"), (args, r.stderr)
 
 
 @pytest.mark.parametrize("target, why", [("198.51.100.7/24", "198.51.100.0/24"), ("10.0.0.0/8", "--force"),

@@ -329,3 +329,28 @@ def test_exports_follow_the_ban_set(tmp_path, log, daemons):
         assert time.monotonic() < deadline, "the export still lists an expired ban"
         time.sleep(0.05)
     assert sum("export plain: 0 bans written" in ln for ln in d.lines) == 2
+
+
+def test_reload_refuses_what_the_daemon_would_refuse(tmp_path, daemons):
+    """`logban reload` checks what the config names in the packs ([[follow]] mta, [ban.rules]
+    ids) before it signals: a typo is one line and exit 2, not "asked logban to reload"
+    followed by a refusal only the daemon's log shows."""
+    from conftest import run_logban
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path, config=f'[[follow]]\npath = "{log}"\n')
+    daemons.append(d.start())
+    good = d.cfg.read_text()
+    for bad, says in ((f'[[follow]]\npath = "{log}"\nmta = "postfixx"\n', "no rule pack 'postfixx'"),
+                      (f'[[follow]]\npath = "{log}"\n[ban.rules]\npostfix-nosuch = "1h"\n',
+                       "ban.rules: no active rule with id 'postfix-nosuch'")):
+        d.cfg.write_text(good.replace(f'[[follow]]\npath = "{log}"\n', bad))
+        r = run_logban("-c", str(d.cfg), "reload")
+        assert r.returncode == 2 and r.stdout == b"", r
+        err = r.stderr.decode()
+        assert err.count("\n") == 1 and says in err and str(d.cfg) in err, err
+    d.cfg.write_text(good)
+    r = run_logban("-c", str(d.cfg), "reload")
+    assert r.returncode == 0, r
+    d.wait_log("reloaded")
+    assert not any("reload refused" in ln for ln in d.lines), "".join(d.lines)

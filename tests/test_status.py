@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,3 +129,48 @@ def test_a_status_file_of_another_shape_is_said_not_a_traceback(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_last_ban_is_the_newest_decision_not_the_newest_row(tmp_path):
+    """`scan --apply` of history records a ban decided days ago after today's (an escalated
+    or aggregated row is written last): status names the one decided last, and says when it
+    is a dry run."""
+    from logban.cli.status import human
+    from logban.status import store_counts
+    from logban.store import BANS, Store
+
+    now = time.time()
+    store = Store(f"sqlite:///{tmp_path / 't.db'}")
+    with store.write() as conn:
+        conn.execute(BANS.insert(), [
+            {"target": f"{NET}.9", "kind": "dnsbl", "created": now - 60, "node": "mx1", "dry_run": True},
+            {"target": f"{NET}.8", "kind": "bad_helo", "created": now - 4 * 86400, "node": "mx1", "dry_run": True},
+        ])
+    counts = store_counts(store, "mx1", now)
+    store.close()
+    assert counts["last_ban"]["target"] == f"{NET}.9" and counts["last_ban"]["dry_run"] is True
+    s = {"running": True, "pid": 1, "uptime": 1.0, "started": "x", "node": "mx1", "backend": "none",
+         "dry_run": False, "store": {"url": "t.db", "reachable": True}, "sources": [], "clients_scored": 0,
+         "active_bans": {"total": 0, "address_count": 0, "network_count": 0}, **counts}
+    assert f"  last ban: {NET}.9 dnsbl at " in "\n".join(human(s)) and "(dry run)" in human(s)[-2]
+
+
+def test_status_shows_a_followed_journal(tmp_path, daemons):
+    """Debian 12 without rsyslog: the journal is the only source, and status must show it
+    (its lines read and how far behind it is), as it shows a followed file."""
+    from conftest import skip_or_fail
+    from test_journal import REMOTE, entry, write_journal
+    if not (shutil.which("journalctl") and os.access(REMOTE, os.X_OK)):
+        skip_or_fail("needs journalctl and systemd-journal-remote (Debian package systemd-journal-remote)")
+    jdir = tmp_path / "journal"
+    jdir.mkdir()
+    write_journal(jdir / "remote.journal", [entry("connect from unknown[2001:db8::1]")])
+    d = Daemon(tmp_path, "--journal-dir", str(jdir))
+    daemons.append(d.start())
+    write_journal(jdir / "remote.journal", [entry(f"connect from unknown[{NET}.{i}]") for i in (5, 6)])
+    s = wait_status(d, lambda s: s["sources"] and s["sources"][0].get("lines_read") == 2)
+    src = s["sources"][0]
+    assert src["kind"] == "journal" and src["source"] == f"journal:{jdir}" and src["lag_seconds"] == 0
+    assert src["cursor"] and src["open"] is True
+    rc, text = status(d)
+    assert rc == 0 and f"  journal journal:{jdir}: 2 lines read, lag 0.0 s" in text, text

@@ -29,8 +29,17 @@ class _Args(argparse.ArgumentParser):
         kw.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*a, **kw)
 
+    # The command parser reached last: argparse reports a command's unknown option from the
+    # top parser, whose help does not list it.
+    reached: str | None = None
+
+    def parse_known_args(self, args=None, namespace=None):
+        _Args.reached = self.prog
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:          # one line, exit 2
-        raise UsageError(f"{message} (see '{self.prog} --help')")
+        prog = _Args.reached if message.startswith("unrecognized arguments") and _Args.reached else self.prog
+        raise UsageError(f"{message} (see '{prog} --help')")
 
 
 def _count(text: str) -> int:
@@ -109,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--json", action="store_true", help="a JSON array")
 
     bn = sub.add("ban", "ban an address or network by hand",
-                 "logban ban 198.51.100.7", 'logban ban 203.0.113.0/24 --for 3d --reason "spam run"',
-                 "logban ban 2001:db8::/64 --for permanent --json")
+                 "logban ban 198.51.100.7                      # as root: in the kernel firewall at once",
+                 "logban ban 198.51.100.7 --dry-run            # recorded only (so is --backend none)",
+                 'logban ban 203.0.113.0/24 --for 3d --reason "spam run"')
     bn.add_argument("target", metavar="TARGET", help="address or CIDR without host bits (198.51.100.0/24); "
                                                      "a /8 or wider (IPv6 /32 or wider) needs --force")
     bn.add_argument("--for", dest="duration", metavar="DURATION",
@@ -140,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     st = sub.add("stats", "offences and bans by kind, top offenders",
                  "logban stats", "logban stats --since 24h --top 20", "logban stats --json")
-    st.add_argument("--since", metavar="DURATION", help="only the last DURATION (like 24h, 7d)")
+    st.add_argument("--since", metavar="DURATION", help="only the last DURATION (like 24h, 7d; default: all the store holds)")
     st.add_argument("--json", action="store_true", help="one JSON object")
     st.add_argument("--top", type=_count, default=10, metavar="N", help="offenders listed (default 10)")
 
@@ -242,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--json", action="store_true", help="one JSON object: packs, rules, tests, problems")
 
     cp = sub.add("completion", "print a shell completion script",
-                 "logban completion bash | sudo tee /etc/bash_completion.d/logban",
+                 "logban completion bash | sudo tee /usr/share/bash-completion/completions/logban",
                  "logban completion zsh > ~/.zfunc/_logban")
     cp.add_argument("shell", choices=("bash", "zsh"), help="the shell")
     return ap

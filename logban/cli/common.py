@@ -175,12 +175,6 @@ def _node(args, cfg: Config) -> str:
     return getattr(args, "node", None) or cfg.node or socket.gethostname()
 
 
-def _check_rule_durations(cfg: Config, rules: RuleSet) -> None:
-    for rid in cfg.policy.rule_durations:
-        if rules.by_id(rid) is None:
-            raise UsageError(f"{cfg.path}: ban.rules: no active rule with id {rid!r}")
-
-
 def _allow(cfg: Config, store=None) -> AllowList:
     """The config's allow-list, with loopback and this host's own addresses; with `store`,
     and the live allow-list kept in it (`logban allow`)."""

@@ -53,6 +53,9 @@ def _journals(args, cfg: Config) -> list:
 def cmd_reload(args, cfg: Config) -> int:
     from ..export import SYSTEMD_HINT, unwritable_exports
     from ..pidfile import default_pid_file, send_reload
+    from ..rules import check_config_references
+    from .common import _ruleset
+    check_config_references(cfg, _ruleset(cfg))     # what the daemon would refuse, refused here
     pid = send_reload(cfg.daemon.pid_file or default_pid_file())
     print(f"asked logban (pid {pid}) to reload")
     # As the daemon sees them (its mount namespace, through /proc): the unit's sandbox may

@@ -24,13 +24,13 @@ from ..report import (
     event,
     human,
 )
+from ..rules import check_rule_durations
 from ..score import Scorer
 from ..sources import READ_ERRORS, Source, expand, open_source, rotation_key
 from ..units import format_duration, parse_duration
 from .common import (
     _allow,
     _check_backend,
-    _check_rule_durations,
     _enforce,
     _engine,
     _node,
@@ -67,7 +67,7 @@ def cmd_scan(args, cfg: Config) -> int:
         sinks.append(lambda offs: summary.add(keep(offs)))
     engine = applied = None
     if args.apply:
-        _check_rule_durations(cfg, rules)
+        check_rule_durations(cfg, rules)
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
         store = _store(args, cfg)
         engine = _engine(args, cfg, store, _allow(cfg, store))

@@ -74,6 +74,11 @@ def human(s: dict) -> list[str]:
            f"  node {s['node']}, firewall {s['backend']}" + (" (dry run)" if s["dry_run"] else ""),
            f"  store {st['url']}: " + ("reachable" if st["reachable"] else f"UNREACHABLE since {st['outage_since']}")]
     for src in s["sources"]:
+        if src["kind"] == "journal":
+            out.append(f"  journal {src['source']}: {src.get('lines_read', 0):,} lines read, lag {src.get('lag_seconds')} s"
+                       + (" (waiting for journal files)" if src.get("waiting") else
+                          "" if src.get("open", True) else " (journalctl not running)"))
+            continue
         lag = "?" if src.get("lag_bytes") is None else f"{src['lag_bytes']:,} bytes, {src.get('lag_seconds')} s"
         out.append(f"  {src['kind']} {src['source']}: position {src.get('position')}, "
                    f"{src.get('lines_read', 0):,} lines read, lag {lag}" + ("" if src.get("open", True) else " (not open)"))
@@ -85,7 +90,8 @@ def human(s: dict) -> list[str]:
     out.append(f"  active bans: {a['total']:,} ({a['address_count']:,} addresses, {a['network_count']:,} networks); "
                f"clients being scored: {s['clients_scored']:,}")
     lb, le = s.get("last_ban"), s.get("last_error")
-    out.append("  last ban: " + (f"{lb['target']} {lb['kind']} at {lb['time']}" if lb else "none"))
+    out.append("  last ban: " + (f"{lb['target']} {lb['kind']} at {lb['time']}" + (" (dry run)" if lb.get("dry_run") else "")
+                                    if lb else "none"))
     out.append("  last error: " + (f"{le['time']} {le['message']}" if le else "none"))
     return out
 
