@@ -33,8 +33,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from logban.parse import Clock, Parser, canonical_ip  # noqa: E402
-from logban.rules import load_rules  # noqa: E402
+from logban.parse import Clock, Parser, canonical_ip
+from logban.rules import load_rules
 
 MAIL_LOGS = ("postfix", "sendmail-reject", "sendmail-auth", "qmail")
 # Stamps in these files have no year: any fixed reference reads them.

@@ -390,7 +390,7 @@ class Resolver:
         started.append(time.monotonic())
         try:
             return self._lookup(ip, self.timeout)
-        except Exception:         # noqa: BLE001 - a lookup that fails is no name
+        except Exception:
             return None
 
     def lookup(self, ip: str):

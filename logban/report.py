@@ -237,7 +237,7 @@ def bans_table(bans: list, now: float, history: bool) -> str:
                      safe(state), str(b.count), safe(b.node or "-"), flags.strip(), _cut(safe(b.reason), 70)))
     head = ("target", "kind", "score", "since (UTC)", "for", "state", "count", "node", "flags", "reason")
     w = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()  # noqa: E731
+    fmt = lambda r: "  ".join(c.ljust(w[i]) if i < len(r) - 1 else c for i, c in enumerate(r)).rstrip()
     active = sum(1 for b in bans if b.released is None and (b.expires is None or b.expires > now))
     return "\n".join([fmt(head), *map(fmt, rows), "", f"{len(bans):,} ban(s), {active:,} active."])
 

@@ -57,7 +57,7 @@ class LastError(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             msg = record.getMessage()
-        except Exception:           # noqa: BLE001 - a bad log call must not break the daemon
+        except Exception:
             msg = str(record.msg)
         self.last = {"time": iso(record.created), "message": msg[:ERROR_MAX]}
 

@@ -27,7 +27,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import Field, SQLModel
 
 from .allow import TIME_MAX, canonical_num
-from .dbfile import (  # noqa: F401 - API
+from .dbfile import (
     default_url,
     make_engine,
     new_sqlite_file,
@@ -891,7 +891,7 @@ class Store:
             why = sa.func.coalesce(bc.release_reason, sa.literal_column("'expiry'"))
             released = dict(conn.execute(sa.select(why, sa.func.count()).where(ended, *bw).group_by(why))
                             .all())
-            count = lambda *w: conn.execute(sa.select(sa.func.count()).select_from(BANS).where(*w)).scalar_one()  # noqa: E731
+            count = lambda *w: conn.execute(sa.select(sa.func.count()).select_from(BANS).where(*w)).scalar_one()
             return {
                 "offences": sum(by_kind.values()),
                 "addresses": conn.execute(sa.select(n_ip).where(*ow)).scalar_one(),

@@ -125,6 +125,7 @@ def pg_server(tmp_path_factory):
 @pytest.fixture
 def pg_url(pg_server):
     import uuid
+
     import psycopg
     name = f"t{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.dsn("postgres"), autocommit=True) as c:

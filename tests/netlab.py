@@ -68,7 +68,7 @@ def in_netns(name: str, fn):
             if _libc.setns(fd, CLONE_NEWNET) != 0:
                 raise OSError(ctypes.get_errno(), "setns")
             out["value"] = fn()
-        except BaseException as e:      # noqa: BLE001 - handed to the caller
+        except BaseException as e:
             out["error"] = e
         finally:
             os.close(fd)

@@ -30,7 +30,7 @@ def need_postgres() -> None:
         why = "needs PostgreSQL server binaries (Debian: postgresql)"
     else:
         try:
-            import psycopg  # noqa: F401
+            import psycopg
         except ImportError:
             why = "needs psycopg (pip install 'psycopg[binary]')"
     if why is None and os.geteuid() == 0:

@@ -4,7 +4,14 @@ import time
 
 import pytest
 
-from logban.allow import AllowList, Resolver, check_name_pattern, forward_confirmed, host_addresses, parse_network
+from logban.allow import (
+    AllowList,
+    Resolver,
+    check_name_pattern,
+    forward_confirmed,
+    host_addresses,
+    parse_network,
+)
 
 
 def test_networks_and_targets():
@@ -61,9 +68,9 @@ def test_resolver_caches_and_bounds_time():
 
 # ---- what can ever be a target, and the gate between the store and the kernel -------------
 
-from collections import namedtuple  # noqa: E402
+from collections import namedtuple
 
-from logban.allow import ban_target, unbannable  # noqa: E402
+from logban.allow import ban_target, unbannable
 
 Row = namedtuple("Row", "target name", defaults=(None,))
 
@@ -108,7 +115,8 @@ def test_screen_lets_through_only_what_this_node_may_enforce():
     assert a.screen(rows) == (ok, refused)          # the same verdicts from the cache
 
 
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 @given(st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(8, 32)), max_size=6),
@@ -135,7 +143,7 @@ def test_this_hosts_own_addresses_are_allowed():
 
 # ---- the gate against a reference built on ipaddress (issue 14: its surviving mutants) -----
 
-from logban.allow import NEVER, TIME_MAX, canonical_num  # noqa: E402
+from logban.allow import NEVER, TIME_MAX, canonical_num
 
 GATE_ALLOW = ["198.51.100.128/25", "2001:db8:aa::/48"]
 GATE_OWN = ["203.0.113.1"]

@@ -8,7 +8,7 @@ import json
 import time
 
 from daemonproc import NET, Daemon, append, dnsbl
-from test_daemon_modes import ATTACKER, OTHER, cli, lab, nft_elements, wait_for  # noqa: F401 (lab: the fixture)
+from test_daemon_modes import ATTACKER, OTHER, cli, lab, nft_elements, wait_for
 
 THIRD = "203.0.113.50"
 

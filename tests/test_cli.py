@@ -2,12 +2,11 @@
 import bz2
 import gzip
 import ipaddress
-import lzma
 import json
+import lzma
 import re
 
 import pytest
-
 from conftest import SAMPLES
 
 EXPECTED = json.loads((SAMPLES / "expected.json").read_text())
@@ -155,6 +154,7 @@ def test_a_broken_compressed_file_is_reported_and_the_rest_scanned(logban, tmp_p
 def test_events_into_a_closed_pipe_is_not_an_error(logban):
     import subprocess
     import sys
+
     from conftest import ROOT
     p = subprocess.run(f"{sys.executable} -m logban scan --events samples/logs | head -1", shell=True,
                        capture_output=True, cwd=ROOT)
@@ -234,6 +234,7 @@ def test_unban_needs_targets_or_a_filter_not_both(logban, tmp_path):
 def test_completion_scripts_complete_every_command_and_option(logban, tmp_path):
     import shutil
     import subprocess
+
     from logban.cli.args import build_parser
     r = logban("completion", "bash")
     assert r.returncode == 0, r.stderr

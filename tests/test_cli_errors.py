@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, SAMPLES, as_nobody, run_logban, skip_or_fail
 
 GOOD = SAMPLES / "logs" / "postfix" / "mail.log"
@@ -224,8 +223,9 @@ def test_global_options_anywhere_on_the_line(tmp_path):
 def test_help_states_exit_statuses_and_every_option_and_examples():
     r = run_logban("--help")
     assert r.returncode == 0 and b"exit status" in r.stdout and b"LOGBAN_DEBUG" in r.stdout
-    from logban.cli.args import build_parser
     import argparse
+
+    from logban.cli.args import build_parser
     ap = build_parser()
 
     def walk(p: argparse.ArgumentParser, name: str):

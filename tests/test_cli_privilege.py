@@ -12,7 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import SAMPLES, as_nobody, run_logban, skip_or_fail
 from daemonproc import Daemon
 from netlab import need_netns, need_tools

@@ -7,8 +7,8 @@ import re
 import time
 
 import pytest
-
 from conftest import bsd_stamp, touch_now
+
 from logban.allow import host_addresses
 
 

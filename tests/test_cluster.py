@@ -6,7 +6,6 @@ import time
 from contextlib import contextmanager
 
 import pytest
-
 from daemonproc import NET, Daemon, append, dnsbl, sasl
 from test_status import wait_status
 

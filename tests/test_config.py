@@ -74,6 +74,7 @@ def test_scoring_and_ban_tables(tmp_path):
 
 def test_bad_scoring_values(tmp_path):
     import pytest
+
     from logban.errors import UsageError
     p = tmp_path / "c.toml"
     for body, key in (('[score]\nwindow = "10m"\nhalf_life = "5m"\n', "score.window and score.half_life"),

@@ -9,9 +9,7 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
-
 from daemonproc import NET, Daemon, append, dnsbl, sasl, stamp
 
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT
 from daemonproc import NET, Daemon, append, dnsbl, sasl, stamp
 from netlab import Lab, need_netns, need_tools
@@ -177,7 +176,7 @@ def test_reload_keeps_a_sendmail_session_and_replaces_the_backend(tmp_path, lab,
     append(log, "".join(f"{stamp()} mx sm-mta[77]: {qid}: <u{i}@d.example>... User unknown\n" for i in range(6)))
     time.sleep(1.5)
     reload(d, tables='[firewall]\nbackend = "ipset"\n')
-    ipset = lambda: lab.run(lab.srv, "ipset", "list", "logban4").stdout       # noqa: E731
+    ipset = lambda: lab.run(lab.srv, "ipset", "list", "logban4").stdout
     wait_for(lambda: nft_elements(lab) is None, what="the nftables table lifted after the switch")
     d.wait_log("replaced by ipset")
     append(log, f"{stamp()} mx sm-mta[77]: {qid}: from=<a@b.example>, size=0, class=0, nrcpts=0, "

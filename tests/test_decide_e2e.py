@@ -7,7 +7,6 @@ import time
 from datetime import datetime, timedelta
 
 import pytest
-
 from conftest import ROOT, touch_now
 
 

@@ -11,10 +11,10 @@ import time
 from collections import namedtuple
 
 import pytest
-
 from conftest import skip_or_fail
-from logban.errors import UsageError
+
 from logban.config import export_options as options_from
+from logban.errors import UsageError
 from logban.export import ExportOptions, render, write
 
 Ban = namedtuple("Ban", "target kind expires", defaults=(None,))

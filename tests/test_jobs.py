@@ -7,8 +7,8 @@ import lzma
 import os
 
 import pytest
-
 from conftest import SAMPLES
+
 from logban.cli.common import read_source
 from logban.jobs import Pool, _edges
 from logban.parse import Clock, Parser

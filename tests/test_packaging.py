@@ -6,8 +6,8 @@ import subprocess
 import time
 from pathlib import Path
 
-
 from conftest import ROOT, skip_or_fail
+
 from logban.config import load_config
 
 PKG = ROOT / "packaging"

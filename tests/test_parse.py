@@ -397,6 +397,7 @@ def test_a_flood_of_new_rate_keys_does_not_reset_a_busy_counter():
 def test_a_line_the_reader_already_cut_at_max_line_counts_as_cut():
     # sources.chunks and the follower cut an endless line to exactly max_line bytes.
     from io import BytesIO
+
     from logban.sources import chunks
     fake = ("Nov 20 05:00:00 mx qmail-smtpd[4731]: qlogenvelope: result=rejected code=553 reason=relaying "
             "helo=x remoteip=198.51.100.9 " + "p" * 20_000 + " remoteip=203.0.113.146 remoteport=40000\n").encode()
@@ -596,6 +597,7 @@ def test_postfix_maillog_file_lines_written_by_postlog_itself(tmp_path):
     import shutil
     import subprocess
     import tempfile
+
     from conftest import skip_or_fail
     if shutil.which("postlog") is None:
         skip_or_fail("needs postlog (Debian package postfix)")

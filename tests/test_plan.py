@@ -6,12 +6,20 @@ import ipaddress
 from collections import namedtuple
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from logban.config import firewall_options as options_from
 from logban.errors import UsageError
-from logban.firewall import (KERNEL_TIMEOUT_MAX, REFRESH_CAPPED, FirewallOptions, _src, kernel_timeout,
-                             plan, wanted)
+from logban.firewall import (
+    KERNEL_TIMEOUT_MAX,
+    REFRESH_CAPPED,
+    FirewallOptions,
+    _src,
+    kernel_timeout,
+    plan,
+    wanted,
+)
 
 Ban = namedtuple("Ban", "target expires dry_run")
 NOW = 1_800_000_000.0

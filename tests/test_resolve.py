@@ -12,7 +12,6 @@ import time
 import uuid
 
 import pytest
-
 from conftest import ROOT, run_logban, skip_or_fail, touch_now
 from daemonproc import dnsbl
 from netlab import IP, need_netns

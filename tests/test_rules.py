@@ -5,7 +5,7 @@ import pytest
 
 from logban.cli.rules import check_rules
 from logban.errors import UsageError
-from logban.rules import derive_hint, lint_pattern, load_rules, literal_runs
+from logban.rules import derive_hint, lint_pattern, literal_runs, load_rules
 
 GOOD = '''
 [pack]

@@ -10,10 +10,10 @@ import json
 import re
 
 import pytest
+from conftest import run_logban
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import run_logban
 from logban.parse import Clock, Parser
 from logban.rules import load_rules
 
@@ -207,7 +207,7 @@ def test_the_field_table_covers_every_rule_with_client_written_fields():
 
 
 def _injection(sample_line: str, real: str):
-    tail_of = lambda end, fake: sample_line[end:].replace(real, fake)    # noqa: E731
+    tail_of = lambda end, fake: sample_line[end:].replace(real, fake)
     piece = st.one_of(
         st.sampled_from(fragments(FAKE4) + fragments(FAKE6) + fragments("2001:db8:bad:")),
         st.sampled_from(FAKES).map(lambda f: f"[{f}]"),

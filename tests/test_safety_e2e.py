@@ -8,11 +8,10 @@ import sqlite3
 import time
 
 import pytest
-
 from conftest import touch_now
 from daemonproc import Daemon, append, dnsbl
 from netlab import Lab, need_netns, need_tools
-from test_firewall import Server, lab  # noqa: F401 (the namespaces fixture)
+from test_firewall import Server, lab
 
 # Rows another node, a compromised node or a hand-edited database could hold.
 CRAFTED = (

@@ -2,7 +2,8 @@
 import ipaddress
 import math
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from logban.allow import AllowList
 from logban.parse import Offence

@@ -64,7 +64,7 @@ def test_two_nodes_writing_the_same_offenders_in_opposite_orders_never_deadlock(
                 go.wait(timeout=60)
                 s.record(_offences(order, 1_900_000_000.0 + round_), [], node=name, dry_run=False,
                          now=1_900_000_000.0 + round_)
-        except BaseException as e:            # noqa: BLE001 - reported by the test
+        except BaseException as e:
             errors.append(e)
             go.abort()
         finally:
@@ -153,7 +153,7 @@ def test_a_row_the_database_refuses_is_left_out_and_the_rest_recorded(pg_url, ca
     from logban.store import Store
     eng = Engine(Store(pg_url), Policy(), AllowList(own=()), node="mx1", dry_run=False)
     t = time.time()
-    mk = lambda ip, line, kind="auth_failed", score=1.0: Offence(  # noqa: E731
+    mk = lambda ip, line, kind="auth_failed", score=1.0: Offence(
         t, ip, "postfix", "postfix-x", kind, score, "mail.log", line, b"a line \x00 with NUL")
     eng.add([mk(f"{NET}.71", 1), mk(f"{NET}.72", 1 << 40), mk(f"{NET}.73", 3),
              mk(f"{NET}.74", 4, "dnsbl", 5.0)])       # line past what the column holds; a ban

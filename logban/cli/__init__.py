@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         # stdout went away (`logban scan --events ... | head`): not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception as e:                      # noqa: BLE001 - one line, no traceback
+    except Exception as e:
         if os.environ.get("LOGBAN_DEBUG"):
             raise
         print(safe(f"logban: {_one_line(e)}"), file=sys.stderr)

@@ -7,8 +7,8 @@ import time
 from dataclasses import asdict
 
 from ..config import Config
-from ..explain import explain
 from ..errors import UsageError
+from ..explain import explain
 from ..parse import Clock, Offence, Parser
 from ..report import (
     safe,

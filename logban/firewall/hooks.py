@@ -21,7 +21,7 @@ def _iptc():
                 break
     try:
         import iptc
-    except Exception as e:         # noqa: BLE001 - XTablesError and friends: one line
+    except Exception as e:
         raise FirewallError(f"python-iptables cannot load libiptc: {e}") from None
     return iptc
 
