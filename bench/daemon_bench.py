@@ -219,8 +219,8 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
             deadline = t0 + 10
             while True:
                 if kernel:
-                    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "get", "element", "inet", "logban", "ban6",
-                                          f"{{ {net}::1 }}"], capture_output=True).returncode == 0
+                    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "get", "element", "inet", "logban", "ban6_64",
+                                          f"{{ {net}:: }}"], capture_output=True).returncode == 0
                 else:
                     out = bool(d.query("SELECT 1 FROM bans WHERE target = ?", target))
                 if out:
