@@ -197,6 +197,7 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
     writer = JournalWriter(where_dir / "journal") if journal else None
     if writer:              # the journal file exists when logban starts, as on a running host
         writer.write(writer.entry(writer.fields("Dec  2 10:00:00 mx1 CRON[1]: session opened")))
+    d = None
     try:
         if past:
             t0 = time.perf_counter()
@@ -232,8 +233,9 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
             if gap:
                 time.sleep(random.uniform(0, 2 * gap))     # bans at random moments, not in step with the loop
         rss = d.peak_rss_mib() if not kernel else float("nan")
-        d.stop()
     finally:
+        if d is not None:           # a failed run leaves no daemon behind either
+            d.stop()
         if writer:
             writer.close()
         if ns:
