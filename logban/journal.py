@@ -34,7 +34,7 @@ JOURNALCTL = "journalctl"
 DEFAULT_IDENTIFIERS = ("postfix", "sm-mta", "sendmail", "qmail", "vchkpw", "spamdyke", "rblsmtpd",
                        "tcpserver", "smtpd")
 # What journalctl prints of an entry besides its cursor and stamps: the less, the cheaper for it.
-FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,_PID,_HOSTNAME"
+FIELDS = "MESSAGE,SYSLOG_IDENTIFIER,_PID,_HOSTNAME,_UID"
 UNIT_FIELDS = ",_SYSTEMD_UNIT,_COMM"      # with units: an entry may have no identifier, its program names it
 # Bytes taken from journalctl per round, so one busy journal cannot starve the rest: about
 # as many entries as a file's 1 MiB round holds lines (an exported entry is twice a line).
@@ -43,15 +43,32 @@ PIPE_SIZE = 1 << 20         # what an unprivileged process may ask for by defaul
 RETRY_EVERY = 2.0           # seconds before journalctl is started again after it ended
 
 _TAG_BAD = re.compile(rb"[^\w./@-]")
+LOGIN_DEFS = Path("/etc/login.defs")
+
+
+def uid_min(defs: Path = LOGIN_DEFS) -> int:
+    """The first uid of login users (login.defs UID_MIN, 1000 where it does not say)."""
+    try:
+        for ln in defs.read_text(errors="replace").splitlines():
+            words = ln.split()
+            if len(words) == 2 and words[0] == "UID_MIN" and words[1].isdigit():
+                return int(words[1])
+    except OSError:
+        pass
+    return 1000
 _HOST_BAD = re.compile(rb"[\s]")
 
 
 @dataclass(frozen=True)
 class Selection:
     """Which entries are mail log lines: an identifier starting with one of `identifiers`,
-    or a unit matching one of `units` (shell patterns like "postfix@*.service")."""
+    or a unit matching one of `units` (shell patterns like "postfix@*.service"). Any local
+    user can log under any identifier (`logger -t postfix/smtpd ...`) and so have logban ban
+    an address of their choosing; journald's own `_UID` cannot be forged, and the MTAs run as
+    root or system accounts, so entries of login users are left out unless `login_users`."""
     identifiers: tuple[str, ...] = DEFAULT_IDENTIFIERS
     units: tuple[str, ...] = ()
+    login_users: bool = False
 
     @property
     def fields(self) -> str:
@@ -132,6 +149,8 @@ class Converter:
 
     def __init__(self, select: Selection) -> None:
         self.wants = select.matcher()
+        self.uid_min = None if select.login_users else uid_min()
+        self.refused: dict[bytes, int] = {}     # uid of a login user: its entries left out
         self._sec = -1
         self._stamp = b""
         self._heads: dict[tuple[bytes, bytes, bytes], bytes | None] = {}    # (identifier, unit, host): " host tag"
@@ -163,6 +182,10 @@ class Converter:
         msg = e.get(b"MESSAGE")
         rt = e.get(b"__REALTIME_TIMESTAMP", b"")
         if head is None or msg is None or not rt.isdigit():
+            return None
+        uid = e.get(b"_UID")
+        if uid is not None and self.uid_min is not None and (not uid.isdigit() or int(uid) >= self.uid_min):
+            self.refused[uid] = self.refused.get(uid, 0) + 1
             return None
         pid = e.get(b"_PID", b"")
         pid = b"[%s]: " % pid if pid.isdigit() and len(pid) <= 10 else b": "
@@ -415,10 +438,15 @@ class JournalFollower:
     def _entries(self, es: list[dict[bytes, bytes]]) -> tuple[bytes, int] | None:
         lines: list[bytes] = []
         line = self.conv.line
+        known = len(self.conv.refused)
         for e in es:
             got = line(e)
             if got is not None:
                 lines.append(got)
+        if len(self.conv.refused) != known:
+            for uid in list(self.conv.refused)[known:]:
+                self.log(f"{self.name}: entries of uid {uid.decode('ascii', 'replace')} (a login user, not the "
+                         f"mail system) under a mail program's name are not read (login_users = false)")
         for e in reversed(es):
             rt = e.get(b"__REALTIME_TIMESTAMP", b"")
             if b"__CURSOR" in e and rt.isdigit():

@@ -22,7 +22,7 @@ from daemonproc import Daemon
 
 from logban.config import load_config
 from logban.errors import UsageError
-from logban.journal import Converter, JournalSpec, Selection, export_entries
+from logban.journal import Converter, JournalSpec, Selection, export_entries, uid_min
 from logban.parse import iso
 
 REMOTE = "/lib/systemd/systemd-journal-remote"
@@ -90,6 +90,24 @@ def test_converter_makes_one_syslog_line_of_a_selected_entry():
     assert c.line(e | {b"__REALTIME_TIMESTAMP": b"soon"}) is None
 
 
+def test_entries_of_login_users_are_left_out_unless_allowed(tmp_path):
+    """`logger -t postfix/smtpd` by any local user must not make logban ban an address of their choosing."""
+    e = {b"__REALTIME_TIMESTAMP": b"1700000000123456", b"_HOSTNAME": b"mx1", b"SYSLOG_IDENTIFIER": b"postfix/smtpd",
+         b"_PID": b"77", b"MESSAGE": b"m"}
+    c = Converter(Selection())
+    first = c.uid_min
+    assert first == uid_min()
+    for uid, read in ((b"0", True), (b"89", True), (str(first - 1).encode(), True), (str(first).encode(), False),
+                      (b"65534", False), (b"-1", False), (b"x", False)):
+        assert (c.line(e | {b"_UID": uid}) is not None) is read, uid
+    assert c.line(e) is not None                      # no _UID (another host's export): as it is
+    assert c.refused == {str(first).encode(): 1, b"65534": 1, b"-1": 1, b"x": 1}
+    assert Converter(Selection(login_users=True)).line(e | {b"_UID": b"65534"}) is not None
+    defs = tmp_path / "login.defs"
+    defs.write_text("# UID_MIN 5\nUID_MIN\t\t 2000\n")
+    assert uid_min(defs) == 2000 and uid_min(tmp_path / "none") == 1000
+
+
 def test_export_format_entries_text_binary_and_cut_anywhere():
     entries = [{"__CURSOR": "c1", "MESSAGE": "a=b"}, {"__CURSOR": "c2", "MESSAGE": b"x\n\ny\x00="},
                {"__CURSOR": "c3", "MESSAGE": "last"}]
@@ -106,14 +124,15 @@ def test_export_format_entries_text_binary_and_cut_anywhere():
 def test_config_journal_entries(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[follow]]\njournal = true\n[[follow]]\njournal = true\ndirectory = "/srv/j"\nmta = "postfix"\n'
-                   'identifiers = ["postfix-out/"]\nunits = ["postfix@*.service"]\n')
+                   'identifiers = ["postfix-out/"]\nunits = ["postfix@*.service"]\nlogin_users = true\n')
     js = load_config(cfg).daemon.journals
     assert js[0] == JournalSpec() and js[0].name == "journal"
-    assert js[1] == JournalSpec(Path("/srv/j"), "postfix", Selection(("postfix-out/",), ("postfix@*.service",)))
+    assert js[1] == JournalSpec(Path("/srv/j"), "postfix", Selection(("postfix-out/",), ("postfix@*.service",), True))
     for bad, says in (('journal = true\npath = "/var/log/mail.log"', "path and journal"),
                       ('journal = false\ndirectory = "/srv/j"', "journal = true"),
                       ('journal = true\ndirectory = "j"', "absolute directory"),
-                      ('journal = true\nidentifiers = "postfix"', "identifiers must be a list")):
+                      ('journal = true\nidentifiers = "postfix"', "identifiers must be a list"),
+                      ('journal = true\nlogin_users = "yes"', "login_users")):
         cfg.write_text(f"[[follow]]\n{bad}\n")
         with pytest.raises(UsageError, match=says):
             load_config(cfg)
@@ -291,9 +310,11 @@ def test_run_a_directory_that_appears_later_the_fallback_and_from_start(tmp_path
         # A journal that was not there when logban started is all new, as a log file that appears.
         jdir.mkdir()
         write_journal(jdir / "remote.journal", [sasl(f"198.51.100.{i}") for i in range(1, 6)]
-                      + [benign(1), sasl("198.51.100.6", ident="sshd")])
+                      + [benign(1), sasl("198.51.100.6", ident="sshd")]
+                      + [sasl("198.51.100.7", _UID=uid_min() + 1) for _ in range(6)])
         _wait_lines(d, name, 6)
         assert d.offences() == 5
+        d.wait_log(f"entries of uid {uid_min() + 1} (a login user")
     finally:
         d.close()
     # Another store meets the same journal for the first time: from its end, or with
