@@ -56,7 +56,7 @@ def test_released_bans_past_retention_and_lookback_are_pruned(tmp_path, retentio
 
 def test_pruning_a_big_history_goes_in_chunks(tmp_path, monkeypatch):
     from logban import store as store_mod
-    monkeypatch.setattr(store_mod, "PRUNE_CHUNK", 7)
+    monkeypatch.setattr(store_mod.writes, "PRUNE_CHUNK", 7)
     db = tmp_path / "logban.db"
     past_bans(str(db), 50, NOW - 100 * DAY)
     s = Store(f"sqlite:///{db}")

@@ -95,8 +95,8 @@ def test_migration_runs_once_and_a_failed_one_changes_nothing(db_url, monkeypatc
         conn.exec_driver_sql("ALTER TABLE bans ADD COLUMN extra TEXT")
         raise sa.exc.OperationalError("step", {}, Exception("disk on fire"))
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", v + 1)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: broken})
+    monkeypatch.setattr(store_mod.base, "SCHEMA_VERSION", v + 1)
+    monkeypatch.setattr(store_mod.migrate, "MIGRATIONS", {v: broken})
     with pytest.raises(StoreError, match="disk on fire"):
         Store(db_url)
     # All or nothing: no column, the old version.
@@ -108,7 +108,7 @@ def test_migration_runs_once_and_a_failed_one_changes_nothing(db_url, monkeypatc
     def step(conn):
         ran.append(v)
         conn.exec_driver_sql("ALTER TABLE bans ADD COLUMN extra TEXT DEFAULT 'x'")
-    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: step})
+    monkeypatch.setattr(store_mod.migrate, "MIGRATIONS", {v: step})
     s = Store(db_url)
     assert s.schema_version() == v + 1
     s.close()
