@@ -14,14 +14,21 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
-from sqlmodel import SQLModel
 
 from ..dbfile import default_url, make_engine, new_sqlite_file, unwritable_hint
 from ..errors import StoreError
-from . import migrate
 from .lock import RunLock
-from .sql import NOTIFY_CHANNEL, RETRIES, REVISION_KEY, _bump_revision, _max_ban_id, _transient, short_error
-from .tables import SCHEMA_VERSION, Meta
+from .sql import (
+    META,
+    NOTIFY_CHANNEL,
+    RETRIES,
+    REVISION_KEY,
+    SCHEMA_VERSION,
+    _bump_revision,
+    _max_ban_id,
+    _transient,
+    short_error,
+)
 
 
 class Base:
@@ -100,37 +107,21 @@ class Base:
 
     def _migrate(self) -> None:
         # Looked at first without a write lock: a command beside a busy daemon, with nothing
-        # to migrate, must not queue behind its writes.
+        # to migrate, must not queue behind its writes. Nor does it import the models: only
+        # a create or a migration needs them (see `sql`).
         with self.read() as conn:
-            if sa.inspect(conn).has_table("meta"):
-                row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
-                if row and row[0] == str(SCHEMA_VERSION):
-                    return
-        with self.write() as conn:
-            if not sa.inspect(conn).has_table("meta"):
-                SQLModel.metadata.create_all(conn)
-                conn.execute(sa.insert(Meta.__table__), {"key": "schema_version", "value": str(SCHEMA_VERSION)})
+            if _version(conn) == SCHEMA_VERSION:
                 return
-            row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(f"{self._where()}: database schema version {version} is newer than this "
-                                 f"logban understands ({SCHEMA_VERSION}); upgrade logban")
-            while version < SCHEMA_VERSION:
-                step = migrate.MIGRATIONS.get(version)
-                if step is None:
-                    raise StoreError(f"{self._where()}: no migration from schema version {version}")
-                step(conn)                          # an exception rolls all steps back
-                version += 1
-            conn.execute(sa.update(Meta.__table__).where(Meta.key == "schema_version").values(value=str(version)))
+        from . import migrate
+        with self.write() as conn:
+            migrate.upgrade(conn, SCHEMA_VERSION, self._where())
 
     def _check_version(self) -> None:
         """A reader's open: the schema must be this logban's (a writer migrates it)."""
         with self.read() as conn:
-            if not sa.inspect(conn).has_table("meta"):
-                raise StoreError(f"{self._where()}: not a logban database (no meta table)")
-            row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
-        version = int(row[0]) if row else 0
+            version = _version(conn)
+        if version is None:
+            raise StoreError(f"{self._where()}: not a logban database (no meta table)")
         if version != SCHEMA_VERSION:
             newer = version > SCHEMA_VERSION
             raise StoreError(f"{self._where()}: database schema version {version} is "
@@ -140,7 +131,7 @@ class Base:
 
     def schema_version(self) -> int:
         with self.read() as conn:
-            return int(conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).scalar_one())
+            return int(conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).scalar_one())
 
 
     def run_lock(self, node: str) -> RunLock:
@@ -159,7 +150,7 @@ class Base:
         beside the daemon) change this: one row, bumped in the transaction of the change,
         and the highest ban id (a row a writer wrote without the bump: an older logban, by hand)."""
         with self.read() as conn:
-            v = conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar()
+            v = conn.execute(sa.select(META.c.value).where(META.c.key == REVISION_KEY)).scalar()
             top = _max_ban_id(conn)
         try:
             return int(v or 0), top
@@ -176,3 +167,11 @@ class Base:
         with self.read() as conn:
             return _max_ban_id(conn)
 
+
+def _version(conn: Connection) -> int | None:
+    """The database's schema version; None: no meta table (a new database, or not logban's);
+    0: a meta table without a version (the first schema)."""
+    if not sa.inspect(conn).has_table("meta"):
+        return None
+    row = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).first()
+    return int(row[0]) if row else 0

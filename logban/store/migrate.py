@@ -1,12 +1,15 @@
-"""Migrations: what turns a database of an older schema version into the next one."""
+"""A database made, or migrated from an older schema version, to the models of `tables`.
+Imported only when an open finds the version is not this logban's (see `base`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
 
-from .tables import ALLOWLIST, BANS, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS
+from ..errors import StoreError
+from .tables import ALLOWLIST, BANS, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS, Meta
 
 
 def _one_unreleased_ban(conn: Connection) -> None:
@@ -76,3 +79,24 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     6: _report_tables,
     7: lambda conn: ALLOWLIST.create(conn, checkfirst=True),     # the live allow-list (`logban allow`)
 }
+
+
+def upgrade(conn: Connection, wanted: int, where: str) -> None:
+    """In a write transaction: a new database created at version `wanted`, an older one
+    migrated to it (an exception rolls every step back); a newer one refused."""
+    if not sa.inspect(conn).has_table("meta"):
+        SQLModel.metadata.create_all(conn)
+        conn.execute(sa.insert(Meta.__table__), {"key": "schema_version", "value": str(wanted)})
+        return
+    row = conn.execute(sa.select(Meta.value).where(Meta.key == "schema_version")).first()
+    version = int(row[0]) if row else 0
+    if version > wanted:
+        raise StoreError(f"{where}: database schema version {version} is newer than this "
+                         f"logban understands ({wanted}); upgrade logban")
+    while version < wanted:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise StoreError(f"{where}: no migration from schema version {version}")
+        step(conn)                          # an exception rolls all steps back
+        version += 1
+    conn.execute(sa.update(Meta.__table__).where(Meta.key == "schema_version").values(value=str(version)))

@@ -13,8 +13,32 @@ import sqlalchemy as sa
 from ..allow import TIME_MAX, canonical_num
 from ..score import Past
 from .base import Base
-from .sql import BAN_READ, OFFENCE_READ, PARTNERS_TTL, _clean, _number, _sane
-from .tables import ALLOWLIST, BANS, OFFENCES, OFFENDERS, POSITIONS
+from .sql import (
+    ALLOWLIST,
+    BAN_READ,
+    BANS,
+    OFFENCE_READ,
+    OFFENCES,
+    OFFENDERS,
+    PARTNERS_TTL,
+    POSITIONS,
+    _clean,
+    _number,
+    _sane,
+)
+
+
+def _in_force(now: float, targets: Collection[str] | None = None) -> list[sa.ColumnElement[bool]]:
+    """Bans in force at `now` (of `targets` only, when given). A few targets' bans are read
+    through the index on target: `released + 0` keeps `released` out of the index choice
+    (the same NULL, on SQLite and PostgreSQL), else SQLite, which has no statistics, reads
+    every ban in force (100,000 at a busy site) through the index on `released` to keep
+    the few."""
+    released = BANS.c.released if targets is None else BANS.c.released + 0
+    cond = [released.is_(None), sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now)]
+    if targets is not None:
+        cond.append(BANS.c.target.in_(list(targets)))
+    return cond
 
 
 class Reads(Base):
@@ -70,24 +94,21 @@ class Reads(Base):
                 if c is not None and 0 <= c <= TIME_MAX and (d is None or d >= 0) and n is not None and n >= 0:
                     out[t] = Past(c, d, n)
             return out, top
+
     # ---- reading -------------------------------------------------------------------------
     def active_bans(self, now: float, targets: Collection[str] | None = None) -> list[sa.Row]:
         """Bans in force (of `targets` only, when given), with the client's last verified
         `name` (for the allow-list)."""
         with self.read() as conn:
             q = sa.select(*BAN_READ, OFFENDERS.c.name).join(
-                OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(BANS.c.released.is_(None),
-                                      sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now)).order_by(BANS.c.created)
-            if targets is not None:
-                q = q.where(BANS.c.target.in_(list(targets)))
+                OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True).where(
+                *_in_force(now, targets)).order_by(BANS.c.created)
             return list(conn.execute(q))
 
     def active_targets(self, now: float) -> list[str]:
         """The targets of the bans in force, and nothing else of them."""
         with self.read() as conn:
-            return list(conn.execute(sa.select(BANS.c.target).where(
-                BANS.c.released.is_(None),
-                sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now))).scalars())
+            return list(conn.execute(sa.select(BANS.c.target).where(*_in_force(now))).scalars())
 
     def enforced(self, now: float, names: bool = True, targets: Collection[str] | None = None) -> list[sa.Row]:
         """What the firewall must hold: (target, expires, dry_run, node[, name]) of the active
@@ -98,12 +119,7 @@ class Reads(Base):
             cols = [BANS.c.target, _number(BANS.c.expires), BANS.c.dry_run, BANS.c.node]
             q = (sa.select(*cols, OFFENDERS.c.name).join(OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True)
                  if names else sa.select(*cols))
-            q = q.where(
-                BANS.c.released.is_(None), BANS.c.dry_run.is_(False),
-                sa.or_(BANS.c.expires.is_(None), sa.cast(BANS.c.expires, sa.Float) > now))
-            if targets is not None:
-                q = q.where(BANS.c.target.in_(list(targets)))
-            return list(conn.execute(q))
+            return list(conn.execute(q.where(BANS.c.dry_run.is_(False), *_in_force(now, targets))))
 
     def bans(self, *, target: str | None = None) -> list[sa.Row]:
         with self.read() as conn:

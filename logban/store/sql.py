@@ -1,5 +1,12 @@
-"""What every query shares: column lists and SQL for the hot writes, numbers read whatever a
-row holds, the bans' revision, and how a database error is told."""
+"""What every query shares: the tables as the queries see them, column lists and SQL for
+the hot writes, numbers read whatever a row holds, the bans' revision, and how a database
+error is told.
+
+The tables here are SQLAlchemy Core views of the schema `tables` defines (its sqlmodel
+models): the queries need names and types only, and importing sqlmodel and the ORM
+costs a `logban ban` or `unban` more than its work at 100,000 bans. A test checks that
+every view has its model's columns, in order, of the same SQL types. A view carries no
+column defaults: an insert through one names every column it writes."""
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -8,7 +15,6 @@ from sqlalchemy.engine import Connection
 from ..allow import TIME_MAX, canonical_num
 from ..errors import StoreError
 from ..rules import KINDS
-from .tables import BANS, OFFENCES, Meta
 
 PARTNERS_TTL = 60.0            # seconds a partners answer is reused
 NOTIFY_CHANNEL = "logban"
@@ -18,6 +24,31 @@ REVISION_KEY = "bans_revision"  # meta row bumped in every transaction that chan
 PRUNE_CHUNK = 5_000            # released bans deleted per transaction by `prune`
 RETRIES = 5                    # attempts of a write that lost a deadlock or a serialization conflict
 _KIND_BIT = {k: 1 << i for i, k in enumerate(BAN_KINDS)}
+# The version of the schema `tables` defines: checked at every open without importing it.
+SCHEMA_VERSION = 8
+# The slots of the unique indexes on unreleased bans: one real, one dry-run ban per target.
+REAL_SLOT = "released IS NULL AND NOT dry_run"
+DRY_SLOT = "released IS NULL AND dry_run"
+
+_S, _F, _I, _BIG, _B = sa.String, sa.Float, sa.Integer, sa.BigInteger, sa.Boolean
+
+
+def _view(table: str, /, **cols: type[sa.types.TypeEngine]) -> sa.TableClause:
+    return sa.table(table, *(sa.column(c, t) for c, t in cols.items()))
+
+
+META = _view("meta", key=_S, value=_S)
+OFFENDERS = _view("offenders", target=_S, score=_F, score_time=_F, first_seen=_F, last_seen=_F, offences=_I,
+                  kinds=_I, name=_S, reset_at=_F)
+OFFENCES = _view("offences", id=_I, time=_F, target=_S, ip=_S, mta=_S, rule=_S, kind=_S, score=_F, node=_S,
+                 file=_S, line=_I, text=_S, name=_S)
+BANS = _view("bans", id=_I, target=_S, kind=_S, rule=_S, reason=_S, score=_F, created=_F, expires=_F, duration=_F,
+             released=_F, release_reason=_S, count=_I, escalated=_B, dry_run=_B, node=_S, source=_S, members=_S,
+             text=_S)
+POSITIONS = _view("positions", node=_S, path=_S, dev=_BIG, inode=_BIG, fingerprint=_S, fp_len=_I, offset=_BIG,
+                  lines=_BIG, updated=_F)
+OFFENCE_HOURS = _view("offence_hours", hour=_BIG, node=_S, mta=_S, rule=_S, kind=_S, count=_BIG)
+ALLOWLIST = _view("allowlist", target=_S, kind=_S, reason=_S, created=_F, expires=_F, added_by=_S)
 
 
 OFFENCE_COLS = ("time", "target", "ip", "mta", "rule", "kind", "score", "node", "file", "line", "text", "name")
@@ -38,7 +69,7 @@ _OFFENDER_MERGE = """ ON CONFLICT (target) DO UPDATE SET
 
 
 
-def _number(col: sa.Column) -> sa.Label:
+def _number(col: sa.ColumnClause) -> sa.Label:
     """A time or score as a number whatever a row holds: SQLite keeps text written into a
     REAL column as text (a row no logban wrote); CAST makes it a number there, and is a
     no-op on PostgreSQL. Read this way, no such row can stop a command or the daemon."""
@@ -103,7 +134,7 @@ def _bump_revision(conn: Connection) -> int:
     conn.exec_driver_sql(
         f"INSERT INTO meta (key, value) VALUES ('{REVISION_KEY}', '1') ON CONFLICT (key) DO UPDATE "
         f"SET value = CAST({old} + 1 AS VARCHAR)")
-    return int(conn.execute(sa.select(Meta.value).where(Meta.key == REVISION_KEY)).scalar_one())
+    return int(conn.execute(sa.select(META.c.value).where(META.c.key == REVISION_KEY)).scalar_one())
 
 
 def _transient(e: sa.exc.DBAPIError) -> bool:

@@ -1,14 +1,18 @@
-"""The schema: the tables as sqlmodel models, and the version a database of them carries.
+"""The schema: the tables as sqlmodel models, and the version a database of them carries
+(SCHEMA_VERSION, kept in `sql` so an open checks it without importing sqlmodel).
 
 `Store` migrates an older database to this version in one transaction (`migrate`), and
-refuses a newer one.
+refuses a newer one. The queries read and write through `sql`'s Core views of these
+tables; only creating and migrating a database imports this module.
 """
 from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 8
+from .sql import DRY_SLOT, REAL_SLOT, SCHEMA_VERSION
+
+__all__ = ["SCHEMA_VERSION"]
 
 
 class Meta(SQLModel, table=True):
@@ -49,10 +53,6 @@ class OffenceRow(SQLModel, table=True):
     line: int
     text: str = ""
     name: str | None = None                        # the client's verified name: other nodes' allow-lists read it
-
-
-REAL_SLOT = "released IS NULL AND NOT dry_run"
-DRY_SLOT = "released IS NULL AND dry_run"
 
 
 class BanRow(SQLModel, table=True):

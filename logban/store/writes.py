@@ -13,6 +13,14 @@ from ..score import Decision
 from .base import Base
 from .sql import (
     _KIND_BIT,
+    ALLOWLIST,
+    BANS,
+    DRY_SLOT,
+    OFFENCE_HOURS,
+    OFFENCES,
+    OFFENDERS,
+    POSITIONS,
+    REAL_SLOT,
     _OFFENDER_MERGE,
     BAN_COLS,
     OFFENCE_COLS,
@@ -23,7 +31,6 @@ from .sql import (
     _mark,
     _text,
 )
-from .tables import ALLOWLIST, BANS, DRY_SLOT, OFFENCE_HOURS, OFFENCES, OFFENDERS, POSITIONS, REAL_SLOT
 
 
 class Writes(Base):
