@@ -8,11 +8,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..allow import AllowList, Resolver, canonical_num, parse_network
 from ..config import Config
 from ..errors import FirewallError, UsageError
-from ..jobs import Pool
 from ..parse import Clock, Offence, Parser, canonical_ip
 from ..report import (
     safe,
@@ -20,6 +20,9 @@ from ..report import (
 from ..rules import RuleSet, load_rules
 from ..score import Scorer
 from ..sources import READ_ERRORS, Source, chunks, open_source, read_error
+
+if TYPE_CHECKING:
+    from ..jobs import Pool        # scan's: a ban or an unban loads no multiprocessing
 
 
 def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) -> RuleSet:
