@@ -23,7 +23,7 @@ M = [
  ("logban/allow.py", "        nets += [ipaddress.ip_network(a) for a in (host_addresses() if own is None else own)]\n", "", "tests/test_allow.py"),
  ("logban/follow.py", "if os.fstat(fs.f.fileno()).st_size >= pos.offset:", "if os.fstat(fs.f.fileno()).st_size > pos.offset:", "tests/test_follow.py"),
  ("logban/parse.py", "if t <= self.reference + 2 * 86400:", "if t <= self.reference:", "tests/test_parse.py"),
- ("logban/store.py", "BANS.c.expires.is_not(None), BANS.c.expires <= now)", "BANS.c.expires.is_not(None), BANS.c.expires < now)", "tests/test_store.py"),
+ ("logban/store/writes.py", "BANS.c.expires.is_not(None), BANS.c.expires <= now)", "BANS.c.expires.is_not(None), BANS.c.expires < now)", "tests/test_store.py"),
  ("logban/score.py", "        if self._wide:\n", "        if False:\n", "tests/test_score.py"),
  ("logban/follow.py", "DRAIN_IDLE = 5.0 ", "DRAIN_IDLE = 0 ", "tests/test_follow.py"),
  ("logban/daemon.py", "        if not add and not remove or not self._apply(add, remove, now):", "        if True:", "tests/test_firewall.py -k elsewhere and nftables"),

@@ -56,7 +56,7 @@ def test_released_bans_past_retention_and_lookback_are_pruned(tmp_path, retentio
 
 def test_pruning_a_big_history_goes_in_chunks(tmp_path, monkeypatch):
     from logban import store as store_mod
-    monkeypatch.setattr(store_mod, "PRUNE_CHUNK", 7)
+    monkeypatch.setattr(store_mod.writes, "PRUNE_CHUNK", 7)
     db = tmp_path / "logban.db"
     past_bans(str(db), 50, NOW - 100 * DAY)
     s = Store(f"sqlite:///{db}")
@@ -113,6 +113,33 @@ def test_the_change_check_reads_no_released_ban(tmp_path):
         for p in plans:
             plan = " ".join(str(r) for r in c.execute("EXPLAIN QUERY PLAN " + p.replace("?", "'x'")))
             assert "SCAN" not in plan.upper(), (p, plan)
+
+
+def test_a_few_targets_bans_are_read_by_target_not_through_every_active_ban(tmp_path):
+    """`logban ban` and `unban` at 100,000 bans: the reads of their own targets' bans take the
+    index on target; SQLite, with no statistics, took the one on `released` and stepped
+    through every ban in force to keep the few."""
+    import sqlalchemy as sa
+    db = tmp_path / "logban.db"
+    past_bans(str(db), 2000, NOW)
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE bans SET released = NULL, release_reason = NULL, expires = NULL")
+    s = Store(f"sqlite:///{db}")
+    seen = []
+
+    @sa.event.listens_for(s.engine, "before_cursor_execute")
+    def _seen(conn, cursor, statement, params, *a):
+        if statement.lstrip().upper().startswith("SELECT"):
+            seen.append((statement, params))
+    one = "2001:db8:ff:0:7::/64"
+    assert [b.target for b in s.active_bans(NOW, targets=[one, "2001:db8:ff:0:7::1", "::/0"])] == [one]
+    assert [b.target for b in s.enforced(NOW, targets=[one])] == [one]
+    assert [b.target for b in s.enforced(NOW, names=False, targets=[one])] == [one]
+    assert len(seen) == 3
+    with sqlite3.connect(db) as c:
+        for statement, params in seen:
+            plan = " ".join(str(r) for r in c.execute("EXPLAIN QUERY PLAN " + statement, params))
+            assert "SEARCH bans USING INDEX ix_bans_target" in plan, (statement, plan)
 
 
 # ---- the scorer's history, kept current ---------------------------------------------------

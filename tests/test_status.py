@@ -137,7 +137,8 @@ def test_last_ban_is_the_newest_decision_not_the_newest_row(tmp_path):
     is a dry run."""
     from logban.cli.status import human
     from logban.status import store_counts
-    from logban.store import BANS, Store
+    from logban.store import Store
+    from logban.store.tables import BANS        # the schema's table: its column defaults fill the rest
 
     now = time.time()
     store = Store(f"sqlite:///{tmp_path / 't.db'}")

@@ -84,6 +84,41 @@ def test_newer_schema_is_refused(db_url):
         Store(db_url)
 
 
+def test_the_query_views_are_the_models_tables():
+    """The queries go through Core views of the tables (no sqlmodel import); the models
+    define the schema: every view has its model's columns, in order, of the same SQL types."""
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from logban.store import sql as views
+    from logban.store import tables
+    pairs = {"meta": views.META, "offenders": views.OFFENDERS, "offences": views.OFFENCES, "bans": views.BANS,
+             "positions": views.POSITIONS, "offence_hours": views.OFFENCE_HOURS, "allowlist": views.ALLOWLIST}
+    assert set(pairs) == set(tables.SQLModel.metadata.tables)
+    for name, view in pairs.items():
+        model = tables.SQLModel.metadata.tables[name]
+        for dialect in (sqlite.dialect(), postgresql.dialect()):
+            assert [(c.name, c.type.compile(dialect=dialect)) for c in view.c] == \
+                [(c.name, c.type.compile(dialect=dialect)) for c in model.c], name
+
+
+def test_ban_and_unban_on_a_current_store_import_neither_sqlmodel_nor_the_orm(tmp_path):
+    """They start in a fraction of a second: the models are imported to create or migrate only."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    db = url(tmp_path)
+    Store(db).close()
+    probe = ("import sys; from logban.cli import main; rc = main(sys.argv[1:]); "
+             "print([m for m in ('sqlmodel', 'sqlalchemy.orm', 'pydantic') if m in sys.modules]); sys.exit(rc)")
+    for args in (["ban", "192.0.2.9"], ["unban", "192.0.2.9"], ["unban", "2001:db8::/64"]):
+        r = subprocess.run([sys.executable, "-c", probe, "--backend", "none", "--db", db, *args], capture_output=True,
+                           text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)), timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.splitlines()[-1] == "[]", (args, r.stdout)
+    assert [t for t, in sql(db, "SELECT target FROM bans WHERE release_reason = 'unban'")] == ["192.0.2.9"]
+
+
 def test_migration_runs_once_and_a_failed_one_changes_nothing(db_url, monkeypatch):
     s = Store(db_url)
     s.ban(Decision("192.0.2.1", "manual", "", 0, time.time(), HOUR, 1, False, "old"), node="a", dry_run=False,
@@ -95,8 +130,8 @@ def test_migration_runs_once_and_a_failed_one_changes_nothing(db_url, monkeypatc
         conn.exec_driver_sql("ALTER TABLE bans ADD COLUMN extra TEXT")
         raise sa.exc.OperationalError("step", {}, Exception("disk on fire"))
 
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", v + 1)
-    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: broken})
+    monkeypatch.setattr(store_mod.base, "SCHEMA_VERSION", v + 1)
+    monkeypatch.setattr(store_mod.migrate, "MIGRATIONS", {v: broken})
     with pytest.raises(StoreError, match="disk on fire"):
         Store(db_url)
     # All or nothing: no column, the old version.
@@ -108,7 +143,7 @@ def test_migration_runs_once_and_a_failed_one_changes_nothing(db_url, monkeypatc
     def step(conn):
         ran.append(v)
         conn.exec_driver_sql("ALTER TABLE bans ADD COLUMN extra TEXT DEFAULT 'x'")
-    monkeypatch.setattr(store_mod, "MIGRATIONS", {v: step})
+    monkeypatch.setattr(store_mod.migrate, "MIGRATIONS", {v: step})
     s = Store(db_url)
     assert s.schema_version() == v + 1
     s.close()

@@ -110,7 +110,7 @@ def test_a_deadlock_or_serialization_failure_is_retried_not_an_outage(tmp_path, 
         return real(self, *a, **kw)
 
     monkeypatch.setattr(Store, "_upsert_offenders", flaky)
-    monkeypatch.setattr(store_mod.time, "sleep", lambda _s: None)
+    monkeypatch.setattr(store_mod.base.time, "sleep", lambda _s: None)
     s.record(_offences([f"{NET}.9"], 1_900_000_000.0), [], node="mx1", dry_run=False, now=1_900_000_000.0)
     assert not fails
     with s.read() as conn:

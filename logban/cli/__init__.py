@@ -1,35 +1,36 @@
 """The `logban` command: arguments in, one of the stages out, exit status as the contract says."""
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 from ..config import load_config
 from ..errors import ExportError, FirewallError, StoreError, UsageError
 from ..report import safe
-from .allow import cmd_allow
 from .args import build_parser
-from .bans import cmd_ban, cmd_list, cmd_show, cmd_unban
-from .completion import cmd_completion
-from .daemon import cmd_reload, cmd_run
-from .export import cmd_export
-from .firewall import cmd_firewall
-from .report import cmd_report
-from .rules import cmd_rules_check, cmd_test_rules
-from .scan import cmd_scan
-from .stats import cmd_stats
-from .status import cmd_status
 
-COMMANDS = {"scan": cmd_scan, "firewall": cmd_firewall, "export": cmd_export, "run": cmd_run, "reload": cmd_reload, "test-rules": cmd_test_rules, "rules": cmd_rules_check, "list": cmd_list,
-            "ban": cmd_ban, "unban": cmd_unban, "show": cmd_show, "stats": cmd_stats, "status": cmd_status,
-            "allow": cmd_allow, "completion": cmd_completion, "report": cmd_report}
+# command -> (module of logban.cli, its function): imported when it runs, so that a command
+# loads only what it needs (`logban ban` no scan, report or daemon code).
+COMMANDS = {"scan": ("scan", "cmd_scan"), "firewall": ("firewall", "cmd_firewall"), "export": ("export", "cmd_export"),
+            "run": ("daemon", "cmd_run"), "reload": ("daemon", "cmd_reload"), "test-rules": ("rules", "cmd_test_rules"),
+            "rules": ("rules", "cmd_rules_check"), "list": ("bans", "cmd_list"), "ban": ("bans", "cmd_ban"),
+            "unban": ("bans", "cmd_unban"), "show": ("bans", "cmd_show"), "stats": ("stats", "cmd_stats"),
+            "status": ("status", "cmd_status"), "allow": ("allow", "cmd_allow"),
+            "completion": ("completion", "cmd_completion"), "report": ("report", "cmd_report")}
+
+
+def command(name: str):
+    """The function that runs command `name`."""
+    module, fn = COMMANDS[name]
+    return getattr(importlib.import_module(f".{module}", __name__), fn)
 
 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         cfg = load_config(args.config)
-        return COMMANDS[args.command](args, cfg)
+        return command(args.command)(args, cfg)
     except UsageError as e:
         print(safe(f"logban: {e}"), file=sys.stderr)
         return e.exit_status

@@ -89,7 +89,7 @@ def cmd_ban(args, cfg: Config) -> int:
     d = Decision(target, "manual", "", 0.0, now, duration, count, False, reason)
     dry = cfg.dry_run or args.dry_run
     store.ban(d, node=_node(args, cfg), dry_run=dry, now=now)
-    note = _enforce(args, cfg, store, [target], dry_run=args.dry_run)
+    note = _enforce(args, cfg, store, [target], dry_run=args.dry_run, allow=allow)
     if args.json:
         print(json.dumps({"target": target, "kind": "manual", "reason": reason, "since": iso(now),
                           "until": None if duration is None else iso(now + duration), "count": count,

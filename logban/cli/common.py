@@ -8,11 +8,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..allow import AllowList, Resolver, canonical_num, parse_network
 from ..config import Config
 from ..errors import FirewallError, UsageError
-from ..jobs import Pool
 from ..parse import Clock, Offence, Parser, canonical_ip
 from ..report import (
     safe,
@@ -20,6 +20,9 @@ from ..report import (
 from ..rules import RuleSet, load_rules
 from ..score import Scorer
 from ..sources import READ_ERRORS, Source, chunks, open_source, read_error
+
+if TYPE_CHECKING:
+    from ..jobs import Pool        # scan's: a ban or an unban loads no multiprocessing
 
 
 def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) -> RuleSet:
@@ -145,19 +148,20 @@ def _check_backend(args, cfg: Config, *, dry_run: bool = False, lifting: bool = 
     choose(cfg.firewall, backend=args.backend)
 
 
-def _firewall(args, cfg: Config, store, *, dry_run: bool = False):
-    """The firewall; in a dry run it adds nothing and still lifts what must go."""
+def _firewall(args, cfg: Config, store, *, dry_run: bool = False, allow: AllowList | None = None):
+    """The firewall; in a dry run it adds nothing and still lifts what must go. `allow`: the
+    allow-list the command already read (`_allow(cfg, store)`), else read here."""
     from ..firewall import Firewall, choose
-    return Firewall(choose(cfg.firewall, backend=args.backend), store, _allow(cfg, store),
+    return Firewall(choose(cfg.firewall, backend=args.backend), store, allow or _allow(cfg, store),
                     dry_run=cfg.dry_run or dry_run)
 
 
 def _enforce(args, cfg: Config, store, targets: list[str] | None = None, *, dry_run: bool = False,
-             lifting: bool = False) -> str:
+             lifting: bool = False, allow: AllowList | None = None) -> str:
     """After the store changed: the kernel follows, for these `targets` only when given
     (a ban, an unban: the periodic sync repairs anything else), else in full. `lifting`:
     the change only ended bans. Returns a note for the user."""
-    fw = _firewall(args, cfg, store, dry_run=dry_run)
+    fw = _firewall(args, cfg, store, dry_run=dry_run, allow=allow)
     if not fw.has_backend:
         return "not enforced: firewall backend none" + (" (dry run)" if fw.dry_run else
                                                          " (not root)" if os.geteuid() else "")
