@@ -99,6 +99,11 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     ok(run_logban("--db", url, "--backend", "nftables", "unban", "198.51.100.7", prefix=inside))
     ok(run_logban("--db", url, "--backend", "nftables", "ban", "--dry-run", "198.51.100.8", prefix=inside))
     ok(run_logban("--db", url, "--backend", "nftables", "unban", "198.51.100.8", prefix=inside))   # a dry-run ban
+    # and friends: a dry-run scan that decides bans, a sync and a status with nothing to enforce, a reader
+    ok(run_logban("--db", url, "--backend", "nftables", "scan", "--apply", "--dry-run", str(SAMPLES / "logs"),
+                  prefix=inside))
+    for cmd in (["firewall", "sync"], ["firewall", "status"], ["list", "--all"]):
+        ok(run_logban("--db", url, "--backend", "nftables", *cmd, prefix=inside))
     assert logban_tables(netns) == ""
     ok(run_logban("--db", url, "--backend", "nftables", "ban", "198.51.100.9", prefix=inside))
     assert "inet logban" in logban_tables(netns)    # the check above can fail
@@ -215,5 +220,27 @@ def test_failed_export_backs_off_with_one_line_per_change(tmp_path):
         gone.mkdir()
         d.wait_log("works again", timeout=40)
         assert (gone / "bans.txt").exists()
+    finally:
+        d.stop()
+
+
+def test_failed_export_is_retried_less_and_less_often(tmp_path):
+    """Backoff, counted where it happens: each retry of a sendmail export runs makemap again
+    (here one that always fails and notes each call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "makemap").write_text(f"#!/bin/sh\necho x >> {calls}\necho 'makemap: no database' >&2\nexit 1\n")
+    (bin_dir / "makemap").chmod(0o755)
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path / "d", "--follow", str(log),
+               config=f'[[export]]\nformat = "sendmail"\npath = "{tmp_path}/access"\n')
+    d.start(env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    try:
+        d.wait_log("makemap failed")
+        time.sleep(12)                              # every 2 s: 6 more calls; 2, 4, 8 s: 2 more
+        n = len(calls.read_text().splitlines())
+        assert 2 <= n <= 4, f"makemap ran {n} times in 12 s"
     finally:
         d.stop()
