@@ -89,6 +89,26 @@ def test_non_ascii_in_an_rfc5424_stamp_is_a_line_without_time(tmp_path):
     assert rep["lines"] == 3 and rep["offences"] == 1
 
 
+def test_non_ascii_in_an_rfc5424_stamp_does_not_stop_the_daemon(tmp_path):
+    """The same bytes in a followed log: the daemon reads past them and bans on the next line."""
+    from daemonproc import Daemon, append, dnsbl
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path / "d", "--follow", str(log))
+    d.start()
+    try:
+        bad = ("<34>1 2026-11-20T10:00:\xe9Z mx postfix/smtpd 123 - - NOQUEUE: reject: RCPT from unknown[198.51.100.9]: "
+               "554 5.7.1 Service unavailable; Client host [198.51.100.9] blocked using zen.spamhaus.org; "
+               "from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>\n")
+        with open(log, "ab") as f:
+            f.write(bad.encode("latin-1") + b"<34>1 \xff\xfe\xc3( mx postfix/smtpd 1 - - x\n")
+        append(log, dnsbl("198.51.100.10"))
+        assert "198.51.100.10" in d.wait_log("ban 198.51.100.10")
+        assert d.p.poll() is None and not any("Traceback" in ln or "Error" in ln for ln in d.lines), "".join(d.lines)
+    finally:
+        assert d.stop() == 0
+
+
 @pytest.mark.parametrize("kind, why", [("dir", "is a directory"), ("fifo", "not a regular file"),
                                         ("gz", "compressed")])
 def test_run_refuses_what_it_cannot_follow(tmp_path, kind, why):
