@@ -154,6 +154,26 @@ def test_pid_directory_of_another_user_is_refused(public_tmp):
     assert r.returncode == 2 and b"refused" in r.stderr
 
 
+@pytest.mark.parametrize("planted, why", [("mkdir -m 0755 {d}", "owned by uid 0"),
+                                           ("mkdir -m 0750 {d} && chown 65534 {d}", "mode 0750"),
+                                           ("mkdir -m 0700 /tmp/x && chown 65534 /tmp/x && ln -s /tmp/x {d}", "a symlink")])
+def test_default_pid_directory_in_tmp_planted_by_another_is_refused(public_tmp, planted, why):
+    """Without root and XDG_RUNTIME_DIR the pid file goes to /tmp/logban-<uid>, a name anyone can
+    take first: only our own 0700 directory is used. A /tmp of its own here (tmpfs, in the
+    process's mount namespace), the test directory bound back into it."""
+    d = "/tmp/logban-65534"
+    private_tmp = (f"mount --bind {public_tmp} /mnt\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n"
+                   f"mkdir -p {public_tmp}\nmount --bind /mnt {public_tmp}\n{planted.format(d=d)}")
+    log = public_tmp / "mail.log"
+    log.write_text("")
+    (public_tmp / "db").mkdir()
+    (public_tmp / "db").chmod(0o777)
+    r = run_logban("--db", f"sqlite:///{public_tmp}/db/x.db", "run", "--follow", str(log), timeout=30,
+                   env={"XDG_RUNTIME_DIR": ""}, prefix=as_nobody(public_tmp, private_tmp))
+    assert r.returncode == 2 and r.stderr.startswith(f"logban: {d}: pid directory ".encode()), r.stderr
+    assert why.encode() in r.stderr and b"refused" in r.stderr and r.stderr.count(b"\n") == 1
+
+
 def test_pid_file_symlink_is_replaced_not_followed_and_reload_signals_only_logban(public_tmp):
     run = public_tmp / "run"
     run.mkdir(mode=0o700)
