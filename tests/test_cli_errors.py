@@ -176,15 +176,26 @@ def test_sendmail_export_without_makemap_writes_nothing_and_fails(tmp_path):
     assert not out.exists()
 
 
-def test_malformed_database_is_one_line(tmp_path):
+@pytest.mark.parametrize("broken", ["tables", "bans"])
+def test_malformed_database_is_one_line(tmp_path, broken):
+    """Found at open (the schema version is unreadable), or only by a command's own query
+    (the bans table alone is garbage): one line naming the store, no SQL, either way."""
     db = tmp_path / "logban.db"
     assert run_logban("--db", f"sqlite:///{db}", "scan", "--apply", "--dry-run", str(SAMPLES / "logs")).returncode == 0
+    with sqlite3.connect(db) as con:
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        bans_page = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'bans'").fetchone()[0]
+    con.close()
     data = bytearray(db.read_bytes())
-    data[4096 * 2:] = b"\xff" * (len(data) - 4096 * 2)      # the schema page stays, the tables are garbage
+    if broken == "tables":
+        data[page_size * 2:] = b"\xff" * (len(data) - page_size * 2)     # the schema page stays, the tables are garbage
+    else:
+        data[(bans_page - 1) * page_size:bans_page * page_size] = b"\xff" * page_size
     db.write_bytes(bytes(data))
     for cmd in (["list", "--all"], ["stats"], ["ban", "203.0.113.5"]):
         r = run_logban("--db", f"sqlite:///{db}", *cmd)
-        assert r.returncode == 1 and str(db) in one_line(r) and "SQL" not in r.stderr.decode(), cmd
+        assert r.returncode == 1 and one_line(r).startswith(f"logban: {db}: ") and "SQL" not in r.stderr.decode(), cmd
+        assert "malformed" in r.stderr.decode() and ("cannot open the database" in r.stderr.decode()) == (broken == "tables")
 
 
 def test_db_in_a_missing_directory_creates_nothing(tmp_path):
