@@ -119,6 +119,18 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     assert "198.51.100.9" not in elements() and b"1 removed" in r.stdout      # lifting does touch it
 
 
+def test_a_missing_firewall_tool_names_its_package(tmp_path, netns):
+    """Root, but no `nft` on PATH: one line naming the Debian package, and what the store kept."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    url = f"sqlite:///{tmp_path}/logban.db"
+    r = run_logban("--db", url, "--backend", "nftables", "ban", "198.51.100.7",
+                   prefix=["ip", "netns", "exec", netns, "/usr/bin/env", f"PATH={bin_dir}"])
+    assert r.returncode == 1 and r.stderr.decode() == ("logban: nft: command not found; install the package nftables; "
+                                                       "the store has the change, `logban firewall sync` enforces it\n")
+    assert b"198.51.100.7" in ok(run_logban("--db", url, "list")).stdout
+
+
 def test_a_named_backend_without_root_is_refused_before_anything_is_recorded(public_tmp):
     d = public_tmp / "state"
     d.mkdir()
