@@ -102,8 +102,10 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     # and friends: a dry-run scan that decides bans, a sync and a status with nothing to enforce, a reader
     ok(run_logban("--db", url, "--backend", "nftables", "scan", "--apply", "--dry-run", str(SAMPLES / "logs"),
                   prefix=inside))
-    for cmd in (["firewall", "sync"], ["list", "--all"]):
-        ok(run_logban("--db", url, "--backend", "nftables", *cmd, prefix=inside))
+    r = ok(run_logban("--db", url, "--backend", "nftables", "firewall", "sync", "--json", prefix=inside))
+    assert json.loads(r.stdout) | {"refused": []} == {"backend": "nftables", "dry_run": False, "added": [],
+                                                      "removed": [], "refreshed": [], "refused": []}
+    ok(run_logban("--db", url, "--backend", "nftables", "list", "--all", prefix=inside))
     r = ok(run_logban("--db", url, "--backend", "nftables", "firewall", "status", prefix=inside))
     assert b"inet logban (absent: made with the first ban to enforce)" in r.stdout and b"\nsets " not in r.stdout
     assert logban_tables(netns) == ""
@@ -117,6 +119,8 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     assert "198.51.100.9" in elements()
     r = ok(run_logban("--db", url, "--backend", "nftables", "unban", "198.51.100.9", prefix=inside))
     assert "198.51.100.9" not in elements() and b"1 removed" in r.stdout      # lifting does touch it
+    r = ok(run_logban("--db", url, "--backend", "nftables", "firewall", "teardown", "--json", prefix=inside))
+    assert json.loads(r.stdout) == {"backend": "nftables", "removed": True} and logban_tables(netns) == ""
 
 
 def test_a_missing_firewall_tool_names_its_package(tmp_path, netns):
