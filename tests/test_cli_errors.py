@@ -119,7 +119,9 @@ def test_run_refuses_what_it_cannot_follow(tmp_path, kind, why):
         os.mkfifo(target)
     else:
         target.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 20)
-    r = run_logban("--db", store(tmp_path), "run", "--follow", str(target), timeout=30)
+    cfg = tmp_path / "logban.toml"                  # a pid file of its own, should the daemon start
+    cfg.write_text(f'[daemon]\npid_file = "{tmp_path}/run/logban.pid"\n')
+    r = run_logban("-c", str(cfg), "--db", store(tmp_path), "run", "--follow", str(target), timeout=30)
     assert r.returncode == 2 and why in one_line(r) and str(target) in r.stderr.decode()
 
 
@@ -129,8 +131,11 @@ def test_run_refuses_a_log_it_may_not_read(public_tmp):
     log.chmod(0o600)                                # root's; the daemon runs as nobody
     (public_tmp / "db").mkdir()
     (public_tmp / "db").chmod(0o777)
+    run = public_tmp / "run"                        # a pid directory of its own, should the daemon start
+    run.mkdir(mode=0o700)
+    os.chown(run, 65534, 65534)
     r = run_logban("--db", f"sqlite:///{public_tmp}/db/x.db", "run", "--follow", str(log),
-                   prefix=as_nobody(public_tmp), timeout=30)
+                   env={"XDG_RUNTIME_DIR": str(run)}, prefix=as_nobody(public_tmp), timeout=30)
     assert r.returncode == 2 and "permission denied" in one_line(r) and str(log) in r.stderr.decode()
 
 
