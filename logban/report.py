@@ -317,7 +317,7 @@ def firewall_human(st: dict) -> str:
     for k in ("table", "chain"):
         if k in st:
             out.append(f"{k:<13}{safe(st[k])}")
-    if "sets" in st:
+    if st.get("sets"):             # none before the table is made
         out.append(f"sets         {safe(', '.join(st['sets']))}")
     for hook, c in st.get("chains", {}).items():
         out.append(f"chain        {safe(hook)} (priority {c['priority']}): {c['packets_blocked']:,} packets blocked")

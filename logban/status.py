@@ -212,7 +212,7 @@ def read_status(path: Path, *, store: str | None = None, node: str | None = None
     if not state.get("running"):
         state["why"] = "stopped"
     elif not isinstance(pid, int) or pid <= 1 or proc_start(pid) is None or proc_start(pid) != state.get("proc_start"):
-        state.update(running=False, why=f"process {pid} is gone (the daemon died without stopping cleanly)")
+        state.update(running=False, why=f"process {pid} is gone: the daemon died without stopping cleanly")
     elif store is not None and _field(state, "store", "url") != store:
         state.update(running=False, why=f"the daemon with this pid file uses another store ({_field(state, 'store', 'url')})")
     elif node is not None and state.get("node") != node:

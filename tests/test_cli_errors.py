@@ -89,6 +89,26 @@ def test_non_ascii_in_an_rfc5424_stamp_is_a_line_without_time(tmp_path):
     assert rep["lines"] == 3 and rep["offences"] == 1
 
 
+def test_non_ascii_in_an_rfc5424_stamp_does_not_stop_the_daemon(tmp_path):
+    """The same bytes in a followed log: the daemon reads past them and bans on the next line."""
+    from daemonproc import Daemon, append, dnsbl
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path / "d", "--follow", str(log))
+    d.start()
+    try:
+        bad = ("<34>1 2026-11-20T10:00:\xe9Z mx postfix/smtpd 123 - - NOQUEUE: reject: RCPT from unknown[198.51.100.9]: "
+               "554 5.7.1 Service unavailable; Client host [198.51.100.9] blocked using zen.spamhaus.org; "
+               "from=<a@b.example> to=<c@d.example> proto=ESMTP helo=<x>\n")
+        with open(log, "ab") as f:
+            f.write(bad.encode("latin-1") + b"<34>1 \xff\xfe\xc3( mx postfix/smtpd 1 - - x\n")
+        append(log, dnsbl("198.51.100.10"))
+        assert "198.51.100.10" in d.wait_log("ban 198.51.100.10")
+        assert d.p.poll() is None and not any("Traceback" in ln or "Error" in ln for ln in d.lines), "".join(d.lines)
+    finally:
+        assert d.stop() == 0
+
+
 @pytest.mark.parametrize("kind, why", [("dir", "is a directory"), ("fifo", "not a regular file"),
                                         ("gz", "compressed")])
 def test_run_refuses_what_it_cannot_follow(tmp_path, kind, why):
@@ -99,7 +119,9 @@ def test_run_refuses_what_it_cannot_follow(tmp_path, kind, why):
         os.mkfifo(target)
     else:
         target.write_bytes(b"\x1f\x8b\x08\x00" + b"\x00" * 20)
-    r = run_logban("--db", store(tmp_path), "run", "--follow", str(target), timeout=30)
+    cfg = tmp_path / "logban.toml"                  # a pid file of its own, should the daemon start
+    cfg.write_text(f'[daemon]\npid_file = "{tmp_path}/run/logban.pid"\n')
+    r = run_logban("-c", str(cfg), "--db", store(tmp_path), "run", "--follow", str(target), timeout=30)
     assert r.returncode == 2 and why in one_line(r) and str(target) in r.stderr.decode()
 
 
@@ -109,8 +131,11 @@ def test_run_refuses_a_log_it_may_not_read(public_tmp):
     log.chmod(0o600)                                # root's; the daemon runs as nobody
     (public_tmp / "db").mkdir()
     (public_tmp / "db").chmod(0o777)
+    run = public_tmp / "run"                        # a pid directory of its own, should the daemon start
+    run.mkdir(mode=0o700)
+    os.chown(run, 65534, 65534)
     r = run_logban("--db", f"sqlite:///{public_tmp}/db/x.db", "run", "--follow", str(log),
-                   prefix=as_nobody(public_tmp), timeout=30)
+                   env={"XDG_RUNTIME_DIR": str(run)}, prefix=as_nobody(public_tmp), timeout=30)
     assert r.returncode == 2 and "permission denied" in one_line(r) and str(log) in r.stderr.decode()
 
 
@@ -140,7 +165,9 @@ def test_export_where_the_user_may_not_write_is_one_line(public_tmp):
     assert run_logban("--db", url, "ban", "198.51.100.7", prefix=as_nobody(public_tmp)).returncode == 0
     r = run_logban("--db", url, "export", "--format", "postfix", "-o", str(locked / "logban.cidr"),
                    prefix=as_nobody(public_tmp))
-    assert r.returncode == 1 and "Permission denied" in one_line(r) and "logban.cidr" in r.stderr.decode()
+    # The file named, not the temporary file beside it that could not be made, and no exception's type.
+    assert r.returncode == 1 and one_line(r) == f"logban: {locked}/logban.cidr: cannot write: Permission denied\n"
+    assert not list(locked.iterdir())
 
 
 def test_sendmail_export_without_makemap_writes_nothing_and_fails(tmp_path):
@@ -154,15 +181,26 @@ def test_sendmail_export_without_makemap_writes_nothing_and_fails(tmp_path):
     assert not out.exists()
 
 
-def test_malformed_database_is_one_line(tmp_path):
+@pytest.mark.parametrize("broken", ["tables", "bans"])
+def test_malformed_database_is_one_line(tmp_path, broken):
+    """Found at open (the schema version is unreadable), or only by a command's own query
+    (the bans table alone is garbage): one line naming the store, no SQL, either way."""
     db = tmp_path / "logban.db"
     assert run_logban("--db", f"sqlite:///{db}", "scan", "--apply", "--dry-run", str(SAMPLES / "logs")).returncode == 0
+    with sqlite3.connect(db) as con:
+        page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        bans_page = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'bans'").fetchone()[0]
+    con.close()
     data = bytearray(db.read_bytes())
-    data[4096 * 2:] = b"\xff" * (len(data) - 4096 * 2)      # the schema page stays, the tables are garbage
+    if broken == "tables":
+        data[page_size * 2:] = b"\xff" * (len(data) - page_size * 2)     # the schema page stays, the tables are garbage
+    else:
+        data[(bans_page - 1) * page_size:bans_page * page_size] = b"\xff" * page_size
     db.write_bytes(bytes(data))
     for cmd in (["list", "--all"], ["stats"], ["ban", "203.0.113.5"]):
         r = run_logban("--db", f"sqlite:///{db}", *cmd)
-        assert r.returncode == 1 and str(db) in one_line(r) and "SQL" not in r.stderr.decode(), cmd
+        assert r.returncode == 1 and one_line(r).startswith(f"logban: {db}: ") and "SQL" not in r.stderr.decode(), cmd
+        assert "malformed" in r.stderr.decode() and ("cannot open the database" in r.stderr.decode()) == (broken == "tables")
 
 
 def test_db_in_a_missing_directory_creates_nothing(tmp_path):

@@ -99,6 +99,15 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     ok(run_logban("--db", url, "--backend", "nftables", "unban", "198.51.100.7", prefix=inside))
     ok(run_logban("--db", url, "--backend", "nftables", "ban", "--dry-run", "198.51.100.8", prefix=inside))
     ok(run_logban("--db", url, "--backend", "nftables", "unban", "198.51.100.8", prefix=inside))   # a dry-run ban
+    # and friends: a dry-run scan that decides bans, a sync and a status with nothing to enforce, a reader
+    ok(run_logban("--db", url, "--backend", "nftables", "scan", "--apply", "--dry-run", str(SAMPLES / "logs"),
+                  prefix=inside))
+    r = ok(run_logban("--db", url, "--backend", "nftables", "firewall", "sync", "--json", prefix=inside))
+    assert json.loads(r.stdout) | {"refused": []} == {"backend": "nftables", "dry_run": False, "added": [],
+                                                      "removed": [], "refreshed": [], "refused": []}
+    ok(run_logban("--db", url, "--backend", "nftables", "list", "--all", prefix=inside))
+    r = ok(run_logban("--db", url, "--backend", "nftables", "firewall", "status", prefix=inside))
+    assert b"inet logban (absent: made with the first ban to enforce)" in r.stdout and b"\nsets " not in r.stdout
     assert logban_tables(netns) == ""
     ok(run_logban("--db", url, "--backend", "nftables", "ban", "198.51.100.9", prefix=inside))
     assert "inet logban" in logban_tables(netns)    # the check above can fail
@@ -110,6 +119,20 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     assert "198.51.100.9" in elements()
     r = ok(run_logban("--db", url, "--backend", "nftables", "unban", "198.51.100.9", prefix=inside))
     assert "198.51.100.9" not in elements() and b"1 removed" in r.stdout      # lifting does touch it
+    r = ok(run_logban("--db", url, "--backend", "nftables", "firewall", "teardown", "--json", prefix=inside))
+    assert json.loads(r.stdout) == {"backend": "nftables", "removed": True} and logban_tables(netns) == ""
+
+
+def test_a_missing_firewall_tool_names_its_package(tmp_path, netns):
+    """Root, but no `nft` on PATH: one line naming the Debian package, and what the store kept."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    url = f"sqlite:///{tmp_path}/logban.db"
+    r = run_logban("--db", url, "--backend", "nftables", "ban", "198.51.100.7",
+                   prefix=["ip", "netns", "exec", netns, "/usr/bin/env", f"PATH={bin_dir}"])
+    assert r.returncode == 1 and r.stderr.decode() == ("logban: nft: command not found; install the package nftables; "
+                                                       "the store has the change, `logban firewall sync` enforces it\n")
+    assert b"198.51.100.7" in ok(run_logban("--db", url, "list")).stdout
 
 
 def test_a_named_backend_without_root_is_refused_before_anything_is_recorded(public_tmp):
@@ -147,6 +170,26 @@ def test_pid_directory_of_another_user_is_refused(public_tmp):
     assert r.returncode == 2 and b"refused" in r.stderr and str(planted).encode() in r.stderr
     r = run_logban("-c", str(cfg), "reload", prefix=as_nobody(public_tmp))
     assert r.returncode == 2 and b"refused" in r.stderr
+
+
+@pytest.mark.parametrize("planted, why", [("mkdir -m 0755 {d}", "owned by uid 0"),
+                                           ("mkdir -m 0750 {d} && chown 65534 {d}", "mode 0750"),
+                                           ("mkdir -m 0700 /tmp/x && chown 65534 /tmp/x && ln -s /tmp/x {d}", "a symlink")])
+def test_default_pid_directory_in_tmp_planted_by_another_is_refused(public_tmp, planted, why):
+    """Without root and XDG_RUNTIME_DIR the pid file goes to /tmp/logban-<uid>, a name anyone can
+    take first: only our own 0700 directory is used. A /tmp of its own here (tmpfs, in the
+    process's mount namespace), the test directory bound back into it."""
+    d = "/tmp/logban-65534"
+    private_tmp = (f"mount --bind {public_tmp} /mnt\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n"
+                   f"mkdir -p {public_tmp}\nmount --bind /mnt {public_tmp}\n{planted.format(d=d)}")
+    log = public_tmp / "mail.log"
+    log.write_text("")
+    (public_tmp / "db").mkdir()
+    (public_tmp / "db").chmod(0o777)
+    r = run_logban("--db", f"sqlite:///{public_tmp}/db/x.db", "run", "--follow", str(log), timeout=30,
+                   env={"XDG_RUNTIME_DIR": ""}, prefix=as_nobody(public_tmp, private_tmp))
+    assert r.returncode == 2 and r.stderr.startswith(f"logban: {d}: pid directory ".encode()), r.stderr
+    assert why.encode() in r.stderr and b"refused" in r.stderr and r.stderr.count(b"\n") == 1
 
 
 def test_pid_file_symlink_is_replaced_not_followed_and_reload_signals_only_logban(public_tmp):
@@ -215,5 +258,27 @@ def test_failed_export_backs_off_with_one_line_per_change(tmp_path):
         gone.mkdir()
         d.wait_log("works again", timeout=40)
         assert (gone / "bans.txt").exists()
+    finally:
+        d.stop()
+
+
+def test_failed_export_is_retried_less_and_less_often(tmp_path):
+    """Backoff, counted where it happens: each retry of a sendmail export runs makemap again
+    (here one that always fails and notes each call)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    (bin_dir / "makemap").write_text(f"#!/bin/sh\necho x >> {calls}\necho 'makemap: no database' >&2\nexit 1\n")
+    (bin_dir / "makemap").chmod(0o755)
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path / "d", "--follow", str(log),
+               config=f'[[export]]\nformat = "sendmail"\npath = "{tmp_path}/access"\n')
+    d.start(env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    try:
+        d.wait_log("makemap failed")
+        time.sleep(12)                              # every 2 s: 6 more calls; 2, 4, 8 s: 2 more
+        n = len(calls.read_text().splitlines())
+        assert 2 <= n <= 4, f"makemap ran {n} times in 12 s"
     finally:
         d.stop()

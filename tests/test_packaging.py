@@ -107,3 +107,12 @@ def test_grafana_dashboard_queries_only_metrics_a_running_daemon_exports(tmp_pat
         time.sleep(0.2)
     assert not missing, f"the dashboard queries metrics the daemon does not export: {sorted(missing)}"
     assert re.search(r"^logban_store_up 1\.0$", text, re.MULTILINE)
+
+
+def test_readme_names_every_package_the_ci_script_installs():
+    """The README's word on what `bash .ci/run` installs on a host is the script's own list."""
+    script = (ROOT / ".ci" / "run").read_text()
+    listed = re.search(r"^for pkg in (.*?); do", script, flags=re.M | re.S)[1].replace("\\\n", " ").split()
+    readme = " ".join((ROOT / "README.md").read_text().split())      # the list may wrap
+    said = re.search(r"the Debian packages `([^`]+)` when missing", readme)
+    assert said and said[1].split() == listed

@@ -238,10 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
     fs = fsub.add("status", "backend, table, sets, chains, element counts and drift from the store",
                   "logban firewall status", "logban firewall status --json")
     fs.add_argument("--json", action="store_true", help="one JSON object")
-    fsub.add("sync", "make the kernel hold exactly the active bans (re-adds, removes, refreshes)",
-             "sudo logban firewall sync", "sudo logban firewall sync --backend nftables")
-    fsub.add("teardown", "remove everything logban created in the firewall (bans stay in the store)",
-             "sudo logban firewall teardown", "sudo logban firewall teardown --backend ipset")
+    fy = fsub.add("sync", "make the kernel hold exactly the active bans (re-adds, removes, refreshes)",
+                  "sudo logban firewall sync", "sudo logban firewall sync --backend nftables")
+    fy.add_argument("--json", action="store_true", help="what was added, removed and refreshed as one JSON object")
+    ft = fsub.add("teardown", "remove everything logban created in the firewall (bans stay in the store)",
+                  "sudo logban firewall teardown", "sudo logban firewall teardown --backend ipset")
+    ft.add_argument("--json", action="store_true", help="the backend and whether it had anything to remove, as JSON")
 
     rp = sub.add("rules", "rule pack tools", "logban rules check", "logban rules check /etc/logban/rules.d")
     rsub = _Sub(rp.add_subparsers(dest="rules_command", required=True, metavar="SUBCOMMAND", parser_class=_Args))

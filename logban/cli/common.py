@@ -170,7 +170,7 @@ def _enforce(args, cfg: Config, store, targets: list[str] | None = None, *, dry_
     try:
         p = fw.sync() if targets is None else fw.update(targets)
     except FirewallError as e:
-        raise FirewallError(f"{e} (the store has the change; `logban firewall sync` enforces it)") from None
+        raise FirewallError(f"{e}; the store has the change, `logban firewall sync` enforces it") from None
     return f"{fw.backend.name}: {len(p.add)} added, {len(p.remove)} removed" + (" (dry run: nothing added)"
                                                                                if fw.dry_run else "")
 

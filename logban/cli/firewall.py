@@ -21,12 +21,20 @@ def cmd_firewall(args, cfg: Config) -> int:
     if args.firewall_command == "teardown":
         # A dry run too: dry run means adding nothing, not forgetting what is in the kernel.
         b.teardown()
-        print(f"{b.name}: removed what logban created" + ("" if fw.has_backend else " (nothing: no firewall backend)"))
+        if args.json:
+            print(json.dumps({"backend": b.name, "removed": fw.has_backend}, indent=2))
+        else:
+            print(f"{b.name}: removed what logban created" + ("" if fw.has_backend else " (nothing: no firewall backend)"))
         return 0
     if args.firewall_command == "sync":
         if not fw.has_backend:
             raise UsageError("firewall sync: no firewall backend (not root, or backend none)")
         p = fw.sync()
+        if args.json:
+            print(json.dumps({"backend": b.name, "dry_run": fw.dry_run, "added": sorted(p.missing),
+                              "removed": sorted(p.unknown), "refreshed": sorted(p.stale),
+                              "refused": [{"target": t, "why": w} for t, w in fw.refused]}, indent=2))
+            return 0
         print(f"{b.name}: {len(p.missing)} missing added, {len(p.unknown)} unknown removed, "
               f"{len(p.stale)} timeouts refreshed" + (" (dry run: nothing added)" if fw.dry_run else ""))
         for target, why in fw.refused:

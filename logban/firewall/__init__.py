@@ -66,7 +66,7 @@ def choose(opts: FirewallOptions, *, backend: str | None = None) -> Backend:
     the firewall is refused here, before a command records anything."""
     name = backend or opts.backend
     if name not in ("auto", "none") and not may_admin_network():
-        raise UsageError(f"firewall backend {name}: changing the firewall needs root or CAP_NET_ADMIN "
+        raise UsageError(f"firewall backend {name}: reading or changing the firewall needs root or CAP_NET_ADMIN "
                          f"(running as uid {os.geteuid()}); use --backend none to record only")
     if name == "auto":
         if os.geteuid() != 0:

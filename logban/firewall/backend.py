@@ -9,11 +9,15 @@ from ..errors import FirewallError
 from .plan import FirewallOptions
 
 
+# The Debian package of each tool a backend runs (`nft` is in nftables).
+PACKAGE = {"nft": "nftables", "iptables-legacy": "iptables", "ip6tables": "iptables", "ip": "iproute2"}
+
+
 def _run(cmd: list[str], stdin: str | None = None) -> str:
     try:
         r = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=300)
     except FileNotFoundError:
-        raise FirewallError(f"{cmd[0]}: command not found (install the {cmd[0]} package)") from None
+        raise FirewallError(f"{cmd[0]}: command not found; install the package {PACKAGE.get(cmd[0], cmd[0])}") from None
     except subprocess.TimeoutExpired:
         raise FirewallError(f"{' '.join(cmd[:3])}: no answer in 300 s") from None
     if r.returncode != 0:

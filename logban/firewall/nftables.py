@@ -213,7 +213,7 @@ class Nftables(Backend):
     def describe(self) -> dict:
         present = self._chains()
         if not present:
-            return {"table": f"{self.TABLE} (absent)", "sets": [], "chains": {}}
+            return {"table": f"{self.TABLE} (absent: made with the first ban to enforce)", "sets": [], "chains": {}}
         chains = {}
         for hook in sorted(present & {"input", "forward"}):
             data = json.loads(_run(["nft", "-j", "list", "chain", *self.TABLE.split(), hook]))
