@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from ..allow import AllowList
 from ..errors import FirewallError, UsageError
@@ -160,6 +161,15 @@ class Firewall:
             return done
         return p
 
+    def _want_and_have(self, now: float | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
+        """`want` and the kernel's elements, read side by side: listing 100,000 elements is
+        mostly the kernel's work (a netlink dump, an `ipset save` process), which goes on
+        on another core, the GIL released, while this thread reads and screens the store."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="logban-list") as pool:
+            have = pool.submit(self.backend.elements)
+            want = self.want(now)
+            return want, have.result()
+
     def _setup(self) -> None:
         self.backend.setup()
         self.ready = True
@@ -172,8 +182,7 @@ class Firewall:
             self.want(now)              # the refusals, for the caller to report
             return Plan()
         for attempt in range(self.ATTEMPTS):
-            want = self.want(now)
-            have = self.backend.elements()
+            want, have = self._want_and_have(now)
             p = plan(want, have)
             if self.dry_run:
                 # Lift what must go; what is there and still banned stays, nothing is added.

@@ -127,14 +127,21 @@ def _stale(want: int | None, have: int | None) -> bool:
     return have < want - SLACK
 
 
+_ABSENT = object()
+
+
 def plan(want: Mapping[str, int | None], have: Mapping[str, int | None]) -> Plan:
     """What makes the kernel (`have`) equal the store (`want`)."""
     p = Plan()
+    get = have.get
     for t, secs in want.items():
-        if t not in have:
+        left = get(t, _ABSENT)
+        if left is _ABSENT:
             p.missing.append(t)
             p.add[t] = secs
-        elif _stale(secs, have[t]):
+        elif secs is not None and left is not None and secs - SLACK <= left <= secs + SLACK and secs < KERNEL_TIMEOUT_MAX:
+            continue                        # the usual case, in line: close enough (see _stale)
+        elif _stale(secs, left):
             p.stale.append(t)
             p.remove.append(t)
             p.add[t] = secs
