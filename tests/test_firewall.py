@@ -16,6 +16,8 @@ import pytest
 from conftest import bsd_stamp, touch_now
 from netlab import OTHER_PORT, Lab, need_netns, need_tools
 
+from logban.allow import AllowList
+
 
 def test_bad_firewall_config_exits_2(tmp_path, logban):
     cfg = tmp_path / "c.toml"
@@ -33,6 +35,51 @@ def test_without_root_or_with_dry_run_nothing_is_enforced(tmp_path, logban):
     r = logban("-c", str(cfg), "--db", f"sqlite:///{tmp_path}/x.db", "firewall", "status", "--json")
     st = json.loads(r.stdout)
     assert st["backend"] == "none" and st["enforcing"] is False and st["bans_active"] == 1
+
+
+def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
+    """A ban is recorded, then enforced (the daemon, `logban ban`). A sync that read the
+    store before the record and listed the kernel after the element went in took the
+    element for unknown and lifted it (issue 18: the kernel is now listed beside the store
+    read, and what it holds unwanted is looked up again)."""
+    from logban.firewall import Backend, Firewall, FirewallOptions
+    from logban.score import Decision
+    from logban.store import Store
+    store = Store(f"sqlite:///{tmp_path}/s.db")
+    now = time.time()
+
+    def record(target: str) -> None:
+        store.record([], [Decision(target, "dnsbl", "r", 5.0, now, 3600.0, 1, False, "")],
+                     node="n", dry_run=False, now=now)
+
+    class Kernel(Backend):
+        name = "fake"
+
+        def __init__(self) -> None:
+            super().__init__(FirewallOptions())
+            self.held: dict[str, int | None] = {"192.0.2.2": 3600, "203.0.113.9": 60}
+            self.removed: list[str] = []
+
+        def elements(self) -> dict[str, int | None]:
+            store.read_done.wait(5)                  # the store was read: then the daemon's ban comes
+            record("198.51.100.7")
+            self.held["198.51.100.7"] = 3600
+            return dict(self.held)
+
+        def apply(self, add, remove) -> None:
+            self.removed += remove
+            self.held = {t: s for t, s in self.held.items() if t not in remove} | dict(add)
+
+    import threading
+    record("192.0.2.2")
+    store.read_done = threading.Event()
+    enforced = store.enforced
+    store.enforced = lambda *a, **k: (enforced(*a, **k), store.read_done.set())[0]
+    kernel = Kernel()
+    p = Firewall(kernel, store, AllowList(own=())).sync()
+    assert p.unknown == ["203.0.113.9"] and kernel.removed == ["203.0.113.9"]
+    assert kernel.held == {"192.0.2.2": 3600, "198.51.100.7": 3600}
+    store.close()
 
 
 # ---- the real kernel ------------------------------------------------------------------

@@ -145,6 +145,7 @@ def plan(want: Mapping[str, int | None], have: Mapping[str, int | None]) -> Plan
             p.stale.append(t)
             p.remove.append(t)
             p.add[t] = secs
-    p.unknown = [t for t in have if t not in want]
+    # All of `have` is wanted when it holds as many as the wanted it holds (the usual case: no pass over it).
+    p.unknown = [] if len(have) == len(want) - len(p.missing) else [t for t in have if t not in want]
     p.remove.extend(p.unknown)
     return p
