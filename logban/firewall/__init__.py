@@ -92,7 +92,7 @@ class Firewall:
     lifted, so switching to a dry run, or an unban during one, never leaves a client blocked."""
 
     ATTEMPTS = 3
-    RECHECK = 500               # unknown elements looked up again per query (see `_want_and_have`)
+    RECHECK = 500               # unknown elements looked up again per query (see `want_and_have`)
 
     def __init__(self, backend: Backend, store, allow: AllowList | None = None, *, dry_run: bool = False) -> None:
         self.backend, self.store, self.dry_run = backend, store, dry_run
@@ -122,9 +122,6 @@ class Firewall:
         ok, refused = self.allow.screen(self.store.enforced(at, names=bool(self.allow.names), targets=targets),
                                         self.store.partners(self.allow))
         return wanted(ok, at, self.backend.exclusive), refused
-
-    def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
-        return plan(self.want(now), self.backend.elements() if have is None else have)
 
     def apply(self, add: Mapping[str, int | None], remove: list[str]) -> dict[str, int | None]:
         """One batch to the kernel; in a dry run the removals only. Returns what was added."""
@@ -166,7 +163,7 @@ class Firewall:
             return done
         return p
 
-    def _want_and_have(self, now: float | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
+    def want_and_have(self, now: float | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
         """`want` and the kernel's elements, read side by side: listing 100,000 elements is
         mostly the kernel's work (a netlink dump, an `ipset save` process), which goes on
         on another core, the GIL released, while this thread reads and screens the store."""
@@ -197,7 +194,7 @@ class Firewall:
             self.want(now)              # the refusals, for the caller to report
             return Plan()
         for attempt in range(self.ATTEMPTS):
-            want, have = self._want_and_have(now)
+            want, have = self.want_and_have(now)
             p = plan(want, have)
             if self.dry_run:
                 # Lift what must go; what is there and still banned stays, nothing is added.
