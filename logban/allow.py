@@ -128,6 +128,10 @@ def ip_address_text(version: int, num: int) -> str:
     return str(ipaddress.IPv4Address(num) if version == 4 else ipaddress.IPv6Address(num))
 
 
+# Prefix lengths as logban writes them (no sign, no leading zero), shorter than an address.
+_PLEN = {v: {str(p): p for p in range(bits)} for v, bits in ((4, 32), (6, 128))}
+
+
 def canonical_num(text) -> tuple[int, int, int] | None:
     """(version, network number, prefix length) of a target written exactly as logban
     writes one (canonical address, or canonical network without host bits), else None.
@@ -135,7 +139,10 @@ def canonical_num(text) -> tuple[int, int, int] | None:
     if not isinstance(text, str):
         return None
     addr, slash, plen = text.partition("/")
-    fam, bits = (socket.AF_INET6, 128) if ":" in addr else (socket.AF_INET, 32)
+    v, fam, bits = (6, socket.AF_INET6, 128) if ":" in addr else (4, socket.AF_INET, 32)
+    p = _PLEN[v].get(plen) if slash else bits
+    if p is None:
+        return None
     try:
         packed = socket.inet_pton(fam, addr)
         if socket.inet_ntop(fam, packed) != addr:
@@ -143,11 +150,9 @@ def canonical_num(text) -> tuple[int, int, int] | None:
     except (OSError, ValueError):
         return None
     num = int.from_bytes(packed, "big")
-    if not slash:
-        return (6 if bits == 128 else 4), num, bits
-    if not plen.isdigit() or str(int(plen)) != plen or int(plen) >= bits or num & ((1 << (bits - int(plen))) - 1):
+    if num & ((1 << (bits - p)) - 1):
         return None
-    return (6 if bits == 128 else 4), num, int(plen)
+    return v, num, p
 
 
 TIME_MAX = 253_402_300_799          # 9999-12-31T23:59:59Z: later ends break every date format
@@ -218,6 +223,7 @@ class AllowList:
         self._screened: dict = {}      # target (or (target, name)) -> why refused, or None
         self._partners: frozenset[str] = frozenset()
         self._partner_nums: list[tuple[int, int]] = []
+        self._overlaps: dict[tuple[int, int], tuple[tuple[int, set[int]], ...]] = {}   # see `_plain`
 
     def address_allowed(self, ip: str) -> bool:
         got = self._cache.get(ip)
@@ -287,10 +293,16 @@ class AllowList:
             self._partners = partners
             self._partner_nums = [(a.version, int(a)) for a in map(ip_address, partners)]
             self._screened.clear()
+            self._overlaps.clear()
         ok: list = []
         refused: list[tuple[str, str]] = []
         cache, names = self._screened, bool(self.names)
         keep, refuse = ok.append, refused.append
+        bans = bans if isinstance(bans, list) else list(bans)
+        if names:
+            plain = self._plain({b.target for b in bans if (b.target, getattr(b, "name", None)) not in cache})
+        else:
+            plain = self._plain({b.target for b in bans if b.target not in cache})
         for b in bans:
             t = b.target
             exp = getattr(b, "expires", None)
@@ -301,7 +313,7 @@ class AllowList:
             key = (t, name) if names else t       # a name matters only where patterns read it
             why = cache.get(key, False)
             if why is False:
-                why = self._refusal(t, name)
+                why = None if t in plain and not (name and self.name_allowed(name)) else self._refusal(t, name)
                 if len(cache) >= _SCREEN_MAX:
                     cache.clear()
                 cache[key] = why
@@ -310,6 +322,44 @@ class AllowList:
             else:
                 refuse((t, why))
         return ok, refused
+
+    def _plain(self, targets: Iterable) -> set[str]:
+        """Those of `targets` that plainly pass `_refusal`'s checks of the target (the
+        name is the caller's), found in bulk: a sync screens every active ban, and one
+        `_refusal` each costs twice this. Plain: canonical, and overlapping none of the
+        networks the refusals read (NEVER, the allow-list, the partners). A target that
+        is not plain goes through `_refusal`, which says why, or finds that it passes
+        after all (an address that is itself a partner, say)."""
+        out: set[str] = set()
+        add, checks = out.add, self._overlaps
+        for t in targets:
+            got = canonical_num(t)
+            if got is None:
+                continue
+            v, num, plen = got
+            tests = checks.get((v, plen))
+            if tests is None:
+                tests = checks[(v, plen)] = self._overlap_tests(v, plen)
+            for shift, nums in tests:
+                if num >> shift in nums:
+                    break
+            else:
+                add(t)
+        return out
+
+    def _overlap_tests(self, version: int, plen: int) -> tuple[tuple[int, set[int]], ...]:
+        """For targets of this version and prefix length: (shift, numbers) pairs such that a
+        target overlaps a network `_refusal` reads iff its number shifted right by `shift`
+        is among `numbers` for some pair (two networks overlap when they agree on the
+        shorter prefix of the two)."""
+        bits = 32 if version == 4 else 128
+        nets = [(int(n.network_address), n.prefixlen) for n in (*NEVER, *self.networks) if n.version == version]
+        nets += [(num, bits) for v, num in self._partner_nums if v == version]
+        by_shift: dict[int, set[int]] = {}
+        for num, p in nets:
+            shift = bits - min(p, plen)
+            by_shift.setdefault(shift, set()).add(num >> shift)
+        return tuple(sorted(by_shift.items()))
 
     def _refusal(self, target, name: str | None) -> str | None:
         got = canonical_num(target)

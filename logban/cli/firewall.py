@@ -7,6 +7,7 @@ import time
 
 from ..config import Config
 from ..errors import UsageError
+from ..firewall import plan
 from ..report import (
     firewall_human,
     safe,
@@ -45,8 +46,8 @@ def cmd_firewall(args, cfg: Config) -> int:
     status = {"backend": b.name, "enforcing": fw.enforcing, "dry_run": fw.dry_run, "kernel_timeouts": b.kernel_timeouts,
               "bans_active": len(active), "bans_dry_run": sum(1 for x in active if x.dry_run)}
     if fw.has_backend:
-        have = b.elements()
-        p = fw.diff(now, have)
+        want, have = fw.want_and_have(now)
+        p = plan(want, have)
         status |= b.describe() | {
             "elements": {"ipv4": sum(1 for t in have if ":" not in t), "ipv6": sum(1 for t in have if ":" in t)},
             "drift": {"missing": len(p.missing), "unknown": len(p.unknown), "stale": len(p.stale)},

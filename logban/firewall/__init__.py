@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 from ..allow import AllowList
 from ..errors import FirewallError, UsageError
@@ -91,6 +92,7 @@ class Firewall:
     lifted, so switching to a dry run, or an unban during one, never leaves a client blocked."""
 
     ATTEMPTS = 3
+    RECHECK = 500               # unknown elements looked up again per query (see `want_and_have`)
 
     def __init__(self, backend: Backend, store, allow: AllowList | None = None, *, dry_run: bool = False) -> None:
         self.backend, self.store, self.dry_run = backend, store, dry_run
@@ -113,12 +115,13 @@ class Firewall:
         """What the kernel should hold now: the store's enforced bans, screened (of
         `targets` only, when given)."""
         at = time.time() if now is None else now
-        ok, self.refused = self.allow.screen(self.store.enforced(at, names=bool(self.allow.names), targets=targets),
-                                             self.store.partners(self.allow))
-        return wanted(ok, at, self.backend.exclusive)
+        want, self.refused = self._want(at, targets)
+        return want
 
-    def diff(self, now: float | None = None, have: Mapping[str, int | None] | None = None) -> Plan:
-        return plan(self.want(now), self.backend.elements() if have is None else have)
+    def _want(self, at: float, targets: Collection[str] | None) -> tuple[dict[str, int | None], list[tuple[str, str]]]:
+        ok, refused = self.allow.screen(self.store.enforced(at, names=bool(self.allow.names), targets=targets),
+                                        self.store.partners(self.allow))
+        return wanted(ok, at, self.backend.exclusive), refused
 
     def apply(self, add: Mapping[str, int | None], remove: list[str]) -> dict[str, int | None]:
         """One batch to the kernel; in a dry run the removals only. Returns what was added."""
@@ -160,6 +163,25 @@ class Firewall:
             return done
         return p
 
+    def want_and_have(self, now: float | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
+        """`want` and the kernel's elements, read side by side: listing 100,000 elements is
+        mostly the kernel's work (a netlink dump, an `ipset save` process), which goes on
+        on another core, the GIL released, while this thread reads and screens the store."""
+        at = time.time() if now is None else now
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="logban-list") as pool:
+            listing = pool.submit(self.backend.elements)
+            want = self.want(at)
+            have = listing.result()
+        # A ban is recorded before it is enforced (the daemon, `logban ban`): every element
+        # listed was in the store by the time the listing ended, though perhaps not yet when
+        # the store was read. Those the kernel holds unwanted are looked up once more, so
+        # that a ban made meanwhile is not lifted; when one is found, all is read again
+        # (a network among them may hold others: see `wanted`).
+        unknown = list(have.keys() - want.keys())
+        if any(self._want(at, unknown[i:i + self.RECHECK])[0] for i in range(0, len(unknown), self.RECHECK)):
+            want = self.want(at)
+        return want, have
+
     def _setup(self) -> None:
         self.backend.setup()
         self.ready = True
@@ -172,8 +194,7 @@ class Firewall:
             self.want(now)              # the refusals, for the caller to report
             return Plan()
         for attempt in range(self.ATTEMPTS):
-            want = self.want(now)
-            have = self.backend.elements()
+            want, have = self.want_and_have(now)
             p = plan(want, have)
             if self.dry_run:
                 # Lift what must go; what is there and still banned stays, nothing is added.

@@ -6,6 +6,8 @@ import ipaddress
 import os
 import shlex
 import shutil
+import sys
+import warnings
 
 from ..errors import FirewallError
 from .backend import _run
@@ -20,9 +22,27 @@ def _iptc():
                 os.environ["XTABLES_LIBDIR"] = d
                 break
     try:
-        import iptc
+        iptc = _import_iptc()
     except Exception as e:
         raise FirewallError(f"python-iptables cannot load libiptc: {e}") from None
+    return iptc
+
+
+def _import_iptc():
+    """python-iptables asks distutils for the library path (`get_python_lib`), and
+    setuptools' distutils shim (its `distutils-precedence.pth`) answers by importing all of
+    setuptools: 0.1 s of every sync. The shim is set aside for this one import: the
+    standard library's distutils answers (Python 3.11), or, where there is none,
+    python-iptables falls back to sysconfig itself."""
+    shims = [f for f in sys.meta_path if type(f).__module__ == "_distutils_hack"]
+    for f in shims:
+        sys.meta_path.remove(f)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)       # the standard distutils' own
+            import iptc
+    finally:
+        sys.meta_path[0:0] = shims
     return iptc
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from ..errors import FirewallError
 from . import netlink
@@ -27,6 +27,20 @@ def set_of(target: str) -> tuple[str, str]:
     if plen in HASHED[v]:
         return f"ban{v}_{plen}", target.partition("/")[0]
     return f"net{v}", target
+
+
+def _placed(targets: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """(target, set, element) of each target (see `set_of`), the set found once per kind of
+    text (IP version, what follows "/"): a sync may write 100,000 of them."""
+    kinds: dict[tuple[bool, str], tuple[str, bool]] = {}
+    for target in targets:
+        addr, _, pl = target.partition("/")
+        kind = (":" in addr, pl)
+        got = kinds.get(kind)
+        if got is None:
+            s, el = set_of(target)
+            got = kinds[kind] = (s, el == target)
+        yield target, got[0], target if got[1] else addr
 
 
 def _sets() -> dict[str, tuple[int, int | None]]:
@@ -131,16 +145,15 @@ class Nftables(Backend):
 
     def _adds(self, add: Mapping[str, int | None]) -> list[str]:
         by_set: dict[str, list[str]] = {}
-        for target, secs in add.items():
-            s, el = set_of(target)
+        for target, s, el in _placed(add):
+            secs = add[target]
             by_set.setdefault(s, []).append(el if secs is None else f"{el} timeout {secs}s")
         return [f"add element {self.TABLE} {s} {{ {', '.join(els)} }}" for s, els in by_set.items()]
 
     def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
         hashed: dict[str, list[str]] = {}
         ranged: dict[str, list[str]] = {}
-        for target in remove:
-            s, el = set_of(target)
+        for _, s, el in _placed(remove):
             (ranged if SETS[s][1] is None else hashed).setdefault(s, []).append(el)
         try:
             self._apply(add, hashed, ranged)

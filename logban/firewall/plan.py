@@ -57,35 +57,38 @@ def wanted(bans: Iterable, now: float, exclusive: Mapping[int, Container[int]] |
     lifting a network leaves its members' own bans in force with nothing to put back.
     """
     want: dict[str, int | None] = {}
-    get = want.get
+    get, ceil = want.get, math.ceil
     for b in bans:
         exp = b.expires
         if b.dry_run or (exp is not None and exp <= now):
             continue
-        t = None if exp is None else max(1, min(KERNEL_TIMEOUT_MAX, math.ceil(exp - now)))   # kernel_timeout
-        old = get(b.target, 0)
-        want[b.target] = None if t is None or old is None else t if t > old else old
-    # Cheap first (prefix lengths from the text): a family can have covered targets only
-    # when one of its networks is shorter than its longest target.
+        t = None if exp is None else min(KERNEL_TIMEOUT_MAX, ceil(exp - now))     # kernel_timeout: exp > now
+        target = b.target
+        old = get(target, 0)
+        want[target] = None if t is None or old is None else t if t > old else old
     if exclusive is not None and not any(exclusive.values()):
         return want
+    # Cheap first, from the few kinds of text there are (IP version, what follows "/"):
+    # a family can have covered targets only when one of its networks among the exclusive
+    # lengths is shorter than its longest target of those lengths.
+    pooled: set[tuple[bool, str]] = set()
     shortest = {4: 33, 6: 129}
     longest = {4: 0, 6: 0}
-    pool = []
-    for target in want:
-        v, plen = prefix(target)
+    for is6, pl in {(":" in t, t.partition("/")[2]) for t in want}:
+        v = 6 if is6 else 4
+        plen = int(pl) if pl else (128 if is6 else 32)
         if exclusive is not None and plen not in exclusive[v]:
             continue
-        pool.append(target)
-        if plen < shortest[v] and "/" in target:
+        pooled.add((is6, pl))
+        if pl and plen < shortest[v]:
             shortest[v] = plen
-        if plen > longest[v]:
-            longest[v] = plen
+        longest[v] = max(longest[v], plen)
     check = {v for v in (4, 6) if shortest[v] < longest[v]}
     if not check:
         return want
+    pool = [t for t in want if (6 if ":" in t else 4) in check and (":" in t, t.partition("/")[2]) in pooled]
     nets: dict[int, set[tuple[int, int]]] = {4: set(), 6: set()}       # version -> {(plen, number)}
-    keys = {t: _key(t) for t in pool if (6 if ":" in t else 4) in check}
+    keys = {t: _key(t) for t in pool}
     for target, (v, num, plen) in keys.items():
         if "/" in target:
             nets[v].add((plen, num))
@@ -124,17 +127,25 @@ def _stale(want: int | None, have: int | None) -> bool:
     return have < want - SLACK
 
 
+_ABSENT = object()
+
+
 def plan(want: Mapping[str, int | None], have: Mapping[str, int | None]) -> Plan:
     """What makes the kernel (`have`) equal the store (`want`)."""
     p = Plan()
+    get = have.get
     for t, secs in want.items():
-        if t not in have:
+        left = get(t, _ABSENT)
+        if left is _ABSENT:
             p.missing.append(t)
             p.add[t] = secs
-        elif _stale(secs, have[t]):
+        elif secs is not None and left is not None and secs - SLACK <= left <= secs + SLACK and secs < KERNEL_TIMEOUT_MAX:
+            continue                        # the usual case, in line: close enough (see _stale)
+        elif _stale(secs, left):
             p.stale.append(t)
             p.remove.append(t)
             p.add[t] = secs
-    p.unknown = [t for t in have if t not in want]
+    # All of `have` is wanted when it holds as many as the wanted it holds (the usual case: no pass over it).
+    p.unknown = [] if len(have) == len(want) - len(p.missing) else [t for t in have if t not in want]
     p.remove.extend(p.unknown)
     return p

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Collection
+from typing import NamedTuple
 
 import sqlalchemy as sa
 
@@ -39,6 +40,15 @@ def _in_force(now: float, targets: Collection[str] | None = None) -> list[sa.Col
     if targets is not None:
         cond.append(BANS.c.target.in_(list(targets)))
     return cond
+
+
+class Enforced(NamedTuple):
+    """A ban the firewall must hold (`Store.enforced`)."""
+    target: str
+    expires: float | None
+    dry_run: bool
+    node: str
+    name: str | None
 
 
 class Reads(Base):
@@ -110,16 +120,19 @@ class Reads(Base):
         with self.read() as conn:
             return list(conn.execute(sa.select(BANS.c.target).where(*_in_force(now))).scalars())
 
-    def enforced(self, now: float, names: bool = True, targets: Collection[str] | None = None) -> list[sa.Row]:
-        """What the firewall must hold: (target, expires, dry_run, node[, name]) of the active
+    def enforced(self, now: float, names: bool = True, targets: Collection[str] | None = None) -> list[Enforced]:
+        """What the firewall must hold: (target, expires, dry_run, node, name) of the active
         bans that are not dry-run (of `targets` only, when given); `name`: the client's last
         verified name, for an allow-list with name patterns (`names`; without them the join
-        is work for nothing)."""
+        is work for nothing, and `name` is None). Read from the driver's cursor as plain
+        tuples: a sync reads every active ban, and SQLAlchemy's rows cost more than the
+        query."""
         with self.read() as conn:
-            cols = [BANS.c.target, _number(BANS.c.expires), BANS.c.dry_run, BANS.c.node]
+            cols = [BANS.c.target, _number(BANS.c.expires), BANS.c.node]
             q = (sa.select(*cols, OFFENDERS.c.name).join(OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True)
-                 if names else sa.select(*cols))
-            return list(conn.execute(q.where(BANS.c.dry_run.is_(False), *_in_force(now, targets))))
+                 if names else sa.select(*cols, sa.null().label("name")))
+            q = q.where(BANS.c.dry_run.is_(False), *_in_force(now, targets))
+            return [Enforced(t, e, False, n, name) for t, e, n, name in conn.execute(q).cursor.fetchall()]
 
     def bans(self, *, target: str | None = None) -> list[sa.Row]:
         with self.read() as conn:
