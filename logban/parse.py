@@ -375,6 +375,7 @@ class Parser:
         self._ip_cache: dict[bytes, str] = {}       # raw -> canonical address, "" for no ban target
         self._applies: dict[str, frozenset[int]] = {}
         self._by_order = {r.order: r for r in rules.rules}
+        self._forged = frozenset(r.order for r in rules.rules if "forged" in r.regex.groupindex)
         if not 0 <= rate_prefix6 <= 128:
             raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
         self.rate_prefix6 = rate_prefix6
@@ -528,7 +529,7 @@ class Parser:
         count, find = chunk.count, chunk.find
         handle, rules_for, max_line, hint_rules = self._line, self._rules_for, self.max_line, self._hint_rules
         matched: set[int] = set()
-        for ls in sorted(cand):
+        for ls, ids in sorted(cand.items()):
             lineno += count(b"\n", pos, ls)
             pos = ls
             le = find(b"\n", ls)
@@ -543,7 +544,6 @@ class Parser:
             line = chunk[ls:le]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            ids = cand[ls]
             got = handle(line, hint_rules[ids[0]] if len(ids) == 1 else rules_for(ids), cut)
             if got is not None:
                 matched.add(ls)
@@ -579,7 +579,7 @@ class Parser:
             self.stats.no_header += 1
             return None
         allowed = self._applies.get(h.program) or self._allowed(h.program)
-        hits, timeout = self.stats.hits, self.timeout
+        hits, timeout, start = self.stats.hits, self.timeout, h.start
         best: Rule | None = None
         best_m = None
         found: list[tuple] = []
@@ -593,7 +593,9 @@ class Parser:
                 skipped = True
                 continue
             try:
-                m = r.regex.match(line, h.start, timeout=timeout)
+                # match(string, pos, endpos, concurrent, partial, timeout): positional, a keyword
+                # costs as much as a short match here
+                m = r.regex.match(line, start, None, None, False, timeout)
             except TimeoutError:
                 self.stats.timeouts += 1
                 continue
@@ -614,8 +616,10 @@ class Parser:
         """(rule order, address, key, name, reply class) of a match: plain data, for the
         stateful stage. A link line's reply is not an offence's: 0 for links."""
         if r.link or r.key is None or r.has_ip:
-            ip = self._ip(m)
-            name = self._name(m) if r.has_name and ip is not None else None
+            ip = self._ip_cache.get(m.group("ip"))        # most lines: a client seen before
+            if ip is None:
+                ip = self._ip(m)
+            name = self._name(m, r.order in self._forged) if r.has_name and ip is not None else None
         else:
             ip = name = None
         if r.key is not None:
@@ -648,10 +652,11 @@ class Parser:
         return (h.host, r.pack, h.pid if r.key == "pid" else m.group("key"))
 
     @staticmethod
-    def _name(m) -> str | None:
-        """The client name as the MTA verified it; None for Postfix's "unknown" or sendmail's "(may be forged)"."""
+    def _name(m, forged: bool) -> str | None:
+        """The client name as the MTA verified it; None for Postfix's "unknown" or sendmail's "(may be forged)".
+        `forged`: the rule has a (?P<forged>) group."""
         raw = m.group("name")
-        if not raw or raw == b"unknown" or m.groupdict().get("forged"):
+        if not raw or raw == b"unknown" or forged and m.group("forged"):
             return None
         return raw.decode("ascii", "replace").lower()
 
