@@ -84,8 +84,9 @@ class HintScanner:
 
 def usable(hints: list[bytes]) -> bool:
     """Hints Hyperscan can stand in for exactly: some, none empty, none holding a newline
-    (a hint across lines would make its line ambiguous)."""
-    return bool(hints) and all(h and b"\n" not in h for h in hints)
+    (a hint across lines would make its line ambiguous) or a NUL (the binding passes
+    patterns as C strings: "a\\0b" would be looked for as "a")."""
+    return bool(hints) and all(h and b"\n" not in h and b"\0" not in h for h in hints)
 
 
 def _database(patterns: list[tuple[bytes, int]]):
@@ -102,4 +103,7 @@ def scanner(leads: dict[bytes, int], finds: list[tuple[bytes, int]], fast: bool 
         return None
     if not usable(list(leads) + [h for h, _ in finds]):
         return None
-    return HintScanner(leads, finds)
+    try:
+        return HintScanner(leads, finds)
+    except hyperscan.error:         # a CPU without SSSE3 (ArchitectureError), or a pattern it refuses
+        return None

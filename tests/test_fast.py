@@ -176,3 +176,29 @@ def test_cli_same_events_and_report_with_and_without_fast(tmp_path, logban):
             outs[jobs, flag] = ev.stdout
     assert outs["1", "0"].count(b"\n") > 1000
     assert len(set(outs.values())) == 1
+
+
+
+def _pack(tmp_path, hint: str, match: str):
+    (tmp_path / "mine.toml").write_text(
+        '[pack]\nname = "mine"\nprograms = ["mine"]\n\n[[rule]]\nid = "mine-bad"\nkind = "bad_helo"\nscore = 1\n'
+        f"match = '{match}'\nhint = \"{hint}\"\n", encoding="utf-8")
+    return load_rules([tmp_path], shipped=False)
+
+
+@pytest.mark.parametrize("hint, want", [("bad\\u0000x", ["198.51.100.20"]), ("bad\\nx", [])])
+def test_hints_hyperscan_cannot_take_leave_the_python_pre_filter(tmp_path, hint, want):
+    """A NUL (the binding reads patterns as C strings) or a newline in a hint: Python finds it."""
+    rules = _pack(tmp_path, hint, r"bad.x from \[{{IP}}\]")
+    p = Parser(rules, clock=Clock("UTC", reference=REF), fast=True)
+    assert p.hyperscan is None
+    line = hint.replace("\\u0000", "\0").replace("\\n", "\n").encode()
+    got = p.parse_lines(b"Dec  1 09:42:28 mx1 mine[1]: " + line + b" from [198.51.100.20]\n")
+    assert [o.ip for o in got] == want
+
+
+def test_non_ascii_hint_same_both_ways(tmp_path):
+    rules = _pack(tmp_path, "böse", r"böse from \[{{IP}}\]")
+    assert Parser(rules, fast=True).hyperscan is not None
+    data = "Dec  1 09:42:28 mx1 mine[1]: böse from [198.51.100.21]\n".encode() + b"x b\xf6se \xff\n" + HOSTILE[5]
+    assert [o[1] for o in _same(rules, data)] == ["198.51.100.21"]
