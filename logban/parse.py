@@ -593,9 +593,9 @@ class Parser:
                 skipped = True
                 continue
             try:
-                # match(string, pos, endpos, concurrent, partial, timeout): positional, a keyword
-                # costs as much as a short match here
-                m = r.regex.match(line, start, None, None, False, timeout)
+                # timeout by keyword: regex's documented signature leaves out `partial`, and a
+                # positional timeout read as `partial` would switch the limit off unseen
+                m = r.regex.match(line, start, timeout=timeout)
             except TimeoutError:
                 self.stats.timeouts += 1
                 continue
