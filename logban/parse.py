@@ -20,6 +20,7 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
+from . import fast as _fast_extra
 from .allow import special
 from .rules import Rule, RuleSet
 
@@ -350,10 +351,13 @@ class Parser:
     def __init__(self, rules: RuleSet, *, clock: Clock | None = None, max_line: int = 8192,
                  match_timeout: float = 0.05, any_program: bool = False,
                  collect_suspicious: int = 0, rate_prefix6: int = 64,
-                 rate_key: Callable[[str, str | None, float], str | None] | None = None) -> None:
+                 rate_key: Callable[[str, str | None, float], str | None] | None = None,
+                 fast: bool | None = None) -> None:
         """`rate_key(ip, name, time)`: what a rate rule counts a client's matches for (the
         scorer's target), None for a client never counted (allow-listed); without it an
-        IPv4 address, or an IPv6 address's /rate_prefix6 network."""
+        IPv4 address, or an IPv6 address's /rate_prefix6 network. `fast`: the pre-filter
+        runs in Hyperscan (the `logban[fast]` extra) when True, in Python when False; None:
+        Hyperscan when it is installed and LOGBAN_FAST is not 0 (see logban/fast.py)."""
         self.rules = rules
         self.clock = clock or Clock()
         self.max_line = max_line
@@ -371,6 +375,7 @@ class Parser:
         self._ip_cache: dict[bytes, str] = {}       # raw -> canonical address, "" for no ban target
         self._applies: dict[str, frozenset[int]] = {}
         self._by_order = {r.order: r for r in rules.rules}
+        self._forged = frozenset(r.order for r in rules.rules if "forged" in r.regex.groupindex)
         if not 0 <= rate_prefix6 <= 128:
             raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
         self.rate_prefix6 = rate_prefix6
@@ -379,10 +384,10 @@ class Parser:
         # keys evicts the oldest windows, never the whole table.
         self._rates: dict[tuple[str, str], list[float]] = {}
         self._rate_nets: dict[str, str] = {}        # IPv6 address -> its /rate_prefix6 network
-        self._build_prefilter(rules.rules)
+        self._build_prefilter(rules.rules, fast)
 
     # ---- pre-filter -------------------------------------------------------
-    def _build_prefilter(self, rules: list[Rule]) -> None:
+    def _build_prefilter(self, rules: list[Rule], fast: bool | None = None) -> None:
         def merge(hints: dict[bytes, list[Rule]], covers) -> dict[bytes, list[Rule]]:
             out: dict[bytes, list[Rule]] = {}
             for h in sorted(hints, key=len):
@@ -410,29 +415,57 @@ class Parser:
             self._finds.append((h, len(self._hint_rules)))
             self._hint_rules.append(rs)
         self._lead_finds = [(h[2:], i) for h, i in self._lead_ids.items()]
+        # Where another lead can begin inside a lead (": warning: " holds ": " at 9): the
+        # regex finds leads without overlap, and a line's second lead must not be lost there.
+        self._inner: dict[bytes, tuple[int, ...]] = {}
+        for h in self._lead_ids:
+            inner = tuple(k for k in range(1, len(h)) if h[k:k + 2] in (b": ", b":"))     # b":": the last byte
+            if inner:
+                self._inner[h] = inner
         self._combo: dict[tuple[int, ...], list[Rule]] = {}
+        self.hyperscan = _fast_extra.scanner(self._lead_ids, self._finds, fast)
 
     def _hits(self, chunk: bytes) -> dict[int, list[int]]:
         """Line start -> ids of the hints found on that line."""
+        # RFC 5424 puts no ": " before the message, Solaris puts its "[ID n fac.lvl] "
+        # there: then leads are looked for anywhere.
+        anywhere = chunk[:1] == b"<" or b"\n<" in chunk or b": [ID " in chunk
+        if self.hyperscan is not None:
+            return self.hyperscan.hits(chunk, anywhere)
         cand: dict[int, list[int]] = {}
         if self._fast is not None:
-            if chunk[:1] == b"<" or b"\n<" in chunk or b": [ID " in chunk:
-                # RFC 5424 puts no ": " before the message, Solaris puts its "[ID n fac.lvl] "
-                # there: look for leads anywhere.
+            if anywhere:
                 self._find_into(chunk, self._lead_finds, cand)
             else:
-                ids = self._lead_ids
+                ids, inner = self._lead_ids, self._inner
                 rfind = chunk.rfind
                 for m in self._fast.finditer(chunk):
                     ls = rfind(b"\n", 0, m.start()) + 1
-                    hid = ids[m.group()]
+                    lead = m.group()
+                    hid = ids[lead]
                     got = cand.get(ls)
                     if got is None:
-                        cand[ls] = [hid]
+                        got = cand[ls] = [hid]
                     elif hid not in got:
                         got.append(hid)
+                    if lead in inner:
+                        self._overlapping(chunk, m.start(), lead, got)
         self._find_into(chunk, self._finds, cand)
         return cand
+
+    def _overlapping(self, chunk: bytes, start: int, lead: bytes, got: list[int]) -> None:
+        """Hint ids of the leads that begin inside the lead at `start` (and inside those)."""
+        todo = [(start, lead)]
+        while todo:
+            at, lead = todo.pop()
+            for k in self._inner[lead]:
+                m = self._fast.match(chunk, at + k)
+                if m is not None:
+                    hid = self._lead_ids[m.group()]
+                    if hid not in got:
+                        got.append(hid)
+                    if m.group() in self._inner:
+                        todo.append((at + k, m.group()))
 
     @staticmethod
     def _find_into(chunk: bytes, finds: list[tuple[bytes, int]], cand: dict[int, list[int]]) -> None:
@@ -496,7 +529,7 @@ class Parser:
         count, find = chunk.count, chunk.find
         handle, rules_for, max_line, hint_rules = self._line, self._rules_for, self.max_line, self._hint_rules
         matched: set[int] = set()
-        for ls in sorted(cand):
+        for ls, ids in sorted(cand.items()):
             lineno += count(b"\n", pos, ls)
             pos = ls
             le = find(b"\n", ls)
@@ -511,7 +544,6 @@ class Parser:
             line = chunk[ls:le]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            ids = cand[ls]
             got = handle(line, hint_rules[ids[0]] if len(ids) == 1 else rules_for(ids), cut)
             if got is not None:
                 matched.add(ls)
@@ -547,7 +579,7 @@ class Parser:
             self.stats.no_header += 1
             return None
         allowed = self._applies.get(h.program) or self._allowed(h.program)
-        hits, timeout = self.stats.hits, self.timeout
+        hits, timeout, start = self.stats.hits, self.timeout, h.start
         best: Rule | None = None
         best_m = None
         found: list[tuple] = []
@@ -561,7 +593,9 @@ class Parser:
                 skipped = True
                 continue
             try:
-                m = r.regex.match(line, h.start, timeout=timeout)
+                # timeout by keyword: regex's documented signature leaves out `partial`, and a
+                # positional timeout read as `partial` would switch the limit off unseen
+                m = r.regex.match(line, start, timeout=timeout)
             except TimeoutError:
                 self.stats.timeouts += 1
                 continue
@@ -582,8 +616,10 @@ class Parser:
         """(rule order, address, key, name, reply class) of a match: plain data, for the
         stateful stage. A link line's reply is not an offence's: 0 for links."""
         if r.link or r.key is None or r.has_ip:
-            ip = self._ip(m)
-            name = self._name(m) if r.has_name and ip is not None else None
+            ip = self._ip_cache.get(m.group("ip"))        # most lines: a client seen before
+            if ip is None:
+                ip = self._ip(m)
+            name = self._name(m, r.order in self._forged) if r.has_name and ip is not None else None
         else:
             ip = name = None
         if r.key is not None:
@@ -616,10 +652,11 @@ class Parser:
         return (h.host, r.pack, h.pid if r.key == "pid" else m.group("key"))
 
     @staticmethod
-    def _name(m) -> str | None:
-        """The client name as the MTA verified it; None for Postfix's "unknown" or sendmail's "(may be forged)"."""
+    def _name(m, forged: bool) -> str | None:
+        """The client name as the MTA verified it; None for Postfix's "unknown" or sendmail's "(may be forged)".
+        `forged`: the rule has a (?P<forged>) group."""
         raw = m.group("name")
-        if not raw or raw == b"unknown" or m.groupdict().get("forged"):
+        if not raw or raw == b"unknown" or forged and m.group("forged"):
             return None
         return raw.decode("ascii", "replace").lower()
 
