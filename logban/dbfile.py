@@ -4,6 +4,7 @@ for the commands that only read."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -51,6 +52,21 @@ def new_sqlite_file(url: str) -> bool:
             and not Path(u.database).exists())
 
 
+def _lenient_text(raw: bytes) -> str:
+    """A text column's value as text whatever the row holds: SQLite keeps what anyone wrote,
+    a BLOB, invalid UTF-8 or a number, in a VARCHAR column, and pysqlite then fails the
+    whole query ("Could not decode to UTF-8") or hands bytes to code that joins and prints
+    strings. Read this way, no such row can stop a command or the daemon."""
+    return raw.decode("utf-8", "replace")
+
+
+# Looked up by a column's declared type (every text column of the schema is VARCHAR) on
+# connections opened with detect_types=PARSE_DECLTYPES: logban's own, see _SQLITE_ARGS.
+sqlite3.register_converter("VARCHAR", _lenient_text)
+sqlite3.register_converter("TEXT", _lenient_text)
+_SQLITE_ARGS = {"detect_types": sqlite3.PARSE_DECLTYPES}
+
+
 def _sqlite_ro_connect(path: str):
     """A read-only connection: `mode=ro` reads a store beside a writing daemon (WAL) where this
     user may only read; on a read-only mount, where SQLite cannot make the WAL index, the file
@@ -58,14 +74,14 @@ def _sqlite_ro_connect(path: str):
     import sqlite3
     from urllib.parse import quote
     uri = f"file:{quote(path)}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
+    conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False, **_SQLITE_ARGS)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.OperationalError as e:
         conn.close()
         if "unable to open" not in str(e) and "readonly" not in str(e):
             raise
-        conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5, check_same_thread=False)
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5, check_same_thread=False, **_SQLITE_ARGS)
     return conn
 
 
@@ -81,7 +97,7 @@ def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
     if readonly:
         engine = sa.create_engine(url, creator=lambda: _sqlite_ro_connect(path), poolclass=sa.pool.NullPool)
     else:
-        engine = sa.create_engine(url, connect_args={"timeout": 30})
+        engine = sa.create_engine(url, connect_args={"timeout": 30, **_SQLITE_ARGS})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record) -> None:
