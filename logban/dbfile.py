@@ -3,8 +3,8 @@
 for the commands that only read."""
 from __future__ import annotations
 
+import functools
 import os
-import sqlite3
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -52,19 +52,11 @@ def new_sqlite_file(url: str) -> bool:
             and not Path(u.database).exists())
 
 
-def _lenient_text(raw: bytes) -> str:
-    """A text column's value as text whatever the row holds: SQLite keeps what anyone wrote,
-    a BLOB, invalid UTF-8 or a number, in a VARCHAR column, and pysqlite then fails the
-    whole query ("Could not decode to UTF-8") or hands bytes to code that joins and prints
-    strings. Read this way, no such row can stop a command or the daemon."""
-    return raw.decode("utf-8", "replace")
-
-
-# Looked up by a column's declared type (every text column of the schema is VARCHAR) on
-# connections opened with detect_types=PARSE_DECLTYPES: logban's own, see _SQLITE_ARGS.
-sqlite3.register_converter("VARCHAR", _lenient_text)
-sqlite3.register_converter("TEXT", _lenient_text)
-_SQLITE_ARGS = {"detect_types": sqlite3.PARSE_DECLTYPES}
+# A TEXT value that is no valid UTF-8 (a row no logban wrote: SQLite keeps whatever anyone
+# wrote) is read with replacement characters: pysqlite's default fails the whole query
+# ("Could not decode to UTF-8 column"), so one such row stopped list, show, export, unban
+# and the daemon's start. store.py reads BLOBs and numbers in text columns as text.
+_lenient_text = functools.partial(str, encoding="utf-8", errors="replace")
 
 
 def _sqlite_ro_connect(path: str):
@@ -74,14 +66,15 @@ def _sqlite_ro_connect(path: str):
     import sqlite3
     from urllib.parse import quote
     uri = f"file:{quote(path)}?mode=ro"
-    conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False, **_SQLITE_ARGS)
+    conn = sqlite3.connect(uri, uri=True, timeout=5, check_same_thread=False)
     try:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.OperationalError as e:
         conn.close()
         if "unable to open" not in str(e) and "readonly" not in str(e):
             raise
-        conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5, check_same_thread=False, **_SQLITE_ARGS)
+        conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5, check_same_thread=False)
+    conn.text_factory = _lenient_text
     return conn
 
 
@@ -97,13 +90,14 @@ def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
     if readonly:
         engine = sa.create_engine(url, creator=lambda: _sqlite_ro_connect(path), poolclass=sa.pool.NullPool)
     else:
-        engine = sa.create_engine(url, connect_args={"timeout": 30, **_SQLITE_ARGS})
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _connect(dbapi_conn, _record) -> None:
         # Transactions are ours to begin (see _begin): pysqlite's own would not
         # cover DDL, and a migration must be all or nothing.
         dbapi_conn.isolation_level = None
+        dbapi_conn.text_factory = _lenient_text
         cur = dbapi_conn.cursor()
         # A reader never waits for a writer in WAL mode; it must not queue 30 s either.
         cur.execute(f"PRAGMA busy_timeout = {5000 if readonly else 30000}")
