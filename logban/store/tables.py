@@ -8,7 +8,7 @@ tables; only creating and migrating a database imports this module.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlmodel import AutoString, Field, SQLModel
+from sqlmodel import Field, SQLModel
 
 from .sql import DRY_SLOT, REAL_SLOT, SCHEMA_VERSION
 
@@ -124,24 +124,3 @@ class AllowRow(SQLModel, table=True):
 
 OFFENCES, OFFENDERS, BANS = OffenceRow.__table__, OffenderRow.__table__, BanRow.__table__
 POSITIONS, OFFENCE_HOURS, ALLOWLIST = PositionRow.__table__, OffenceHourRow.__table__, AllowRow.__table__
-
-
-class _Text(sa.types.TypeDecorator):
-    """A text column read as text whatever a row holds: SQLite keeps a BLOB or a number
-    written into a VARCHAR column (a row no logban wrote), and bytes then stopped `list
-    --json`, `export` and the daemon's joins. The DDL is unchanged (VARCHAR)."""
-    impl = sa.String
-    cache_ok = True
-
-    def process_result_value(self, value, dialect):
-        if value is None or isinstance(value, str):
-            return value
-        if isinstance(value, bytes):
-            return value.decode("utf-8", "replace")
-        return str(value)
-
-
-for _table in (Meta.__table__, OFFENCES, OFFENDERS, BANS, POSITIONS, OFFENCE_HOURS, ALLOWLIST):
-    for _col in _table.c:
-        if isinstance(_col.type, (sa.String, AutoString)):
-            _col.type = _Text()
