@@ -3,6 +3,7 @@
 for the commands that only read."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -51,6 +52,13 @@ def new_sqlite_file(url: str) -> bool:
             and not Path(u.database).exists())
 
 
+# A TEXT value that is no valid UTF-8 (a row no logban wrote: SQLite keeps whatever anyone
+# wrote) is read with replacement characters: pysqlite's default fails the whole query
+# ("Could not decode to UTF-8 column"), so one such row stopped list, show, export, unban
+# and the daemon's start. store.py reads BLOBs and numbers in text columns as text.
+_lenient_text = functools.partial(str, encoding="utf-8", errors="replace")
+
+
 def _sqlite_ro_connect(path: str):
     """A read-only connection: `mode=ro` reads a store beside a writing daemon (WAL) where this
     user may only read; on a read-only mount, where SQLite cannot make the WAL index, the file
@@ -66,6 +74,7 @@ def _sqlite_ro_connect(path: str):
         if "unable to open" not in str(e) and "readonly" not in str(e):
             raise
         conn = sqlite3.connect(uri + "&immutable=1", uri=True, timeout=5, check_same_thread=False)
+    conn.text_factory = _lenient_text
     return conn
 
 
@@ -88,6 +97,7 @@ def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
         # Transactions are ours to begin (see _begin): pysqlite's own would not
         # cover DDL, and a migration must be all or nothing.
         dbapi_conn.isolation_level = None
+        dbapi_conn.text_factory = _lenient_text
         cur = dbapi_conn.cursor()
         # A reader never waits for a writer in WAL mode; it must not queue 30 s either.
         cur.execute(f"PRAGMA busy_timeout = {5000 if readonly else 30000}")

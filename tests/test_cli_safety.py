@@ -247,3 +247,33 @@ def test_bad_rows_in_the_store_can_still_be_shown_listed_and_unbanned(logban, tm
     assert r.returncode == 0, r.stderr
     assert_terminal_safe(r.stdout)
     assert "not-an-ip\\x1b[2J" in r.stdout.decode()
+
+
+@pytest.mark.parametrize("value", ["x'00ff41'", "CAST(x'ff41' AS TEXT)", "12345"],
+                         ids=["blob", "invalid-utf8", "number"])
+def test_text_columns_holding_bytes_or_numbers_stop_no_command(logban, tmp_path, value):
+    """SQLite keeps a BLOB, invalid UTF-8 or a number written into a text column; pysqlite
+    then failed every query reading the row ("Could not decode to UTF-8 column") or handed
+    bytes to the JSON writer: list, show, export and unban died, and the daemon would not
+    start. Each text column of a ban row is read as text whatever it holds."""
+    import sqlite3
+    db_file = tmp_path / "logban.db"
+    c = ("--db", f"sqlite:///{db_file}")
+    assert logban(*c, "ban", "198.51.100.9", "--reason", "spam").returncode == 0
+    con = sqlite3.connect(db_file)
+    cols = [r[1] for r in con.execute("PRAGMA table_info(bans)") if r[1] != "id"]
+    texts = ("kind", "rule", "reason", "release_reason", "node", "source", "members", "text")
+    for i, col in enumerate(texts):
+        sel = [value if k == col else (f"'198.51.100.{20 + i}'" if k == "target" else k) for k in cols]
+        con.execute(f"INSERT INTO bans ({', '.join(cols)}) SELECT {', '.join(sel)} FROM bans WHERE target = '198.51.100.9'")
+    con.commit()
+    con.close()
+    for cmd in (("list", "--json"), ("list", "--all"), ("show", "198.51.100.20"), ("stats", "--json"),
+                ("export", "--format", "json"), ("export", "--format", "rbldnsd"), ("report", "--format", "text")):
+        r = logban(*c, *cmd)
+        assert r.returncode == 0, (cmd, r.stderr)
+        assert_terminal_safe(r.stdout)
+    assert len(json.loads(logban(*c, "list", "--json").stdout)) == 1 + len(texts)
+    r = logban(*c, "unban", "--all")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(logban(*c, "list", "--json").stdout) == []

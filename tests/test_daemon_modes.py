@@ -294,3 +294,25 @@ def test_a_cli_sync_never_lifts_a_ban_the_daemon_has_not_recorded_yet(tmp_path, 
     time.sleep(1.5)
     assert ATTACKER in nft_elements(lab) and not lab.connects(ATTACKER)
     assert d.stop() == 0
+
+
+def test_the_daemon_counts_a_line_stamped_years_ahead_as_read_now(tmp_path, daemons):
+    """Issue 12, point 7: an ISO stamp five years ahead (a sender's wrong clock, a forwarded
+    RFC 5424 stamp) gave a 6 h ban that lasted five years. The daemon reads lines as they are
+    written, so such an offence counts at the moment it was read: a ban of 6 h from now."""
+    log = tmp_path / "mail.log"
+    log.write_text("")
+    d = Daemon(tmp_path, "--follow", str(log))
+    daemons.append(d.start())
+    ip = f"{NET}.47"
+    ahead = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(time.time() + 5 * 365 * 86400))
+    before = time.time()
+    append(log, ahead + " mx " + dnsbl(ip).split(" mx ", 1)[1])
+    d.wait_log(f"ban {ip}")
+    after = time.time()
+    (created, expires), = d.query(f"SELECT created, expires FROM bans WHERE target = '{ip}'")
+    assert before - 1 <= created <= after + 1, (before, created, after)
+    assert expires - created == 6 * 3600
+    (t,), = d.query(f"SELECT time FROM offences WHERE ip = '{ip}'")
+    assert before - 1 <= t <= after + 1
+    assert d.stop() == 0

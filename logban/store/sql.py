@@ -30,7 +30,24 @@ SCHEMA_VERSION = 8
 REAL_SLOT = "released IS NULL AND NOT dry_run"
 DRY_SLOT = "released IS NULL AND dry_run"
 
-_S, _F, _I, _BIG, _B = sa.String, sa.Float, sa.Integer, sa.BigInteger, sa.Boolean
+
+
+class _Text(sa.types.TypeDecorator):
+    """A text column read as text whatever a row holds: SQLite keeps a BLOB or a number
+    written into a VARCHAR column (a row no logban wrote), and bytes then stopped `list
+    --json`, `export` and the daemon's joins (dbfile reads invalid UTF-8 leniently)."""
+    impl = sa.String
+    cache_ok = True
+
+    def process_result_value(self, value, dialect):
+        if value is None or isinstance(value, str):
+            return value
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        return str(value)
+
+
+_S, _F, _I, _BIG, _B = _Text, sa.Float, sa.Integer, sa.BigInteger, sa.Boolean
 
 
 def _view(table: str, /, **cols: type[sa.types.TypeEngine]) -> sa.TableClause:
