@@ -95,8 +95,10 @@ class Config:
     exports: list[ExportOptions] = field(default_factory=list)
 
 
-def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = False) -> float | None:
-    """A duration value: "12h" (or seconds as a number); "permanent" where allowed."""
+def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = False,
+              least: float = 0.0) -> float | None:
+    """A duration value: "12h" (or seconds as a number); "permanent" where allowed; `least`:
+    the shortest that makes sense (below it the value is a typo, not a choice)."""
     if permanent and v == "permanent":
         return None
     if isinstance(v, str):
@@ -107,6 +109,8 @@ def _duration(v, key: str, path: Path, *, permanent: bool = False, zero: bool = 
         raise UsageError(f"{path}: {key} must be a duration like \"12h\"" + (' or "permanent"' if permanent else ""))
     if secs < 0 or (secs == 0 and not zero):
         raise UsageError(f"{path}: {key} must be a duration above zero, not {v!r}")
+    if secs < least:
+        raise UsageError(f"{path}: {key} must be at least {least:g}s, not {v!r}")
     return secs
 
 
@@ -241,7 +245,7 @@ def _allow(data: dict, path: Path) -> AllowConfig:
     if "resolve" in a:
         ac.resolve = _bool(a["resolve"], "allow.resolve", path)
     if "resolve_timeout" in a:
-        ac.resolve_timeout = _duration(a["resolve_timeout"], "allow.resolve_timeout", path)
+        ac.resolve_timeout = _duration(a["resolve_timeout"], "allow.resolve_timeout", path, least=0.1)
     return ac
 
 
@@ -379,7 +383,7 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
     if "from_start" in d:
         dc.from_start = _bool(d["from_start"], "daemon.from_start", path)
     if "sync_interval" in d:
-        dc.sync_interval = _duration(d["sync_interval"], "daemon.sync_interval", path)
+        dc.sync_interval = _duration(d["sync_interval"], "daemon.sync_interval", path, least=10)
     if "pid_file" in d:
         if not isinstance(d["pid_file"], str) or not d["pid_file"].startswith("/"):
             raise UsageError(f"{path}: daemon.pid_file must be an absolute path")

@@ -41,6 +41,9 @@ def test_config_values(tmp_path):
     ("[score]\nwindow = inf\n", "score.window"),
     ("[ban]\nlookback = inf\n", "ban.lookback"),
     ("[parse]\nclock_skew = \"2d\"\n", "parse.clock_skew"),
+    # Tiny but positive: a daemon that does nothing but reconcile, a resolver that always times out.
+    ("[daemon]\nsync_interval = 1e-300\n", "daemon.sync_interval must be at least 10s"),
+    ("[allow]\nresolve_timeout = 0.001\n", "allow.resolve_timeout must be at least 0.1s"),
 ])
 def test_bad_config_names_the_key(tmp_path, text, key):
     p = tmp_path / "logban.toml"
