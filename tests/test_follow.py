@@ -323,8 +323,8 @@ def test_a_position_finds_only_its_own_rotated_copy(tmp_path, mine):
     f.read()
     pos = saved(f)
     f.close()
-    (tmp_path / "mail.log.1").write_bytes(b"other 1\nother 2\n")     # not ours: ours was deleted
-    log.unlink()
+    (tmp_path / "mail.log.1").write_bytes(b"other 1\nother 2\n")     # not ours: ours went elsewhere
+    log.rename(tmp_path / "kept")                          # (kept: the new file cannot reuse its inode)
     log.write_bytes(b"fresh 1\n")
     f = Follower([Spec(log)], pos, poll=True)
     assert numbered(f.read()) == [(1, b"fresh 1")]

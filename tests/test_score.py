@@ -614,3 +614,69 @@ def test_a_reload_that_changes_the_horizons_keeps_the_recent_offences():
     assert feed(sc, [off("192.0.2.5", 80 * 300 + i * 1000, "bad_sender", 1) for i in range(3)]) == []
     [d] = feed(sc, [off("192.0.2.5", 80 * 300 + 3000 + i, "bad_sender", 1) for i in range(5)])
     assert d.reason.startswith("burst:")
+
+
+# ---- counters of folded offences (more than the scorer keeps one by one) ------------------
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32), st.integers(65, 200), st.sampled_from([0.0, 0.3 * HOUR, 5 * HOUR, 2 * DAY]))
+def test_long_horizons_count_folded_offences_within_a_bucket_of_the_exact_count(seed, n, after):
+    """Past the offences kept one by one, the long horizons count whole buckets: never fewer
+    than the offences of the last span less a bucket, never more than those of the last span."""
+    import random
+    from logban.score import evidence
+    r = random.Random(seed)
+    hs = (Horizon("hour", HOUR, 1e9), Horizon("day", DAY, 1e9, transient=0.5))
+    sc = scorer(threshold=1e9, horizons=hs)
+    t, offs = r.uniform(0, DAY), []
+    for _ in range(n):
+        t += r.choice([r.uniform(0, 300), r.uniform(0, 3 * HOUR), r.uniform(0, 2 * DAY)])
+        offs.append(off("192.0.2.9", t, reply=r.choice([0, 4, 5]), name=r.choice([None, "mx.example.org"])))
+        assert sc.add(offs[-1]) == []
+    now = T0 + t + after
+    sc.score("192.0.2.9", now)                              # prunes and folds, as a decision does
+    tr = sc.tracks["192.0.2.9"]
+    for i, h in enumerate(hs):
+        w = sc._hw[i]
+
+        def exact(back: float) -> float:
+            return sum(w[evidence(o)] for o in offs if now - back < o.time <= now)
+        assert exact(h.span - h.bucket) - 1e-9 <= sc._long(tr, i, h, now) <= exact(h.span) + 1e-9, h.name
+
+
+def test_a_ban_after_many_offences_names_the_folded_ones_and_takes_their_worst_kind():
+    """A day horizon of 100: by the 100th offence the first ones are only counted, yet they
+    still count, and the worst kind among them (a HELO claiming to be us: 72 h) is the ban's."""
+    sc = scorer(horizons=(Horizon("day", DAY, 100.0),))
+    offs = [off("192.0.2.5", 0, "bad_helo", 1, rule="helo", reply=4)]
+    offs += [off("192.0.2.5", 150 * i, reply=4 if i < 10 else 5) for i in range(1, 100)]   # 4 per 10 minutes
+    assert feed(sc, offs[:-1]) == []
+    [d] = sc.add(offs[-1])
+    assert (d.kind, d.rule, d.duration) == ("bad_helo", "helo", 72 * HOUR)
+    assert d.reason == "day: 100 offences in 1d >= 100: auth_failed x99 (9 temporary), bad_helo x1 (1 temporary)"
+
+
+def test_a_cleared_score_keeps_the_offences_from_its_time_on():
+    sc = scorer()
+    assert feed(sc, [off("192.0.2.4", i) for i in (0, 1, 2, 12)]) == []
+    sc.clear("192.0.2.4", T0 + 12)                          # from 12 on they still count
+    assert sc.score("192.0.2.4", T0 + 12) == 1
+    assert feed(sc, [off("192.0.2.4", i) for i in (13, 14, 15)]) == []
+    assert len(feed(sc, [off("192.0.2.4", 16)])) == 1     # the 5th since 12
+    # A track with counters (more offences than kept one by one) cleared: it goes on counting.
+    sc = scorer(threshold=1e9, horizons=(Horizon("day", DAY, 1e9),))
+    feed(sc, [off("192.0.2.6", 10 * i) for i in range(100)])
+    sc.clear("192.0.2.6", T0 + 950)
+    feed(sc, [off("192.0.2.6", 1000 + 10 * i) for i in range(100)])
+    sc.score("192.0.2.6", T0 + 2000)                       # prunes and folds
+    day = sc.policy.horizons[0]
+    assert sc._long(sc.tracks["192.0.2.6"], 0, day, T0 + 2000) == 105     # 950..990 and the 100 new
+
+
+def test_a_partner_is_recorded_once_and_only_with_its_name():
+    sc = Scorer(Policy(), AllowList(names=["*.mailout.example.com"], own=()))
+    for t in (1, 2):
+        sc.add(off("198.51.100.5", t, "dnsbl", 5, name="a.mailout.example.com"))
+    sc.seed(off("203.0.113.5", 3, "dnsbl", 5, name="b.mailout.example.com"))    # put back: no name to record
+    assert sc.new_partners == [("198.51.100.5", "a.mailout.example.com", T0 + 1)]
+    assert sc.target_of("203.0.113.7") == ("203.0.113.7", None)                 # yet its network is protected
