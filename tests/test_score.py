@@ -142,6 +142,12 @@ def test_three_address_bans_in_one_24_ban_the_24():
     assert [d.target for d in a + b] == ["198.51.100.1", "198.51.100.2"]
     assert n.target == "198.51.100.0/24" and n.members == ("198.51.100.1", "198.51.100.2", "198.51.100.3")
     assert n.kind == "relay_denied" and n.duration == 12 * HOUR                 # the worst member's
+    # What is recorded of it: the last member's score and offence, and who the members are.
+    assert (n.score, n.trigger.ip, sc.stats.network_bans) == (5, "198.51.100.3", 1)
+    assert n.reason == ("3 addresses banned at once in 198.51.100.0/24: "
+                        "198.51.100.1, 198.51.100.2, 198.51.100.3")
+    dnsbl_hits(sc, ["203.0.113.1", "203.0.113.2", "203.0.113.3"], 10)
+    assert sc.stats.network_bans == 2
     assert sc.add(off("198.51.100.77", 3, "dnsbl", 5)) == []                    # covered
     assert "198.51.100.1" not in sc.active
 
@@ -680,3 +686,25 @@ def test_a_partner_is_recorded_once_and_only_with_its_name():
     sc.seed(off("203.0.113.5", 3, "dnsbl", 5, name="b.mailout.example.com"))    # put back: no name to record
     assert sc.new_partners == [("198.51.100.5", "a.mailout.example.com", T0 + 1)]
     assert sc.target_of("203.0.113.7") == ("203.0.113.7", None)                 # yet its network is protected
+
+
+def test_a_permanent_member_makes_the_network_ban_permanent():
+    sc = scorer(durations={"virus": None, "dnsbl": 6 * HOUR})
+    [a] = sc.add(off("198.51.100.1", 0, "virus", 5))
+    assert a.duration is None
+    [n] = dnsbl_hits(sc, ["198.51.100.2", "198.51.100.3"], 10)[-1:]
+    assert n.target == "198.51.100.0/24" and n.duration is None and n.kind == "virus"
+
+
+def test_a_burst_ban_takes_its_kind_from_the_burst_alone():
+    """Older offences (kept one by one, or only counted) name no burst ban's kind: a HELO
+    claiming to be us an hour ago does not make a burst of SASL failures a 72 h ban."""
+    for n_old in (1, 80):                                   # 80: the HELO is folded into counters
+        sc = scorer(horizons=(Horizon("day", DAY, 1e9),))
+        old = [off("192.0.2.8", 0, "bad_helo", 1, rule="helo")]
+        old += [off("192.0.2.8", 150 * i) for i in range(1, n_old)]          # 4 per 10 minutes
+        assert feed(sc, old) == []
+        t = 150 * n_old + HOUR
+        [d] = feed(sc, [off("192.0.2.8", t + i) for i in range(5)])
+        assert (d.kind, d.duration) == ("auth_failed", HOUR), n_old
+        assert d.reason.endswith(": auth_failed x5"), d.reason
