@@ -708,3 +708,82 @@ def test_a_burst_ban_takes_its_kind_from_the_burst_alone():
         [d] = feed(sc, [off("192.0.2.8", t + i) for i in range(5)])
         assert (d.kind, d.duration) == ("auth_failed", HOUR), n_old
         assert d.reason.endswith(": auth_failed x5"), d.reason
+
+
+# ---- what the engine asks of the scorer besides add() ---------------------------------------
+
+def test_seeded_offences_count_but_decide_nothing_by_themselves():
+    sc = scorer()
+    for i in range(7):                                       # more than a threshold, put back after a restart
+        sc.seed(off("192.0.2.1", i))
+    assert sc.stats.decisions == 0 and sc.score("192.0.2.1", T0 + 10) == 7
+    [d] = sc.add(off("192.0.2.1", 10))
+    assert d.target == "192.0.2.1" and d.score == 8
+    # Not seeded: an allow-listed address, a name-allowed client, and a client banned at that time.
+    sc = Scorer(Policy(), AllowList(["192.0.2.2"], names=["*.mailout.example.com"], own=()))
+    sc.seed(off("192.0.2.2", 0))
+    sc.seed(off("198.51.100.5", 0, name="a.mailout.example.com"))
+    [b] = sc.add(off("203.0.113.3", 0, "dnsbl", 5))
+    sc.seed(off("203.0.113.3", 1))
+    assert sc.tracks == {}
+    assert sc.target_of("198.51.100.6") == ("198.51.100.6", None)       # its network is protected
+    assert len(feed(sc, [off("203.0.113.3", b.expires - T0 + i) for i in range(5)])) == 1
+
+
+def test_forget_drops_only_history_past_the_lookback():
+    sc = scorer(lookback=10 * DAY)
+    [a] = sc.add(off("192.0.2.1", 0, "auth_failed", 5))              # 1 h, long over
+    [b] = sc.add(off("192.0.2.2", 5 * DAY, "auth_failed", 5))
+    [c] = sc.add(off("192.0.2.3", 0, "auth_failed", 5))
+    sc.release(a.target)                                              # over: released, as the engine does
+    sc.release(b.target)
+    assert sc.forget(T0 + 10 * DAY + 1) == 1
+    assert set(sc.history) == {"192.0.2.2", "192.0.2.3"}
+    assert sc.forget(T0 + 10 * DAY + 2) == 0
+    [d] = sc.add(off("192.0.2.1", 11 * DAY, "auth_failed", 5))
+    assert (d.duration, d.count) == (HOUR, 1)                         # forgotten: a first ban again
+    [e] = sc.add(off("192.0.2.2", 11 * DAY, "auth_failed", 5))
+    assert (e.duration, e.count) == (2 * HOUR, 2)
+
+
+def test_forget_drops_member_bans_over_and_keeps_the_others():
+    sc = scorer()
+    dnsbl_hits(sc, ["198.51.100.1", "198.51.100.2"], 0)                # 6 h each, not yet a /24
+    assert sc.forget(T0 + 6 * HOUR - 10) == 0 and "198.51.100.0/24" in sc._members
+    sc.forget(T0 + 6 * HOUR + 10)
+    assert "198.51.100.0/24" not in sc._members
+
+
+def test_would_ban_is_what_add_does_and_changes_nothing():
+    sc = scorer()
+    feed(sc, [off("192.0.2.1", i) for i in range(4)])
+    assert not sc.would_ban(off("192.0.2.9", 4))
+    assert sc.would_ban(off("192.0.2.1", 4)) and sc.score("192.0.2.1", T0 + 4) == 4
+    [d] = sc.add(off("192.0.2.1", 4))
+    assert not sc.would_ban(off("192.0.2.1", 5, "dnsbl", 5))          # banned already
+    assert sc.would_ban(off("192.0.2.1", d.expires - T0, "dnsbl", 5))   # over at its end exactly
+
+
+def test_rate_key_is_the_target_or_none_for_who_is_never_an_offender():
+    sc = Scorer(Policy(), AllowList(["192.0.2.2"], names=["*.mailout.example.com"], own=(),
+                                    big=["*.big.example.net"]))
+    assert sc.rate_key("192.0.2.1", None) == "192.0.2.1"
+    assert sc.rate_key("2001:db8:1::5", None) == "2001:db8:1::/64"
+    assert sc.rate_key("192.0.2.2", None) is None                                  # allow-listed
+    assert sc.rate_key("198.51.100.5", "a.mailout.example.com", T0) is None       # allowed by name ...
+    assert sc.new_partners == [("198.51.100.5", "a.mailout.example.com", T0)]     # ... and learned
+    assert sc.rate_key("203.0.113.5", "mx.big.example.net", T0) == "203.0.113.5"  # counted, a partner
+    assert sc.target_of("203.0.113.6") == ("203.0.113.6", None)
+    assert sc.rate_key("224.0.0.5", None) is None                                 # never a target
+
+
+def test_horizon_totals_are_exact_per_horizon():
+    from logban.score import horizon_totals
+    p = Policy()
+    offs = [off("192.0.2.1", -2 * DAY), off("192.0.2.1", -2 * HOUR), off("192.0.2.1", -100, reply=4),
+            off("192.0.2.1", -50, "dnsbl", 3), off("192.0.2.1", 60)]                  # the last one: later
+    assert horizon_totals(p, offs, T0, False) == {"burst": 0.5 + 3, "hour": 2, "day": 3}
+    assert horizon_totals(p, offs, T0, True) == {"burst": 3.5, "hour": 2, "day": 3, "week": 4}
+    decayed = horizon_totals(Policy(window=None, half_life=100), offs[2:4], T0, False)["burst"]
+    assert math.isclose(decayed, 0.5 * 0.5 + 3 * 0.5 ** 0.5)
+    assert horizon_totals(p, offs, T0 - 600, False)["burst"] == 0                  # the window ends at now - 600
