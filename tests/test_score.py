@@ -66,11 +66,18 @@ def test_ban_kind_is_the_worst_seen():
     [d] = feed(sc, [off("192.0.2.1", 0, "auth_failed", 1, "sasl"), off("192.0.2.1", 1, "bad_helo", 2, "helo"),
                     off("192.0.2.1", 2, "auth_failed", 2, "sasl")])
     assert (d.kind, d.rule, d.duration) == ("bad_helo", "helo", 72 * HOUR)
+    # by ban time, not by name: a virus (24 h) sorts after bad_helo (72 h)
+    [d] = feed(scorer(), [off("192.0.2.2", 0, "bad_helo", 2, "helo"), off("192.0.2.2", 1, "virus", 3, "av")])
+    assert (d.kind, d.duration) == ("bad_helo", 72 * HOUR)
 
 
 def test_rule_duration_overrides_kind():
     [d] = feed(scorer(rule_durations={"helo": 600.0}), [off("192.0.2.1", 0, "bad_helo", 5, "helo")])
     assert d.duration == 600
+    # ... also when the worst kind is chosen: a rule's 48 h outranks a kind's 6 h
+    sc = scorer(rule_durations={"sasl-slow": 48 * HOUR})
+    [d] = feed(sc, [off("192.0.2.2", 0, "auth_failed", 2, "sasl-slow"), off("192.0.2.2", 1, "dnsbl", 3, "zen")])
+    assert (d.kind, d.rule, d.duration) == ("auth_failed", "sasl-slow", 48 * HOUR)
 
 
 def test_permanent_ban():
@@ -147,7 +154,7 @@ def test_three_address_bans_in_one_24_ban_the_24():
     assert n.reason == ("3 addresses banned at once in 198.51.100.0/24: "
                         "198.51.100.1, 198.51.100.2, 198.51.100.3")
     dnsbl_hits(sc, ["203.0.113.1", "203.0.113.2", "203.0.113.3"], 10)
-    assert sc.stats.network_bans == 2
+    assert (sc.stats.network_bans, sc.stats.decisions) == (2, 8)      # 6 address bans, 2 network bans
     assert sc.add(off("198.51.100.77", 3, "dnsbl", 5)) == []                    # covered
     assert "198.51.100.1" not in sc.active
 
@@ -698,16 +705,15 @@ def test_a_permanent_member_makes_the_network_ban_permanent():
 
 def test_a_burst_ban_takes_its_kind_from_the_burst_alone():
     """Older offences (kept one by one, or only counted) name no burst ban's kind: a HELO
-    claiming to be us an hour ago does not make a burst of SASL failures a 72 h ban."""
-    for n_old in (1, 80):                                   # 80: the HELO is folded into counters
-        sc = scorer(horizons=(Horizon("day", DAY, 1e9),))
+    claiming to be us an hour ago does not make a SASL failure worth 5 a 72 h ban."""
+    for n_old, gap in ((1, HOUR), (80, HOUR), (1, 600)):   # 80: the HELO is folded into counters;
+        sc = scorer(horizons=(Horizon("day", DAY, 1e9),))   # 600: the HELO just out of the window
         old = [off("192.0.2.8", 0, "bad_helo", 1, rule="helo")]
         old += [off("192.0.2.8", 150 * i) for i in range(1, n_old)]          # 4 per 10 minutes
         assert feed(sc, old) == []
-        t = 150 * n_old + HOUR
-        [d] = feed(sc, [off("192.0.2.8", t + i) for i in range(5)])
-        assert (d.kind, d.duration) == ("auth_failed", HOUR), n_old
-        assert d.reason.endswith(": auth_failed x5"), d.reason
+        [d] = sc.add(off("192.0.2.8", 150 * (n_old - 1) + gap, score=5))
+        assert (d.kind, d.duration) == ("auth_failed", HOUR), (n_old, gap)
+        assert d.reason.endswith(": auth_failed x1"), d.reason
 
 
 # ---- what the engine asks of the scorer besides add() ---------------------------------------
@@ -787,3 +793,19 @@ def test_horizon_totals_are_exact_per_horizon():
     decayed = horizon_totals(Policy(window=None, half_life=100), offs[2:4], T0, False)["burst"]
     assert math.isclose(decayed, 0.5 * 0.5 + 3 * 0.5 ** 0.5)
     assert horizon_totals(p, offs, T0 - 600, False)["burst"] == 0                  # the window ends at now - 600
+
+
+def test_a_long_horizon_leaves_out_an_offence_exactly_its_span_old():
+    sc = scorer(horizons=(Horizon("hour", HOUR, 5.0),))
+    assert feed(sc, [off("192.0.2.1", 900 * i) for i in range(5)]) == []    # 0 .. 3600: the first is out
+    assert len(feed(sc, [off("192.0.2.1", 3601)])) == 1
+
+
+def test_a_ban_decided_elsewhere_uses_the_score_up_too():
+    from logban.score import Decision
+    sc = scorer()
+    feed(sc, [off("192.0.2.1", i) for i in range(4)])
+    sc.mark_banned(Decision("192.0.2.1", "manual", "", 0, T0 + 5, 60.0, 1, False, "elsewhere"))
+    sc.release("192.0.2.1")                                  # over (or lifted)
+    assert sc.score("192.0.2.1", T0 + 70) == 0
+    assert feed(sc, [off("192.0.2.1", 70)]) == []
