@@ -817,3 +817,22 @@ def test_a_ban_decided_elsewhere_uses_the_score_up_too():
     sc.release("192.0.2.1")                                  # over (or lifted)
     assert sc.score("192.0.2.1", T0 + 70) == 0
     assert feed(sc, [off("192.0.2.1", 70)]) == []
+
+
+def test_the_burst_counts_the_recent_offences_of_a_client_with_many():
+    """The 65th offence: the oldest goes to the counters, the newest five still make a burst."""
+    sc = scorer(horizons=(Horizon("day", DAY, 1e9),))
+    assert feed(sc, [off("192.0.2.1", 150 * i) for i in range(64)]) == []       # 4 per 10 minutes
+    [d] = sc.add(off("192.0.2.1", 150 * 63 + 10))
+    assert d.reason.startswith("burst: score 5"), d.reason
+    assert sc.score("192.0.2.2", T0 + 400 * DAY) == 0
+
+
+def test_a_late_offence_counts_at_the_newest_time():
+    sc = scorer()
+    assert feed(sc, [off("192.0.2.1", t) for t in (0, 100, 200, 300)]) == []
+    [d] = sc.add(off("192.0.2.1", 50))                     # from another node, after the others
+    assert (d.time, d.score) == (T0 + 300, 5) and d.reason.startswith("burst: score 5"), d.reason
+    sc = scorer()
+    feed(sc, [off("192.0.2.3", i) for i in range(3)])
+    assert sc.score("192.0.2.3", T0 + 400 * DAY) == 0      # all past every horizon: pruned away
