@@ -829,10 +829,11 @@ def test_the_burst_counts_the_recent_offences_of_a_client_with_many():
 
 
 def test_a_late_offence_counts_at_the_newest_time():
-    sc = scorer()
-    assert feed(sc, [off("192.0.2.1", t) for t in (0, 100, 200, 300)]) == []
-    [d] = sc.add(off("192.0.2.1", 50))                     # from another node, after the others
-    assert (d.time, d.score) == (T0 + 300, 5) and d.reason.startswith("burst: score 5"), d.reason
+    sc = scorer(horizons=())                               # the burst horizon alone
+    assert feed(sc, [off("192.0.2.1", t) for t in (0, 500, 700, 800, 900)]) == []
+    [d] = sc.add(off("192.0.2.1", 650))                    # from another node, after the others
+    # the window ends at the newest offence (900): the one at 0 is out of it
+    assert (d.time, d.score) == (T0 + 900, 5) and d.reason.startswith("burst: score 5"), d.reason
     sc = scorer()
     feed(sc, [off("192.0.2.3", i) for i in range(3)])
     assert sc.score("192.0.2.3", T0 + 400 * DAY) == 0      # all past every horizon: pruned away
