@@ -829,7 +829,7 @@ def test_the_burst_counts_the_recent_offences_of_a_client_with_many():
 
 
 def test_a_late_offence_counts_at_the_newest_time():
-    sc = scorer(horizons=())                               # the burst horizon alone
+    sc = scorer(horizons=(Horizon("day", DAY, 1e9),))     # the burst decides; the day keeps the one at 0
     assert feed(sc, [off("192.0.2.1", t) for t in (0, 500, 700, 800, 900)]) == []
     [d] = sc.add(off("192.0.2.1", 650))                    # from another node, after the others
     # the window ends at the newest offence (900): the one at 0 is out of it
