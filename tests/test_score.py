@@ -59,6 +59,10 @@ def test_half_life_decay():
     assert sc.add(off("192.0.2.1", 600, score=2.5)) == []                      # 2 + 2.5 < 5
     [d] = sc.add(off("192.0.2.1", 601, score=1))
     assert d.reason.startswith("burst: score 5.4")
+    # a temporary reject weighs `transient` in the decaying score too
+    sc = scorer(window=None, half_life=600.0, horizons=())
+    assert sc.add(off("192.0.2.2", 0, score=4, reply=4)) == []
+    assert math.isclose(sc.score("192.0.2.2", T0 + 600), 1.0)
 
 
 def test_ban_kind_is_the_worst_seen():
@@ -524,6 +528,7 @@ def test_a_verified_big_sender_is_counted_never_banned_and_protects_its_network(
     m365 = "mail-db8eur05on2101.outbound.protection.outlook.com"
     assert feed(sc, [off("192.0.2.10", i, "dnsbl", 5, name=m365, reply=5) for i in range(20)]) == []
     assert sc.stats.big_senders == 20 and sc.stats.allowed == 0      # counted: the engine records them
+    assert sc.new_partners == [("192.0.2.10", m365, T0)]             # recorded: it protects after a restart too
     # Its neighbours are banned one by one, never as the /24 that holds it.
     ds = feed(sc, [off(ip, 30, "dnsbl", 5) for ip in ("192.0.2.66", "192.0.2.67", "192.0.2.68")])
     assert [d.target for d in ds] == ["192.0.2.66", "192.0.2.67", "192.0.2.68"]
@@ -837,3 +842,10 @@ def test_a_late_offence_counts_at_the_newest_time():
     sc = scorer()
     feed(sc, [off("192.0.2.3", i) for i in range(3)])
     assert sc.score("192.0.2.3", T0 + 400 * DAY) == 0      # all past every horizon: pruned away
+
+
+def test_a_horizon_for_clients_banned_before_listed_first_skips_only_itself():
+    hs = (Horizon("week", 7 * DAY, 3.0, repeat=True), Horizon("day", DAY, 4.0))
+    sc = scorer(horizons=hs)
+    [d] = feed(sc, [off("192.0.2.1", i * HOUR) for i in range(4)])      # never banned: the day decides
+    assert d.reason.startswith("day: 4 offences"), d.reason
