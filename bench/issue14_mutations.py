@@ -26,7 +26,7 @@ M = [
  ("logban/store/writes.py", "BANS.c.expires.is_not(None), BANS.c.expires <= now)", "BANS.c.expires.is_not(None), BANS.c.expires < now)", "tests/test_store.py"),
  ("logban/score.py", "        if self._wide:\n", "        if False:\n", "tests/test_score.py"),
  ("logban/follow.py", "DRAIN_IDLE = 5.0 ", "DRAIN_IDLE = 0 ", "tests/test_follow.py"),
- ("logban/daemon.py", "        if not add and not remove or not self._apply(add, remove, now):", "        if True:", "tests/test_firewall.py -k elsewhere and nftables"),
+ ("logban/daemon.py", "        if (add or remove) and not self._apply(add, remove, now):", "        if True:", "tests/test_firewall.py -k elsewhere and nftables"),
  ("logban/follow.py", "wm.add_watch(d, mask, quiet=True)", "wm.add_watch(d, pyinotify.IN_DELETE_SELF, quiet=True)", "tests/test_daemon.py -k inotify_wakes"),
  ("logban/allow.py", "return name if any(ipaddress.ip_address(a) == want for a in addrs) else None", "return name", "tests/test_resolve.py"),
  ("logban/follow.py", "        self.lines += out.count(b\"\\n\")", "        self.lines = out.count(b\"\\n\")", "tests/test_follow.py"),

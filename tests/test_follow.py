@@ -227,3 +227,167 @@ def test_truncation_appearance_and_a_rotation_to_a_file_with_a_half_line(tmp_pat
         w.write(b" done\n")
     assert numbered(f.read()) == [(2, b"new 2 half done")]
     f.close()
+
+
+def test_lines_around_endless_lines_keep_their_offsets_and_numbers(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"")
+    f = Follower([Spec(log)], {}, poll=True, max_line=100)
+
+    def add(data: bytes) -> list[tuple[int, bytes]]:
+        with open(log, "ab") as w:
+            w.write(data)
+        return numbered(f.read())
+
+    assert add(b"x" * 100) == [(1, b"x" * 100)]          # exactly max_line and no newline yet: cut now
+    assert add(b"\nnext\n") == [(2, b"next")]             # the cut line's end is the first byte read
+    assert add(b"y" * 250) == [(3, b"y" * 100)]
+    assert add(b"y" * 50) == []                          # still the endless line: dropped
+    assert add(b"z\nafter 1\n") == [(4, b"after 1")]
+    assert add(b"after 2\n") == [(5, b"after 2")]        # each read goes on exactly where the last ended
+    assert add(b"after 3\nafter 4\n") == [(6, b"after 3"), (7, b"after 4")]
+    f.close()
+
+
+def test_a_rotated_file_is_read_until_quiet_then_finished_with_its_half_line(tmp_path, monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(follow, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+
+    def at(t: float) -> list[tuple[int, bytes]]:
+        clock[0] = t
+        got = f.read()
+        assert all((c.path, c.name) == (str(log), str(log)) for c in got)
+        return numbered(got)
+
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"one\n")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert at(0) == [(1, b"one")]
+    with open(log, "ab") as late:                         # the MTA still holds the file it opened
+        late.write(b"two half")
+        late.flush()
+        log.rename(tmp_path / "mail.log.1")
+        log.write_bytes(b"new 1\n")
+        assert at(0) == [(1, b"new 1")]                   # the old file's half line is not handed out yet
+        late.write(b" done\n")
+        late.flush()
+        assert at(3) == [(2, b"two half done")]           # quiet time restarts at 3
+        assert at(3 + follow.DRAIN_IDLE - 1) == []        # quiet, not yet long enough
+        late.write(b"three\n")
+        late.flush()
+        assert at(3 + follow.DRAIN_IDLE - 0.5) == [(3, b"three")]
+        late.write(b"four half")
+        late.flush()
+        assert at(100) == [(4, b"four half")]             # quiet long enough: its last line as it is
+        late.write(b"five\n")
+        late.flush()
+        assert at(200) == []                              # let go
+    f.close()
+
+
+def test_positions_of_every_file_past_a_missing_one_and_a_rotated_copy(tmp_path):
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_bytes(b"a 1\n")
+    b.write_bytes(b"b 1\n")
+    f = Follower([Spec(a)], {}, poll=True, from_start=True)
+    f.read()
+    pos = saved(f)
+    f.close()
+    with open(a, "ab") as w:
+        w.write(b"a 2\n")
+    a.rename(tmp_path / "a.log.1")                           # rotated while logban was down: a backlog
+    a.write_bytes(b"a new\n")
+    f = Follower([Spec(a), Spec(tmp_path / "none.log"), Spec(b)], pos, poll=True)
+    assert [p["path"] for p in f.positions()] == [str(a), str(b)]
+    f.close()
+
+
+def test_a_file_met_first_whose_last_newline_starts_a_round_is_skipped_to_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(follow, "READ_MAX", 64)
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"a" * 64 + b"\nhalf")
+    f = Follower([Spec(log)], {}, poll=True)
+    [p] = f.positions()
+    assert (p["lines"], p["offset"]) == (1, 65)
+    with open(log, "ab") as w:
+        w.write(b" rest\n")
+    assert numbered(f.read()) == [(2, b"half rest")]
+    f.close()
+
+
+@pytest.mark.parametrize("mine", [b"", b"mine 1\n"])
+def test_a_position_finds_only_its_own_rotated_copy(tmp_path, mine):
+    log = tmp_path / "mail.log"
+    log.write_bytes(mine)
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    f.read()
+    pos = saved(f)
+    f.close()
+    (tmp_path / "mail.log.1").write_bytes(b"other 1\nother 2\n")     # not ours: ours went elsewhere
+    log.rename(tmp_path / "kept")                          # (kept: the new file cannot reuse its inode)
+    log.write_bytes(b"fresh 1\n")
+    f = Follower([Spec(log)], pos, poll=True)
+    assert numbered(f.read()) == [(1, b"fresh 1")]
+    f.close()
+
+
+def test_an_empty_file_rotated_while_down_is_found_by_its_inode(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert f.read() == []
+    pos = saved(f)
+    assert pos[str(log)].fp_len == 0
+    f.close()
+    with open(log, "ab") as w:
+        w.write(b"a 1\na 2\n")
+    log.rename(tmp_path / "mail.log.1")
+    log.write_bytes(b"fresh 1\n")
+    f = Follower([Spec(log)], pos, poll=True)
+    got = f.read() + f.read() + f.read()                   # the copy, its end, the live file
+    assert numbered(got) == [(1, b"a 1"), (2, b"a 2"), (1, b"fresh 1")]
+    f.close()
+
+
+def test_a_broken_compressed_copy_is_left_for_the_live_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(follow, "READ_MAX", 64)
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"line 0\n")
+    f = Follower([Spec(log, "sendmail")], {}, poll=True, from_start=True)
+    f.read()
+    pos = saved(f)
+    f.close()
+    with open(log, "ab") as w:
+        w.write(b"".join(b"line %d\n" % i for i in range(1, 400)))
+    copy = tmp_path / "mail.log.1.gz"
+    z = gzip.compress(log.read_bytes())
+    copy.write_bytes(z[: len(z) - 40])                      # cut short: reading it ends in an error
+    log.unlink()
+    log.write_bytes(b"fresh 1\n")
+    logged = []
+    f = Follower([Spec(log, "sendmail")], pos, poll=True, log=logged.append)
+    got = []
+    for _ in range(200):
+        got += f.read()
+        if got and got[-1].name == str(log):
+            break
+    f.close()
+    assert got[-1].data == b"fresh 1\n"
+    old = got[:-1]
+    assert old and {(c.path, c.name, c.mta) for c in old} == {(str(log), str(copy), "sendmail")}
+    lines = numbered(old)                                   # as far as the copy could be read, in order
+    assert lines and lines == [(i + 1, b"line %d" % i) for i in range(1, len(lines) + 1)]
+    assert any("going on with" in m for m in logged)
+
+
+def test_a_deleted_file_is_waited_for(tmp_path):
+    log = tmp_path / "mail.log"
+    log.write_bytes(b"one\n")
+    f = Follower([Spec(log)], {}, poll=True, from_start=True)
+    assert numbered(f.read()) == [(1, b"one")]
+    log.unlink()
+    assert f.read() == [] and f.read() == []
+    log.write_bytes(b"new 1\n")
+    assert numbered(f.read()) == [(1, b"new 1")]
+    f.close()
+    Follower([Spec(tmp_path / "none.log")], {}, poll=True).close()     # nothing open: nothing to close

@@ -18,6 +18,7 @@ from logban.firewall import (
     _src,
     kernel_timeout,
     plan,
+    prefix,
     wanted,
 )
 
@@ -43,6 +44,8 @@ def test_wanted_skips_dry_run_expired_and_covered_targets():
 def test_wanted_two_bans_of_one_target_keep_the_longer():
     assert wanted([Ban("192.0.2.7", NOW + 60, False), Ban("192.0.2.7", NOW + 600, False)], NOW) == {"192.0.2.7": 600}
     assert wanted([Ban("192.0.2.7", None, False), Ban("192.0.2.7", NOW + 600, False)], NOW) == {"192.0.2.7": None}
+    # the longer first: a later, shorter ban must not cut the kernel's time short
+    assert wanted([Ban("192.0.2.7", NOW + 600, False), Ban("192.0.2.7", NOW + 60, False)], NOW) == {"192.0.2.7": 600}
 
 
 def test_plan_adds_missing_removes_unknown_refreshes_stale():
@@ -105,6 +108,12 @@ def test_wanted_leaves_out_exactly_the_targets_inside_another(targets):
     inside = {t for t, n in nets.items() for o, m in nets.items()
               if o != t and n.version == m.version and n != m and n.subnet_of(m)}
     assert set(got) == set(targets) - inside
+
+
+def test_prefix_of_a_bare_address_is_its_full_length():
+    # the backends' `exclusive` lengths are matched against it: 32 and 128, nothing longer
+    assert prefix("192.0.2.7") == (4, 32) and prefix("2001:db8::7") == (6, 128)
+    assert prefix("192.0.2.0/24") == (4, 24) and prefix("2001:db8::/64") == (6, 64)
 
 
 def test_src_reads_libiptc_netmasks():

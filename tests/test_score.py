@@ -59,6 +59,10 @@ def test_half_life_decay():
     assert sc.add(off("192.0.2.1", 600, score=2.5)) == []                      # 2 + 2.5 < 5
     [d] = sc.add(off("192.0.2.1", 601, score=1))
     assert d.reason.startswith("burst: score 5.4")
+    # a temporary reject weighs `transient` in the decaying score too
+    sc = scorer(window=None, half_life=600.0, horizons=())
+    assert sc.add(off("192.0.2.2", 0, score=4, reply=4)) == []
+    assert math.isclose(sc.score("192.0.2.2", T0 + 600), 1.0)
 
 
 def test_ban_kind_is_the_worst_seen():
@@ -66,11 +70,18 @@ def test_ban_kind_is_the_worst_seen():
     [d] = feed(sc, [off("192.0.2.1", 0, "auth_failed", 1, "sasl"), off("192.0.2.1", 1, "bad_helo", 2, "helo"),
                     off("192.0.2.1", 2, "auth_failed", 2, "sasl")])
     assert (d.kind, d.rule, d.duration) == ("bad_helo", "helo", 72 * HOUR)
+    # by ban time, not by name: a virus (24 h) sorts after bad_helo (72 h)
+    [d] = feed(scorer(), [off("192.0.2.2", 0, "bad_helo", 2, "helo"), off("192.0.2.2", 1, "virus", 3, "av")])
+    assert (d.kind, d.duration) == ("bad_helo", 72 * HOUR)
 
 
 def test_rule_duration_overrides_kind():
     [d] = feed(scorer(rule_durations={"helo": 600.0}), [off("192.0.2.1", 0, "bad_helo", 5, "helo")])
     assert d.duration == 600
+    # ... also when the worst kind is chosen: a rule's 48 h outranks a kind's 6 h
+    sc = scorer(rule_durations={"sasl-slow": 48 * HOUR})
+    [d] = feed(sc, [off("192.0.2.2", 0, "auth_failed", 2, "sasl-slow"), off("192.0.2.2", 1, "dnsbl", 3, "zen")])
+    assert (d.kind, d.rule, d.duration) == ("auth_failed", "sasl-slow", 48 * HOUR)
 
 
 def test_permanent_ban():
@@ -142,6 +153,12 @@ def test_three_address_bans_in_one_24_ban_the_24():
     assert [d.target for d in a + b] == ["198.51.100.1", "198.51.100.2"]
     assert n.target == "198.51.100.0/24" and n.members == ("198.51.100.1", "198.51.100.2", "198.51.100.3")
     assert n.kind == "relay_denied" and n.duration == 12 * HOUR                 # the worst member's
+    # What is recorded of it: the last member's score and offence, and who the members are.
+    assert (n.score, n.trigger.ip, sc.stats.network_bans) == (5, "198.51.100.3", 1)
+    assert n.reason == ("3 addresses banned at once in 198.51.100.0/24: "
+                        "198.51.100.1, 198.51.100.2, 198.51.100.3")
+    dnsbl_hits(sc, ["203.0.113.1", "203.0.113.2", "203.0.113.3"], 10)
+    assert (sc.stats.network_bans, sc.stats.decisions) == (2, 8)      # 6 address bans, 2 network bans
     assert sc.add(off("198.51.100.77", 3, "dnsbl", 5)) == []                    # covered
     assert "198.51.100.1" not in sc.active
 
@@ -511,6 +528,7 @@ def test_a_verified_big_sender_is_counted_never_banned_and_protects_its_network(
     m365 = "mail-db8eur05on2101.outbound.protection.outlook.com"
     assert feed(sc, [off("192.0.2.10", i, "dnsbl", 5, name=m365, reply=5) for i in range(20)]) == []
     assert sc.stats.big_senders == 20 and sc.stats.allowed == 0      # counted: the engine records them
+    assert sc.new_partners == [("192.0.2.10", m365, T0)]             # recorded: it protects after a restart too
     # Its neighbours are banned one by one, never as the /24 that holds it.
     ds = feed(sc, [off(ip, 30, "dnsbl", 5) for ip in ("192.0.2.66", "192.0.2.67", "192.0.2.68")])
     assert [d.target for d in ds] == ["192.0.2.66", "192.0.2.67", "192.0.2.68"]
@@ -614,3 +632,220 @@ def test_a_reload_that_changes_the_horizons_keeps_the_recent_offences():
     assert feed(sc, [off("192.0.2.5", 80 * 300 + i * 1000, "bad_sender", 1) for i in range(3)]) == []
     [d] = feed(sc, [off("192.0.2.5", 80 * 300 + 3000 + i, "bad_sender", 1) for i in range(5)])
     assert d.reason.startswith("burst:")
+
+
+# ---- counters of folded offences (more than the scorer keeps one by one) ------------------
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(65, 400), st.sampled_from([2.0, 20.0, 300.0]))
+def test_long_horizons_count_folded_offences_within_a_bucket_of_the_exact_count(seed, n, pace):
+    """Past the offences kept one by one, the long horizons count whole buckets: after every
+    offence, never fewer than those of the last span less a bucket, never more than those of
+    the last span. More offences within a bucket than are kept one by one, or within a horizon
+    (`pace` apart on average), now and then a pause of up to 30 hours, or an offence up to
+    26 hours late (another node, an older file): buckets filled, skipped, reused."""
+    import bisect
+    import random
+    from logban.score import evidence
+    r = random.Random(seed)
+    hs = (Horizon("hour", HOUR, 1e9), Horizon("day", DAY, 1e9, transient=0.5))
+    sc = scorer(threshold=1e9, horizons=hs)
+    t, times, ws = r.uniform(0, DAY), [], [[] for _ in hs]          # offences in time order, their weights
+    for _ in range(n):
+        late = r.random() < 0.05
+        if not late:
+            t += r.uniform(0, 30 * HOUR) if r.random() < 0.03 else r.uniform(0, 2 * pace)
+        o = off("192.0.2.9", t - r.uniform(0, 26 * HOUR) if late else t, reply=r.choice([0, 4, 5]),
+                name=r.choice([None, "mx.example.org"]))
+        assert sc.add(o) == []
+        at = bisect.bisect_right(times, o.time)
+        times.insert(at, o.time)
+        now, tr = T0 + t, sc.tracks["192.0.2.9"]
+        for i, h in enumerate(hs):
+            ws[i].insert(at, sc._hw[i][evidence(o)])
+
+            def since(start: float) -> float:      # weights of the offences in (start, now]
+                return sum(ws[i][bisect.bisect_right(times, start):])
+            got = sc._long(tr, i, h, now)
+            assert since(now - h.span + h.bucket) - 1e-9 <= got <= since(now - h.span) + 1e-9, (h.name, len(times))
+
+
+def test_a_ban_after_many_offences_names_the_folded_ones_and_takes_their_worst_kind():
+    """A day horizon of 100: by the 100th offence the first ones are only counted, yet they
+    still count, and the worst kind among them (a HELO claiming to be us: 72 h) is the ban's."""
+    sc = scorer(horizons=(Horizon("day", DAY, 100.0),))
+    offs = [off("192.0.2.5", 0, "bad_helo", 1, rule="helo", reply=4)]
+    offs += [off("192.0.2.5", 150 * i, reply=4 if i < 10 else 5) for i in range(1, 100)]   # 4 per 10 minutes
+    assert feed(sc, offs[:-1]) == []
+    [d] = sc.add(offs[-1])
+    assert (d.kind, d.rule, d.duration) == ("bad_helo", "helo", 72 * HOUR)
+    assert d.reason == "day: 100 offences in 1d >= 100: auth_failed x99 (9 temporary), bad_helo x1 (1 temporary)"
+
+
+def test_a_cleared_score_keeps_the_offences_from_its_time_on():
+    sc = scorer()
+    assert feed(sc, [off("192.0.2.4", i) for i in (0, 1, 2, 12)]) == []
+    sc.clear("192.0.2.4", T0 + 12)                          # from 12 on they still count
+    assert sc.score("192.0.2.4", T0 + 12) == 1
+    assert feed(sc, [off("192.0.2.4", i) for i in (13, 14, 15)]) == []
+    assert len(feed(sc, [off("192.0.2.4", 16)])) == 1     # the 5th since 12
+    # A track with counters (more offences than kept one by one) cleared: it goes on counting.
+    sc = scorer(threshold=1e9, horizons=(Horizon("day", DAY, 1e9),))
+    feed(sc, [off("192.0.2.6", 10 * i) for i in range(100)])
+    sc.clear("192.0.2.6", T0 + 950)
+    feed(sc, [off("192.0.2.6", 1000 + 10 * i) for i in range(100)])
+    sc.score("192.0.2.6", T0 + 2000)                       # prunes and folds
+    day = sc.policy.horizons[0]
+    assert sc._long(sc.tracks["192.0.2.6"], 0, day, T0 + 2000) == 105     # 950..990 and the 100 new
+
+
+def test_a_partner_is_recorded_once_and_only_with_its_name():
+    sc = Scorer(Policy(), AllowList(names=["*.mailout.example.com"], own=()))
+    for t in (1, 2):
+        sc.add(off("198.51.100.5", t, "dnsbl", 5, name="a.mailout.example.com"))
+    sc.seed(off("203.0.113.5", 3, "dnsbl", 5, name="b.mailout.example.com"))    # put back: no name to record
+    assert sc.new_partners == [("198.51.100.5", "a.mailout.example.com", T0 + 1)]
+    assert sc.target_of("203.0.113.7") == ("203.0.113.7", None)                 # yet its network is protected
+
+
+def test_a_permanent_member_makes_the_network_ban_permanent():
+    sc = scorer(durations={"virus": None, "dnsbl": 6 * HOUR})
+    [a] = sc.add(off("198.51.100.1", 0, "virus", 5))
+    assert a.duration is None
+    [n] = dnsbl_hits(sc, ["198.51.100.2", "198.51.100.3"], 10)[-1:]
+    assert n.target == "198.51.100.0/24" and n.duration is None and n.kind == "virus"
+
+
+def test_a_burst_ban_takes_its_kind_from_the_burst_alone():
+    """Older offences (kept one by one, or only counted) name no burst ban's kind: a HELO
+    claiming to be us an hour ago does not make a SASL failure worth 5 a 72 h ban."""
+    for n_old, gap in ((1, HOUR), (80, HOUR), (1, 600)):   # 80: the HELO is folded into counters;
+        sc = scorer(horizons=(Horizon("day", DAY, 1e9),))   # 600: the HELO just out of the window
+        old = [off("192.0.2.8", 0, "bad_helo", 1, rule="helo")]
+        old += [off("192.0.2.8", 150 * i) for i in range(1, n_old)]          # 4 per 10 minutes
+        assert feed(sc, old) == []
+        [d] = sc.add(off("192.0.2.8", 150 * (n_old - 1) + gap, score=5))
+        assert (d.kind, d.duration) == ("auth_failed", HOUR), (n_old, gap)
+        assert d.reason.endswith(": auth_failed x1"), d.reason
+
+
+# ---- what the engine asks of the scorer besides add() ---------------------------------------
+
+def test_seeded_offences_count_but_decide_nothing_by_themselves():
+    sc = scorer()
+    for i in range(7):                                       # more than a threshold, put back after a restart
+        sc.seed(off("192.0.2.1", i))
+    assert sc.stats.decisions == 0 and sc.score("192.0.2.1", T0 + 10) == 7
+    [d] = sc.add(off("192.0.2.1", 10))
+    assert d.target == "192.0.2.1" and d.score == 8
+    # Not seeded: an allow-listed address, a name-allowed client, and a client banned at that time.
+    sc = Scorer(Policy(), AllowList(["192.0.2.2"], names=["*.mailout.example.com"], own=()))
+    sc.seed(off("192.0.2.2", 0))
+    sc.seed(off("198.51.100.5", 0, name="a.mailout.example.com"))
+    [b] = sc.add(off("203.0.113.3", 0, "dnsbl", 5))
+    sc.seed(off("203.0.113.3", 1))
+    assert sc.tracks == {}
+    assert sc.target_of("198.51.100.6") == ("198.51.100.6", None)       # its network is protected
+    assert len(feed(sc, [off("203.0.113.3", b.expires - T0 + i) for i in range(5)])) == 1
+
+
+def test_forget_drops_only_history_past_the_lookback():
+    sc = scorer(lookback=10 * DAY)
+    [a] = sc.add(off("192.0.2.1", 0, "auth_failed", 5))              # 1 h, long over
+    [b] = sc.add(off("192.0.2.2", 5 * DAY, "auth_failed", 5))
+    [c] = sc.add(off("192.0.2.3", 0, "auth_failed", 5))
+    sc.release(a.target)                                              # over: released, as the engine does
+    sc.release(b.target)
+    assert sc.forget(T0 + 10 * DAY + 1) == 1
+    assert set(sc.history) == {"192.0.2.2", "192.0.2.3"}
+    assert sc.forget(T0 + 10 * DAY + 2) == 0
+    [d] = sc.add(off("192.0.2.1", 11 * DAY, "auth_failed", 5))
+    assert (d.duration, d.count) == (HOUR, 1)                         # forgotten: a first ban again
+    [e] = sc.add(off("192.0.2.2", 11 * DAY, "auth_failed", 5))
+    assert (e.duration, e.count) == (2 * HOUR, 2)
+
+
+def test_forget_drops_member_bans_over_and_keeps_the_others():
+    sc = scorer()
+    dnsbl_hits(sc, ["198.51.100.1", "198.51.100.2"], 0)                # 6 h each, not yet a /24
+    assert sc.forget(T0 + 6 * HOUR - 10) == 0 and "198.51.100.0/24" in sc._members
+    sc.forget(T0 + 6 * HOUR + 10)
+    assert "198.51.100.0/24" not in sc._members
+
+
+def test_would_ban_is_what_add_does_and_changes_nothing():
+    sc = scorer()
+    feed(sc, [off("192.0.2.1", i) for i in range(4)])
+    assert not sc.would_ban(off("192.0.2.9", 4))
+    assert sc.would_ban(off("192.0.2.1", 4)) and sc.score("192.0.2.1", T0 + 4) == 4
+    [d] = sc.add(off("192.0.2.1", 4))
+    assert not sc.would_ban(off("192.0.2.1", 5, "dnsbl", 5))          # banned already
+    assert sc.would_ban(off("192.0.2.1", d.expires - T0, "dnsbl", 5))   # over at its end exactly
+
+
+def test_rate_key_is_the_target_or_none_for_who_is_never_an_offender():
+    sc = Scorer(Policy(), AllowList(["192.0.2.2"], names=["*.mailout.example.com"], own=(),
+                                    big=["*.big.example.net"]))
+    assert sc.rate_key("192.0.2.1", None) == "192.0.2.1"
+    assert sc.rate_key("2001:db8:1::5", None) == "2001:db8:1::/64"
+    assert sc.rate_key("192.0.2.2", None) is None                                  # allow-listed
+    assert sc.rate_key("198.51.100.5", "a.mailout.example.com", T0) is None       # allowed by name ...
+    assert sc.new_partners == [("198.51.100.5", "a.mailout.example.com", T0)]     # ... and learned
+    assert sc.rate_key("203.0.113.5", "mx.big.example.net", T0) == "203.0.113.5"  # counted, a partner
+    assert sc.target_of("203.0.113.6") == ("203.0.113.6", None)
+    assert sc.rate_key("224.0.0.5", None) is None                                 # never a target
+
+
+def test_horizon_totals_are_exact_per_horizon():
+    from logban.score import horizon_totals
+    p = Policy()
+    offs = [off("192.0.2.1", -2 * DAY), off("192.0.2.1", -2 * HOUR), off("192.0.2.1", -100, reply=4),
+            off("192.0.2.1", -50, "dnsbl", 3), off("192.0.2.1", 60)]                  # the last one: later
+    assert horizon_totals(p, offs, T0, False) == {"burst": 0.5 + 3, "hour": 2, "day": 3}
+    assert horizon_totals(p, offs, T0, True) == {"burst": 3.5, "hour": 2, "day": 3, "week": 4}
+    decayed = horizon_totals(Policy(window=None, half_life=100), offs[2:4], T0, False)["burst"]
+    assert math.isclose(decayed, 0.5 * 0.5 + 3 * 0.5 ** 0.5)
+    assert horizon_totals(p, offs, T0 - 600, False)["burst"] == 0                  # the window ends at now - 600
+
+
+def test_a_long_horizon_leaves_out_an_offence_exactly_its_span_old():
+    sc = scorer(horizons=(Horizon("hour", HOUR, 5.0),))
+    assert feed(sc, [off("192.0.2.1", 900 * i) for i in range(5)]) == []    # 0 .. 3600: the first is out
+    assert len(feed(sc, [off("192.0.2.1", 3601)])) == 1
+
+
+def test_a_ban_decided_elsewhere_uses_the_score_up_too():
+    from logban.score import Decision
+    sc = scorer()
+    feed(sc, [off("192.0.2.1", i) for i in range(4)])
+    sc.mark_banned(Decision("192.0.2.1", "manual", "", 0, T0 + 5, 60.0, 1, False, "elsewhere"))
+    sc.release("192.0.2.1")                                  # over (or lifted)
+    assert sc.score("192.0.2.1", T0 + 70) == 0
+    assert feed(sc, [off("192.0.2.1", 70)]) == []
+
+
+def test_the_burst_counts_the_recent_offences_of_a_client_with_many():
+    """The 65th offence: the oldest goes to the counters, the newest five still make a burst."""
+    sc = scorer(horizons=(Horizon("day", DAY, 1e9),))
+    assert feed(sc, [off("192.0.2.1", 150 * i) for i in range(64)]) == []       # 4 per 10 minutes
+    [d] = sc.add(off("192.0.2.1", 150 * 63 + 10))
+    assert d.reason.startswith("burst: score 5"), d.reason
+    assert sc.score("192.0.2.2", T0 + 400 * DAY) == 0
+
+
+def test_a_late_offence_counts_at_the_newest_time():
+    sc = scorer(horizons=(Horizon("day", DAY, 1e9),))     # the burst decides; the day keeps the one at 0
+    assert feed(sc, [off("192.0.2.1", t) for t in (0, 500, 700, 800, 900)]) == []
+    [d] = sc.add(off("192.0.2.1", 650))                    # from another node, after the others
+    # the window ends at the newest offence (900): the one at 0 is out of it
+    assert (d.time, d.score) == (T0 + 900, 5) and d.reason.startswith("burst: score 5"), d.reason
+    sc = scorer()
+    feed(sc, [off("192.0.2.3", i) for i in range(3)])
+    assert sc.score("192.0.2.3", T0 + 400 * DAY) == 0      # all past every horizon: pruned away
+
+
+def test_a_horizon_for_clients_banned_before_listed_first_skips_only_itself():
+    hs = (Horizon("week", 7 * DAY, 3.0, repeat=True), Horizon("day", DAY, 4.0))
+    sc = scorer(horizons=hs)
+    [d] = feed(sc, [off("192.0.2.1", i * HOUR) for i in range(4)])      # never banned: the day decides
+    assert d.reason.startswith("day: 4 offences"), d.reason
