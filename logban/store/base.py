@@ -176,7 +176,8 @@ def _version(conn: Connection, where: str) -> int | None:
     row = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).first()
     if row is None:
         return 0
-    if not (isinstance(row[0], str) and row[0].isascii() and row[0].isdigit()):
+    v = row[0].strip() if isinstance(row[0], str) else row[0]
+    if not (isinstance(v, str) and v.isascii() and v.isdigit()):
         raise StoreError(f"{where}: database schema version {row[0]!r} is no number (not a logban database, "
                          "or one changed by hand)")
-    return int(row[0])
+    return int(v)
