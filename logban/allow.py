@@ -259,14 +259,15 @@ class AllowList:
         return i < len(starts) and starts[i] < num + (1 << (bits - plen))
 
     def name_allowed(self, name: str | None) -> bool:
-        if not name or not self.names:
+        # Not text: a value some writer put in the store (SQLite keeps a BLOB as bytes), no name.
+        if not name or not self.names or not isinstance(name, str):
             return False
         n = name.lower().rstrip(".")
         return any(fnmatch.fnmatchcase(n, p) for p in self.names)
 
     def big_sender(self, name: str | None) -> str | None:
         """The big-sender pattern a verified name matches, else None."""
-        if not name or not self.big:
+        if not name or not self.big or not isinstance(name, str):
             return None
         got = self._big_cache.get(name, False)
         if got is False:

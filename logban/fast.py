@@ -60,14 +60,20 @@ class HintScanner:
         db.scan(chunk, match_event_handler=lambda hid, start, end, flags, ctx: add((end, hid)),
                 scratch=self._scratch(db))
         cand: dict[int, list[int]] = {}
-        rfind = chunk.rfind
+        rfind, find = chunk.rfind, chunk.find
+        ls = le = -1            # the line of the last match: [ls, le)
+        got: list[int] = []
         for end, hid in found:
-            # No hint holds a newline (see `usable`): the line of its end is its line.
-            ls = rfind(b"\n", 0, end) + 1
-            got = cand.get(ls)
-            if got is None:
-                cand[ls] = [hid]
-            elif hid not in got:
+            # No hint holds a newline (see `usable`): the line of its end is its line. Found
+            # once per line, not once per match: a long line full of a hint made rfind's
+            # scans quadratic (a second per MiB).
+            if not ls <= end - 1 < le:
+                ls = rfind(b"\n", 0, end) + 1
+                le = find(b"\n", end)
+                if le < 0:
+                    le = len(chunk)
+                got = cand.setdefault(ls, [])
+            if hid not in got:
                 got.append(hid)
         return cand
 

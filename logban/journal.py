@@ -56,6 +56,14 @@ def uid_min(defs: Path = LOGIN_DEFS) -> int:
     except OSError:
         pass
     return 1000
+
+
+def login_user_note(uid: bytes, count: int | None = None) -> str:
+    """What is said of the entries of a login user's uid that were left out (`Selection`)."""
+    return (f"{'entries' if count is None else f'{count:,} entries'} of uid {uid.decode('ascii', 'replace')} "
+            "(a login user, not the mail system) under a mail program's name are not read (login_users = false)")
+
+
 _HOST_BAD = re.compile(rb"[\s]")
 
 
@@ -241,6 +249,7 @@ class JournalStream:
             self.err.close()
             raise
         self.conv = Converter(q.select)
+        self.where = q.where
         self.buf = b""
         self.done = False
 
@@ -266,6 +275,11 @@ class JournalStream:
         self.done = True
         self.err.seek(0)
         err = self.err.read().decode("utf-8", "replace").strip().splitlines()
+        # Said, as the follower logs it: entries left out in silence made a journal where the
+        # MTA logs as a uid past UID_MIN (a DynamicUser, another host's numbering) read as clean.
+        for uid, n in self.conv.refused.items():
+            print(f"logban: journal {' '.join(self.where) or '(the system journal)'}: {login_user_note(uid, n)}",
+                  file=sys.stderr)
         if self.proc.wait() != 0:
             raise OSError(0, f"{JOURNALCTL}: " + (err[-1] if err else f"exit status {self.proc.returncode}"))
 
@@ -445,8 +459,7 @@ class JournalFollower:
                 lines.append(got)
         if len(self.conv.refused) != known:
             for uid in list(self.conv.refused)[known:]:
-                self.log(f"{self.name}: entries of uid {uid.decode('ascii', 'replace')} (a login user, not the "
-                         f"mail system) under a mail program's name are not read (login_users = false)")
+                self.log(f"{self.name}: {login_user_note(uid)}")
         for e in reversed(es):
             rt = e.get(b"__REALTIME_TIMESTAMP", b"")
             if b"__CURSOR" in e and rt.isdigit():

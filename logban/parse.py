@@ -438,15 +438,19 @@ class Parser:
                 self._find_into(chunk, self._lead_finds, cand)
             else:
                 ids, inner = self._lead_ids, self._inner
-                rfind = chunk.rfind
+                rfind, find = chunk.rfind, chunk.find
+                le = -1             # the end of the last lead's line: its start is found once per line
+                got: list[int] = []
                 for m in self._fast.finditer(chunk):
-                    ls = rfind(b"\n", 0, m.start()) + 1
+                    if m.start() >= le:
+                        ls = rfind(b"\n", 0, m.start()) + 1
+                        le = find(b"\n", m.start())
+                        if le < 0:
+                            le = len(chunk)
+                        got = cand.setdefault(ls, [])
                     lead = m.group()
                     hid = ids[lead]
-                    got = cand.get(ls)
-                    if got is None:
-                        got = cand[ls] = [hid]
-                    elif hid not in got:
+                    if hid not in got:
                         got.append(hid)
                     if lead in inner:
                         self._overlapping(chunk, m.start(), lead, got)

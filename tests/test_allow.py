@@ -254,3 +254,15 @@ def test_the_gate_remembers_verdicts_per_target_and_name():
         assert ok == rows[1:] and [t for t, _ in refused] == ["203.0.113.10"]
     ok, refused = a.screen(list(reversed(rows)))
     assert ok == [rows[2], rows[1]]
+
+
+def test_a_name_that_is_no_text_counts_as_no_name():
+    """SQLite keeps whatever a writer put in offenders.name: a BLOB (bytes) or a number came
+    back as such and stopped the screen, and so every firewall sync and export, with a
+    TypeError; `partners` matches a BLOB with LIKE, so it reached the big-sender check too."""
+    a = AllowList(names=["*.example.com"], big=["*.bigmail.example"], own=[])
+    rows = [Row("198.51.100.7", b"mx.example.com"), Row("198.51.100.8", 42), Row("198.51.100.9", "mx.example.com")]
+    ok, refused = a.screen(rows)
+    assert [r.target for r in ok] == ["198.51.100.7", "198.51.100.8"]
+    assert refused == [("198.51.100.9", "allow-listed name mx.example.com")]
+    assert not a.name_allowed(b"mx.example.com") and a.big_sender(b"x.bigmail.example") is None

@@ -202,3 +202,28 @@ def test_non_ascii_hint_same_both_ways(tmp_path):
     assert Parser(rules, fast=True).hyperscan is not None
     data = "Dec  1 09:42:28 mx1 mine[1]: böse from [198.51.100.21]\n".encode() + b"x b\xf6se \xff\n" + HOSTILE[5]
     assert [o[1] for o in _same(rules, data)] == ["198.51.100.21"]
+
+
+class _CountingRfind(bytes):
+    """A chunk that counts the pre-filter's looks back for the start of a line."""
+    calls = 0
+
+    def rfind(self, *a):
+        type(self).calls += 1
+        return bytes.rfind(self, *a)
+
+
+@pytest.mark.parametrize("use_fast", [False, True])
+@pytest.mark.parametrize("hint", [b"_AUTH", b": reject: "])
+def test_a_line_full_of_hints_is_looked_back_on_once(use_fast, hint):
+    """A line start was found by rfind once per hint occurrence, scanning back over the
+    line each time: a 1 MiB line of one hint took a second (quadratic) where a usual MiB
+    takes milliseconds. Once per line now, both ways, and the same hits as before."""
+    p = Parser(ALL, clock=Clock("UTC", reference=REF), fast=use_fast)
+    line = b"Dec  1 09:42:28 mx1 postfix/smtpd[1]: x " + hint * 20_000 + b"\n"
+    chunk = _CountingRfind(line * 3)
+    _CountingRfind.calls = 0
+    got = p._hits(chunk)
+    assert sorted(got) == [0, len(line), 2 * len(line)]
+    assert _CountingRfind.calls < 100
+    assert {ls: sorted(ids) for ls, ids in got.items()} == {ls: sorted(ids) for ls, ids in p._hits(line * 3).items()}

@@ -186,6 +186,20 @@ def test_scan_journal_files_of_several_mtas_and_hosts(tmp_path, journal_tools):
     assert b"none.journal" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
+def test_scan_says_what_entries_of_login_users_it_left_out(tmp_path, journal_tools):
+    """The follower logs the uids it leaves out; scan dropped their entries in silence, so a
+    journal where the MTA logged as a uid past UID_MIN (a DynamicUser, another host's
+    numbering) read as clean."""
+    jf = tmp_path / "j" / "remote.journal"
+    jf.parent.mkdir()
+    user = uid_min() + 1
+    write_journal(jf, [sasl("198.51.100.7", _UID=user) for _ in range(6)] + [sasl("198.51.100.8", _UID=0)])
+    r = run_logban("--db", f"sqlite:///{tmp_path / 'db'}", "scan", "--json", "--journal-dir", str(jf.parent))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["offences"] == 1
+    assert f"6 entries of uid {user} (a login user" in r.stderr.decode()
+
+
 def test_scan_since_until_on_files(tmp_path):
     def line(t: float, ip: str) -> str:
         return (time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(t))

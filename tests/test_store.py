@@ -84,6 +84,15 @@ def test_newer_schema_is_refused(db_url):
         Store(db_url)
 
 
+@pytest.mark.parametrize("readonly", [False, True])
+def test_a_schema_version_that_is_no_number_is_one_line(db_url, readonly):
+    """A version no logban wrote was a ValueError out of int(), not a StoreError naming the store."""
+    Store(db_url).close()
+    sql(db_url, "UPDATE meta SET value='x' WHERE key='schema_version'")
+    with pytest.raises(StoreError, match="schema version 'x' is no number"):
+        Store(db_url, readonly=readonly)
+
+
 def test_the_query_views_are_the_models_tables():
     """The queries go through Core views of the tables (no sqlmodel import); the models
     define the schema: every view has its model's columns, in order, of the same SQL types."""

@@ -110,7 +110,7 @@ class Base:
         # to migrate, must not queue behind its writes. Nor does it import the models: only
         # a create or a migration needs them (see `sql`).
         with self.read() as conn:
-            if _version(conn) == SCHEMA_VERSION:
+            if _version(conn, self._where()) == SCHEMA_VERSION:
                 return
         from . import migrate
         with self.write() as conn:
@@ -119,7 +119,7 @@ class Base:
     def _check_version(self) -> None:
         """A reader's open: the schema must be this logban's (a writer migrates it)."""
         with self.read() as conn:
-            version = _version(conn)
+            version = _version(conn, self._where())
         if version is None:
             raise StoreError(f"{self._where()}: not a logban database (no meta table)")
         if version != SCHEMA_VERSION:
@@ -168,10 +168,16 @@ class Base:
             return _max_ban_id(conn)
 
 
-def _version(conn: Connection) -> int | None:
+def _version(conn: Connection, where: str) -> int | None:
     """The database's schema version; None: no meta table (a new database, or not logban's);
     0: a meta table without a version (the first schema)."""
     if not sa.inspect(conn).has_table("meta"):
         return None
     row = conn.execute(sa.select(META.c.value).where(META.c.key == "schema_version")).first()
-    return int(row[0]) if row else 0
+    if row is None:
+        return 0
+    v = row[0].strip() if isinstance(row[0], str) else row[0]
+    if not (isinstance(v, str) and v.isascii() and v.isdigit()):
+        raise StoreError(f"{where}: database schema version {row[0]!r} is no number (not a logban database, "
+                         "or one changed by hand)")
+    return int(v)
