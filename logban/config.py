@@ -339,7 +339,7 @@ def load_config(path: Path | None) -> Config:
 
 def _journal(f: dict, key: str, path: Path, mta: str | None) -> JournalSpec:
     """A [[follow]] entry that names the journal: journal = true, directory, identifiers, units,
-    login_users."""
+    users."""
     if f.get("journal") is not True:
         raise UsageError(f"{path}: {key}journal = true goes with directory, identifiers and units")
     if "path" in f:
@@ -352,8 +352,8 @@ def _journal(f: dict, key: str, path: Path, mta: str | None) -> JournalSpec:
         sel = Selection(_strings(f["identifiers"], f"{key}identifiers", path), sel.units)
     if "units" in f:
         sel = Selection(sel.identifiers, _strings(f["units"], f"{key}units", path))
-    if "login_users" in f:
-        sel = Selection(sel.identifiers, sel.units, _bool(f["login_users"], f"{key}login_users", path))
+    if "users" in f:
+        sel = Selection(sel.identifiers, sel.units, _strings(f["users"], f"{key}users", path))
     return JournalSpec(Path(d) if d else None, mta, sel)
 
 
@@ -365,12 +365,12 @@ def _daemon(data: dict, path: Path) -> DaemonConfig:
     if not isinstance(follow, list) or not all(isinstance(f, dict) for f in follow):
         raise UsageError(f"{path}: follow must be a list of tables ([[follow]] path = ..., mta = ...)")
     for i, f in enumerate(follow):
-        _keys(f, {"path", "mta", "journal", "directory", "identifiers", "units", "login_users",
+        _keys(f, {"path", "mta", "journal", "directory", "identifiers", "units", "users",
                   "journal_if_missing"}, f"follow[{i}].", path)
         p, mta = f.get("path"), f.get("mta", "auto")
         if not isinstance(mta, str) or not mta:
             raise UsageError(f"{path}: follow[{i}].mta must be a rule pack name (postfix, sendmail, qmail) or \"auto\"")
-        if any(k in f for k in ("journal", "directory", "identifiers", "units", "login_users")):
+        if any(k in f for k in ("journal", "directory", "identifiers", "units", "users")):
             dc.journals.append(_journal(f, f"follow[{i}].", path, None if mta == "auto" else mta))
             continue
         if not isinstance(p, str) or not p.startswith("/"):

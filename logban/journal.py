@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import fnmatch
 import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -43,25 +44,33 @@ PIPE_SIZE = 1 << 20         # what an unprivileged process may ask for by defaul
 RETRY_EVERY = 2.0           # seconds before journalctl is started again after it ended
 
 _TAG_BAD = re.compile(rb"[^\w./@-]")
-LOGIN_DEFS = Path("/etc/login.defs")
+# The accounts the MTAs of the shipped packs log as (Debian's names, and qmail's and its
+# add-ons' customary ones): root for the masters, postfix, sendmail's smmsp, qmail's q*
+# users, vpopmail's vchkpw, Plesk's popuser. Names this host has no account for are skipped.
+MAIL_USERS = ("root", "postfix", "smmsp", "mail", "qmaild", "qmaill", "qmailp", "qmailq", "qmailr", "qmails",
+              "alias", "vpopmail", "popuser", "Debian-exim", "exim")
 
 
-def uid_min(defs: Path = LOGIN_DEFS) -> int:
-    """The first uid of login users (login.defs UID_MIN, 1000 where it does not say)."""
-    try:
-        for ln in defs.read_text(errors="replace").splitlines():
-            words = ln.split()
-            if len(words) == 2 and words[0] == "UID_MIN" and words[1].isdigit():
-                return int(words[1])
-    except OSError:
-        pass
-    return 1000
+def mail_uids(users: tuple[str, ...]) -> frozenset[bytes] | None:
+    """The `_UID` values (as journald writes them) of `users`, names or numbers; None: "*", anyone."""
+    if "*" in users:
+        return None
+    out = set()
+    for u in users:
+        if u.isdigit():
+            out.add(str(int(u)).encode())
+            continue
+        try:
+            out.add(str(pwd.getpwnam(u).pw_uid).encode())
+        except KeyError:
+            pass
+    return frozenset(out)
 
 
-def login_user_note(uid: bytes, count: int | None = None) -> str:
-    """What is said of the entries of a login user's uid that were left out (`Selection`)."""
+def user_note(uid: bytes, count: int | None = None) -> str:
+    """What is said of the entries of a uid that were left out (`Selection.users`)."""
     return (f"{'entries' if count is None else f'{count:,} entries'} of uid {uid.decode('ascii', 'replace')} "
-            "(a login user, not the mail system) under a mail program's name are not read (login_users = false)")
+            "(not one of the mail system's users) under a mail program's name are not read (journal users)")
 
 
 _HOST_BAD = re.compile(rb"[\s]")
@@ -70,13 +79,14 @@ _HOST_BAD = re.compile(rb"[\s]")
 @dataclass(frozen=True)
 class Selection:
     """Which entries are mail log lines: an identifier starting with one of `identifiers`,
-    or a unit matching one of `units` (shell patterns like "postfix@*.service"). Any local
-    user can log under any identifier (`logger -t postfix/smtpd ...`) and so have logban ban
-    an address of their choosing; journald's own `_UID` cannot be forged, and the MTAs run as
-    root or system accounts, so entries of login users are left out unless `login_users`."""
+    or a unit matching one of `units` (shell patterns like "postfix@*.service"), written by one
+    of `users`. Any local user, or a web application's account, can log under any identifier
+    (`logger -t postfix/smtpd ...`) and so have logban ban an address of their choosing;
+    journald's own `_UID` cannot be forged, and the MTAs log as root or their own accounts.
+    `users`: names or uids, "*" for anyone."""
     identifiers: tuple[str, ...] = DEFAULT_IDENTIFIERS
     units: tuple[str, ...] = ()
-    login_users: bool = False
+    users: tuple[str, ...] = MAIL_USERS
 
     @property
     def fields(self) -> str:
@@ -157,8 +167,8 @@ class Converter:
 
     def __init__(self, select: Selection) -> None:
         self.wants = select.matcher()
-        self.uid_min = None if select.login_users else uid_min()
-        self.refused: dict[bytes, int] = {}     # uid of a login user: its entries left out
+        self.uids = mail_uids(select.users)
+        self.refused: dict[bytes, int] = {}     # uid of another user: its entries left out
         self._sec = -1
         self._stamp = b""
         self._heads: dict[tuple[bytes, bytes, bytes], bytes | None] = {}    # (identifier, unit, host): " host tag"
@@ -192,7 +202,7 @@ class Converter:
         if head is None or msg is None or not rt.isdigit():
             return None
         uid = e.get(b"_UID")
-        if uid is not None and self.uid_min is not None and (not uid.isdigit() or int(uid) >= self.uid_min):
+        if uid is not None and self.uids is not None and uid not in self.uids:
             self.refused[uid] = self.refused.get(uid, 0) + 1
             return None
         pid = e.get(b"_PID", b"")
@@ -276,9 +286,9 @@ class JournalStream:
         self.err.seek(0)
         err = self.err.read().decode("utf-8", "replace").strip().splitlines()
         # Said, as the follower logs it: entries left out in silence made a journal where the
-        # MTA logs as a uid past UID_MIN (a DynamicUser, another host's numbering) read as clean.
+        # MTA logs as an account not in `users` (another host's numbering) read as clean.
         for uid, n in self.conv.refused.items():
-            print(f"logban: journal {' '.join(self.where) or '(the system journal)'}: {login_user_note(uid, n)}",
+            print(f"logban: journal {' '.join(self.where) or '(the system journal)'}: {user_note(uid, n)}",
                   file=sys.stderr)
         if self.proc.wait() != 0:
             raise OSError(0, f"{JOURNALCTL}: " + (err[-1] if err else f"exit status {self.proc.returncode}"))
@@ -459,7 +469,7 @@ class JournalFollower:
                 lines.append(got)
         if len(self.conv.refused) != known:
             for uid in list(self.conv.refused)[known:]:
-                self.log(f"{self.name}: {login_user_note(uid)}")
+                self.log(f"{self.name}: {user_note(uid)}")
         for e in reversed(es):
             rt = e.get(b"__REALTIME_TIMESTAMP", b"")
             if b"__CURSOR" in e and rt.isdigit():

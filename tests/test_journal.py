@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import signal
 import struct
@@ -22,7 +23,7 @@ from daemonproc import Daemon
 
 from logban.config import load_config
 from logban.errors import UsageError
-from logban.journal import Converter, JournalSpec, Selection, export_entries, uid_min
+from logban.journal import Converter, JournalSpec, Selection, export_entries, mail_uids
 from logban.parse import iso
 
 REMOTE = "/lib/systemd/systemd-journal-remote"
@@ -90,22 +91,32 @@ def test_converter_makes_one_syslog_line_of_a_selected_entry():
     assert c.line(e | {b"__REALTIME_TIMESTAMP": b"soon"}) is None
 
 
-def test_entries_of_login_users_are_left_out_unless_allowed(tmp_path):
-    """`logger -t postfix/smtpd` by any local user must not make logban ban an address of their choosing."""
+def test_entries_of_other_users_than_the_mail_system_are_left_out():
+    """`logger -t postfix/smtpd` by a local user or a web application's account must not make
+    logban ban an address of their choosing."""
     e = {b"__REALTIME_TIMESTAMP": b"1700000000123456", b"_HOSTNAME": b"mx1", b"SYSLOG_IDENTIFIER": b"postfix/smtpd",
          b"_PID": b"77", b"MESSAGE": b"m"}
     c = Converter(Selection())
-    first = c.uid_min
-    assert first == uid_min()
-    for uid, read in ((b"0", True), (b"89", True), (str(first - 1).encode(), True), (str(first).encode(), False),
-                      (b"65534", False), (b"-1", False), (b"x", False)):
-        assert (c.line(e | {b"_UID": uid}) is not None) is read, uid
+    www = str(pwd.getpwnam("www-data").pw_uid).encode() if _has_user("www-data") else b"33"
+    postfix = str(pwd.getpwnam("postfix").pw_uid).encode() if _has_user("postfix") else None
+    for uid, read in ((b"0", True), (postfix, True), (www, False), (b"1000", False), (b"65534", False),
+                      (b"-1", False), (b"x", False), (b"00", False)):
+        if uid is not None:
+            assert (c.line(e | {b"_UID": uid}) is not None) is read, uid
     assert c.line(e) is not None                      # no _UID (another host's export): as it is
-    assert c.refused == {str(first).encode(): 1, b"65534": 1, b"-1": 1, b"x": 1}
-    assert Converter(Selection(login_users=True)).line(e | {b"_UID": b"65534"}) is not None
-    defs = tmp_path / "login.defs"
-    defs.write_text("# UID_MIN 5\nUID_MIN\t\t 2000\n")
-    assert uid_min(defs) == 2000 and uid_min(tmp_path / "none") == 1000
+    assert set(c.refused) == {www, b"1000", b"65534", b"-1", b"x", b"00"}
+    assert Converter(Selection(users=("*",))).line(e | {b"_UID": b"65534"}) is not None
+    only = Converter(Selection(users=("1000", "no-such-user-here")))
+    assert only.line(e | {b"_UID": b"1000"}) is not None and only.line(e | {b"_UID": b"0"}) is None
+    assert mail_uids(("root", "no-such-user-here", "0042")) == {b"0", b"42"}
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
 
 
 def test_export_format_entries_text_binary_and_cut_anywhere():
@@ -124,15 +135,15 @@ def test_export_format_entries_text_binary_and_cut_anywhere():
 def test_config_journal_entries(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[[follow]]\njournal = true\n[[follow]]\njournal = true\ndirectory = "/srv/j"\nmta = "postfix"\n'
-                   'identifiers = ["postfix-out/"]\nunits = ["postfix@*.service"]\nlogin_users = true\n')
+                   'identifiers = ["postfix-out/"]\nunits = ["postfix@*.service"]\nusers = ["postfix", "1001"]\n')
     js = load_config(cfg).daemon.journals
     assert js[0] == JournalSpec() and js[0].name == "journal"
-    assert js[1] == JournalSpec(Path("/srv/j"), "postfix", Selection(("postfix-out/",), ("postfix@*.service",), True))
+    assert js[1] == JournalSpec(Path("/srv/j"), "postfix", Selection(("postfix-out/",), ("postfix@*.service",), ("postfix", "1001")))
     for bad, says in (('journal = true\npath = "/var/log/mail.log"', "path and journal"),
                       ('journal = false\ndirectory = "/srv/j"', "journal = true"),
                       ('journal = true\ndirectory = "j"', "absolute directory"),
                       ('journal = true\nidentifiers = "postfix"', "identifiers must be a list"),
-                      ('journal = true\nlogin_users = "yes"', "login_users")):
+                      ('journal = true\nusers = "postfix"', "users must be a list")):
         cfg.write_text(f"[[follow]]\n{bad}\n")
         with pytest.raises(UsageError, match=says):
             load_config(cfg)
@@ -186,18 +197,18 @@ def test_scan_journal_files_of_several_mtas_and_hosts(tmp_path, journal_tools):
     assert b"none.journal" in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr
 
 
-def test_scan_says_what_entries_of_login_users_it_left_out(tmp_path, journal_tools):
+def test_scan_says_what_entries_of_other_users_it_left_out(tmp_path, journal_tools):
     """The follower logs the uids it leaves out; scan dropped their entries in silence, so a
-    journal where the MTA logged as a uid past UID_MIN (a DynamicUser, another host's
-    numbering) read as clean."""
+    journal where the MTA logged as an account not in `users` (another host's numbering)
+    read as clean."""
     jf = tmp_path / "j" / "remote.journal"
     jf.parent.mkdir()
-    user = uid_min() + 1
+    user = 4242
     write_journal(jf, [sasl("198.51.100.7", _UID=user) for _ in range(6)] + [sasl("198.51.100.8", _UID=0)])
     r = run_logban("--db", f"sqlite:///{tmp_path / 'db'}", "scan", "--json", "--journal-dir", str(jf.parent))
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["offences"] == 1
-    assert f"6 entries of uid {user} (a login user" in r.stderr.decode()
+    assert f"6 entries of uid {user} (not one of the mail system's users)" in r.stderr.decode()
 
 
 def test_scan_since_until_on_files(tmp_path):
@@ -325,10 +336,10 @@ def test_run_a_directory_that_appears_later_the_fallback_and_from_start(tmp_path
         jdir.mkdir()
         write_journal(jdir / "remote.journal", [sasl(f"198.51.100.{i}") for i in range(1, 6)]
                       + [benign(1), sasl("198.51.100.6", ident="sshd")]
-                      + [sasl("198.51.100.7", _UID=uid_min() + 1) for _ in range(6)])
+                      + [sasl("198.51.100.7", _UID=4242) for _ in range(6)])
         _wait_lines(d, name, 6)
         assert d.offences() == 5
-        d.wait_log(f"entries of uid {uid_min() + 1} (a login user")
+        d.wait_log("entries of uid 4242 (not one of the mail system's users)")
     finally:
         d.close()
     # Another store meets the same journal for the first time: from its end, or with
