@@ -566,3 +566,38 @@ def test_sync_finds_and_repairs_every_kind_of_drift(lab, tmp_path, kind):
     assert [c for c, ok in lab.reachable(*clients).items() if not ok] == ["192.0.2.2", "192.0.2.3", "2001:db8:2::2"]
     assert "0 missing added, 0 unknown removed, 0 timeouts refreshed" in server("firewall", "sync").stdout
     server("firewall", "teardown")
+
+
+@pytest.mark.parametrize("kind", ["ipset", "ipset-legacy", "iptables"])
+def test_a_sync_leaves_the_hook_rules_in_place(lab, tmp_path, kind):
+    """Every sync sets up; taking the INPUT rules out to put them back opened a moment in
+    which banned clients connected. The rule's packet counter shows whether it was made
+    anew (a new rule counts from 0); a rule changed behind logban's back is still put right."""
+    server = Server(lab, tmp_path, kind)
+    cmd = "iptables-legacy" if BACKENDS[kind][1] else "iptables"
+
+    def dropped() -> list[int]:
+        out = lab.run(lab.srv, cmd, "-w", "-L", "INPUT", "-v", "-x", "-n").stdout
+        return [int(ln.split()[0]) for ln in out.splitlines() if "/* logban */" in ln]
+
+    try:
+        server("ban", "192.0.2.2")
+        assert not lab.connects("192.0.2.2")
+        before = dropped()
+        assert len(before) == 1 and before[0] > 0, before
+        for _ in range(2):
+            server("firewall", "sync")
+        assert dropped() == before
+        # Someone deletes it: the next sync puts it back, at the head of INPUT.
+        assert lab.run(lab.srv, cmd, "-w", "-D", "INPUT", "1").returncode == 0
+        assert lab.connects("192.0.2.2")
+        server("firewall", "sync")
+        assert dropped() == [0] and not lab.connects("192.0.2.2")
+        # One put after a rule of the admin's is moved back to the head.
+        assert lab.run(lab.srv, cmd, "-w", "-I", "INPUT", "1", "-s", "192.0.2.2", "-j", "ACCEPT").returncode == 0
+        assert lab.connects("192.0.2.2")
+        server("firewall", "sync")
+        assert not lab.connects("192.0.2.2")
+        assert len(dropped()) == 1
+    finally:
+        server("firewall", "teardown", check=False)

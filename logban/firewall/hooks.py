@@ -78,7 +78,11 @@ class _Hooks:
         return m
 
     def install(self, rules: dict[bool, list[str]]) -> None:
-        """Exactly these rules (per family: v6 True/False) at the head of each hooked chain."""
+        """Exactly these rules (per family: v6 True/False) at the head of each hooked chain.
+        Rules already in place are left as they are: every sync sets up, and taking them out
+        to put them back would open a moment in which banned clients connect."""
+        if self._in_place(rules):
+            return
         self.remove()
         for v6, spec in rules.items():
             for chain in self.chains:
@@ -86,6 +90,36 @@ class _Hooks:
                     self._iptc_insert(v6, chain, spec)
                 else:
                     _run(["ip6tables" if v6 else "iptables", "-w", "-I", chain, "1", *spec])
+
+    def _in_place(self, rules: dict[bool, list[str]]) -> bool:
+        """Each hooked chain holds one rule of ours per family, first, and it is this one; the
+        other hooked chains none."""
+        for v6 in (False, True):
+            for chain in ("INPUT", "FORWARD"):
+                spec = rules.get(v6) if chain in self.chains else None
+                if self.mode == "legacy":
+                    t = _filter_table(v6)
+                    have = list(_iptc().Chain(t, chain).rules) if t.is_chain(chain) else []
+                    ours = [r for r in have if self._ours(r)]
+                    if spec is None:
+                        if ours:
+                            return False
+                    elif len(ours) != 1 or not self._ours(have[0]) or ours[0] != self._iptc_rule(v6, spec):
+                        return False
+                    continue
+                cmd = "ip6tables" if v6 else "iptables"
+                if shutil.which(cmd) is None:
+                    if spec is None:
+                        continue
+                    return False
+                have = [ln for ln in _run([cmd, "-w", "-S", chain]).splitlines() if ln.startswith(f"-A {chain} ")]
+                ours = [ln for ln in have if f"--comment {self.COMMENT} " in ln]
+                if spec is None:
+                    if ours:
+                        return False
+                elif len(ours) != 1 or have[0] != ours[0] or not _holds(cmd, chain, spec):
+                    return False
+        return True
 
     def remove(self) -> None:
         for v6 in (False, True):
@@ -123,6 +157,10 @@ class _Hooks:
         return any(m.name == "comment" and m.comment == self.COMMENT for m in r.matches)
 
     def _iptc_insert(self, v6: bool, chain: str, spec: list[str]) -> None:
+        _iptc().Chain(_filter_table(v6), chain).insert_rule(self._iptc_rule(v6, spec))
+
+    @staticmethod
+    def _iptc_rule(v6: bool, spec: list[str]):
         iptc = _iptc()
         r = iptc.Rule6() if v6 else iptc.Rule()
         words = list(spec)
@@ -137,8 +175,7 @@ class _Hooks:
                     while words and not words[0].startswith("-"):
                         vals.append(words.pop(0))     # --match-set takes two words
                     setattr(ext, opt, vals if len(vals) > 1 else vals[0])
-        t = _filter_table(v6)
-        iptc.Chain(t, chain).insert_rule(r)
+        return r
 
     def _iptc_remove(self, v6: bool, chain: str) -> None:
         iptc = _iptc()
@@ -151,6 +188,15 @@ class _Hooks:
             c.delete_rule(r)
         t.commit()
         t.autocommit = True
+
+
+def _holds(cmd: str, chain: str, spec: list[str]) -> bool:
+    """Whether `chain` has this rule (`iptables -C`, the kernel's own comparison)."""
+    try:
+        _run([cmd, "-w", "-C", chain, *spec])
+        return True
+    except FirewallError:
+        return False
 
 
 def _src(src: str) -> str:
