@@ -254,6 +254,7 @@ class Scorer:
         self._hw = [policy.weights(h) for h in policy.horizons]
         self._least = min((h.threshold for h in policy.horizons), default=math.inf)
         self._keep = policy.horizon          # how long an offence may count anywhere
+        self._burst_span = policy.burst
         self._target.clear()                 # prefix lengths and the allow-list may have changed
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
@@ -409,7 +410,7 @@ class Scorer:
     def _burst(self, tr: Track, now: float) -> float:
         now = self._prune(tr, now)
         p, bw = self.policy, self._bw
-        cut = now - p.burst
+        cut = now - self._burst_span
         ev = tr.ev
         if len(ev) == 1 and p.window is not None:
             # Most clients of a distributed attack: one offence, summed without a generator
@@ -465,7 +466,17 @@ class Scorer:
         """How near its nearest threshold a client is, about: what eviction keeps."""
         # The long horizons by the offences kept at all (within the longest one): cheap, and
         # a client that came back often this week stays ahead of a flood of one-offence ones.
-        return max(self._burst(tr, now) / self.policy.threshold, (len(tr.ev) + tr.folded) / self._least)
+        ev, p = tr.ev, self.policy
+        if len(ev) == 1 and tr.agg is None and p.window is not None:
+            # Eviction ranks every client each time: a one-offence client (most of them in a
+            # distributed attack), within every horizon, is `_burst` with nothing to prune.
+            t, score, cls = ev[0][:3]
+            if t > now:
+                now = t
+            if t > now - self._keep:
+                b = 0 + score * self._bw[cls] if t > now - self._burst_span else 0
+                return max(b / p.threshold, (1 + tr.folded) / self._least)
+        return max(self._burst(tr, now) / p.threshold, (len(ev) + tr.folded) / self._least)
 
     # ---- offences ------------------------------------------------------------------
     def would_ban(self, o: Offence) -> bool:
