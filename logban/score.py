@@ -279,7 +279,9 @@ class Scorer:
             ok = net is not None or not special(v, num, 32 if v == 4 else 128)
             allowed = self.allow.num_allowed(v, num)
             got = (net or ip, None, ok, allowed) if v == 6 else (ip, net, ok, allowed)
-            if len(self._target) > 200_000:
+            if len(self._target) > 50_000:
+                # A cache of the clients seen lately (the engine asks again right after `add`):
+                # during a distributed attack every address is new, and 200k entries cost 38 MB.
                 self._target.clear()
             self._target[ip] = got
         return got
