@@ -14,7 +14,7 @@ import ipaddress
 import re
 import socket
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
@@ -367,9 +367,13 @@ class Parser:
         self.file = "-"
         self.suspicious: list[tuple[str, int, bytes]] = []
         self._suspicious_max = collect_suspicious
-        self._links: dict[tuple, tuple[str, str | None]] = {}
-        self._said: dict[tuple, bool] = {}      # (session, client) -> an offence a summary would repeat
-        self._pending: dict[tuple, list[Offence]] = {}
+        # Bounded tables, oldest first. OrderedDict, not dict: popping a dict's first entry
+        # leaves a hole that the next `next(iter(d))` walks over, so evicting one entry per
+        # new one costs time quadratic in the entries evicted (a minute at a million
+        # distinct offenders); popitem(last=False) costs the same each time.
+        self._links: OrderedDict[tuple, tuple[str, str | None]] = OrderedDict()
+        self._said: OrderedDict[tuple, bool] = OrderedDict()    # (session, client) -> an offence a summary would repeat
+        self._pending: OrderedDict[tuple, list[Offence]] = OrderedDict()
         self._pending_n = 0
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
         self._ip_cache: dict[bytes, str] = {}       # raw -> canonical address, "" for no ban target
@@ -382,7 +386,7 @@ class Parser:
         self._rate_key = rate_key
         # (rule, scoring target) -> [window start, count], oldest first: a flood of new
         # keys evicts the oldest windows, never the whole table.
-        self._rates: dict[tuple[str, str], list[float]] = {}
+        self._rates: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
         self._rate_nets: dict[str, str] = {}        # IPv6 address -> its /rate_prefix6 network
         self._build_prefilter(rules.rules, fast)
 
@@ -687,7 +691,7 @@ class Parser:
         w = rates.pop(k, None)                   # taken out and put back: the newest go last
         if w is None or t - w[0] > r.rate_per:
             while len(rates) >= _LIMIT:
-                del rates[next(iter(rates))]     # the oldest window goes, never all of them
+                rates.popitem(last=False)        # the oldest window goes, never all of them
             rates[k] = [t, 1]
             return r.rate_over < 1
         rates[k] = w
@@ -718,7 +722,7 @@ class Parser:
             self._pending.setdefault(key, []).append(o)
             self._pending_n += 1
             while self._pending_n > _LIMIT:
-                old = self._pending.pop(next(iter(self._pending)))
+                _, old = self._pending.popitem(last=False)
                 self._pending_n -= len(old)
                 self.stats.unresolved += len(old)
         else:
@@ -731,7 +735,7 @@ class Parser:
             return said.pop(k, False)
         said[k] = True
         if len(said) > _LIMIT:
-            del said[next(iter(said))]
+            said.popitem(last=False)
         return False
 
     def _link(self, r: Rule, ip: str | None, key: tuple, name: str | None, out: list[Offence]) -> None:
@@ -742,7 +746,7 @@ class Parser:
         # verified on the link line goes with them (an allow-listed partner stays one).
         self._links[key] = (ip, name)
         if len(self._links) > _LIMIT:
-            del self._links[next(iter(self._links))]
+            self._links.popitem(last=False)
         if r.resolves == "earlier":
             for o in self._pending.pop(key, ()):
                 self._pending_n -= 1

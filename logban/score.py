@@ -31,7 +31,7 @@ from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .allow import AllowList, ip_address, special
+from .allow import AllowList, ip_num, network_text, special
 from .parse import Offence
 from .units import format_duration
 
@@ -221,15 +221,9 @@ def horizon_totals(policy: Policy, offences: list[Offence], now: float, banned_b
 
 
 def network_of(ip: str, prefix: int) -> str:
-    a = ip_address(ip)
-    if a.version == 6 and prefix <= 64:
-        # inet_ntop, not ipaddress's general compression (a tenth of the cost of a ban): with
-        # at least 64 zero bits at the end, the zero tail is the longest zero run, so inet_ntop
-        # writes what ipaddress writes (none of its IPv4-in-IPv6 forms can arise).
-        drop = 128 - prefix
-        return f"{socket.inet_ntop(socket.AF_INET6, (int(a) >> drop << drop).to_bytes(16))}/{prefix}"
-    drop = a.max_prefixlen - prefix
-    return f"{type(a)(int(a) >> drop << drop)}/{prefix}"
+    v, num = ip_num(ip)
+    drop = (32 if v == 4 else 128) - prefix
+    return network_text(v, num >> drop << drop, prefix)
 
 
 class Scorer:
@@ -240,7 +234,8 @@ class Scorer:
         self.history: dict[str, Past] = {}
         self._wide: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}   # other active networks
         self._members: dict[str, dict[str, tuple[float, str, str]]] = {}   # /24 -> ip -> (expires, kind, rule)
-        self._target: dict[str, tuple[str, str | None, bool]] = {}         # ip -> (target, its IPv4 network, bannable)
+        # ip -> (target, its IPv4 network, bannable, allow-listed): one parse of a new address
+        self._target: dict[str, tuple[str, str | None, bool, bool]] = {}
         self._partners: set[str] = set()            # networks holding a client allowed by verified name
         self._partner_ips: set[str] = set()
         self.new_partners: list[tuple[str, str, float]] = []   # (ip, name, time) first seen: for the store
@@ -259,6 +254,7 @@ class Scorer:
         self._hw = [policy.weights(h) for h in policy.horizons]
         self._least = min((h.threshold for h in policy.horizons), default=math.inf)
         self._keep = policy.horizon          # how long an offence may count anywhere
+        self._burst_span = policy.burst
         self._target.clear()                 # prefix lengths and the allow-list may have changed
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
@@ -270,32 +266,34 @@ class Scorer:
         got = self._where(ip)
         return got[0], got[1]
 
-    def _where(self, ip: str) -> tuple[str, str | None, bool]:
+    def _where(self, ip: str) -> tuple[str, str | None, bool, bool]:
         got = self._target.get(ip)
         if got is None:
             p = self.policy
-            a = ip_address(ip)
-            v, num = a.version, int(a)
+            v, num = ip_num(ip)
             if v == 6:
-                net = self._network(ip, v, num, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
+                net = self._network(v, num, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
             else:
-                net = self._network(ip, v, num, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
+                net = self._network(v, num, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
             # A network that holds no special address proves its member is none either.
-            ok = net is not None or not special(v, num, a.max_prefixlen)
-            got = (net or ip, None, ok) if v == 6 else (ip, net, ok)
-            if len(self._target) > 200_000:
+            ok = net is not None or not special(v, num, 32 if v == 4 else 128)
+            allowed = self.allow.num_allowed(v, num)
+            got = (net or ip, None, ok, allowed) if v == 6 else (ip, net, ok, allowed)
+            if len(self._target) > 50_000:
+                # A cache of the clients seen lately (the engine asks again right after `add`):
+                # during a distributed attack every address is new, and 200k entries cost 38 MB.
                 self._target.clear()
             self._target[ip] = got
         return got
 
-    def _network(self, ip: str, version: int, num: int, prefix: int) -> str | None:
+    def _network(self, version: int, num: int, prefix: int) -> str | None:
         """The network of `prefix` around an address, when it may be banned as a whole: it holds
         no allow-listed, own or special address, and no client allowed by its verified name."""
-        net = network_of(ip, prefix)
-        if net in self._partners:
-            return None
         drop = (32 if version == 4 else 128) - prefix
         num = num >> drop << drop
+        net = network_text(version, num, prefix)
+        if net in self._partners:
+            return None
         # Numbers, not a cache: as cheap as a lookup, and nothing to bound.
         if special(version, num, prefix) or self.allow.covers(version, num, prefix):
             return None
@@ -306,15 +304,16 @@ class Scorer:
         its network may not be banned); None for a client that is never an offender. Rate
         rules read every connection: a partner is learned from its first one, not only from
         its first offence."""
-        if self.allow.address_allowed(ip):
+        got = self._where(ip)
+        if got[3]:
             return None
         if self.allow.name_allowed(name):
             self.partner(ip, name, t)
             return None
         if self.allow.big_sender(name):
             self.partner(ip, name, t)
-        target, _, ok = self._where(ip)
-        return target if ok else None
+            got = self._where(ip)             # its network is no target any more
+        return got[0] if got[2] else None
 
     def partner(self, ip: str, name: str | None = None, t: float = 0.0) -> None:
         """A client allowed by verified name: its neighbours are banned one by one, never its network."""
@@ -413,11 +412,17 @@ class Scorer:
     def _burst(self, tr: Track, now: float) -> float:
         now = self._prune(tr, now)
         p, bw = self.policy, self._bw
-        cut = now - p.burst
+        cut = now - self._burst_span
+        ev = tr.ev
+        if len(ev) == 1 and p.window is not None:
+            # Most clients of a distributed attack: one offence, summed without a generator
+            # (`0 +`, as sum() starts, so the result is the same to the bit).
+            t, score, cls = ev[0][:3]
+            return 0 + score * bw[cls] if t > cut else 0
         if p.window is not None:
-            return sum(e[1] * bw[e[2]] for e in tr.ev if e[0] > cut)
+            return sum(e[1] * bw[e[2]] for e in ev if e[0] > cut)
         h = p.half_life
-        return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / h) for e in tr.ev if e[0] > cut)
+        return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / h) for e in ev if e[0] > cut)
 
     def _long(self, tr: Track, i: int, h: Horizon, now: float) -> float:
         """Offences (weighted) within the horizon: the whole buckets that reach into it."""
@@ -463,7 +468,17 @@ class Scorer:
         """How near its nearest threshold a client is, about: what eviction keeps."""
         # The long horizons by the offences kept at all (within the longest one): cheap, and
         # a client that came back often this week stays ahead of a flood of one-offence ones.
-        return max(self._burst(tr, now) / self.policy.threshold, (len(tr.ev) + tr.folded) / self._least)
+        ev, p = tr.ev, self.policy
+        if len(ev) == 1 and tr.agg is None and p.window is not None:
+            # Eviction ranks every client each time: a one-offence client (most of them in a
+            # distributed attack), within every horizon, is `_burst` with nothing to prune.
+            t, score, cls = ev[0][:3]
+            if t > now:
+                now = t
+            if t > now - self._keep:
+                b = 0 + score * self._bw[cls] if t > now - self._burst_span else 0
+                return max(b / p.threshold, (1 + tr.folded) / self._least)
+        return max(self._burst(tr, now) / p.threshold, (len(ev) + tr.folded) / self._least)
 
     # ---- offences ------------------------------------------------------------------
     def would_ban(self, o: Offence) -> bool:
@@ -477,18 +492,20 @@ class Scorer:
     def add(self, o: Offence) -> list[Decision]:
         st = self.stats
         st.offences += 1
-        if self.allow.address_allowed(o.ip):
+        got = self._where(o.ip)
+        if got[3]:
             st.allowed += 1
             return []
-        if self.allow.name_allowed(o.name):
+        if o.name is not None and self.allow.name_allowed(o.name):
             st.allowed += 1
             self.partner(o.ip, o.name, o.time)
             return []
-        big = self.allow.big_sender(o.name)
+        big = o.name is not None and self.allow.big_sender(o.name)
         if big:
             # Counted (recorded, shown) but never banned automatically, nor its network.
             self.partner(o.ip, o.name, o.time)
-        target, net, ok = self._where(o.ip)
+            got = self._where(o.ip)           # its network is no target any more
+        target, net, ok, _ = got
         if not ok:
             st.not_target += 1
             return []
@@ -513,8 +530,8 @@ class Scorer:
 
     def seed(self, o: Offence) -> None:
         """Put back an offence recorded before a restart: it counts, but decides nothing by itself."""
-        target, net, ok = self._where(o.ip)
-        if not ok or self.allow.address_allowed(o.ip) or self.banned(target, net, o.time):
+        target, net, ok, allowed = self._where(o.ip)
+        if not ok or allowed or self.banned(target, net, o.time):
             return
         if self.allow.name_allowed(o.name) or self.allow.big_sender(o.name):
             self.partner(o.ip)

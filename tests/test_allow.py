@@ -266,3 +266,94 @@ def test_a_name_that_is_no_text_counts_as_no_name():
     assert [r.target for r in ok] == ["198.51.100.7", "198.51.100.8"]
     assert refused == [("198.51.100.9", "allow-listed name mx.example.com")]
     assert not a.name_allowed(b"mx.example.com") and a.big_sender(b"x.bigmail.example") is None
+
+
+# ---- the integer membership check against ipaddress (issue 18) -----------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from logban.allow import ip_num, network_text  # noqa: E402
+
+
+def _spellings(a: ipaddress.IPv4Address | ipaddress.IPv6Address) -> st.SearchStrategy[str]:
+    """Ways a log, a store row or a user may write the address: ipaddress's own, the exploded
+    form, upper case; an IPv4 address also as IPv4-mapped IPv6, dotted and in hex."""
+    forms = [str(a), a.exploded, str(a).upper()]
+    if a.version == 4:
+        mapped = ipaddress.IPv6Address(0xFFFF << 32 | int(a))
+        forms += [f"::ffff:{a}", str(mapped), mapped.exploded]
+    return st.sampled_from(forms)
+
+
+@st.composite
+def _nets_and_address(draw):
+    """Allow-list entries (v4, v6, IPv4-mapped v6 written as such) and an address near one of
+    them, so that it falls inside about as often as not."""
+    entries, nums = [], []
+    for _ in range(draw(st.integers(1, 6))):
+        v = draw(st.sampled_from([4, 6, 6]))
+        bits = 32 if v == 4 else 128
+        num = draw(st.integers(0, 2**bits - 1))
+        plen = draw(st.integers(0 if v == 4 else 8, bits))
+        num = num >> (bits - plen) << (bits - plen)
+        if v == 4 and draw(st.booleans()):
+            entries.append(f"::ffff:{ipaddress.IPv4Address(num)}/{96 + plen}")   # read as IPv4
+        else:
+            entries.append(f"{ipaddress.ip_address(num) if v == 4 else ipaddress.IPv6Address(num)}/{plen}")
+        nums.append((v, num, bits - plen))
+    v, num, host = draw(st.sampled_from(nums))
+    bits = 32 if v == 4 else 128
+    num = (num ^ draw(st.integers(0, 2 ** min(host + 2, bits) - 1))) & (2**bits - 1)
+    a = ipaddress.IPv4Address(num) if v == 4 else ipaddress.IPv6Address(num)
+    return entries, draw(_spellings(a))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_nets_and_address())
+def test_address_allowed_agrees_with_ipaddress(case):
+    entries, text = case
+    allow = AllowList(entries, own=())
+    want = ipaddress.ip_address(text)        # an IPv4-mapped address stays IPv6, as it always did
+    nets = [parse_network(n) for n in (*AllowList.ALWAYS, *entries)]
+    assert allow.address_allowed(text) is any(want in n for n in nets)
+    assert ip_num(text) == (want.version, int(want))
+    assert allow.address_allowed(text) is allow.address_allowed(text)     # the cached answer too
+
+
+@settings(max_examples=300, deadline=None)
+@given(_nets_and_address(), st.integers(0, 128))
+def test_target_allowed_agrees_with_ipaddress(case, plen):
+    entries, text = case
+    allow = AllowList(entries, own=())
+    a = ipaddress.ip_address(text)
+    target = ipaddress.ip_network((a, min(plen, a.max_prefixlen)), strict=False)
+    nets = [parse_network(n) for n in (*AllowList.ALWAYS, *entries)]
+    assert allow.target_allowed(str(target)) is any(n.version == target.version and n.overlaps(target) for n in nets)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.integers(0, 2**128 - 1), st.integers(0, 2**48 - 1), st.integers(0, 2**32 - 1).map(lambda n: 0xFFFF << 32 | n),
+                 st.lists(st.sampled_from([0, 0, 0, 1, 0xFFFF, 0x2001]), min_size=8, max_size=8).map(
+                     lambda ws: sum(w << (16 * i) for i, w in enumerate(ws)))),
+       st.integers(0, 128))
+def test_network_text_is_what_ipaddress_writes(num, plen):
+    """inet_ntop where it writes what ipaddress writes; ipaddress where it would write a dotted form."""
+    num = num >> (128 - plen) << (128 - plen)
+    assert network_text(6, num, plen) == str(ipaddress.IPv6Network((num, plen)))
+    v4 = num >> 96
+    assert network_text(4, v4 >> (32 - min(plen, 32)) << (32 - min(plen, 32)), min(plen, 32)) == \
+        str(ipaddress.IPv4Network((v4, min(plen, 32)), strict=False))
+
+
+def test_address_allowed_builds_no_address_object(monkeypatch):
+    """The hot path of a distributed attack: a new address every line, checked as a number."""
+    allow = AllowList(["192.0.2.0/25", "2001:db8:aa::/48", "::ffff:198.51.100.0/120"], own=())
+
+    def boom(*a, **k):
+        raise AssertionError("an ipaddress object per address")
+    monkeypatch.setattr(ipaddress.IPv4Address, "__init__", boom)
+    monkeypatch.setattr(ipaddress.IPv6Address, "__init__", boom)
+    got = [allow.address_allowed(a) for a in ("192.0.2.1", "192.0.2.200", "2001:db8:aa:1::5", "2001:db8:ab::5",
+                                                "198.51.100.9", "::ffff:198.51.100.9", "::1")]
+    assert got == [True, False, True, False, True, False, True]

@@ -849,3 +849,66 @@ def test_a_horizon_for_clients_banned_before_listed_first_skips_only_itself():
     sc = scorer(horizons=hs)
     [d] = feed(sc, [off("192.0.2.1", i * HOUR) for i in range(4)])      # never banned: the day decides
     assert d.reason.startswith("day: 4 offences"), d.reason
+
+
+# ---- addresses as numbers, eviction's fast rank (issue 18, scan --apply at 1M offenders) -----
+
+from logban.allow import parse_network  # noqa: E402
+from logban.score import Track  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([4, 6]), st.integers(0, 2**128 - 1), st.integers(0, 128)), min_size=1, max_size=5),
+       st.integers(0, 4), st.integers(0, 2**40), st.sampled_from(["plain", "mapped", "exploded"]))
+def test_scorer_allows_exactly_what_ipaddress_says(nets, pick, flip, spelling):
+    """Allowed (not scored, not recorded) exactly when ipaddress puts the address in an entry,
+    whatever its spelling; an IPv4-mapped address stays IPv6, as it always did."""
+    entries = []
+    for v, num, plen in nets:
+        bits = 32 if v == 4 else 128
+        plen = min(plen, bits)
+        num = (num >> (128 - bits)) >> (bits - plen) << (bits - plen)
+        entries.append(ipaddress.ip_network((num, plen)) if v == 4 else ipaddress.IPv6Network((num, plen)))
+    n = entries[pick % len(entries)]
+    a = ipaddress.ip_address(int(n.network_address) ^ (flip & (2 ** (n.max_prefixlen - n.prefixlen + 1) - 1))) \
+        if n.version == 4 else ipaddress.IPv6Address(int(n.network_address) ^ (flip & (2 ** (128 - n.prefixlen + 1) - 1)))
+    text = {"plain": str(a), "exploded": a.exploded,
+            "mapped": f"::ffff:{a}" if a.version == 4 else str(a)}[spelling]
+    want = ipaddress.ip_address(text)
+    allow = AllowList([str(e) for e in entries], own=())
+    sc = Scorer(Policy(), allow)
+    sc.add(off(text, 0))
+    # An entry in ::ffff:0:0/96 is read as the IPv4 network it spells (parse_network).
+    inside = any(want in parse_network(e) for e in [*map(str, entries), *AllowList.ALWAYS])
+    assert sc.stats.allowed == int(inside)
+    assert sc.rate_key(text, None) is None or not inside
+
+
+def test_a_new_address_is_scored_without_an_address_object(monkeypatch):
+    """A distributed attack brings a new address every line: no ipaddress object for it."""
+    sc = Scorer(Policy(), AllowList(["192.0.2.0/25", "2001:db8:aa::/48"], own=()))
+
+    def boom(*a, **k):
+        raise AssertionError("an ipaddress object per address")
+    monkeypatch.setattr(ipaddress.IPv4Address, "__init__", boom)
+    monkeypatch.setattr(ipaddress.IPv6Address, "__init__", boom)
+    for i, ip in enumerate(["192.0.2.1", "198.51.100.7", "2001:db8:aa:1::5", "2001:db8:ab:cd::5", "2001:db8:ab:cd::6"]):
+        sc.add(off(ip, i))
+    assert sc.stats.allowed == 2
+    assert set(sc.tracks) == {"198.51.100.7", "2001:db8:ab:cd::/64"}
+    assert sc.target_of("198.51.100.7") == ("198.51.100.7", "198.51.100.0/24")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(-3 * DAY, 10 * DAY), st.floats(0, 10 * DAY), st.sampled_from([0.5, 1.0, 2.0, 5.0]), st.integers(0, 2),
+       st.integers(0, 3), st.sampled_from([600.0, None]))
+def test_eviction_ranks_a_one_offence_client_as_the_general_path_does(t, now, score, cls, folded, window):
+    sc = scorer(window=window, half_life=None if window else 300.0)
+    fast, slow = Track(), Track()
+    for tr in (fast, slow):
+        tr.ev.append((T0 + t, score, cls, "auth_failed", "r"))
+        tr.folded = folded
+    got = sc._rank(fast, T0 + now)
+    want = max(sc._burst(slow, T0 + now) / sc.policy.threshold, (len(slow.ev) + slow.folded) / sc._least)
+    assert got == want and type(got) is type(want)
+    assert fast.ev == slow.ev

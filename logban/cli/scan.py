@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import glob
 import hashlib
 import heapq
@@ -43,12 +44,23 @@ from .common import (
     read_source,
 )
 
-BATCH = 50_000                  # offences per transaction of scan --apply
+BATCH = 10_000                  # offences per transaction of scan --apply (50k held 20 MB more at the peak)
+
+
+def _collect_less() -> None:
+    """A scan keeps a great many container objects alive (the scorer's tracks, the caches,
+    the report's clients) and makes few cycles: with the default thresholds the cyclic
+    collector walks them all again and again, a fifth of `scan --apply`'s CPU at 100k
+    distinct offenders. What is alive at start goes to the permanent generation (workers
+    forked later share its pages too), and collections run less often."""
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
 
 
 def cmd_scan(args, cfg: Config) -> int:
     if (args.dry_run or args.node or args.reapply) and not args.apply:
         raise UsageError("--dry-run, --node and --reapply go with --apply")
+    _collect_less()
     rules = _ruleset(cfg, args.mta)
     since, until = (_time(v, f"--{k}", cfg) if v else None for k, v in (("since", args.since), ("until", args.until)))
     sources = expand(args.paths) + journal_sources(args, since, until)
