@@ -372,7 +372,7 @@ class Parser:
         # new one costs time quadratic in the entries evicted (a minute at a million
         # distinct offenders); popitem(last=False) costs the same each time.
         self._links: OrderedDict[tuple, tuple[str, str | None]] = OrderedDict()
-        self._said: OrderedDict[tuple, bool] = OrderedDict()    # (session, client) -> an offence a summary would repeat
+        self._said: OrderedDict[tuple, str] = OrderedDict()     # session -> the client of an offence its summary would repeat
         self._pending: OrderedDict[tuple, list[Offence]] = OrderedDict()
         self._pending_n = 0
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
@@ -707,7 +707,9 @@ class Parser:
             if ip == "":
                 self.stats.not_target += 1
             elif ip is not None:
-                if key is not None and self._repeated(r, (key, ip)):
+                # Only rules a summary repeats are noted: any other keyed rule filled the table
+                # to its bound for nothing (75 MB at a million distinct offenders).
+                if key is not None and (r.session or r.repeats) and self._repeated(r, key, ip):
                     self.stats.repeated += 1
                 elif not r.rate_over or self._over_rate(r, ip, name, t):
                     out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply))
@@ -728,12 +730,16 @@ class Parser:
         else:
             self.stats.unresolved += 1
 
-    def _repeated(self, r: Rule, k: tuple) -> bool:
-        """Note an offence of a rule a summary repeats; whether a summary repeats one noted."""
+    def _repeated(self, r: Rule, key: tuple, ip: str) -> bool:
+        """Note an offence of a rule a summary repeats; whether a summary repeats one noted.
+        One entry per session (an smtpd pid serves one client at a time): a new client on
+        the same pid is a new session, and its note replaces one whose summary never came
+        (the table stays as small as the pids in use, not the clients seen)."""
         said = self._said
         if r.repeats:
-            return said.pop(k, False)
-        said[k] = True
+            return said.pop(key, None) == ip
+        said[key] = ip
+        said.move_to_end(key)
         if len(said) > _LIMIT:
             said.popitem(last=False)
         return False

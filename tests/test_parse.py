@@ -510,6 +510,24 @@ def test_a_session_summary_counts_only_what_its_session_did_not_count_already():
     assert p.stats.repeated == 2
 
 
+def test_a_session_table_holds_one_entry_per_pid_not_per_client():
+    """A session whose summary never came (auth=1/2 does not repeat its failure, a lost
+    line) leaves a note; the next client on the same pid is a new session and replaces it,
+    so a million distinct clients no longer fill the table to its bound (75 MB)."""
+    p = Parser(load_rules(), clock=Clock(reference=1_795_000_000))
+    lines = [b"Nov 20 10:00:%02d mx postfix/smtpd[%d]: warning: unknown[198.51.100.%d]: SASL LOGIN authentication "
+             b"failed: x" % (i % 60, 100 + i % 7, i) for i in range(1, 200)]
+    # The last clients of pids 100, 101, 102 were .196, .197, .198: a summary of an earlier
+    # client of pid 100 repeats nothing (and ends the stale note); the others repeat theirs.
+    lines += [b"Nov 20 10:01:00 mx postfix/smtpd[100]: disconnect from unknown[198.51.100.189] auth=0/1 commands=1/2",
+              b"Nov 20 10:01:01 mx postfix/smtpd[101]: disconnect from unknown[198.51.100.197] auth=0/1 commands=1/2",
+              b"Nov 20 10:01:02 mx postfix/smtpd[102]: disconnect from unknown[198.51.100.198] auth=0/1 commands=1/2"]
+    got = [(o.ip, o.rule) for o in p.parse_lines(b"\n".join(lines) + b"\n")]
+    assert len(got) == 199 + 1 and p.stats.repeated == 2
+    assert got[-1] == ("198.51.100.189", "postfix-auth-summary")
+    assert len(p._said) == 4          # pids 103 to 106: their sessions are not summed up yet
+
+
 def test_rate_window_edges_and_the_count_after_an_offence():
     """over = 30, per = 1m: the 31st connection within a minute (its last second included)
     is an offence, and the next one needs 31 more."""
