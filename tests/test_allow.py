@@ -365,7 +365,7 @@ def test_host_addresses_hold_every_address_the_kernel_and_the_host_name_give():
 
 
 def test_resolver_lookup_is_pending_then_answers():
-    r = Resolver(timeout=5.0, lookup=lambda ip, timeout: "mx.example.com" if ip == "192.0.2.1" else None)
+    r = Resolver(timeout=30.0, lookup=lambda ip, timeout: "mx.example.com" if ip == "192.0.2.1" else None)
     try:
         got = {}
         deadline = time.monotonic() + 5
@@ -378,4 +378,43 @@ def test_resolver_lookup_is_pending_then_answers():
         assert got == {"192.0.2.1": "mx.example.com", "192.0.2.2": None} and not r.pending()
         assert r.lookup("192.0.2.1") == "mx.example.com"        # cached
     finally:
+        r.close()
+
+
+def test_resolver_names_answers_from_cache_waits_for_slow_lookups_and_retries_no_name():
+    """A name is kept for ttl, no name for neg_ttl (then asked again); a lookup slower than
+    a poll but within the timeout still gives its name."""
+    answers = {"192.0.2.1": None}
+
+    def lookup(ip, timeout):
+        time.sleep(1.2 if ip == "192.0.2.3" else 0)
+        return answers.get(ip, "mx.example.com")
+
+    r = Resolver(timeout=4.0, ttl=60.0, neg_ttl=0.5, lookup=lookup)
+    try:
+        mx = "mx.example.com"
+        assert r.names(["192.0.2.1", "192.0.2.2"]) == {"192.0.2.1": None, "192.0.2.2": mx}
+        answers.update({"192.0.2.1": "mx1.example.com", "192.0.2.2": None})
+        assert r.names(["192.0.2.1", "192.0.2.2"]) == {"192.0.2.1": None, "192.0.2.2": mx}     # cached
+        time.sleep(0.6)
+        assert r.names(["192.0.2.1", "192.0.2.2"]) == {"192.0.2.1": "mx1.example.com", "192.0.2.2": mx}
+        assert r.names(["192.0.2.3"]) == {"192.0.2.3": mx}
+    finally:
+        r.close()
+
+
+def test_resolver_lookup_never_waits_for_a_hung_lookup():
+    import threading
+    hung = threading.Event()
+    r = Resolver(timeout=0.2, lookup=lambda ip, timeout: hung.wait(5) and "late.example.com")
+    try:
+        t0 = time.monotonic()
+        got = PENDING
+        while got is PENDING and time.monotonic() - t0 < 3:
+            got = r.lookup("192.0.2.9")
+            time.sleep(0.01)
+        assert got is None and time.monotonic() - t0 < 2      # no name, in about the timeout
+        assert r.lookup("192.0.2.9") is None                   # and that is kept (neg_ttl)
+    finally:
+        hung.set()
         r.close()
