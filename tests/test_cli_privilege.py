@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SAMPLES, as_nobody, run_logban, skip_or_fail
+from conftest import ROOT, SAMPLES, as_nobody, run_logban, skip_or_fail
 from daemonproc import Daemon
 from netlab import need_netns, need_tools
 
@@ -178,10 +178,14 @@ def test_pid_directory_of_another_user_is_refused(public_tmp):
 def test_default_pid_directory_in_tmp_planted_by_another_is_refused(public_tmp, planted, why):
     """Without root and XDG_RUNTIME_DIR the pid file goes to /tmp/logban-<uid>, a name anyone can
     take first: only our own 0700 directory is used. A /tmp of its own here (tmpfs, in the
-    process's mount namespace), the test directory bound back into it."""
+    process's mount namespace), with what the run needs from the real one bound back into it:
+    the test directory, and the checkout and coverage's data directory where they are under
+    /tmp (CI may clone there)."""
     d = "/tmp/logban-65534"
-    private_tmp = (f"mount --bind {public_tmp} /mnt\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n"
-                   f"mkdir -p {public_tmp}\nmount --bind /mnt {public_tmp}\n{planted.format(d=d)}")
+    keep = {public_tmp, ROOT, Path(os.environ.get("COVERAGE_FILE", "/")).parent}
+    back = "".join(f"mkdir -p {p}\nmount --bind /mnt/{p.relative_to('/tmp')} {p}\n"
+                   for p in sorted(keep) if p.is_relative_to("/tmp") and p != Path("/tmp"))
+    private_tmp = (f"mount --bind /tmp /mnt\nmount -t tmpfs -o mode=1777 tmpfs /tmp\n{back}{planted.format(d=d)}")
     log = public_tmp / "mail.log"
     log.write_text("")
     (public_tmp / "db").mkdir()
