@@ -91,64 +91,63 @@ class _Hooks:
                 else:
                     _run(["ip6tables" if v6 else "iptables", "-w", "-I", chain, "1", *spec])
 
+    HOOKED = [(v6, chain) for v6 in (False, True) for chain in ("INPUT", "FORWARD")]
+
+    def _listed(self, v6: bool, chain: str) -> tuple[list, list] | None:
+        """(the chain's rules, logban's among them): python-iptables rules in legacy mode,
+        `iptables -S` lines otherwise; None where the command is not installed."""
+        if self.mode == "legacy":
+            t = _filter_table(v6)
+            have = list(_iptc().Chain(t, chain).rules) if t.is_chain(chain) else []
+            return have, [r for r in have if self._ours(r)]
+        cmd = "ip6tables" if v6 else "iptables"
+        if shutil.which(cmd) is None:
+            return None
+        have = [ln for ln in _run([cmd, "-w", "-S", chain]).splitlines() if ln.startswith(f"-A {chain} ")]
+        return have, [ln for ln in have if f"--comment {self.COMMENT} " in ln]
+
     def _in_place(self, rules: dict[bool, list[str]]) -> bool:
         """Each hooked chain holds one rule of ours per family, first, and it is this one; the
-        other hooked chains none."""
-        for v6 in (False, True):
-            for chain in ("INPUT", "FORWARD"):
-                spec = rules.get(v6) if chain in self.chains else None
-                if self.mode == "legacy":
-                    t = _filter_table(v6)
-                    have = list(_iptc().Chain(t, chain).rules) if t.is_chain(chain) else []
-                    ours = [r for r in have if self._ours(r)]
-                    if spec is None:
-                        if ours:
-                            return False
-                    elif len(ours) != 1 or not self._ours(have[0]) or ours[0] != self._iptc_rule(v6, spec):
-                        return False
-                    continue
-                cmd = "ip6tables" if v6 else "iptables"
-                if shutil.which(cmd) is None:
-                    if spec is None:
-                        continue
-                    return False
-                have = [ln for ln in _run([cmd, "-w", "-S", chain]).splitlines() if ln.startswith(f"-A {chain} ")]
-                ours = [ln for ln in have if f"--comment {self.COMMENT} " in ln]
+        other chains none."""
+        for v6, chain in self.HOOKED:
+            spec = rules.get(v6) if chain in self.chains else None
+            listed = self._listed(v6, chain)
+            if listed is None:
                 if spec is None:
-                    if ours:
-                        return False
-                elif len(ours) != 1 or have[0] != ours[0] or not _holds(cmd, chain, spec):
+                    continue
+                return False
+            have, ours = listed
+            if spec is None:
+                if ours:
                     return False
+                continue
+            if len(ours) != 1 or have[0] is not ours[0]:
+                return False
+            same = (ours[0] == self._iptc_rule(v6, spec) if self.mode == "legacy"
+                    else _holds("ip6tables" if v6 else "iptables", chain, spec))
+            if not same:
+                return False
         return True
 
     def remove(self) -> None:
-        for v6 in (False, True):
-            for chain in ("INPUT", "FORWARD"):
-                if self.mode == "legacy":
-                    self._iptc_remove(v6, chain)
-                    continue
-                cmd = "ip6tables" if v6 else "iptables"
-                if shutil.which(cmd) is None:
-                    continue
-                for line in _run([cmd, "-w", "-S", chain]).splitlines():
-                    if f"--comment {self.COMMENT} " in line and line.startswith(f"-A {chain} "):
-                        _run([cmd, "-w", "-D", *shlex.split(line)[1:]])
+        for v6, chain in self.HOOKED:
+            if self.mode == "legacy":
+                self._iptc_remove(v6, chain)
+                continue
+            listed = self._listed(v6, chain)
+            for line in listed[1] if listed else ():
+                _run(["ip6tables" if v6 else "iptables", "-w", "-D", *shlex.split(line)[1:]])
 
     def present(self) -> list[str]:
         out = []
-        for v6 in (False, True):
-            for chain in ("INPUT", "FORWARD"):
+        for v6, chain in self.HOOKED:
+            listed = self._listed(v6, chain)
+            for r in listed[1] if listed else ():
                 if self.mode == "legacy":
-                    t = _filter_table(v6)
-                    for r in (t.is_chain(chain) and _iptc().Chain(t, chain).rules) or []:
-                        if self._ours(r):
-                            out.append(f"{'ip6' if v6 else 'ip'}tables-legacy {chain}: "
-                                       f"{' '.join('-m ' + m.name for m in r.matches)} -j {r.target.name}")
+                    out.append(f"{'ip6' if v6 else 'ip'}tables-legacy {chain}: "
+                               f"{' '.join('-m ' + m.name for m in r.matches)} -j {r.target.name}")
                 else:
-                    cmd = "ip6tables" if v6 else "iptables"
-                    if shutil.which(cmd):
-                        out += [f"{cmd} {ln}" for ln in _run([cmd, "-w", "-S", chain]).splitlines()
-                                if f"--comment {self.COMMENT} " in ln]
+                    out.append(f"{'ip6tables' if v6 else 'iptables'} {r}")
         return out
 
     # python-iptables: the rule is parsed from the same iptables-style words.
