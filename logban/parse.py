@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from . import fast as _fast_extra
+from .timelimit import GUARD
 from .allow import special
 from .rules import Rule, RuleSet
 
@@ -533,10 +534,21 @@ class Parser:
         cand = self._hits(chunk)
         stats.candidates += len(cand)
         out: list[tuple] = []
+        matched: set[int] = set()
+        armed = GUARD.arm(self.timeout)
+        try:
+            self._lines(chunk, cand, lines_before, out, matched)
+        finally:
+            if armed:
+                GUARD.disarm()
+        return out, matched
+
+    def _lines(self, chunk: bytes, cand: dict[int, list[int]], lines_before: int,
+               out: list[tuple], matched: set[int]) -> None:
+        stats = self.stats
         pos, lineno = 0, lines_before
         count, find = chunk.count, chunk.find
         handle, rules_for, max_line, hint_rules = self._line, self._rules_for, self.max_line, self._hint_rules
-        matched: set[int] = set()
         for ls, ids in sorted(cand.items()):
             lineno += count(b"\n", pos, ls)
             pos = ls
@@ -556,7 +568,6 @@ class Parser:
             if got is not None:
                 matched.add(ls)
                 out.append((lineno + 1, got[0], line, got[1]))
-        return out, matched
 
     def apply(self, hits: list[tuple], lines_before: int = 0) -> list[Offence]:
         """The stage with state, in line order: links, waiting offences, rate windows.
@@ -587,7 +598,7 @@ class Parser:
             self.stats.no_header += 1
             return None
         allowed = self._applies.get(h.program) or self._allowed(h.program)
-        hits, timeout, start = self.stats.hits, self.timeout, h.start
+        hits, timeout, start, guard = self.stats.hits, self.timeout, h.start, GUARD
         best: Rule | None = None
         best_m = None
         found: list[tuple] = []
@@ -601,10 +612,17 @@ class Parser:
                 skipped = True
                 continue
             try:
-                # timeout by keyword: regex's documented signature leaves out `partial`, and a
-                # positional timeout read as `partial` would switch the limit off unseen
-                m = r.regex.match(line, start, timeout=timeout)
+                if guard.armed:         # the interval timer bounds the match (logban/timelimit.py)
+                    guard.serial += 1
+                    guard.busy = True
+                    m = r.regex.match(line, start)
+                    guard.busy = False
+                else:
+                    # timeout by keyword: regex's documented signature leaves out `partial`, and a
+                    # positional timeout read as `partial` would switch the limit off unseen
+                    m = r.regex.match(line, start, timeout=timeout)
             except TimeoutError:
+                guard.busy = False
                 self.stats.timeouts += 1
                 continue
             if m is None:

@@ -1,0 +1,89 @@
+"""The per-match time limit kept by an interval timer (logban/timelimit.py)."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import pytest
+
+from logban.parse import Clock, Parser
+from logban.rules import load_rules
+from logban.timelimit import GUARD
+
+REF = 1_795_000_000
+
+
+@pytest.fixture
+def evil(tmp_path):
+    d = tmp_path / "packs"
+    d.mkdir()
+    (d / "evil.toml").write_text('''
+[pack]
+name = "evil"
+programs = ["evild"]
+[[rule]]
+id = "evil-backtracking"
+kind = "protocol_abuse"
+score = 1
+match = 'evil: (?:a|a)*(?:a|a)*b {{IP}}'
+[[rule]]
+id = "evil-plain"
+kind = "protocol_abuse"
+score = 1
+match = 'plain from {{IP}}'
+''')
+    return load_rules([d])
+
+
+LINES = (b"Nov 20 01:00:00 mx evild[1]: evil: " + b"a" * 5_000 + b"\n") * 2 \
+    + b"Nov 20 01:00:01 mx evild[1]: plain from 192.0.2.7\n"
+
+
+def _feed(rules) -> tuple[Parser, list, float]:
+    p = Parser(rules, clock=Clock("UTC", reference=REF), match_timeout=0.05)
+    start = time.process_time()
+    out = p.feed(LINES, 0)
+    return p, out, time.process_time() - start
+
+
+def test_the_timer_stops_a_runaway_match_and_the_next_line_still_counts(evil):
+    p, out, cpu = _feed(evil)
+    assert p.stats.timeouts == 2
+    assert [o.ip for o in out] == ["192.0.2.7"]
+    assert cpu < 2          # two matches of ~0.06 s each, not minutes of backtracking
+    assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)      # the timer is off again
+    assert not GUARD.armed and not GUARD.busy
+
+
+def test_off_the_main_thread_the_regex_timeout_still_bounds_each_match(evil):
+    got = {}
+    th = threading.Thread(target=lambda: got.update(r=_feed(evil)))
+    th.start()
+    th.join(30)
+    p, out, _ = got["r"]
+    assert p.stats.timeouts == 2 and [o.ip for o in out] == ["192.0.2.7"]
+
+
+def test_a_timer_someone_else_installed_is_left_alone(evil):
+    fired = []
+    old = signal.signal(signal.SIGVTALRM, lambda *a: fired.append(1))
+    try:
+        assert GUARD.arm(0.05) is False and not GUARD.armed
+        assert signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
+    finally:
+        signal.signal(signal.SIGVTALRM, old)
+
+
+def test_ticks_outside_a_match_never_raise():
+    guard = GUARD
+    if not guard.arm(0.004):
+        pytest.skip("no CPU interval timer here")
+    try:
+        end = time.process_time() + 0.2
+        n = 0
+        while time.process_time() < end:      # 50 timeouts' worth of CPU outside any match
+            n += 1
+    finally:
+        guard.disarm()
+    assert n > 0 and signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
