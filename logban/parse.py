@@ -305,6 +305,12 @@ def _program(raw: bytes) -> str:
 
 def parse_header(line: bytes, clock: Clock) -> Header | None:
     """The stamp, host, program and pid of a log line, and where its message begins."""
+    got = _header(line, clock)
+    return None if got is None else Header(*got)
+
+
+def _header(line: bytes, clock: Clock) -> tuple[float, bytes, str, bytes, int] | None:
+    """`parse_header` as a plain tuple (time, host, program, pid, start): the parser's hot path."""
     c = line[:1]
     if c == b"@":
         m = _TAI64N.match(line)
@@ -320,8 +326,8 @@ def parse_header(line: bytes, clock: Clock) -> Header | None:
         if t is None:
             return None
         app, pid = m5.group("app"), m5.group("pid")
-        return Header(t, m5.group("host"), "" if app == b"-" else app.decode("ascii", "replace"),
-                      b"" if pid == b"-" else pid, m5.end())
+        return (t, m5.group("host"), "" if app == b"-" else app.decode("ascii", "replace"),
+                b"" if pid == b"-" else pid, m5.end())
     else:
         m = _SYSLOG.match(line)
         if not m:
@@ -343,7 +349,7 @@ def parse_header(line: bytes, clock: Clock) -> Header | None:
             program, pid, pos = inner.group("prog").decode("ascii"), inner.group("pid") or pid, inner.end()
         else:
             program = ""
-    return Header(t, host, program, pid, pos)
+    return t, host, program, pid, pos
 
 
 class Parser:
@@ -524,7 +530,7 @@ class Parser:
 
     def match(self, chunk: bytes, lines_before: int) -> tuple[list[tuple], set[int]]:
         """The stateless stage: (line number, time, line, matches) for each line a rule took,
-        `matches` being (rule order, address, key, name, reply class) of its links in rule order, then of
+        `matches` being (rule order, address, key, name, message start) of its links in rule order, then of
         its best offence rule; and the starts of those lines."""
         n_lines = chunk.count(b"\n")
         if chunk and not chunk.endswith(b"\n"):
@@ -575,12 +581,12 @@ class Parser:
         out: list[Offence] = []
         by_order, link, offence = self._by_order, self._link, self._offence
         for lineno, t, line, found in hits:
-            for order, ip, key, name, reply in found:
+            for order, ip, key, name, start in found:
                 r = by_order[order]
                 if r.link:
                     link(r, ip, key, name, out)
                 else:
-                    offence(r, ip, key, name, reply, t, line, lineno + lines_before, out)
+                    offence(r, ip, key, name, start, t, line, lineno + lines_before, out)
         self.stats.offences += len(out)
         return out
 
@@ -593,12 +599,13 @@ class Parser:
         field, a second copy the guard looks for) could change what it takes.
         Rules that read the client field first need no end and still apply.
         """
-        h = parse_header(line, self.clock)
-        if h is None or not 0 <= h.time <= _TIME_MAX:       # year 9999 or a tai64n of another era
+        h = _header(line, self.clock)
+        if h is None or not 0 <= h[0] <= _TIME_MAX:       # year 9999 or a tai64n of another era
             self.stats.no_header += 1
             return None
-        allowed = self._applies.get(h.program) or self._allowed(h.program)
-        hits, timeout, start, guard = self.stats.hits, self.timeout, h.start, GUARD
+        t, host, program, pid, start = h
+        allowed = self._applies.get(program) or self._allowed(program)
+        hits, timeout, guard = self.stats.hits, self.timeout, GUARD
         best: Rule | None = None
         best_m = None
         found: list[tuple] = []
@@ -629,18 +636,19 @@ class Parser:
                 continue
             hits[r.id] += 1
             if r.link:
-                found.append(self._found(r, m, h))
+                found.append(self._found(r, m, host, pid, start))
             elif best is None or r.score > best.score:
                 best, best_m = r, m
         if skipped:
             self.stats.truncated_skipped += 1
         if best is not None:
-            found.append(self._found(best, best_m, h))
-        return (h.time, found) if found else None
+            found.append(self._found(best, best_m, host, pid, start))
+        return (t, found) if found else None
 
-    def _found(self, r: Rule, m, h: Header) -> tuple:
-        """(rule order, address, key, name, reply class) of a match: plain data, for the
-        stateful stage. A link line's reply is not an offence's: 0 for links."""
+    def _found(self, r: Rule, m, host: bytes, pid: bytes, start: int) -> tuple:
+        """(rule order, address, key, name, message start) of a match: plain data, for the
+        stateful stage (which reads the MTA's reply at the message start only for an
+        offence it emits: most rate-rule lines never become one)."""
         if r.link or r.key is None or r.has_ip:
             ip = self._ip_cache.get(m.group("ip"))        # most lines: a client seen before
             if ip is None:
@@ -649,12 +657,12 @@ class Parser:
         else:
             ip = name = None
         if r.key is not None:
-            key = self._key(r, m, h)
+            key = (host, r.pack, pid if r.key == "pid" else m.group("key"))
         elif r.session or r.repeats:
-            key = (h.host, r.pack, h.pid)       # the session a summary line repeats
+            key = (host, r.pack, pid)       # the session a summary line repeats
         else:
             key = None
-        return (r.order, ip, key, name, 0 if r.link else reply_class(m.string, h.start))
+        return (r.order, ip, key, name, start)
 
     def _ip(self, m) -> str | None:
         """The canonical address, "" when it can never be a ban target, None when it is no address.
@@ -672,10 +680,6 @@ class Parser:
                 self._ip_cache.clear()
             self._ip_cache[raw] = ip
         return ip
-
-    @staticmethod
-    def _key(r: Rule, m, h: Header) -> tuple:
-        return (h.host, r.pack, h.pid if r.key == "pid" else m.group("key"))
 
     @staticmethod
     def _name(m, forged: bool) -> str | None:
@@ -719,7 +723,7 @@ class Parser:
             return True
         return False
 
-    def _offence(self, r: Rule, ip: str | None, key: tuple | None, name: str | None, reply: int,
+    def _offence(self, r: Rule, ip: str | None, key: tuple | None, name: str | None, start: int,
                  t: float, line: bytes, lineno: int, out: list[Offence]) -> None:
         if r.key is None or r.has_ip:
             if ip == "":
@@ -730,10 +734,11 @@ class Parser:
                 if key is not None and (r.session or r.repeats) and self._repeated(r, key, ip):
                     self.stats.repeated += 1
                 elif not r.rate_over or self._over_rate(r, ip, name, t):
-                    out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply))
+                    out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name,
+                                       reply_class(line, start)))
             return
         ip, name = self._links.get(key, (None, None))
-        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply)
+        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply_class(line, start))
         if ip == "":
             self.stats.not_target += 1
         elif ip is not None:
@@ -822,7 +827,7 @@ class Parser:
                 m = r.regex.match(line, h.start, timeout=self.timeout)
                 if m is not None:
                     ip = canonical_ip(m.group("ip").decode("ascii", "replace")) if r.has_ip else None
-                    key = None if r.key is None else self._key(r, m, h)[2].decode("ascii", "replace")
+                    key = None if r.key is None else (h.pid if r.key == "pid" else m.group("key")).decode("ascii", "replace")
                     out.append((r, ip, key))
         return out
 
