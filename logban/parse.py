@@ -385,6 +385,7 @@ class Parser:
         self._earlier = {r.pack for r in rules.rules if r.link and r.resolves == "earlier"}
         self._ip_cache: dict[bytes, str] = {}       # raw -> canonical address, "" for no ban target
         self._applies: dict[str, frozenset[int]] = {}
+        self._plans: dict[tuple, list[tuple]] = {}     # (hint id or ids, program) -> what `_line` tries
         self._by_order = {r.order: r for r in rules.rules}
         self._forged = frozenset(r.order for r in rules.rules if "forged" in r.regex.groupindex)
         if not 0 <= rate_prefix6 <= 128:
@@ -554,7 +555,7 @@ class Parser:
         stats = self.stats
         pos, lineno = 0, lines_before
         count, find = chunk.count, chunk.find
-        handle, rules_for, max_line, hint_rules = self._line, self._rules_for, self.max_line, self._hint_rules
+        handle, max_line = self._line, self.max_line
         for ls, ids in sorted(cand.items()):
             lineno += count(b"\n", pos, ls)
             pos = ls
@@ -570,7 +571,7 @@ class Parser:
             line = chunk[ls:le]
             if line.endswith(b"\r"):
                 line = line[:-1]
-            got = handle(line, hint_rules[ids[0]] if len(ids) == 1 else rules_for(ids), cut)
+            got = handle(line, ids[0] if len(ids) == 1 else tuple(sorted(ids)), cut)
             if got is not None:
                 matched.add(ls)
                 out.append((lineno + 1, got[0], line, got[1]))
@@ -590,9 +591,9 @@ class Parser:
         self.stats.offences += len(out)
         return out
 
-    def _line(self, line: bytes, rules: list[Rule], cut: bool = False) -> tuple[float, list[tuple]] | None:
-        """Apply `rules` to one line: its time and what matched, None when nothing did;
-        `cut`: the line was cut at max_line.
+    def _line(self, line: bytes, hints: int | tuple[int, ...], cut: bool = False) -> tuple[float, list[tuple]] | None:
+        """Apply the rules of the hints found on one line (a hint id, or their sorted ids): its
+        time and what matched, None when nothing did; `cut`: the line was cut at max_line.
 
         A rule whose match reads the line end (`Rule.tail`: a `$`, a look-ahead
         guard) is never applied to a cut line: what the cut removed (the MTA's own
@@ -604,46 +605,59 @@ class Parser:
             self.stats.no_header += 1
             return None
         t, host, program, pid, start = h
-        allowed = self._applies.get(program) or self._allowed(program)
-        hits, timeout, guard = self.stats.hits, self.timeout, GUARD
+        plan = self._plans.get((hints, program))
+        if plan is None:
+            plan = self._plan(hints, program)
+        guard = GUARD
         best: Rule | None = None
         best_m = None
         found: list[tuple] = []
         skipped = False
-        for r in rules:
-            if r.order not in allowed or (r.needle and r.needle not in line):
+        for match, needle, link, score, tail, r in plan:
+            if needle and needle not in line:
                 continue
-            if best is not None and not r.link and r.score <= best.score:
+            if best is not None and not link and score <= best.score:
                 continue            # it could not win: the first rule with the highest score takes the line
-            if cut and r.tail:
+            if cut and tail:
                 skipped = True
                 continue
             try:
                 if guard.armed:         # the interval timer bounds the match (logban/timelimit.py)
                     guard.serial += 1
                     guard.busy = True
-                    m = r.regex.match(line, start)
+                    m = match(line, start)
                     guard.busy = False
                 else:
                     # timeout by keyword: regex's documented signature leaves out `partial`, and a
                     # positional timeout read as `partial` would switch the limit off unseen
-                    m = r.regex.match(line, start, timeout=timeout)
+                    m = match(line, start, timeout=self.timeout)
             except TimeoutError:
                 guard.busy = False
                 self.stats.timeouts += 1
                 continue
             if m is None:
                 continue
-            hits[r.id] += 1
-            if r.link:
+            self.stats.hits[r.id] += 1
+            if link:
                 found.append(self._found(r, m, host, pid, start))
-            elif best is None or r.score > best.score:
+            elif best is None or score > best.score:
                 best, best_m = r, m
         if skipped:
             self.stats.truncated_skipped += 1
         if best is not None:
             found.append(self._found(best, best_m, host, pid, start))
         return (t, found) if found else None
+
+    def _plan(self, hints: int | tuple[int, ...], program: str) -> list[tuple]:
+        """The rules of these hints that apply to lines of `program`, in rule order, as
+        (match, needle, link, score, tail, rule): what `_line` reads of each, unpacked once."""
+        allowed = self._allowed(program)
+        rules = self._hint_rules[hints] if isinstance(hints, int) else self._rules_for(list(hints))
+        plan = [(r.regex.match, r.needle, r.link, r.score, r.tail, r) for r in rules if r.order in allowed]
+        if len(self._plans) > 10_000:
+            self._plans.clear()          # a flood of program names: a cache, clearing it loses nothing
+        self._plans[hints, program] = plan
+        return plan
 
     def _found(self, r: Rule, m, host: bytes, pid: bytes, start: int) -> tuple:
         """(rule order, address, key, name, message start) of a match: plain data, for the
