@@ -387,7 +387,7 @@ class Parser:
         self._applies: dict[str, frozenset[int]] = {}
         self._plans: dict[tuple, list[tuple]] = {}     # (hint id or ids, program) -> what `_line` tries
         self._by_order = {r.order: r for r in rules.rules}
-        self._forged = frozenset(r.order for r in rules.rules if "forged" in r.regex.groupindex)
+        self._forged = frozenset(r.order for r in rules.rules if "forged" in r.regex.groups)
         if not 0 <= rate_prefix6 <= 128:
             raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
         self.rate_prefix6 = rate_prefix6

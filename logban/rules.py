@@ -49,13 +49,43 @@ class RuleTest:
     key: str | None = None
 
 
+class Pattern:
+    """A rule's pattern, compiled when first used.
+
+    `regex` parses patterns in Python: compiling all 96 shipped rules was half of a
+    `logban scan`'s start-up, and a Postfix log never needs the sendmail and qmail
+    packs'. Shipped packs are compiled lazily (the tests compile every one, and the
+    only outside text in them, the host's own names, goes in escaped); a user's
+    pattern is compiled as its pack loads, so a bad one is an error at once. Anything
+    but `pattern` and `groups` is the compiled pattern's (match, groupindex, ...)."""
+
+    __slots__ = ("pattern", "groups", "_rx")
+
+    def __init__(self, pattern: bytes, groups: frozenset[str], rx: regex.Pattern | None = None) -> None:
+        self.pattern = pattern
+        self.groups = groups          # the named groups
+        self._rx = rx
+
+    def compiled(self) -> regex.Pattern:
+        if self._rx is None:
+            self._rx = regex.compile(self.pattern)
+        return self._rx
+
+    def __getattr__(self, name: str):
+        return getattr(self.compiled(), name)
+
+
+# A named group in a shipped pattern (test_rules checks these agree with the compiled groups).
+_GROUP = regex.compile(r"(?<!\\)(?:\\\\)*\(\?P<(\w+)>")
+
+
 @dataclass(slots=True)
 class Rule:
     id: str
     pack: str
     source: str
     pattern: str
-    regex: regex.Pattern
+    regex: Pattern
     programs: tuple[str, ...]
     hint: bytes
     lead: bool                    # hint stands right after ": " (fast pre-filter)
@@ -599,7 +629,7 @@ def _rate(v, source: str, rid: str) -> tuple[int, float]:
 
 
 def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...],
-           source: str, own_names: tuple[str, ...], macros: dict[str, str]) -> Rule | None:
+           source: str, own_names: tuple[str, ...], macros: dict[str, str], lazy: bool = False) -> Rule | None:
     rid = entry.get("id")
     if not isinstance(rid, str) or not regex.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", rid):
         raise _bad(source, None, f"{'link' if link else 'rule'} without a valid id (letters, digits, . _ -): {rid!r}")
@@ -624,17 +654,21 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
     expanded = expand(src, own_names, macros)
     if expanded is None:
         return None
-    try:
-        rx = regex.compile(expanded.encode())
-    except regex.error as e:
-        raise _bad(source, rid, f"bad regular expression: {e}") from None
+    if lazy:
+        rx = Pattern(expanded.encode(), frozenset(_GROUP.findall(expanded)))
+    else:
+        try:
+            compiled = regex.compile(expanded.encode())
+        except regex.error as e:
+            raise _bad(source, rid, f"bad regular expression: {e}") from None
+        rx = Pattern(compiled.pattern, frozenset(compiled.groupindex), compiled)
     if expanded.count("(?P<ip>") > 1:
         raise _bad(source, rid, "more than one address group (?P<ip>...)")
-    has_ip = "ip" in rx.groupindex
+    has_ip = "ip" in rx.groups
     key = entry.get("key")
     if key not in (None, "pid"):
         raise _bad(source, rid, "key must be \"pid\" (the syslog pid) or left out (a (?P<key>...) group)")
-    if key is None and "key" in rx.groupindex:
+    if key is None and "key" in rx.groups:
         key = "group"
     if link and not (has_ip and key):
         raise _bad(source, rid, "a link needs an address group (?P<ip>...) and a key (key = \"pid\" or (?P<key>...))")
@@ -659,12 +693,13 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
     needle = max((t for t, _ in runs), key=len, default="")
     return Rule(id=rid, pack=pack, source=source, pattern=src, regex=rx, programs=programs,
                 hint=hint.encode(), lead=lead, needle=needle.encode() if len(needle) > len(hint) else b"", kind=kind, score=float(score), untagged=untagged,
-                key=key, link=link, has_ip=has_ip, resolves=resolves, has_name="name" in rx.groupindex,
+                key=key, link=link, has_ip=has_ip, resolves=resolves, has_name="name" in rx.groups,
                 rate_over=rate_over, rate_per=rate_per, repeats=repeats, tail=tail_reason(expanded) is not None, tests=_parse_tests(entry.get("tests", []), source, rid))
 
 
-def load_pack(path: Path, own_names: tuple[str, ...] = ()) -> tuple[list[Rule], list[str], set[str]]:
-    """Rules of one pack file, ids inactive for lack of config, ids disabled in it."""
+def load_pack(path: Path, own_names: tuple[str, ...] = (), lazy: bool = False) -> tuple[list[Rule], list[str], set[str]]:
+    """Rules of one pack file, ids inactive for lack of config, ids disabled in it; `lazy`:
+    a shipped pack, its patterns compiled when first used."""
     source = str(path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
@@ -697,7 +732,7 @@ def load_pack(path: Path, own_names: tuple[str, ...] = ()) -> tuple[list[Rule], 
                 if set(entry) <= {"id", "disabled"}:
                     continue          # a bare {id, disabled} just switches a shipped rule off
             r = _build(entry, link=link, pack=name, pack_programs=programs,
-                       source=source, own_names=own_names, macros=macros)
+                       source=source, own_names=own_names, macros=macros, lazy=lazy)
             if r is None:
                 inactive.append(entry["id"])
             elif r.id not in disabled:
@@ -747,7 +782,7 @@ def load_rules(extra_dirs: list[Path] = (), *, disable: tuple[str, ...] = (),
     for depth, files in enumerate(layers):
         seen: dict[str, str] = {}
         for f in files:
-            rules, inact, dis = load_pack(f, own_names)
+            rules, inact, dis = load_pack(f, own_names, lazy=depth == 0 and shipped)
             inactive += inact
             user_disabled |= dis
             for r in rules:

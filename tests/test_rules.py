@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import regex
 
 from logban.cli.rules import check_rules
 from logban.errors import UsageError
@@ -379,3 +380,23 @@ def test_peer_corpus_scores_hits_misses_false_positives_and_disagreements(tmp_pa
     assert "recall 0.500, precision 0.500 (1 hits, 1 misses, 1 false positives, 0 moved, 1 disagreements)" in out
     assert "miss: line 7:" in out and "false positive: line 9:" in out and "disagree: a forward/reverse DNS mismatch" in out
     assert "as written: recall 0.333, precision 0.500" in out
+
+
+def test_shipped_patterns_compile_when_first_used_and_their_groups_are_read_right():
+    rules = load_rules([])
+    assert all(r.regex._rx is None for r in rules.rules)        # none compiled by loading
+    for r in rules.rules:
+        compiled = regex.compile(r.regex.pattern)
+        # the groups read off the text (has_ip, key, name, forged) are the compiled ones
+        assert r.regex.groups == frozenset(compiled.groupindex), r.id
+        assert r.regex.groupindex == compiled.groupindex         # first use compiles it
+    assert all(r.regex._rx is not None for r in rules.rules)
+
+
+def test_a_users_pattern_is_compiled_as_its_pack_loads(tmp_path):
+    d = tmp_path / "packs"
+    d.mkdir()
+    (d / "mine.toml").write_text('[pack]\nname = "mine"\nprograms = ["x"]\n[[rule]]\nid = "mine-1"\n'
+                                 'kind = "dnsbl"\nscore = 1\nmatch = \'listed (?P<x>a)\\\\(?P<y>b) {{IP}}\'\n')
+    (r,) = [r for r in load_rules([d], shipped=False).rules]
+    assert r.regex._rx is not None and r.regex.groups == {"x", "y", "ip"}
