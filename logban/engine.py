@@ -203,13 +203,10 @@ class Engine:
         return bool(self._held)
 
     def _score(self, o: Offence, record: bool) -> None:
-        sc = self.scorer
-        st = sc.stats
-        before = st.allowed + st.not_target
-        ds = sc.add(o)
-        if record and st.allowed + st.not_target == before:
+        target, ds = self.scorer.count(o)
+        if record and target is not None:
             # Allow-listed and special clients are never offenders: not recorded, not in stats.
-            self._offences.append((o, sc.target_of(o.ip)[0]))
+            self._offences.append((o, target))
         if ds:
             self._pending.extend(ds)
             self._fresh.extend(ds)
@@ -242,10 +239,8 @@ class Engine:
                     log.error("read positions not recorded: %s", short_error(e))
             return
         sc = self.scorer
-        scores = {}
-        for o, t in self._offences:
-            scores[t] = o.time
-        scores = {t: sc.score(t, at) for t, at in scores.items()}
+        # Each target's score as of its last offence in the batch.
+        scores = sc.scores({t: o.time for o, t in self._offences})
         try:
             self.store.record(self._offences, self._pending, node=self.node, dry_run=self.dry_run, now=now,
                               scores=scores, positions=positions, partners=sc.new_partners)

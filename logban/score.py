@@ -349,8 +349,12 @@ class Scorer:
 
     def score(self, target: str, now: float) -> float:
         """The burst score."""
-        tr = self.tracks.get(target)
-        return self._burst(tr, now) if tr else 0.0
+        return self.scores({target: now})[target]
+
+    def scores(self, at: dict[str, float]) -> dict[str, float]:
+        """`score` of many targets, each at its own time."""
+        tracks, burst = self.tracks, self._burst
+        return {t: burst(tr, now) if (tr := tracks.get(t)) else 0.0 for t, now in at.items()}
 
     def _prune(self, tr: Track, now: float) -> float:
         """Offences past every horizon go; past the number kept one by one, to the counters
@@ -490,43 +494,47 @@ class Scorer:
         return self._reach(tr, target, o.time, o) is not None
 
     def add(self, o: Offence) -> list[Decision]:
+        return self.count(o)[1]
+
+    def count(self, o: Offence) -> tuple[str | None, list[Decision]]:
+        """`add`, with the target `o` counts for: None for a client that is no offender at
+        all (allow-listed, or an address that can never be banned), so not recorded."""
         st = self.stats
         st.offences += 1
         got = self._where(o.ip)
         if got[3]:
             st.allowed += 1
-            return []
-        if o.name is not None and self.allow.name_allowed(o.name):
+            return None, []
+        name = o.name
+        if name is not None and self.allow.name_allowed(name):
             st.allowed += 1
-            self.partner(o.ip, o.name, o.time)
-            return []
-        big = o.name is not None and self.allow.big_sender(o.name)
+            self.partner(o.ip, name, o.time)
+            return None, []
+        big = name is not None and self.allow.big_sender(name)
         if big:
             # Counted (recorded, shown) but never banned automatically, nor its network.
-            self.partner(o.ip, o.name, o.time)
+            self.partner(o.ip, name, o.time)
             got = self._where(o.ip)           # its network is no target any more
         target, net, ok, _ = got
         if not ok:
             st.not_target += 1
-            return []
+            return None, []
         if self.banned(target, net, o.time):
             st.while_banned += 1
-            return []
+            return target, []
         if big:
             st.big_senders += 1
-            return []
+            return target, []
         tr = self._track(target, o)
         got = self._reach(tr, target, o.time)
         if got is None:
-            return []
+            return target, []
         del self.tracks[target]            # the ban uses the scores up: after it, start from zero
         horizon, total = got
         kind, rule, reason = self._explain(tr, horizon, total)
         # Decided when the evidence was complete: at the newest offence that counted.
         d = self._decide(target, kind, rule, total, max(o.time, tr.ev[-1][0]), reason, o)
-        if net is not None:
-            return self._aggregate(net, d)
-        return [d]
+        return target, (self._aggregate(net, d) if net is not None else [d])
 
     def seed(self, o: Offence) -> None:
         """Put back an offence recorded before a restart: it counts, but decides nothing by itself."""

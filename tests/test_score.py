@@ -796,6 +796,27 @@ def test_rate_key_is_the_target_or_none_for_who_is_never_an_offender():
     assert sc.rate_key("224.0.0.5", None) is None                                 # never a target
 
 
+def test_count_gives_the_target_an_offence_is_recorded_for_or_none_for_who_is_never_an_offender():
+    sc = Scorer(Policy(), AllowList(["192.0.2.2"], names=["*.mailout.example.com"], own=(),
+                                    big=["*.big.example.net"]))
+    assert sc.count(off("2001:db8:1::5", 0)) == ("2001:db8:1::/64", [])
+    assert sc.count(off("192.0.2.2", 0)) == (None, [])                                         # allow-listed
+    assert sc.count(off("198.51.100.5", 0, name="a.mailout.example.com")) == (None, [])        # allowed by name
+    assert sc.count(off("224.0.0.5", 0)) == (None, [])                                         # never a target
+    assert sc.count(off("203.0.113.5", 0, "dnsbl", 5, name="mx.big.example.net")) == ("203.0.113.5", [])
+    target, [d] = sc.count(off("192.0.2.9", 1, "dnsbl", 5))
+    assert target == d.target == "192.0.2.9"
+    assert sc.count(off("192.0.2.9", 2, "dnsbl", 5)) == ("192.0.2.9", [])                      # while banned
+    assert (sc.stats.allowed, sc.stats.not_target, sc.stats.big_senders, sc.stats.while_banned) == (2, 1, 1, 1)
+
+
+def test_scores_are_each_target_s_burst_score_at_its_own_time():
+    sc = scorer()
+    feed(sc, [off("192.0.2.1", 0, score=2), off("192.0.2.1", 700), off("192.0.2.3", 0, score=3)])
+    assert sc.scores({"192.0.2.1": T0 + 700, "192.0.2.3": T0 + 1, "192.0.2.4": T0}) == {
+        "192.0.2.1": 1, "192.0.2.3": 3, "192.0.2.4": 0.0}      # the first offence of .1 is past the window
+
+
 def test_horizon_totals_are_exact_per_horizon():
     from logban.score import horizon_totals
     p = Policy()

@@ -84,24 +84,30 @@ class Writes(Base):
     def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
                           scores: dict[str, float], resets: dict[str, float]) -> set[str]:
         """Offender rows for this batch; returns the targets whose reset went in with them."""
-        agg: dict[str, dict] = {}
+        # Per target [first seen, last seen, offences, kinds, name]: a list, not a dict, as a
+        # distributed attack brings a new target with nearly every offence. The score is that
+        # of the last offence seen (score_time is last_seen).
+        agg: dict[str, list] = {}
+        bit = _KIND_BIT.get
         for o, t in offences:
             a = agg.get(t)
+            ot = o.time
             if a is None:
-                agg[t] = {"target": t, "first_seen": o.time, "last_seen": o.time, "offences": 1,
-                          "kinds": _KIND_BIT.get(o.kind, 0), "name": _clean(o.name),
-                          "score": scores.get(t, 0.0), "score_time": o.time, "reset_at": resets.get(t, 0.0)}
+                agg[t] = [ot, ot, 1, bit(o.kind, 0), o.name]
             else:
-                a["offences"] += 1
-                a["kinds"] |= _KIND_BIT.get(o.kind, 0)
-                a["first_seen"] = min(a["first_seen"], o.time)
-                if o.time >= a["last_seen"]:
-                    a["last_seen"] = a["score_time"] = o.time
-                    a["name"] = _clean(o.name) or a["name"]
+                a[2] += 1
+                a[3] |= bit(o.kind, 0)
+                if ot < a[0]:
+                    a[0] = ot
+                if ot >= a[1]:
+                    a[1] = ot
+                    a[4] = o.name or a[4]
+        score, reset = scores.get, resets.get
         # In target order: two nodes upserting the same offenders lock them in the same order.
         conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
-                             [tuple(agg[t][c] for c in OFFENDER_COLS) for t in sorted(agg)])
-        return set(agg) & set(resets)
+                             [(t, a[0], a[1], a[2], a[3], _clean(a[4]), score(t, 0.0), a[1], reset(t, 0.0))
+                              for t, a in sorted(agg.items())])
+        return {t for t in resets if t in agg}
 
     def _insert_bans(self, conn: Connection, decisions: list[Decision], *, node: str, dry_run: bool,
                      now: float, source: str, reset_done: set[str] = frozenset()) -> None:
