@@ -685,17 +685,12 @@ class Scorer:
     def _evict(self, now: float) -> None:
         """Keep the higher half of the clients, by how near a threshold they are (and nothing
         that has decayed away): a patient attacker's day outweighs a flood of one-offence clients."""
-        scored = []
-        for k, tr in self.tracks.items():
-            s = self._rank(tr, now)
-            if s > 0.002:
-                scored.append((s, k))
-        keep = self.policy.max_tracked // 2
+        rank, tracks = self._rank, self.tracks
+        scored = [(s, k) for k, tr in tracks.items() if (s := rank(tr, now)) > 0.002]
         scored.sort(reverse=True)
-        keep_keys = {k for _, k in scored[:keep]}
-        before = len(self.tracks)
-        self.tracks = {k: ev for k, ev in self.tracks.items() if k in keep_keys}
-        self.stats.evicted += before - len(self.tracks)
+        # Ranked (s, k) pairs are all different: which tracks stay never depends on their order here.
+        self.tracks = {k: tracks[k] for _, k in scored[:self.policy.max_tracked // 2]}
+        self.stats.evicted += len(tracks) - len(self.tracks)
         self._evict_at = max(self.policy.max_tracked, len(self.tracks) + self.policy.max_tracked // 2)
         for net in [n for n, m in self._members.items() if all(e <= now for e, _, _ in m.values())]:
             del self._members[net]

@@ -1,3 +1,7 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from logban import report
 from logban.parse import Offence
 from logban.report import ScanSummary
@@ -18,6 +22,19 @@ def test_distributed_attack_keeps_the_summary_bounded_and_linear(monkeypatch):
     assert s.approximate
     assert s.top(1)[0][0] == "192.0.2.7" and s.top(1)[0][1].count == 50
     assert sum(s.by_kind.values()) == 10_050
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 4), min_size=11, max_size=40))
+def test_a_shrink_keeps_the_most_active_half_in_the_order_a_stable_sort_gives(counts):
+    """Ties keep their order: it decides which clients the next shrink keeps."""
+    s = ScanSummary()
+    s.clients = {f"192.0.2.{i}": report._Client(n, 1.0, 1.0, "dnsbl") for i, n in enumerate(counts)}
+    expected = sorted(s.clients.items(), key=lambda kv: kv[1].count, reverse=True)[:5]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "TRACK_MAX", 10)
+        s._shrink()
+    assert list(s.clients.items()) == expected
 
 
 def test_safe_escapes_what_a_terminal_acts_on_and_keeps_printable_text():
