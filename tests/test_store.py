@@ -510,3 +510,27 @@ def test_a_version_7_database_gains_the_live_allow_list(db_url):
     assert [(r.target, r.reason) for r in s.allow_entries()] == [("*.partner.example", ""), ("192.0.2.1", "again")]
     assert s.allow_remove("192.0.2.1") and not s.allow_remove("192.0.2.1")
     assert [r.target for r in s.allow_entries()] == ["*.partner.example"]
+
+
+def test_an_offender_row_sums_a_batch_and_merges_with_the_one_stored(tmp_path):
+    """Per target: first and last seen whatever the order, offences counted, kinds as bits, the
+    name of the newest offence that has one, the score given for it as of its last offence."""
+    from logban.store import kind_names
+    s = Store(url(tmp_path))
+    t = 1_900_000_000.0
+
+    def o(at, kind, name=None):
+        return Offence(t + at, "192.0.2.7", "postfix", "r", kind, 1.0, "f", 1, b"line", name)
+    s.record([(o(5, "dnsbl", "a.example"), "192.0.2.7"), (o(1, "auth_failed"), "192.0.2.7"),
+              (o(7, "dnsbl", "c.example"), "192.0.2.7"), (o(9, "auth_failed"), "192.0.2.7"),
+              (o(3, "bad_helo", "old.example"), "192.0.2.7")], [],
+             node="n", dry_run=False, now=t + 10, scores={"192.0.2.7": 2.5})
+    r = s.offender("192.0.2.7")
+    assert (r.first_seen, r.last_seen, r.score_time, r.offences, r.name, r.score) == (t + 1, t + 9, t + 9, 5, "c.example", 2.5)
+    assert sorted(kind_names(r.kinds)) == ["auth_failed", "bad_helo", "dnsbl"]
+    s.record([(o(0, "virus", "b.example"), "192.0.2.7")], [], node="n", dry_run=False, now=t + 10,
+             scores={"192.0.2.7": 1.0})
+    r = s.offender("192.0.2.7")
+    # An older offence: counted, its kind and first seen too; the newer score stays, a name it has is taken.
+    assert (r.first_seen, r.last_seen, r.offences, r.name, r.score) == (t, t + 9, 6, "b.example", 2.5)
+    assert "virus" in kind_names(r.kinds)
