@@ -85,8 +85,8 @@ class Writes(Base):
                           scores: dict[str, float], resets: dict[str, float]) -> set[str]:
         """Offender rows for this batch; returns the targets whose reset went in with them."""
         # Per target [first seen, last seen, offences, kinds, name]: a list, not a dict, as a
-        # distributed attack brings a new target with nearly every offence. The score is that
-        # of the last offence seen (score_time is last_seen).
+        # distributed attack brings a new target with nearly every offence. score_time always
+        # moved with last_seen: it is last_seen.
         agg: dict[str, list] = {}
         bit = _KIND_BIT.get
         for o, t in offences:
@@ -104,6 +104,7 @@ class Writes(Base):
                     a[4] = o.name or a[4]
         score, reset = scores.get, resets.get
         # In target order: two nodes upserting the same offenders lock them in the same order.
+        # Rows in OFFENDER_COLS' order.
         conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
                              [(t, a[0], a[1], a[2], a[3], _clean(a[4]), score(t, 0.0), a[1], reset(t, 0.0))
                               for t, a in sorted(agg.items())])
