@@ -41,10 +41,13 @@ class Pool:
     """Worker processes for one scan, forked with `parser` (any of the scan's parsers: the
     stateless stage is the same for all of them)."""
 
-    def __init__(self, parser: Parser, jobs: int, part: int = PART) -> None:
+    def __init__(self, parser: Parser, jobs: int, part: int = PART, *, lines: bool = True) -> None:
+        """`lines`: the offences need their log line (`Offence.raw`: `scan --apply` records it);
+        a report and the events never show it, and without it a worker sends back a third of
+        the bytes, which the main process unpickles while it applies."""
         global _parser
         _parser = parser
-        self.jobs, self.part = jobs, part
+        self.jobs, self.part, self.lines = jobs, part, lines
         self._ex = ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_worker_start)
 
     def close(self) -> None:
@@ -73,7 +76,7 @@ class Pool:
         """(offences, lines read so far) per part of `src`, as `read_source` gives per chunk."""
         assert src.path is not None
         edges = _edges(src.path, self.part)
-        tasks = [(str(src.path), a, b, reference) for a, b in zip(edges, edges[1:] + [None])]
+        tasks = [(str(src.path), a, b, reference, self.lines) for a, b in zip(edges, edges[1:] + [None])]
         pending: deque[Future] = deque()
         lines = 0
         try:
@@ -144,21 +147,22 @@ class _Range:
         return data
 
 
-def _match_part(path: str, start: int, end: int | None, reference: float) -> tuple:
-    """In a worker: the stateless stage over one part, numbered from its first line."""
+def _match_part(path: str, start: int, end: int | None, reference: float, lines: bool) -> tuple:
+    """In a worker: the stateless stage over one part, numbered from its first line; without
+    `lines`, each hit's line is left out (b"")."""
     p = _parser
     p.stats = ParseStats()
     p.clock.set_reference(reference)
     p.clock.last = None
     p.clock.ambiguous = False
     hits: list[tuple] = []
-    lines = 0
+    n = 0
     with open(path, "rb") as f:
         for chunk in chunks(_Range(f, start, end), p.max_line):
-            got, _ = p.match(chunk, lines)
-            hits += got
-            lines = p.stats.lines
-    return hits, lines, p.stats, p.clock.last, p.clock.ambiguous
+            got, _ = p.match(chunk, n)
+            hits += got if lines else [(i, t, b"", found) for i, t, _, found in got]
+            n = p.stats.lines
+    return hits, n, p.stats, p.clock.last, p.clock.ambiguous
 
 
 def _again(src: Source, start: int, end: int | None, parser: Parser, before: int) -> tuple[list[Offence], int]:
