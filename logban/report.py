@@ -5,9 +5,11 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 from .parse import Offence, ParseStats, iso
 
+_KIND = attrgetter("kind")
 TRACK_MAX = 100_000      # addresses counted exactly; beyond, the least active are dropped (scan stays < 150 MB)
 
 # What a terminal may act on rather than show: C0 controls, DEL, C1 controls, lone
@@ -91,9 +93,9 @@ class ScanSummary:
     allow_listed: int = 0            # offences of allow-listed clients: counted apart, never offenders
 
     def add(self, offences: list[Offence]) -> None:
-        by_kind, clients = self.by_kind, self.clients
+        self.by_kind.update(map(_KIND, offences))       # counted in C
+        clients = self.clients
         for o in offences:
-            by_kind[o.kind] += 1
             c = clients.get(o.ip)
             if c is None:
                 clients[o.ip] = _Client(1, o.time, o.time, o.kind)
