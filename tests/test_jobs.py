@@ -134,14 +134,17 @@ def test_a_compressed_log_matched_on_the_workers_gives_what_one_process_gives(tm
         assert one == many
 
 
-def test_repeated_hour_read_again_in_order(tmp_path):
-    """The hour a fall-back repeats: its second pass is later only for a reader that saw the first."""
+@pytest.mark.parametrize("compressed", [False, True])
+def test_repeated_hour_read_again_in_order(tmp_path, compressed):
+    """The hour a fall-back repeats: its second pass is later only for a reader that saw the
+    first. A part of a file, or a chunk of a compressed one, that met it is read again here."""
     stamps = [f"Oct 25 {h:02d}:{m:02d}:00" for h, m in [(1, 50)] + [(2, m) for m in range(0, 60, 2)] * 2 + [(3, 10)]]
-    log = tmp_path / "mail.log"
-    log.write_bytes(b"".join(
+    data = b"".join(
         f"{s} mx postfix/smtpd[7]: NOQUEUE: reject: RCPT from unknown[192.0.2.{i % 200 + 10}]: 454 4.7.1 "
         f"<a@example.net>: Relay access denied; from=<b@example.org> to=<a@example.net> proto=ESMTP helo=<x>\n".encode()
-        for i, s in enumerate(stamps * 40)))
+        for i, s in enumerate(stamps * (300 if compressed else 40)))       # compressed: chunks of 1 MiB, three
+    log = tmp_path / ("mail.log.1.gz" if compressed else "mail.log")
+    log.write_bytes(gzip.compress(data) if compressed else data)
     os.utime(log, (REF, REF))
     one, _ = _read(log, None, "Europe/Berlin")
     with Pool(_parser("Europe/Berlin"), 2, part=2048) as pool:
