@@ -47,9 +47,10 @@ class Pool:
     stateless stage is the same for all of them)."""
 
     def __init__(self, parser: Parser, jobs: int, part: int = PART, *, lines: bool = True) -> None:
-        """`lines`: the offences need their log line (`Offence.raw`: `scan --apply` records it);
-        a report and the events never show it, and without it a worker sends back a third of
-        the bytes, which the main process unpickles while it applies."""
+        """`lines`: the offences need what their log line holds (`Offence.raw` and the reply
+        class: `scan --apply` records and scores them); a report and the events never show
+        either, and without the lines a worker sends back a third of the bytes, which the
+        main process unpickles while it applies."""
         global _parser
         _parser = parser
         self.jobs, self.part, self.lines = jobs, part, lines
