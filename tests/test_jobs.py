@@ -2,6 +2,7 @@
 import bz2
 import calendar
 import dataclasses
+import gzip
 import json
 import lzma
 import os
@@ -13,7 +14,7 @@ from logban.cli.common import read_source
 from logban.jobs import Pool, _edges
 from logban.parse import Clock, Parser
 from logban.rules import load_rules
-from logban.sources import Source
+from logban.sources import READ_ERRORS, Source
 
 RULES = load_rules(own_names=("mx.example.com", "192.0.2.25"))
 REF = calendar.timegm((2026, 11, 1, 0, 0, 0))
@@ -89,14 +90,61 @@ def test_parts_give_what_one_process_gives(tmp_path):
     assert one_stats == many_stats
 
 
-def test_repeated_hour_read_again_in_order(tmp_path):
-    """The hour a fall-back repeats: its second pass is later only for a reader that saw the first."""
+COMPRESS = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lambda d: lzma.compress(d, preset=0)}
+
+
+def _big_log(size: int = 3_000_000) -> bytes:
+    """The mixed log over and over: chunks (1 MiB) enough to be handed to the workers."""
+    data = _mixed_log(1)
+    return data * (size // len(data) + 1)
+
+
+def _read_to_error(path, pool: Pool | None) -> tuple[list[tuple], dict, tuple | None]:
+    """Offences, counts, and the read error with the lines read before it (None: none)."""
+    p = _parser()
+    offs, lines, error = [], 0, None
+    try:
+        for got, lines in read_source(Source(str(path), path), p, pool=pool):
+            offs += [dataclasses.astuple(o) for o in got]
+    except READ_ERRORS as e:
+        error = (type(e), lines)
+    p.finish()
+    return offs, dataclasses.asdict(p.stats), error
+
+
+@pytest.mark.parametrize("suffix", list(COMPRESS))
+def test_a_compressed_log_matched_on_the_workers_gives_what_one_process_gives(tmp_path, suffix):
+    """Read here, its chunks matched by the workers: the same offences and counts as one
+    process; cut short, the same offences up to the error (met with chunks in flight), then
+    the same error."""
+    whole = COMPRESS[suffix](_big_log(6_000_000))
+    for name, blob in (("whole", whole), ("cut", whole[:-10])):      # its last block or end marker lost
+        log = tmp_path / f"{name}.log.1.{suffix}"
+        log.write_bytes(blob)
+        os.utime(log, (REF, REF))
+        one = _read_to_error(log, None)
+        with Pool(_parser(), 2) as pool:
+            assert not pool.takes(Source(str(log), log))       # not cut into parts: streamed
+            handed = []
+            submit = pool._ex.submit
+            pool._ex.submit = lambda fn, *a: handed.append(fn.__name__) or submit(fn, *a)
+            many = _read_to_error(log, pool)
+        assert handed.count("_match_chunk") >= 3
+        assert len(one[0]) > 1000 and (one[2] is None) == (name == "whole")
+        assert one == many
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_repeated_hour_read_again_in_order(tmp_path, compressed):
+    """The hour a fall-back repeats: its second pass is later only for a reader that saw the
+    first. A part of a file, or a chunk of a compressed one, that met it is read again here."""
     stamps = [f"Oct 25 {h:02d}:{m:02d}:00" for h, m in [(1, 50)] + [(2, m) for m in range(0, 60, 2)] * 2 + [(3, 10)]]
-    log = tmp_path / "mail.log"
-    log.write_bytes(b"".join(
+    data = b"".join(
         f"{s} mx postfix/smtpd[7]: NOQUEUE: reject: RCPT from unknown[192.0.2.{i % 200 + 10}]: 454 4.7.1 "
         f"<a@example.net>: Relay access denied; from=<b@example.org> to=<a@example.net> proto=ESMTP helo=<x>\n".encode()
-        for i, s in enumerate(stamps * 40)))
+        for i, s in enumerate(stamps * (300 if compressed else 40)))       # compressed: chunks of 1 MiB, three
+    log = tmp_path / ("mail.log.1.gz" if compressed else "mail.log")
+    log.write_bytes(gzip.compress(data) if compressed else data)
     os.utime(log, (REF, REF))
     one, _ = _read(log, None, "Europe/Berlin")
     with Pool(_parser("Europe/Berlin"), 2, part=2048) as pool:
@@ -127,6 +175,36 @@ def test_cli_jobs_same_report_events_and_bans(tmp_path, logban):
         recorded.pop("database")
         outs[jobs] = (ev.stdout, report, recorded, json.loads(bans.stdout))
     assert outs["1"][0].count(b"\n") > 1000 and outs["1"][2]["bans"] > 0
+    assert outs["1"] == outs["2"]
+
+
+def test_cli_jobs_rotated_sets_and_stdin(tmp_path, logban):
+    """Rotated sets (compressed, plain, small) and standard input on several cores: the same
+    events, in the same order, the same report, and with --apply (two logs merged by time)
+    the same bans as one process."""
+    big = _big_log()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "mail.log.2.gz").write_bytes(gzip.compress(big))
+    (logs / "mail.log.1").write_bytes(big)
+    (logs / "mail.log").write_bytes(_mixed_log(1))
+    (logs / "other.log.1.bz2").write_bytes(bz2.compress(big[:len(big) // 2]))
+    outs = {}
+    for jobs in ("1", "2"):
+        db = f"sqlite:///{tmp_path}/jobs{jobs}.db"
+        runs = (logban("scan", "--events", "--jobs", jobs, str(logs)),
+                logban("scan", "--json", "--jobs", jobs, str(logs)),
+                logban("scan", "--events", "--jobs", jobs, "-", stdin=big),
+                logban("--db", db, "scan", "--apply", "--dry-run", "--json", "--jobs", jobs, str(logs)),
+                logban("--db", db, "list", "--all", "--json"))
+        for r in runs:
+            assert r.returncode == 0, r.stderr
+        report = json.loads(runs[1].stdout)
+        report.pop("seconds")
+        recorded = json.loads(runs[3].stdout)["applied"]
+        recorded.pop("database")
+        outs[jobs] = (runs[0].stdout, report, runs[2].stdout, recorded, json.loads(runs[4].stdout))
+    assert outs["1"][0].count(b"\n") > 3000 and outs["1"][2].count(b"\n") > 1000 and outs["1"][3]["bans"] > 0
     assert outs["1"] == outs["2"]
 
 

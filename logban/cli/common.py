@@ -73,8 +73,9 @@ def _skip_lines(chunk: bytes, n: int) -> tuple[bytes, int]:
 def read_source(src: Source, parser: Parser, left: int = 0,
                 pool: Pool | None = None) -> Iterator[tuple[list[Offence], int]]:
     """(offences, lines of `src` read so far) for each chunk of `src`, its first `left` lines
-    skipped (applied before); with `pool`, a large file is read in parts on several cores.
-    Raises what READ_ERRORS names."""
+    skipped (applied before); with `pool`, the lines are matched on several cores (a large
+    plain file read in parts by the workers, any other log read here and its chunks handed
+    over). Raises what READ_ERRORS names."""
     parser.file = src.name
     reference = src.mtime() or time.time()
     parser.clock.set_reference(reference)
@@ -84,6 +85,9 @@ def read_source(src: Source, parser: Parser, left: int = 0,
     lines = 0
     stream = open_source(src)
     try:
+        if pool is not None and not left:
+            yield from pool.stream(chunks(stream, parser.max_line), parser, reference)
+            return
         for chunk in chunks(stream, parser.max_line):
             if left:
                 chunk, dropped = _skip_lines(chunk, left)

@@ -104,7 +104,7 @@ def cmd_scan(args, cfg: Config) -> int:
     streams = _streams(sources)
     jobs = args.jobs or available_cores()
     with contextlib.ExitStack() as stack:
-        pool = stack.enter_context(Pool(parser, jobs)) if jobs > 1 else None
+        pool = stack.enter_context(Pool(parser, jobs, lines=engine is not None)) if jobs > 1 else None
         if applied is not None and len(streams) > 1:
             # Decisions depend on what came before in time: the logs are applied as one, by time.
             parsers = [parser] + [_parser(cfg, rules, args.mta, scorer) for _ in streams[1:]]
