@@ -72,6 +72,11 @@ class Pattern:
         return self._rx
 
     def __getattr__(self, name: str):
+        # Only the compiled pattern's public API: copy and pickle look up their protocol
+        # (__setstate__, __deepcopy__) on an instance whose slots may not be set yet, and
+        # would get the compiled pattern's, or recurse through `_rx`.
+        if name.startswith("_"):
+            raise AttributeError(name)
         return getattr(self.compiled(), name)
 
 

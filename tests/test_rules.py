@@ -400,3 +400,19 @@ def test_a_users_pattern_is_compiled_as_its_pack_loads(tmp_path):
                                  'kind = "dnsbl"\nscore = 1\nmatch = \'listed (?P<x>a)\\\\(?P<y>b) {{IP}}\'\n')
     (r,) = [r for r in load_rules([d], shipped=False).rules]
     assert r.regex._rx is not None and r.regex.groups == {"x", "y", "ip"}
+
+
+def test_a_rules_pattern_survives_copy_and_pickle_compiled_or_not():
+    """Nothing may see a half-built Pattern as the compiled one: copy and pickle ask an
+    instance for their own protocol (__setstate__, __deepcopy__) before its slots are set."""
+    import copy
+    import pickle
+    rules = load_rules([])
+    lazy, used = rules.rules[0], rules.rules[1]
+    used.regex.groupindex          # compiled now
+    line = b"x"
+    for r in (lazy, used):
+        for twin in (copy.copy(r.regex), copy.deepcopy(r.regex), pickle.loads(pickle.dumps(r.regex))):
+            assert type(twin) is type(r.regex), r.id
+            assert twin.pattern == r.regex.pattern and twin.groups == r.regex.groups
+            assert twin.match(line) == r.regex.match(line) is None
