@@ -369,6 +369,7 @@ class Parser:
         self.clock = clock or Clock()
         self.max_line = max_line
         self.timeout = match_timeout
+        self._guarded = False       # this parser's matches are bounded by the timer (GUARD) now
         self.any_program = any_program          # --mta: the user named the pack
         self.stats = ParseStats()
         self.file = "-"
@@ -542,11 +543,15 @@ class Parser:
         stats.candidates += len(cand)
         out: list[tuple] = []
         matched: set[int] = set()
-        armed = GUARD.arm(self.timeout)
+        # Whether this call armed the timer, not whether it is armed: the guard is the
+        # process's, and a parse in another thread while the main thread's is guarded must
+        # keep regex's own limit and leave the guard alone.
+        self._guarded = GUARD.arm(self.timeout)
         try:
             self._lines(chunk, cand, lines_before, out, matched)
         finally:
-            if armed:
+            if self._guarded:
+                self._guarded = False
                 GUARD.disarm()
         return out, matched
 
@@ -608,7 +613,7 @@ class Parser:
         plan = self._plans.get((hints, program))
         if plan is None:
             plan = self._plan(hints, program)
-        guard = GUARD
+        guard = GUARD if self._guarded else None
         best: Rule | None = None
         best_m = None
         found: list[tuple] = []
@@ -622,7 +627,7 @@ class Parser:
                 skipped = True
                 continue
             try:
-                if guard.armed:         # the interval timer bounds the match (logban/timelimit.py)
+                if guard is not None:       # the interval timer bounds the match (logban/timelimit.py)
                     guard.serial += 1
                     guard.busy = True
                     m = match(line, start)
@@ -632,7 +637,8 @@ class Parser:
                     # positional timeout read as `partial` would switch the limit off unseen
                     m = match(line, start, timeout=self.timeout)
             except TimeoutError:
-                guard.busy = False
+                if guard is not None:
+                    guard.busy = False
                 self.stats.timeouts += 1
                 continue
             if m is None:

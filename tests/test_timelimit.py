@@ -88,3 +88,24 @@ def test_ticks_outside_a_match_never_raise():
     finally:
         guard.disarm()
     assert n > 0 and signal.getitimer(signal.ITIMER_VIRTUAL) == (0.0, 0.0)
+
+
+def test_a_parse_off_the_main_thread_keeps_its_own_limit_while_the_main_thread_is_guarded(evil):
+    """The guard is the process's: a parse in another thread while the main thread's matches
+    are guarded must neither run unbounded (no signal reaches it) nor set the guard busy (a
+    tick would then raise in the main thread, outside any match)."""
+    if not GUARD.arm(0.05):
+        skip_or_fail("no CPU interval timer here")
+    got = {}
+    th = threading.Thread(target=lambda: got.update(r=_feed(evil)), daemon=True)
+    try:
+        th.start()
+        end = time.monotonic() + 30
+        while th.is_alive() and time.monotonic() < end:
+            th.join(0.01)           # Python runs on the main thread, armed: ticks come here
+    finally:
+        GUARD.disarm()
+    th.join(30)
+    p, out, _ = got["r"]
+    assert p.stats.timeouts == 2 and [o.ip for o in out] == ["192.0.2.7"]
+    assert not GUARD.busy
