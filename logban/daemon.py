@@ -11,6 +11,7 @@ WATCHDOG=1.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import os
@@ -179,7 +180,7 @@ class Daemon:
     def _configure(self, cfg: Config) -> None:
         """Everything derived from the config; raises UsageError before changing anything."""
         rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names,
-                           disable_key=f"{cfg.path or 'config'}: rules.disable")
+                           disable_key=f"{cfg.path or 'config'}: rules.disable").compile_all()
         check_config_references(cfg, rules)
         files, instead = journal_if_missing(cfg.daemon.follow, cfg.daemon.journal_if_missing, log.info)
         specs = [Spec(p, mta) for p, mta in files] + [Spec(p) for p in self.opts.follow]
@@ -199,7 +200,8 @@ class Daemon:
     @staticmethod
     def _parser(cfg: Config, rules: RuleSet, mta: str | None, rate_key) -> Parser:
         if mta is not None:
-            rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names, only_packs=(mta,))
+            rules = load_rules(cfg.rule_dirs, disable=cfg.disable, own_names=cfg.parse.own_names,
+                               only_packs=(mta,)).compile_all()
         return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
                       match_timeout=cfg.parse.match_timeout, any_program=mta is not None,
                       rate_key=rate_key)
@@ -269,6 +271,11 @@ class Daemon:
             signal.signal(sig, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
+        # What is alive once the daemon is up goes to the permanent generation: the cyclic
+        # collector does not walk it again at each full collection (on a store with a million
+        # past bans, stalls of 150-270 ms in the loop, bench/daemon_bench.py --past 1000000).
+        gc.collect()
+        gc.freeze()
         log.info("running: following %s (%s), firewall %s%s, store %s%s",
                  ", ".join([str(s.path) for s in self.specs] + [j.name for j in self.journals]), self.follower.mode,
                  self.firewall.backend.name,
