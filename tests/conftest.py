@@ -148,3 +148,31 @@ def daemons():
     yield running
     for d in running:
         d.close()
+
+
+# A pack whose first rule backtracks without end on "evil: aaaa...": what the per-match time
+# limit must stop (test_parse, test_timelimit).
+EVIL_PACK = '''
+[pack]
+name = "evil"
+programs = ["evild"]
+[[rule]]
+id = "evil-backtracking"
+kind = "protocol_abuse"
+score = 1
+match = 'evil: (?:a|a)*(?:a|a)*b {{IP}}'
+[[rule]]
+id = "evil-plain"
+kind = "protocol_abuse"
+score = 1
+match = 'plain from {{IP}}'
+'''
+
+
+def evil_rules(tmp: Path):
+    """The rules of EVIL_PACK, loaded from a pack directory under `tmp`."""
+    from logban.rules import load_rules
+    d = tmp / "packs"
+    d.mkdir()
+    (d / "evil.toml").write_text(EVIL_PACK)
+    return load_rules([d])

@@ -4,6 +4,7 @@ import ipaddress
 import time
 
 import pytest
+from conftest import evil_rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -260,19 +261,7 @@ def test_garbage_never_crashes(data):
 
 
 def test_huge_lines_and_pathological_patterns_do_not_stall(tmp_path):
-    d = tmp_path / "packs"
-    d.mkdir()
-    (d / "evil.toml").write_text('''
-[pack]
-name = "evil"
-programs = ["evild"]
-[[rule]]
-id = "evil-backtracking"
-kind = "protocol_abuse"
-score = 1
-match = 'evil: (?:a|a)*(?:a|a)*b {{IP}}'
-''')
-    rules = load_rules([d])
+    rules = evil_rules(tmp_path)
     p = Parser(rules, clock=Clock("UTC", reference=REF), match_timeout=0.05)
     line = b"Nov 20 01:00:00 mx evild[1]: evil: " + b"a" * 100_000 + b"\n"
     start = time.monotonic()

@@ -6,10 +6,9 @@ import threading
 import time
 
 import pytest
-from conftest import skip_or_fail
+from conftest import evil_rules, skip_or_fail
 
 from logban.parse import Clock, Parser
-from logban.rules import load_rules
 from logban.timelimit import GUARD
 
 REF = 1_795_000_000
@@ -17,24 +16,7 @@ REF = 1_795_000_000
 
 @pytest.fixture
 def evil(tmp_path):
-    d = tmp_path / "packs"
-    d.mkdir()
-    (d / "evil.toml").write_text('''
-[pack]
-name = "evil"
-programs = ["evild"]
-[[rule]]
-id = "evil-backtracking"
-kind = "protocol_abuse"
-score = 1
-match = 'evil: (?:a|a)*(?:a|a)*b {{IP}}'
-[[rule]]
-id = "evil-plain"
-kind = "protocol_abuse"
-score = 1
-match = 'plain from {{IP}}'
-''')
-    return load_rules([d])
+    return evil_rules(tmp_path)
 
 
 LINES = (b"Nov 20 01:00:00 mx evild[1]: evil: " + b"a" * 5_000 + b"\n") * 2 \
