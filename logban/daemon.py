@@ -273,7 +273,7 @@ class Daemon:
         watchdog = int(os.environ.get("WATCHDOG_USEC", "0")) / 1e6
         # What is alive once the daemon is up goes to the permanent generation: the cyclic
         # collector does not walk it again at each full collection (on a store with a million
-        # past bans, stalls of 150-270 ms in the loop, bench/daemon_bench.py --past 1000000).
+        # past bans, stalls of 150-500 ms in the loop, bench/daemon_bench.py --past 1000000).
         gc.collect()
         gc.freeze()
         log.info("running: following %s (%s), firewall %s%s, store %s%s",

@@ -21,9 +21,9 @@ from datetime import datetime, timezone
 from zoneinfo import ZoneInfo
 
 from . import fast as _fast_extra
-from .timelimit import GUARD
 from .allow import special
 from .rules import Rule, RuleSet
+from .timelimit import GUARD
 
 _MONTHS = {m.encode(): i for i, m in enumerate(
     ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"), 1)}
