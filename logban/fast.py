@@ -51,6 +51,20 @@ class HintScanner:
         self._tagged = _database(tagged)
         self._anywhere = _database(anywhere)
         self._local = threading.local()     # a scratch space per thread: Hyperscan's is not shared
+        self._any: dict[tuple[bytes, ...], object] = {}
+
+    def holds(self, chunk: bytes, literals: tuple[bytes, ...]) -> bool:
+        """Whether `chunk` contains any of `literals`: one vectorised pass that stops at the first,
+        where `in` runs one pass per literal, restarting its memchr at every first byte."""
+        db = self._any.get(literals)
+        if db is None:
+            db = self._any[literals] = _database([(h, i) for i, h in enumerate(literals)], stop=True)
+        found: list[int] = []
+        try:
+            db.scan(chunk, match_event_handler=lambda *_: found.append(1) or True, scratch=self._scratch(db))
+        except hyperscan.ScanTerminated:
+            pass
+        return bool(found)
 
     def hits(self, chunk: bytes, anywhere: bool) -> dict[int, list[int]]:
         """Line start -> ids of the hints found on that line (each once)."""
@@ -95,10 +109,11 @@ def usable(hints: list[bytes]) -> bool:
     return bool(hints) and all(h and b"\n" not in h and b"\0" not in h for h in hints)
 
 
-def _database(patterns: list[tuple[bytes, int]]):
+def _database(patterns: list[tuple[bytes, int]], stop: bool = False):
+    """A literal database; `stop`: each literal reported once at most (the caller stops at the first)."""
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     db.compile(expressions=[h for h, _ in patterns], ids=[i for _, i in patterns],
-               elements=len(patterns), flags=0, literal=True)
+               elements=len(patterns), flags=hyperscan.HS_FLAG_SINGLEMATCH if stop else 0, literal=True)
     return db
 
 
