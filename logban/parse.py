@@ -314,27 +314,10 @@ def parse_header(line: bytes, clock: Clock) -> Header | None:
 
 def _header(line: bytes, clock: Clock) -> tuple[float, bytes, str, bytes, int] | None:
     """`parse_header` as a plain tuple (time, host, program, pid, start): the parser's hot path."""
-    c = line[:1]
-    if c == b"@":
-        m = _TAI64N.match(line)
-        if not m:
-            return None
-        t, host, pos = Clock.tai64n(m.group(1), m.group(2)), b"", m.end()
-        program, pid = "", b""
-        tag = _TAG.match(line, pos)
-        if tag:
-            program, pid, pos = tag.group("prog").decode("ascii"), tag.group("pid") or b"", tag.end()
-    elif c == b"<" and (m5 := _RFC5424.match(line)):
-        t = clock.iso(m5.group("iso"))
-        if t is None:
-            return None
-        app, pid = m5.group("app"), m5.group("pid")
-        return (t, m5.group("host"), "" if app == b"-" else app.decode("ascii", "replace"),
-                b"" if pid == b"-" else pid, m5.end())
-    else:
-        m = _SYSLOG.match(line)
-        if not m:
-            return None
+    # The syslog header first: nearly every line has one, and it never takes a line of the
+    # other shapes (after its optional "<pri>" it needs a month or a year-month-day).
+    m = _SYSLOG.match(line)
+    if m is not None:
         minute, sec, stamp, host, prog, pid = m.groups()
         if minute and len(minute) == 11:
             minute = minute[:4] + b" " + minute[4:]     # "Aug 3": a template that does not pad the day
@@ -344,6 +327,24 @@ def _header(line: bytes, clock: Clock) -> tuple[float, bytes, str, bytes, int] |
         pos = m.end()
         program = _program(prog) if prog else ""
         pid = pid or b""
+    elif line[:1] == b"@":
+        m = _TAI64N.match(line)
+        if not m:
+            return None
+        t, host, pos = Clock.tai64n(m.group(1), m.group(2)), b"", m.end()
+        program, pid = "", b""
+        tag = _TAG.match(line, pos)
+        if tag:
+            program, pid, pos = tag.group("prog").decode("ascii"), tag.group("pid") or b"", tag.end()
+    elif line[:1] == b"<" and (m5 := _RFC5424.match(line)):
+        t = clock.iso(m5.group("iso"))
+        if t is None:
+            return None
+        app, pid = m5.group("app"), m5.group("pid")
+        return (t, m5.group("host"), "" if app == b"-" else app.decode("ascii", "replace"),
+                b"" if pid == b"-" else pid, m5.end())
+    else:
+        return None
     if line[pos:pos + 1].isdigit() and (sp := _SPLOGGER.match(line, pos)):
         # splogger: "qmail: 1668902400.123456 tcpserver: pid 5 ..."
         pos = sp.end()
