@@ -628,12 +628,13 @@ class Parser:
         if plan is None:
             plan = self._plan(hints, program)
         guard = GUARD if self._guarded else None
+        find = line.find
         best: Rule | None = None
         best_m = best_gi = None
         found: list[tuple] = []
         skipped = False
         for match, needle, link, score, tail, r, gi in plan:
-            if needle and needle not in line:
+            if needle and find(needle) < 0:
                 continue
             if best is not None and not link and score <= best.score:
                 continue            # it could not win: the first rule with the highest score takes the line
