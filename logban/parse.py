@@ -704,11 +704,13 @@ class Parser:
             key = None
         return (r.order, ip, key, name, start)
 
-    def _ip(self, raw: bytes) -> str | None:
-        """The canonical address, "" when it can never be a ban target, None when it is no address.
+    def _ip(self, raw: bytes | None) -> str | None:
+        """The canonical address, "" when it can never be a ban target, None when it is no address
+        (`raw` None: a user's address group that took no part in the match, optional or in
+        another branch: a crash there would stop the scan or the daemon at that log line).
 
         The verdict is cached per raw bytes, so the check costs one dict look-up."""
-        got = _address(raw.decode("ascii", "replace"))
+        got = None if raw is None else _address(raw.decode("ascii", "replace"))
         if got is None:
             self.stats.bad_address += 1
             return None
@@ -854,8 +856,11 @@ class Parser:
             if r.order in allowed and not (r.needle and r.needle not in line):
                 m = r.regex.match(line, h.start, timeout=self.timeout)
                 if m is not None:
-                    ip = canonical_ip(m.group("ip").decode("ascii", "replace")) if r.has_ip else None
-                    key = None if r.key is None else (h.pid if r.key == "pid" else m.group("key")).decode("ascii", "replace")
+                    raw_ip = m.group("ip") if r.has_ip else None
+                    raw_key = None if r.key is None else h.pid if r.key == "pid" else m.group("key")
+                    # None: a group that took no part in the match (see `_ip`)
+                    ip = None if raw_ip is None else canonical_ip(raw_ip.decode("ascii", "replace"))
+                    key = None if raw_key is None else raw_key.decode("ascii", "replace")
                     out.append((r, ip, key))
         return out
 

@@ -169,10 +169,39 @@ match = 'plain from {{IP}}'
 '''
 
 
-def evil_rules(tmp: Path):
-    """The rules of EVIL_PACK, loaded from a pack directory under `tmp`."""
+# A user's pack whose address or key group can take no part in a match (optional, or in
+# another branch of an alternation): `rules check` finds nothing wrong with it (test_parse,
+# test_rules).
+OPTIONAL_GROUPS_PACK = '''
+[pack]
+name = "opt"
+programs = ["optd"]
+[[rule]]
+id = "opt-address"
+kind = "protocol_abuse"
+score = 1
+match = 'refused(?: client (?P<ip>[0-9.]{7,15}))? done'
+[[rule]]
+id = "opt-key"
+kind = "unknown_user"
+score = 1
+match = 'queue(?: (?P<key>[0-9A-F]{5,20}))? user unknown'
+'''
+
+
+def _pack_rules(tmp: Path, name: str, text: str):
     from logban.rules import load_rules
     d = tmp / "packs"
     d.mkdir()
-    (d / "evil.toml").write_text(EVIL_PACK)
+    (d / f"{name}.toml").write_text(text)
     return load_rules([d])
+
+
+def evil_rules(tmp: Path):
+    """The rules of EVIL_PACK, loaded from a pack directory under `tmp`."""
+    return _pack_rules(tmp, "evil", EVIL_PACK)
+
+
+def optional_group_rules(tmp: Path):
+    """The rules of OPTIONAL_GROUPS_PACK, loaded from a pack directory under `tmp`."""
+    return _pack_rules(tmp, "opt", OPTIONAL_GROUPS_PACK)

@@ -4,7 +4,7 @@ import ipaddress
 import time
 
 import pytest
-from conftest import evil_rules
+from conftest import evil_rules, optional_group_rules
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -268,6 +268,21 @@ def test_huge_lines_and_pathological_patterns_do_not_stall(tmp_path):
     out = p.feed(line * 3 + b"Nov 20 01:00:00 mx x[1]: " + b"\x00" * 2_000_000 + b"\n", 0)
     assert time.monotonic() - start < 5
     assert out == [] and p.stats.timeouts == 3 and p.stats.truncated == 3 and p.stats.lines == 4
+
+
+def test_an_address_or_key_group_that_took_no_part_is_no_crash(tmp_path):
+    """A line the rule takes without its address has no address (counted as such); the
+    scan, the daemon and `rules check` go on instead of dying on the log line."""
+    p = Parser(optional_group_rules(tmp_path), clock=Clock("UTC", reference=REF))
+    got = p.parse_lines(b"Nov 22 10:00:00 mx optd[1]: refused done\n"
+                        b"Nov 22 10:00:01 mx optd[1]: queue user unknown\n"
+                        b"Nov 22 10:00:02 mx optd[1]: refused client 192.0.2.7 done\n")
+    assert [(o.ip, o.rule, o.line) for o in got] == [("192.0.2.7", "opt-address", 3)]
+    assert p.stats.bad_address == 1 and p.stats.unresolved == 1 and p.stats.lines == 3
+    assert [(r.id, ip, key) for r, ip, key in p.try_line(b"Nov 22 10:00:00 mx optd[1]: refused done")] == \
+        [("opt-address", None, None)]
+    assert [(r.id, ip, key) for r, ip, key in p.try_line(b"Nov 22 10:00:00 mx optd[1]: queue user unknown")] == \
+        [("opt-key", None, None)]
 
 
 def test_rate_rule_counts_connections():
