@@ -86,16 +86,23 @@ def _at(line: bytes, i: int) -> str:
 def _took(r: Rule, m, parser: Parser, h) -> Took:
     ip = key = None
     note = ""
+    # A group None: a user's optional group, or one in another branch, took no part in the match.
     if r.has_ip:
-        raw = m.group("ip").decode("ascii", "replace")
-        ip = canonical_ip(raw)
-        if ip is None:
+        raw_ip = m.group("ip")
+        raw = None if raw_ip is None else raw_ip.decode("ascii", "replace")
+        ip = None if raw is None else canonical_ip(raw)
+        if raw is None:
+            note = "the address group took no part in the match: nothing is recorded"
+        elif ip is None:
             note = f"the address field {raw!r} is no address: nothing is recorded"
         elif not_target(ip):
             note = f"{ip} can never be banned (unspecified, multicast, link-local...): nothing is recorded"
     if r.key is not None:
-        key = (h.pid if r.key == "pid" else m.group("key")).decode("ascii", "replace")
-        if not r.has_ip:
+        raw_key = h.pid if r.key == "pid" else m.group("key")
+        key = None if raw_key is None else raw_key.decode("ascii", "replace")
+        if raw_key is None and not r.has_ip:
+            note = "the key group took no part in the match: no key to find the client by"
+        elif not r.has_ip:
             note = (f"the client comes from a link line with the same {'pid' if r.key == 'pid' else 'key'} "
                     f"{key!r} (a {r.pack} link rule), not from this line")
     if r.rate_over:

@@ -343,6 +343,20 @@ def test_explain_says_why_close_rules_did_not_match():
     assert _verdict("no header here").program is None
 
 
+def test_explain_a_rule_whose_address_or_key_group_took_no_part(tmp_path):
+    from conftest import optional_group_rules
+
+    from logban.explain import explain
+    from logban.parse import Clock, Parser
+    p = Parser(optional_group_rules(tmp_path), clock=Clock("UTC", reference=1_795_000_000))
+    v = explain(p, b"Nov 20 10:00:00 mx optd[1]: refused done")
+    assert (v.taken.rule, v.taken.ip) == ("opt-address", None) and "took no part" in v.taken.note
+    v = explain(p, b"Nov 20 10:00:00 mx optd[1]: queue user unknown")
+    assert (v.taken.rule, v.taken.ip, v.taken.key) == ("opt-key", None, None) and "took no part" in v.taken.note
+    v = explain(p, b"Nov 20 10:00:00 mx optd[1]: queue 4A0B0 user unknown")
+    assert v.taken.key == "4A0B0" and "link" in v.taken.note
+
+
 def test_test_rules_line_option_end_to_end():
     from conftest import run_logban
     line = ("Nov 20 10:00:00 mx vpopmail[1]: vchkpw-smtp: password fail (pass: 'x') bob@example.com:203.0.113.160")
