@@ -697,7 +697,10 @@ class Parser:
                 if raw and raw != b"unknown" and not (forged_i and m.group(forged_i)):
                     name = raw.decode("ascii", "replace").lower()
         if r.key is not None:
-            key = (host, r.pack, pid if key_i == 0 else m.group(key_i))
+            k = pid if key_i == 0 else m.group(key_i)
+            # None: a user's key group that took no part in the match: no key, so the line
+            # is tied to no other (keyless lines of different sessions are not one session).
+            key = None if k is None else (host, r.pack, k)
         elif r.session or r.repeats:
             key = (host, r.pack, pid)       # the session a summary line repeats
         else:
@@ -767,6 +770,9 @@ class Parser:
                     out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name,
                                        reply_class(line, start)))
             return
+        if key is None:
+            self.stats.unresolved += 1      # no key (see `_found`): no link can name the client
+            return
         ip, name = self._links.get(key, (None, None))
         o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply_class(line, start))
         if ip == "":
@@ -797,7 +803,9 @@ class Parser:
             said.popitem(last=False)
         return False
 
-    def _link(self, r: Rule, ip: str | None, key: tuple, name: str | None, out: list[Offence]) -> None:
+    def _link(self, r: Rule, ip: str | None, key: tuple | None, name: str | None, out: list[Offence]) -> None:
+        if key is None:
+            return                      # no key (see `_found`): nothing to tie
         self._links.pop(key, None)      # a key seen again (a pid reused) no longer means the old client
         if ip is None:
             return

@@ -186,6 +186,9 @@ id = "opt-key"
 kind = "unknown_user"
 score = 1
 match = 'queue(?: (?P<key>[0-9A-F]{5,20}))? user unknown'
+[[link]]
+id = "opt-link"
+match = 'client(?: (?P<key>[0-9A-F]{5,20}))? is (?P<ip>[0-9.]{7,15})'
 '''
 
 

@@ -285,6 +285,18 @@ def test_an_address_or_key_group_that_took_no_part_is_no_crash(tmp_path):
         [("opt-key", None, None)]
 
 
+def test_a_key_group_that_took_no_part_ties_no_line_to_another(tmp_path):
+    """No key is no key: a keyless link line must not hand its client to every keyless
+    offence line after it (another session's, another client's)."""
+    p = Parser(optional_group_rules(tmp_path), clock=Clock("UTC", reference=REF))
+    got = p.parse_lines(b"Nov 22 10:00:00 mx optd[1]: client is 192.0.2.50\n"
+                        b"Nov 22 10:00:01 mx optd[2]: queue user unknown\n"
+                        b"Nov 22 10:00:02 mx optd[3]: client 4A0B0 is 192.0.2.51\n"
+                        b"Nov 22 10:00:03 mx optd[4]: queue 4A0B0 user unknown\n")
+    assert [(o.ip, o.line) for o in got] == [("192.0.2.51", 4)]
+    assert p.stats.unresolved == 1
+
+
 def test_rate_rule_counts_connections():
     from logban.parse import Clock, Parser
     from logban.rules import load_rules, shipped_rules_dir
