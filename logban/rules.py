@@ -80,8 +80,9 @@ class Pattern:
         return getattr(self.compiled(), name)
 
 
-# A named group in a shipped pattern (test_rules checks these agree with the compiled groups).
-_GROUP = regex.compile(r"(?<!\\)(?:\\\\)*\(\?P<(\w+)>")
+# A named group, "(?P<name>" or "(?<name>" (test_rules checks these agree with the compiled groups
+# of the shipped patterns).
+_GROUP = regex.compile(r"(?<!\\)(?:\\\\)*\(\?P?<(\w+)>")
 
 
 @dataclass(slots=True)
@@ -675,7 +676,7 @@ def _build(entry: dict, *, link: bool, pack: str, pack_programs: tuple[str, ...]
         except regex.error as e:
             raise _bad(source, rid, f"bad regular expression: {e}") from None
         rx = Pattern(compiled.pattern, frozenset(compiled.groupindex), compiled)
-    if expanded.count("(?P<ip>") > 1:
+    if _GROUP.findall(expanded).count("ip") > 1:
         raise _bad(source, rid, "more than one address group (?P<ip>...)")
     has_ip = "ip" in rx.groups
     key = entry.get("key")

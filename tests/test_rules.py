@@ -44,6 +44,9 @@ def test_shipped_packs_load_and_pass_their_own_tests():
 @pytest.mark.parametrize("bad, message", [
     ("match = 'rejected client (?P<ip>[0-9.+)'", "bad regular expression"),
     ("match = 'rejected client [0-9.]+'", "no address group"),
+    # Two address groups: the one that takes the line could be text the client wrote.
+    ("match = 'rejected client {{IP}}(?: helo (?P<ip>[0-9.]+))?'", "more than one address group"),
+    ("match = 'rejected client {{IP}}(?: helo (?<ip>[0-9.]+))?'", "more than one address group"),
     ("kind = \"spam\"", "unknown kind 'spam'"),
     ("colour = \"red\"", "unknown key 'colour'"),
     ("score = 0", "score must be a number above 0"),
