@@ -470,12 +470,23 @@ def _may_hold_colon(alt: str) -> bool:
     return ":" in regex.sub(r"\(\?(?:P<\w+>|<\w+>|[:>|]|[a-zA-Z]*-?[a-zA-Z]*:)", "(", alt)
 
 
+# Where the address group opens, in either spelling regex reads ("(?P<ip>", "(?<ip>"): a
+# lint that looked for one only let a pattern written the other way pass unseen.
+_IP_GROUP = regex.compile(r"(?<!\\)(?:\\\\)*\K\(\?P?<ip>")
+
+
+def _ip_group(src: str) -> tuple[int, int]:
+    """Where the address group opens in `src` and where its body begins; (-1, -1) without one."""
+    m = _IP_GROUP.search(src)
+    return (m.start(), m.end()) if m else (-1, -1)
+
+
 def _boundary_problem(src: str) -> str | None:
     """(lint i) an address group whose IPv6 branch can take in text to its left."""
-    at = src.find("(?P<ip>")
+    at, body_at = _ip_group(src)
     if at < 0:
         return None
-    body = src[at + len("(?P<ip>"):_group_end(src, at) - 1]
+    body = src[body_at:_group_end(src, at) - 1]
     pre = src[:at]
     if pre.endswith("(?:IPv6:)?"):        # sendmail's literal prefix: 'I' is no address character
         pre = pre[:-len("(?:IPv6:)?")]
@@ -537,7 +548,7 @@ def tail_reason(src: str) -> str | None:
 
 def _client_fields_before_ip(src: str) -> bool:
     """The address group comes after a wide field (a HELO, sender, recipient: longer than a host name)."""
-    at = src.find("(?P<ip>")
+    at = _ip_group(src)[0]
     if at < 0:
         return False
     pre = regex.sub(r"\(\?<?[=!](?:[^()\\]|\\.|\((?:[^()\\]|\\.)*\))*\)", "", src[:at])
@@ -584,7 +595,7 @@ def lint_pattern(src: str) -> str | None:
 
 def _catch_all_problem(src: str) -> str | None:
     src = _LOOKAROUND.sub("", src)        # zero width: consumes nothing before the address
-    at = src.find("(?P<ip>")
+    at = _ip_group(src)[0]
     if at < 0:
         return None
     if not _CATCH_ALL.search(src[:at]):

@@ -6,7 +6,7 @@ import regex
 
 from logban.cli.rules import check_rules
 from logban.errors import UsageError
-from logban.rules import derive_hint, lint_pattern, literal_runs, load_rules
+from logban.rules import _client_fields_before_ip, derive_hint, lint_pattern, literal_runs, load_rules
 
 GOOD = '''
 [pack]
@@ -111,6 +111,19 @@ def test_linter_rejects_catch_all_before_the_address():
     assert lint_pattern(r"AUTH failure: .{0,2000}, relay=\[(?P<ip>[0-9.]+)\].*$") is not None
     # A look-ahead consumes nothing.
     assert lint_pattern(r"(?!.* x=.* x=)res x=(?P<ip>[0-9.]+)") is None
+
+
+@pytest.mark.parametrize("pattern", [
+    r"reject: .* from \[(?P<ip>[0-9.]+)\]",                      # catch-all before the address
+    r"helo=[^ ]{1,64}:(?P<ip>[0-9A-Fa-f:.]+) x",                  # the address can start in the HELO
+    r"from=<[^>]{0,1000}> client (?P<ip>[0-9.]+)$",               # after a client-written field
+])
+def test_linter_reads_the_address_group_in_both_spellings(pattern):
+    """regex takes "(?<ip>" for "(?P<ip>": written so, an unsafe pattern must not pass unseen."""
+    other = pattern.replace("(?P<ip>", "(?<ip>")
+    assert lint_pattern(other) == lint_pattern(pattern)
+    assert _client_fields_before_ip(other) == _client_fields_before_ip(pattern)
+    assert lint_pattern(pattern) is not None or _client_fields_before_ip(pattern)
 
 
 def test_rules_check_reports_failing_rule_tests(tmp_path):
