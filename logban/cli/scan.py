@@ -84,7 +84,8 @@ def cmd_scan(args, cfg: Config) -> int:
     if args.apply:
         check_rule_durations(cfg, rules)
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
-        store = _store(args, cfg)
+        from ..store import BULK_CACHE_MIB
+        store = _store(args, cfg, cache_mib=BULK_CACHE_MIB)
         engine = _engine(args, cfg, store, _allow(cfg, store))
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         for src in sources:
