@@ -28,10 +28,10 @@ def _log(tmp_path, n: int = 3):
     return log, cfg
 
 
-def _scan(tmp_path, db, *more):
+def _scan(tmp_path, db, jobs: int = 2):
     log, cfg = _log(tmp_path)
     return main(["-c", str(cfg), "--db", db, "--backend", "none", "scan", "--apply", "--json", "--no-progress",
-                 "--jobs", "1", *more, str(log)])
+                 "--jobs", str(jobs), str(log)])
 
 
 def dump(db: str) -> dict[str, list]:
@@ -44,9 +44,11 @@ def dump(db: str) -> dict[str, list]:
         e.dispose()
 
 
-def test_scan_apply_writes_in_another_process_through_a_bulk_page_cache(tmp_path, monkeypatch, capsys):
-    """The batches of scan --apply are written by a process of their own, on a connection with
-    the bulk page cache; the store it leaves is opened by others with SQLite's default."""
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_scan_apply_writes_in_another_process_through_a_bulk_page_cache(tmp_path, monkeypatch, capsys, jobs):
+    """The batches of scan --apply are written by a process of their own (--jobs 1: in this
+    one), on a connection with the bulk page cache; the store it leaves is opened by others
+    with SQLite's default."""
     seen = tmp_path / "seen"
     record = writes.Writes.record
 
@@ -57,10 +59,10 @@ def test_scan_apply_writes_in_another_process_through_a_bulk_page_cache(tmp_path
         return record(self, *a, **kw)
     monkeypatch.setattr(writes.Writes, "record", spy)
     db = f"sqlite:///{tmp_path}/t.db"
-    assert _scan(tmp_path, db) == 0
+    assert _scan(tmp_path, db, jobs) == 0
     recorded = json.loads(capsys.readouterr().out)["applied"]["offences"]
     pids, caches = zip(*(ln.split() for ln in seen.read_text().splitlines()))
-    assert os.getpid() not in map(int, pids) and set(caches) == {str(-1024 * BULK_CACHE_MIB)}
+    assert (os.getpid() in map(int, pids)) == (jobs == 1) and set(caches) == {str(-1024 * BULK_CACHE_MIB)}
     s = Store(db)
     with s.write() as c:
         assert c.exec_driver_sql("PRAGMA cache_size").scalar() == -2000
@@ -110,7 +112,8 @@ def test_a_writer_writes_to_postgresql_and_leaves_out_a_row_refused(pg_url, capl
     assert len(dump(pg_url)["offences"]) == 10
 
 
-def test_an_error_in_the_writer_is_the_same_line_and_status_as_without_it(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_an_error_in_the_writer_is_the_same_line_and_status_as_without_it(tmp_path, monkeypatch, capsys, jobs):
     """A database error that comes with a whole batch's rows (megabytes: more than the pipe
     holds while the scoring process sends the next batch) is told as one line, no hang."""
     def refuse(self, *a, **kw):
@@ -118,7 +121,7 @@ def test_an_error_in_the_writer_is_the_same_line_and_status_as_without_it(tmp_pa
                                       sqlite3.OperationalError("disk I/O error"))
     monkeypatch.setattr(writes.Writes, "record", refuse)
     db = f"sqlite:///{tmp_path}/t.db"
-    assert _scan(tmp_path, db) == 1
+    assert _scan(tmp_path, db, jobs) == 1
     assert capsys.readouterr().err == f"logban: {tmp_path}/t.db: disk I/O error\n"
 
 

@@ -87,13 +87,17 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
     else:
         sinks.append(lambda offs: summary.add(keep(offs)))
     engine = applied = None
+    jobs = args.jobs or available_cores()
     if args.apply:
         check_rule_durations(cfg, rules)
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
-        # Forked first: no database connection may cross a fork. The batches are written
-        # there while this process scores on.
-        writer = closing.enter_context(_writer(args, cfg))
-        store = _store(args, cfg)
+        from ..store import BULK_CACHE_MIB
+        writer = None
+        if jobs > 1:
+            # Forked first: no database connection may cross a fork. The batches are
+            # written there while this process scores on.
+            writer = closing.enter_context(_writer(args, cfg))
+        store = _store(args, cfg, cache_mib=None if writer else BULK_CACHE_MIB)
         engine = _engine(args, cfg, store, _allow(cfg, store))
         engine.writer = writer
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
@@ -112,7 +116,6 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
     streams = _streams(sources)
-    jobs = args.jobs or available_cores()
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(Pool(parser, jobs, lines=engine is not None)) if jobs > 1 else None
         if applied is not None and len(streams) > 1:
