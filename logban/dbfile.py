@@ -78,7 +78,7 @@ def _sqlite_ro_connect(path: str):
     return conn
 
 
-def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
+def _sqlite_engine(url: sa.URL, readonly: bool = False, cache_mib: int | None = None) -> Engine:
     path = url.database
     memory = not path or path == ":memory:"
     if not memory:
@@ -104,6 +104,10 @@ def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
         if not readonly:
             cur.execute("PRAGMA journal_mode = WAL")
             cur.execute("PRAGMA synchronous = NORMAL")
+            if cache_mib:
+                # Negative: KiB, not pages. Only allocated as pages are read, so a small store
+                # costs no more memory than before.
+                cur.execute(f"PRAGMA cache_size = {-1024 * int(cache_mib)}")
         cur.close()
 
     @sa.event.listens_for(engine, "begin")
@@ -115,14 +119,16 @@ def _sqlite_engine(url: sa.URL, readonly: bool = False) -> Engine:
     return engine
 
 
-def make_engine(url: str, readonly: bool = False) -> Engine:
+def make_engine(url: str, readonly: bool = False, cache_mib: int | None = None) -> Engine:
+    """`cache_mib`: SQLite's page cache of a writer (default: SQLite's 2 MB); other databases
+    keep their own."""
     try:
         u = sa.make_url(url)
     except sa.exc.ArgumentError:
         raise UsageError(f"{url!r} is not a database URL (like sqlite:////var/lib/logban/logban.db)") from None
     try:
         if u.get_backend_name() == "sqlite":
-            return _sqlite_engine(u, readonly)
+            return _sqlite_engine(u, readonly, cache_mib)
         # A database that went away must fail fast, not hang: the daemon goes on without it.
         args: dict = {"connect_timeout": 5}
         if readonly and u.get_backend_name() == "postgresql":

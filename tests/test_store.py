@@ -534,3 +534,49 @@ def test_an_offender_row_sums_a_batch_and_merges_with_the_one_stored(tmp_path):
     # An older offence: counted, its kind and first seen too; the newer score stays, a name it has is taken.
     assert (r.first_seen, r.last_seen, r.offences, r.name, r.score) == (t, t + 9, 6, "b.example", 2.5)
     assert "virus" in kind_names(r.kinds)
+
+
+def _cache_size(conn) -> int:
+    return conn.exec_driver_sql("PRAGMA cache_size").scalar()
+
+
+def test_a_bulk_writers_page_cache_is_its_own_and_no_readers(tmp_path):
+    """`cache_mib` (scan --apply's) sizes the writer's SQLite page cache; a plain writer (the
+    daemon, ban, unban) and a read-only open keep SQLite's default."""
+    bulk = Store(url(tmp_path), cache_mib=store_mod.BULK_CACHE_MIB)
+    with bulk.write() as c:
+        assert _cache_size(c) == -1024 * store_mod.BULK_CACHE_MIB
+    with bulk.read() as c:
+        assert _cache_size(c) == -1024 * store_mod.BULK_CACHE_MIB
+    for other in (Store(url(tmp_path)), Store(url(tmp_path), readonly=True, cache_mib=64)):
+        with other.read() as c:
+            assert _cache_size(c) == -2000
+        other.close()
+    bulk.close()
+
+
+def test_offence_rows_are_those_of_the_line_cut_decoded_and_cleaned():
+    """The rows `record` builds at once: as `_text` and `_clean` make them one by one, NUL
+    bytes around broken UTF-8 and at the cut included."""
+    from logban.store.sql import TEXT_MAX, _clean, _offence_rows, _text
+    raws = [b"", b"plain", b"\x00", b"\xe2\x82\x00x", b"\xf0\x9f\x00\x98", b"a\x00" * 400,
+            b"\xc3" + b"\x00" * (TEXT_MAX + 5), b"x" * (TEXT_MAX - 1) + b"\xe2\x82\xac\x00", b"\xff\xfe\x00\xff"]
+    names = [None, "", "n\x00me", "mx.example"]
+    offs = [(Offence(float(i), "192.0.2.1", "postfix", "r", "k", 1.0, "f", i, raw, names[i % len(names)]), "t")
+            for i, raw in enumerate(raws)]
+    assert _offence_rows(offs, "mx1") == [
+        (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, "mx1", o.file, o.line, _text(o.raw), _clean(o.name))
+        for o, t in offs]
+
+
+def test_offences_stamped_at_infinity_count_in_no_hour(tmp_path):
+    now = time.time()
+    h = int(now // 3600)
+    s = Store(url(tmp_path))
+    s.record([(off("192.0.2.7", t), "192.0.2.7") for t in (h * 3600 + 1, float("inf"), -float("inf"),
+                                                           h * 3600 + 2, (h - 1) * 3600)], [],
+             node="mx1", dry_run=False, now=now)
+    assert sql(url(tmp_path), "SELECT hour, node, mta, rule, kind, count FROM offence_hours ORDER BY hour") == [
+        (h - 1, "mx1", "postfix", "rule-auth_failed", "auth_failed", 1),
+        (h, "mx1", "postfix", "rule-auth_failed", "auth_failed", 2)]
+    s.close()

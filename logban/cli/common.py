@@ -136,11 +136,11 @@ def feed_sources(sources: list[Source], parser: Parser, sink: Callable[[list[Off
     return failed
 
 
-def _store(args, cfg: Config, *, readonly: bool = False):
+def _store(args, cfg: Config, *, readonly: bool = False, cache_mib: int | None = None):
     from ..store import (
         Store,  # SQLAlchemy takes a third of a second to import: only when needed
     )
-    return Store(args.db or cfg.database, readonly=readonly)
+    return Store(args.db or cfg.database, readonly=readonly, cache_mib=cache_mib)
 
 
 def _check_backend(args, cfg: Config, *, dry_run: bool = False, lifting: bool = False) -> None:

@@ -61,6 +61,12 @@ def _collect_less() -> None:
 
 
 def cmd_scan(args, cfg: Config) -> int:
+    with contextlib.ExitStack() as closing:
+        return _scan(args, cfg, closing)
+
+
+def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
+    """`closing`: what must end with the scan however it ends (the store's writer)."""
     if (args.dry_run or args.node or args.reapply) and not args.apply:
         raise UsageError("--dry-run, --node and --reapply go with --apply")
     _collect_less()
@@ -81,11 +87,19 @@ def cmd_scan(args, cfg: Config) -> int:
     else:
         sinks.append(lambda offs: summary.add(keep(offs)))
     engine = applied = None
+    jobs = args.jobs or available_cores()
     if args.apply:
         check_rule_durations(cfg, rules)
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
-        store = _store(args, cfg)
+        from ..store import BULK_CACHE_MIB
+        writer = None
+        if jobs > 1:
+            # Forked first: no database connection may cross a fork. The batches are
+            # written there while this process scores on.
+            writer = closing.enter_context(_writer(args, cfg))
+        store = _store(args, cfg, cache_mib=None if writer else BULK_CACHE_MIB)
         engine = _engine(args, cfg, store, _allow(cfg, store))
+        engine.writer = writer
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         for src in sources:
             applied.skip(src)
@@ -102,7 +116,6 @@ def cmd_scan(args, cfg: Config) -> int:
     t0 = time.perf_counter()
     progress = _Progress(not args.no_progress and not args.events)
     streams = _streams(sources)
-    jobs = args.jobs or available_cores()
     with contextlib.ExitStack() as stack:
         pool = stack.enter_context(Pool(parser, jobs, lines=engine is not None)) if jobs > 1 else None
         if applied is not None and len(streams) > 1:
@@ -139,6 +152,14 @@ def cmd_scan(args, cfg: Config) -> int:
         if engine is not None:
             print("\n" + applied_human(engine) + f"\n  firewall: {note}")
     return 1 if summary.failed else 0
+
+
+def _writer(args, cfg: Config):
+    from ..dbfile import default_url
+    from ..engine import write_packed
+    from ..store import BULK_CACHE_MIB
+    from ..store.writer import Writer
+    return Writer(args.db or cfg.database or default_url(), write_packed, cache_mib=BULK_CACHE_MIB)
 
 
 def _streams(sources: list[Source]) -> list[list[Source]]:

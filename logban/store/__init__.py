@@ -20,6 +20,7 @@ from .sql import (
     BAN_COLS,
     BAN_KINDS,
     BANS,
+    BULK_CACHE_MIB,
     NOTIFY_CHANNEL,
     OFFENCE_COLS,
     OFFENCE_HOURS,
@@ -51,6 +52,6 @@ def __getattr__(name: str):
     return module if _LAZY[name] is None else getattr(module, name)
 
 
-__all__ = ["ALLOWLIST", "BANS", "BAN_COLS", "BAN_KINDS", "MIGRATIONS", "NOTIFY_CHANNEL", "OFFENCES", "OFFENCE_COLS",
+__all__ = ["ALLOWLIST", "BANS", "BAN_COLS", "BULK_CACHE_MIB", "BAN_KINDS", "MIGRATIONS", "NOTIFY_CHANNEL", "OFFENCES", "OFFENCE_COLS",
            "OFFENCE_HOURS", "OFFENDERS", "OFFENDER_COLS", "POSITIONS", "PRUNE_CHUNK", "SCHEMA_VERSION", "UNREACHABLE",
            "Base", "RunLock", "Store", "default_url", "fill_offence_hours", "kind_names", "short_error"]

@@ -33,10 +33,11 @@ from .sql import (
 
 class Base:
     last_opened = "database"
-    def __init__(self, url: str | None = None, *, readonly: bool = False) -> None:
+    def __init__(self, url: str | None = None, *, readonly: bool = False, cache_mib: int | None = None) -> None:
         """`readonly`: for commands that only read (list, show, stats, export, firewall status):
         no migration, no write transaction, so a store this user may only read, or one on a
-        read-only mount, serves them, and they never wait behind a writer."""
+        read-only mount, serves them, and they never wait behind a writer. `cache_mib`: a
+        writer's SQLite page cache (see `BULK_CACHE_MIB`)."""
         self.url = url or default_url()
         if readonly and new_sqlite_file(self.url):
             readonly = False        # nothing to read yet: made as a writer would make it
@@ -47,7 +48,7 @@ class Base:
         self.revision_known: tuple[int, int] | None = None
         self.prune_more = False                 # released bans left to prune after the last `prune`
         self._partners: dict[tuple[str, ...], tuple[float, list[str]]] = {}
-        self.engine = make_engine(self.url, readonly)
+        self.engine = make_engine(self.url, readonly, None if readonly else cache_mib)
         Base.last_opened = self._where()           # for main()'s one-line errors
         self.shared = self.engine.dialect.name == "postgresql"        # several nodes: LISTEN/NOTIFY
         try:

@@ -3,6 +3,7 @@ read positions, the live allow-list, and pruning."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ from .sql import (
     _clean,
     _insert_sql,
     _mark,
+    _offence_rows,
     _text,
 )
 
@@ -56,9 +58,7 @@ class Writes(Base):
                     (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in {
                         ip: (ip, name, t) for ip, name, t in partners}.values()))
             if offences:
-                conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), [
-                    (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
-                     _text(o.raw), _clean(o.name)) for o, t in offences])
+                conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), _offence_rows(offences, node))
             # A ban resets its target's score: for targets in this batch that rides on the upsert.
             resets = {d.target: (d.expires if d.expires is not None and d.expires <= now else d.time)
                       for d in decisions}
@@ -69,17 +69,15 @@ class Writes(Base):
 
     @staticmethod
     def _count_hours(conn: Connection, offences: list[tuple[Offence, str]], node: str) -> None:
-        counts: dict[tuple, int] = {}
-        for o, _ in offences:
-            if math.isfinite(o.time):
-                key = (int(o.time // 3600), node, o.mta, o.rule, o.kind)
-                counts[key] = counts.get(key, 0) + 1
+        # Counted by Counter's C loop; a time that is no number (a row no logban wrote) has
+        # no hour: its key is NaN and is left out.
+        counts = Counter([(o.time // 3600, o.mta, o.rule, o.kind) for o, _ in offences])
         mark = _mark(conn)
         # In key order: two nodes adding to the same hours lock them in the same order.
         conn.exec_driver_sql(
             f"INSERT INTO offence_hours (hour, node, mta, rule, kind, count) VALUES ({', '.join([mark] * 6)}) "
             "ON CONFLICT (hour, node, mta, rule, kind) DO UPDATE SET count = offence_hours.count + excluded.count",
-            [(*k, n) for k, n in sorted(counts.items())])
+            sorted((int(h), node, m, r, k, n) for (h, m, r, k), n in counts.items() if math.isfinite(h)))
 
     def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
                           scores: dict[str, float], resets: dict[str, float]) -> set[str]:
@@ -104,9 +102,9 @@ class Writes(Base):
                     a[4] = o.name or a[4]
         score, reset = scores.get, resets.get
         # In target order: two nodes upserting the same offenders lock them in the same order.
-        # Rows in OFFENDER_COLS' order.
+        # Rows in OFFENDER_COLS' order; a name is rarely there, so cleaned only when it is.
         conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
-                             [(t, a[0], a[1], a[2], a[3], _clean(a[4]), score(t, 0.0), a[1], reset(t, 0.0))
+                             [(t, a[0], a[1], a[2], a[3], a[4] and _clean(a[4]), score(t, 0.0), a[1], reset(t, 0.0))
                               for t, a in sorted(agg.items())])
         return {t for t in resets if t in agg}
 

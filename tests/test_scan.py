@@ -1,0 +1,160 @@
+"""`scan --apply` and the process that writes its store."""
+import json
+import os
+import signal
+import sqlite3
+import time
+
+import pytest
+import sqlalchemy as sa
+
+from logban.allow import AllowList
+from logban.cli import main
+from logban.engine import Engine, write_packed
+from logban.errors import StoreError
+from logban.parse import Offence
+from logban.score import Policy
+from logban.store import BULK_CACHE_MIB, Store, writes
+from logban.store.writer import Writer
+
+
+def _log(tmp_path, n: int = 3):
+    stamp = time.strftime("%b %e %H:%M:%S", time.localtime(time.time() - 60))
+    log = tmp_path / "mail.log"
+    log.write_text("".join(f"{stamp} mx postfix/smtpd[7]: warning: unknown[198.51.100.{i}]: SASL LOGIN "
+                           "authentication failed: UGFzc3dvcmQ6\n" for i in range(1, n + 1)))
+    cfg = tmp_path / "logban.toml"
+    cfg.write_text("")
+    return log, cfg
+
+
+def _scan(tmp_path, db, jobs: int = 2):
+    log, cfg = _log(tmp_path)
+    return main(["-c", str(cfg), "--db", db, "--backend", "none", "scan", "--apply", "--json", "--no-progress",
+                 "--jobs", str(jobs), str(log)])
+
+
+def dump(db: str) -> dict[str, list]:
+    e = sa.create_engine(db)
+    try:
+        with e.connect() as c:
+            return {t: sorted(map(tuple, c.exec_driver_sql(f"SELECT * FROM {t}")), key=repr)
+                    for t in ("offences", "offenders", "bans", "positions", "offence_hours", "meta")}
+    finally:
+        e.dispose()
+
+
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_scan_apply_writes_in_another_process_through_a_bulk_page_cache(tmp_path, monkeypatch, capsys, jobs):
+    """The batches of scan --apply are written by a process of their own (--jobs 1: in this
+    one), on a connection with the bulk page cache; the store it leaves is opened by others
+    with SQLite's default."""
+    seen = tmp_path / "seen"
+    record = writes.Writes.record
+
+    def spy(self, *a, **kw):
+        with self.read() as c:
+            with open(seen, "a") as f:
+                f.write(f"{os.getpid()} {c.exec_driver_sql('PRAGMA cache_size').scalar()}\n")
+        return record(self, *a, **kw)
+    monkeypatch.setattr(writes.Writes, "record", spy)
+    db = f"sqlite:///{tmp_path}/t.db"
+    assert _scan(tmp_path, db, jobs) == 0
+    recorded = json.loads(capsys.readouterr().out)["applied"]["offences"]
+    pids, caches = zip(*(ln.split() for ln in seen.read_text().splitlines()))
+    assert (os.getpid() in map(int, pids)) == (jobs == 1) and set(caches) == {str(-1024 * BULK_CACHE_MIB)}
+    s = Store(db)
+    with s.write() as c:
+        assert c.exec_driver_sql("PRAGMA cache_size").scalar() == -2000
+        assert c.exec_driver_sql("SELECT count(*) FROM offences").scalar() == recorded > 0
+    s.close()
+
+
+def _offences(n: int, now: float) -> list[Offence]:
+    return [Offence(now - 300 + i, f"203.0.113.{i % 7}", "postfix", "postfix-dnsbl" if i % 3 else "postfix-auth",
+                    "dnsbl" if i % 3 else "auth_failed", 5.0 if i % 3 else 1.0, "mail.log", i + 1,
+                    b"line \x00\xff " + str(i).encode(), "n\x00me" if i % 5 == 0 else None) for i in range(n)]
+
+
+def test_a_writer_records_what_the_engine_records_itself(tmp_path, monkeypatch):
+    """Every table as the engine leaves it writing its batches itself, on a pinned clock."""
+    now = 1_900_000_000.0
+    monkeypatch.setattr(time, "time", lambda: now)
+    pos = {"path": "/l", "dev": 1, "inode": 2, "fingerprint": "f", "fp_len": 1, "offset": 0}
+    dbs = []
+    for name, writer in (("alone", False), ("apart", True)):
+        db = f"sqlite:///{tmp_path}/{name}.db"
+        e = Engine(Store(db), Policy(), AllowList(own=()), node="mx1", dry_run=False)
+        e.writer = w = Writer(db, write_packed) if writer else None
+        offs = _offences(60, now)
+        e.add(offs[:30])
+        e.flush([pos | {"lines": 30}])
+        e.flush([pos | {"lines": 40}])             # positions alone
+        e.add(offs[30:])
+        e.close([pos | {"lines": 60}])
+        if w is not None:
+            w.close()
+        assert e.stats.offences == 60 and e.stats.bans > 0
+        dbs.append(dump(db))
+    assert dbs[0] == dbs[1]
+
+
+def test_a_writer_writes_to_postgresql_and_leaves_out_a_row_refused(pg_url, caplog):
+    now = time.time()
+    e = Engine(Store(pg_url), Policy(), AllowList(own=()), node="mx1", dry_run=False)
+    e.writer = w = Writer(pg_url, write_packed)
+    bad = Offence(now - 5, "192.0.2.9", "postfix", "postfix-x", "dnsbl", 5.0, "mail.log", 99, b"x", None)
+    bad.line = 1 << 40                  # no INTEGER column holds it
+    e.add(_offences(10, now) + [bad])
+    e.close()
+    w.close()
+    assert e.stats.dropped == 1
+    assert len(dump(pg_url)["offences"]) == 10
+
+
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_an_error_in_the_writer_is_the_same_line_and_status_as_without_it(tmp_path, monkeypatch, capsys, jobs):
+    """A database error that comes with a whole batch's rows (megabytes: more than the pipe
+    holds while the scoring process sends the next batch) is told as one line, no hang."""
+    def refuse(self, *a, **kw):
+        raise sa.exc.OperationalError("INSERT", [("x" * 100, i) for i in range(100_000)],
+                                      sqlite3.OperationalError("disk I/O error"))
+    monkeypatch.setattr(writes.Writes, "record", refuse)
+    db = f"sqlite:///{tmp_path}/t.db"
+    assert _scan(tmp_path, db, jobs) == 1
+    assert capsys.readouterr().err == f"logban: {tmp_path}/t.db: disk I/O error\n"
+
+
+def test_a_writer_killed_is_a_store_error_not_a_hang(tmp_path):
+    db = f"sqlite:///{tmp_path}/t.db"
+    Store(db).close()
+    w = Writer(db, write_packed)
+    os.kill(w._proc.pid, signal.SIGKILL)
+    w._proc.join()
+    with pytest.raises(StoreError, match="process writing the database ended"):
+        w.send([], [], [], {}, [], "mx1", False, time.time())
+        w.wait()
+    w.close()
+
+
+def _refuse_with_rows(store, *args):
+    raise sa.exc.OperationalError("INSERT", [("x" * 100, i) for i in range(100_000)],
+                                  sqlite3.OperationalError("database is locked"))
+
+
+def test_a_writers_error_crosses_while_batches_are_still_sent(tmp_path):
+    """The writer fails on the first batch while this process sends more, each larger than
+    the pipe holds: the error comes through at the next send or the wait, no hang."""
+    db = f"sqlite:///{tmp_path}/t.db"
+    Store(db).close()
+    w = Writer(db, _refuse_with_rows)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the writer and this process wait for each other"))
+    signal.alarm(30)
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="database is locked"):
+            for _ in range(5):
+                w.send(b"y" * (4 << 20))
+            w.wait()
+    finally:
+        signal.alarm(0)
+        w.close()
