@@ -30,6 +30,7 @@ import socket
 from array import array
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from .allow import AllowList, ip_num, network_text, special
 from .parse import Offence
@@ -54,6 +55,7 @@ DEFAULT_DURATIONS: dict[str, float | None] = {
 _EVENTS_MAX = 64          # offences remembered one by one per client; older ones are only counted
 BUCKETS = 24              # counters per long horizon: a day counts 24 to 25 hours back
 _ZEROS = array("d", bytes(8 * BUCKETS))
+_WHEN = itemgetter(0)     # of an event of a Track
 
 
 @dataclass(frozen=True)
@@ -195,14 +197,6 @@ class Track:
         self.until = 0.0          # the newest of them
 
 
-def _insort(ev: list, e: tuple) -> None:
-    """Events kept in time order; nearly always an append."""
-    if not ev or ev[-1][0] <= e[0]:
-        ev.append(e)
-    else:
-        bisect.insort(ev, e, key=lambda x: x[0])
-
-
 def horizon_totals(policy: Policy, offences: list[Offence], now: float, banned_before: bool) -> dict[str, float]:
     """Where a client stands on each horizon at `now`, from its offences (`show`): the burst
     score, and each long horizon's weighted count (exact, not bucketed)."""
@@ -304,15 +298,16 @@ class Scorer:
         its network may not be banned); None for a client that is never an offender. Rate
         rules read every connection: a partner is learned from its first one, not only from
         its first offence."""
-        got = self._where(ip)
+        got = self._target.get(ip) or self._where(ip)       # a line of every connection: a hit, mostly
         if got[3]:
             return None
-        if self.allow.name_allowed(name):
-            self.partner(ip, name, t)
-            return None
-        if self.allow.big_sender(name):
-            self.partner(ip, name, t)
-            got = self._where(ip)             # its network is no target any more
+        if name is not None:                  # most connections bring no verified name
+            if self.allow.name_allowed(name):
+                self.partner(ip, name, t)
+                return None
+            if self.allow.big_sender(name):
+                self.partner(ip, name, t)
+                got = self._where(ip)             # its network is no target any more
         return got[0] if got[2] else None
 
     def partner(self, ip: str, name: str | None = None, t: float = 0.0) -> None:
@@ -501,32 +496,37 @@ class Scorer:
         all (allow-listed, or an address that can never be banned), so not recorded."""
         st = self.stats
         st.offences += 1
-        got = self._where(o.ip)
+        ip, t = o.ip, o.time
+        got = self._target.get(ip) or self._where(ip)
         if got[3]:
             st.allowed += 1
             return None, []
         name = o.name
-        if name is not None and self.allow.name_allowed(name):
-            st.allowed += 1
-            self.partner(o.ip, name, o.time)
-            return None, []
-        big = name is not None and self.allow.big_sender(name)
-        if big:
-            # Counted (recorded, shown) but never banned automatically, nor its network.
-            self.partner(o.ip, name, o.time)
-            got = self._where(o.ip)           # its network is no target any more
+        big = None
+        if name is not None:
+            if self.allow.name_allowed(name):
+                st.allowed += 1
+                self.partner(ip, name, t)
+                return None, []
+            big = self.allow.big_sender(name)
+            if big:
+                # Counted (recorded, shown) but never banned automatically, nor its network.
+                self.partner(ip, name, t)
+                got = self._where(ip)           # its network is no target any more
         target, net, ok, _ = got
         if not ok:
             st.not_target += 1
             return None, []
-        if self.banned(target, net, o.time):
+        # Nearly every offence is of a client not banned: `banned` only when a ban may hold it.
+        active = self.active
+        if (target in active or net in active or self._wide) and self.banned(target, net, t):
             st.while_banned += 1
             return target, []
         if big:
             st.big_senders += 1
             return target, []
         tr = self._track(target, o)
-        got = self._reach(tr, target, o.time)
+        got = self._reach(tr, target, t)
         if got is None:
             return target, []
         del self.tracks[target]            # the ban uses the scores up: after it, start from zero
@@ -553,7 +553,12 @@ class Scorer:
             if len(self.tracks) >= self._evict_at:
                 self._evict(o.time)
             tr = self.tracks[target] = Track()
-        _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
+        e = (o.time, o.score, 0 if o.reply != 4 else evidence(o), o.kind, o.rule)
+        ev = tr.ev
+        if ev and ev[-1][0] > e[0]:
+            bisect.insort(ev, e, key=_WHEN)      # events are kept in time order
+        else:
+            ev.append(e)            # nearly always
         return tr
 
     def _explain(self, tr: Track, horizon: Horizon | None, total: float) -> tuple[str, str, str]:
