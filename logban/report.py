@@ -50,7 +50,7 @@ class AllowFilter:
         """`offences` without those of allowed clients (the same list when there are none)."""
         allow = self.allow
         # Each address once per batch: a batch holds the same few clients again and again.
-        out = {ip for ip in set(map(_IP, offences)) if allow.address_allowed(ip)}
+        out = set(filter(allow.address_allowed, set(map(_IP, offences))))
         if allow.names:
             name = allow.name_allowed
             # Most offences come with no name: no call to find that out.
