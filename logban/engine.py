@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ log = logging.getLogger("logban")
 
 BATCH = 50_000
 HISTORY_MARGIN = 1_000      # ban ids read again: ones taken before a commit that came late
+_TIME = attrgetter("time")
 
 
 @dataclass
@@ -163,25 +165,28 @@ class Engine:
         if resolver is not None and self._held:
             self.settle()
         now = time.time()
-        if offences and max(o.time for o in offences) > now + self.clock_skew:
+        if offences and max(map(_TIME, offences)) > now + self.clock_skew:
             offences = self._future(offences, now)
-        for o in offences:
-            if resolver is not None and o.name is None:
-                held = self._held.get(o.ip)
-                if held is not None:             # behind an offence of its own waiting for the name
-                    held.append((o, record))
-                    continue
-                if self.scorer.would_ban(o):
-                    # Only a client about to be banned costs a DNS lookup, never every line.
-                    if not self.wait_names:
-                        name = resolver.lookup(o.ip)
-                        if name is PENDING:
-                            self._held[o.ip] = [(o, record)]
-                            continue
-                        o.name = name
-                    else:
-                        o.name = resolver.names([o.ip]).get(o.ip)
-            self._score(o, record)
+        if resolver is None:
+            self._score(offences, record)       # no name to wait for: the whole batch at once
+        else:
+            for o in offences:
+                if o.name is None:
+                    held = self._held.get(o.ip)
+                    if held is not None:             # behind an offence of its own waiting for the name
+                        held.append((o, record))
+                        continue
+                    if self.scorer.would_ban(o):
+                        # Only a client about to be banned costs a DNS lookup, never every line.
+                        if not self.wait_names:
+                            name = resolver.lookup(o.ip)
+                            if name is PENDING:
+                                self._held[o.ip] = [(o, record)]
+                                continue
+                            o.name = name
+                        else:
+                            o.name = resolver.names([o.ip]).get(o.ip)
+                self._score((o,), record)
         if len(self._offences) >= self.batch:
             self.flush()
 
@@ -205,20 +210,23 @@ class Engine:
             for o, record in self._held.pop(ip):
                 if o.name is None:
                     o.name = name
-                self._score(o, record)
+                self._score((o,), record)
 
     def holding(self) -> bool:
         """Offences wait for a name: the caller should look again soon (`fresh`)."""
         return bool(self._held)
 
-    def _score(self, o: Offence, record: bool) -> None:
-        target, ds = self.scorer.count(o)
-        if record and target is not None:
-            # Allow-listed and special clients are never offenders: not recorded, not in stats.
-            self._offences.append((o, target))
-        if ds:
-            self._pending.extend(ds)
-            self._fresh.extend(ds)
+    def _score(self, offences: Iterable[Offence], record: bool) -> None:
+        count, pending, fresh = self.scorer.count, self._pending, self._fresh
+        keep = self._offences.append
+        for o in offences:
+            target, ds = count(o)
+            if record and target is not None:
+                # Allow-listed and special clients are never offenders: not recorded, not in stats.
+                keep((o, target))
+            if ds:
+                pending.extend(ds)
+                fresh.extend(ds)
 
     def has_unsaved(self) -> bool:
         return bool(self._offences or self._pending or self.scorer.new_partners)

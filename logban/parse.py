@@ -365,6 +365,22 @@ def _groups(r: Rule) -> tuple[int, int, int, int]:
             gi.get("forged", 0), gi["key"] if r.key == "group" else 0)
 
 
+# What `Parser.apply` does with a match of a rule (`_how`).
+_LINK, _KEYED = 0, 1            # a link; an offence whose line names a queue id or pid, not the client
+_OWN, _RATE, _SESSION = 2, 3, 4     # an offence of the address on its line: as it is; counted per
+                                    # window; noted for the session a summary may repeat
+
+
+def _how(r: Rule) -> int:
+    if r.link:
+        return _LINK
+    if r.key is not None and not r.has_ip:
+        return _KEYED
+    if r.session or r.repeats:
+        return _SESSION
+    return _RATE if r.rate_over else _OWN
+
+
 class Parser:
     """Turns chunks of log lines into offences, keeping the state correlation needs."""
 
@@ -400,7 +416,7 @@ class Parser:
         self._ip_cache: dict[bytes, str] = {}       # raw -> canonical address, "" for no ban target
         self._applies: dict[str, frozenset[int]] = {}
         self._plans: dict[tuple, list[tuple]] = {}     # (hint id or ids, program) -> what `_line` tries
-        self._by_order = {r.order: r for r in rules.rules}
+        self._how = {r.order: (r, _how(r)) for r in rules.rules}     # rule order -> (rule, what `apply` does)
         if not 0 <= rate_prefix6 <= 128:
             raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
         self.rate_prefix6 = rate_prefix6
@@ -599,15 +615,36 @@ class Parser:
         """The stage with state, in line order: links, waiting offences, rate windows.
         `lines_before`: lines before the part `hits` were numbered in."""
         out: list[Offence] = []
-        by_order, link, offence = self._by_order, self._link, self._offence
+        emit = out.append
+        how, stats, file = self._how, self.stats, self.file
+        over_rate, repeated = self._over_rate, self._repeated
+        # The main process runs this for every match the workers found (a third of them
+        # `connect from` lines for a rate rule): the offences of the address on their own
+        # line, nearly all of them, are made here, without a call per match.
         for lineno, t, line, found in hits:
             for order, ip, key, name, start in found:
-                r = by_order[order]
-                if r.link:
-                    link(r, ip, key, name, out)
+                r, mode = how[order]
+                if mode >= _OWN:
+                    if not ip:
+                        if ip == "":
+                            stats.not_target += 1
+                        continue
+                    if mode != _OWN:
+                        # Only rules a summary repeats are noted: any other keyed rule filled the table
+                        # to its bound for nothing (75 MB at a million distinct offenders).
+                        if mode == _SESSION and key is not None and repeated(r, key, ip):
+                            stats.repeated += 1
+                            continue
+                        if r.rate_over and not over_rate(r, ip, name, t):
+                            continue
+                    # Without its line (a report's matches come without them) there is no reply to read.
+                    emit(Offence(t, ip, r.pack, r.id, r.kind, r.score, file, lineno + lines_before, line, name,
+                                 reply_class(line, start) if line else 0))
+                elif mode == _LINK:
+                    self._link(r, ip, key, name, out)
                 else:
-                    offence(r, ip, key, name, start, t, line, lineno + lines_before, out)
-        self.stats.offences += len(out)
+                    self._keyed(r, key, start, t, line, lineno + lines_before, out)
+        stats.offences += len(out)
         return out
 
     def _line(self, line: bytes, hints: int | tuple[int, ...], cut: bool = False) -> tuple[float, list[tuple]] | None:
@@ -743,38 +780,32 @@ class Parser:
             return False
         k = (r.id, target)
         rates = self._rates
-        w = rates.pop(k, None)                   # taken out and put back: the newest go last
-        if w is None or t - w[0] > r.rate_per:
+        w = rates.get(k)
+        if w is None:
             while len(rates) >= _LIMIT:
                 rates.popitem(last=False)        # the oldest window goes, never all of them
             rates[k] = [t, 1]
             return r.rate_over < 1
-        rates[k] = w
+        rates.move_to_end(k)                     # the newest go last
+        if t - w[0] > r.rate_per:
+            w[0], w[1] = t, 1
+            return r.rate_over < 1
         w[1] += 1
         if w[1] > r.rate_over:
             w[0], w[1] = t, 0      # the next offence needs a whole new period's worth
             return True
         return False
 
-    def _offence(self, r: Rule, ip: str | None, key: tuple | None, name: str | None, start: int,
-                 t: float, line: bytes, lineno: int, out: list[Offence]) -> None:
-        if r.key is None or r.has_ip:
-            if ip == "":
-                self.stats.not_target += 1
-            elif ip is not None:
-                # Only rules a summary repeats are noted: any other keyed rule filled the table
-                # to its bound for nothing (75 MB at a million distinct offenders).
-                if key is not None and (r.session or r.repeats) and self._repeated(r, key, ip):
-                    self.stats.repeated += 1
-                elif not r.rate_over or self._over_rate(r, ip, name, t):
-                    out.append(Offence(t, ip, r.pack, r.id, r.kind, r.score, self.file, lineno, line, name,
-                                       reply_class(line, start)))
-            return
+    def _keyed(self, r: Rule, key: tuple | None, start: int, t: float, line: bytes, lineno: int,
+               out: list[Offence]) -> None:
+        """An offence of a rule whose line names a queue id or pid, not the client: the
+        client its key was linked to, or it waits for a link to come (or is given up)."""
         if key is None:
             self.stats.unresolved += 1      # no key (see `_found`): no link can name the client
             return
         ip, name = self._links.get(key, (None, None))
-        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name, reply_class(line, start))
+        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name,
+                    reply_class(line, start) if line else 0)
         if ip == "":
             self.stats.not_target += 1
         elif ip is not None:

@@ -28,8 +28,9 @@ import ipaddress
 import math
 import socket
 from array import array
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 
 from .allow import AllowList, ip_num, network_text, special
 from .parse import Offence
@@ -54,6 +55,7 @@ DEFAULT_DURATIONS: dict[str, float | None] = {
 _EVENTS_MAX = 64          # offences remembered one by one per client; older ones are only counted
 BUCKETS = 24              # counters per long horizon: a day counts 24 to 25 hours back
 _ZEROS = array("d", bytes(8 * BUCKETS))
+_WHEN = itemgetter(0)     # of an event of a Track
 
 
 @dataclass(frozen=True)
@@ -195,14 +197,6 @@ class Track:
         self.until = 0.0          # the newest of them
 
 
-def _insort(ev: list, e: tuple) -> None:
-    """Events kept in time order; nearly always an append."""
-    if not ev or ev[-1][0] <= e[0]:
-        ev.append(e)
-    else:
-        bisect.insort(ev, e, key=lambda x: x[0])
-
-
 def horizon_totals(policy: Policy, offences: list[Offence], now: float, banned_before: bool) -> dict[str, float]:
     """Where a client stands on each horizon at `now`, from its offences (`show`): the burst
     score, and each long horizon's weighted count (exact, not bucketed)."""
@@ -304,15 +298,16 @@ class Scorer:
         its network may not be banned); None for a client that is never an offender. Rate
         rules read every connection: a partner is learned from its first one, not only from
         its first offence."""
-        got = self._where(ip)
+        got = self._target.get(ip) or self._where(ip)       # a line of every connection: a hit, mostly
         if got[3]:
             return None
-        if self.allow.name_allowed(name):
-            self.partner(ip, name, t)
-            return None
-        if self.allow.big_sender(name):
-            self.partner(ip, name, t)
-            got = self._where(ip)             # its network is no target any more
+        if name is not None:                  # most connections bring no verified name
+            if self.allow.name_allowed(name):
+                self.partner(ip, name, t)
+                return None
+            if self.allow.big_sender(name):
+                self.partner(ip, name, t)
+                got = self._where(ip)             # its network is no target any more
         return got[0] if got[2] else None
 
     def partner(self, ip: str, name: str | None = None, t: float = 0.0) -> None:
@@ -470,19 +465,32 @@ class Scorer:
 
     def _rank(self, tr: Track, now: float) -> float:
         """How near its nearest threshold a client is, about: what eviction keeps."""
+        return self._ranker(now)(tr)
+
+    def _ranker(self, now: float) -> Callable[[Track], float]:
+        """`_rank` at `now`, of a track alone: eviction ranks every client each time (100k of
+        them, 18 times over at a million distinct offenders), so what is the same for all is
+        read once."""
         # The long horizons by the offences kept at all (within the longest one): cheap, and
         # a client that came back often this week stays ahead of a flood of one-offence ones.
-        ev, p = tr.ev, self.policy
-        if len(ev) == 1 and tr.agg is None and p.window is not None:
-            # Eviction ranks every client each time: a one-offence client (most of them in a
-            # distributed attack), within every horizon, is `_burst` with nothing to prune.
-            t, score, cls = ev[0][:3]
-            if t > now:
-                now = t
-            if t > now - self._keep:
-                b = 0 + score * self._bw[cls] if t > now - self._burst_span else 0
-                return max(b / p.threshold, (1 + tr.folded) / self._least)
-        return max(self._burst(tr, now) / p.threshold, (len(ev) + tr.folded) / self._least)
+        threshold, least, burst = self.policy.threshold, self._least, self._burst
+        bw, keep, span, window = self._bw, self._keep, self._burst_span, self.policy.window is not None
+
+        def rank(tr: Track) -> float:
+            ev = tr.ev
+            at = now
+            if window and len(ev) == 1 and tr.agg is None:
+                # A one-offence client (most of them in a distributed attack), within every
+                # horizon, is `_burst` with nothing to prune.
+                e = ev[0]
+                t = e[0]
+                if t > at:
+                    at = t
+                if t > at - keep:
+                    b = 0 + e[1] * bw[e[2]] if t > at - span else 0
+                    return max(b / threshold, (1 + tr.folded) / least)
+            return max(burst(tr, at) / threshold, (len(ev) + tr.folded) / least)
+        return rank
 
     # ---- offences ------------------------------------------------------------------
     def would_ban(self, o: Offence) -> bool:
@@ -501,32 +509,37 @@ class Scorer:
         all (allow-listed, or an address that can never be banned), so not recorded."""
         st = self.stats
         st.offences += 1
-        got = self._where(o.ip)
+        ip, t = o.ip, o.time
+        got = self._target.get(ip) or self._where(ip)
         if got[3]:
             st.allowed += 1
             return None, []
         name = o.name
-        if name is not None and self.allow.name_allowed(name):
-            st.allowed += 1
-            self.partner(o.ip, name, o.time)
-            return None, []
-        big = name is not None and self.allow.big_sender(name)
-        if big:
-            # Counted (recorded, shown) but never banned automatically, nor its network.
-            self.partner(o.ip, name, o.time)
-            got = self._where(o.ip)           # its network is no target any more
+        big = None
+        if name is not None:
+            if self.allow.name_allowed(name):
+                st.allowed += 1
+                self.partner(ip, name, t)
+                return None, []
+            big = self.allow.big_sender(name)
+            if big:
+                # Counted (recorded, shown) but never banned automatically, nor its network.
+                self.partner(ip, name, t)
+                got = self._where(ip)           # its network is no target any more
         target, net, ok, _ = got
         if not ok:
             st.not_target += 1
             return None, []
-        if self.banned(target, net, o.time):
+        # Nearly every offence is of a client not banned: `banned` only when a ban may hold it.
+        active = self.active
+        if (target in active or net in active or self._wide) and self.banned(target, net, t):
             st.while_banned += 1
             return target, []
         if big:
             st.big_senders += 1
             return target, []
         tr = self._track(target, o)
-        got = self._reach(tr, target, o.time)
+        got = self._reach(tr, target, t)
         if got is None:
             return target, []
         del self.tracks[target]            # the ban uses the scores up: after it, start from zero
@@ -553,7 +566,12 @@ class Scorer:
             if len(self.tracks) >= self._evict_at:
                 self._evict(o.time)
             tr = self.tracks[target] = Track()
-        _insort(tr.ev, (o.time, o.score, evidence(o), o.kind, o.rule))
+        e = (o.time, o.score, 0 if o.reply != 4 else evidence(o), o.kind, o.rule)
+        ev = tr.ev
+        if ev and ev[-1][0] > e[0]:
+            bisect.insort(ev, e, key=_WHEN)      # events are kept in time order
+        else:
+            ev.append(e)            # nearly always
         return tr
 
     def _explain(self, tr: Track, horizon: Horizon | None, total: float) -> tuple[str, str, str]:
@@ -685,11 +703,12 @@ class Scorer:
     def _evict(self, now: float) -> None:
         """Keep the higher half of the clients, by how near a threshold they are (and nothing
         that has decayed away): a patient attacker's day outweighs a flood of one-offence clients."""
-        rank, tracks = self._rank, self.tracks
-        scored = [(s, k) for k, tr in tracks.items() if (s := rank(tr, now)) > 0.002]
+        rank, tracks = self._ranker(now), self.tracks
+        scored = [(s, k, tr) for k, tr in tracks.items() if (s := rank(tr)) > 0.002]
         scored.sort(reverse=True)
-        # Ranked (s, k) pairs are all different: which tracks stay never depends on their order here.
-        self.tracks = {k: tracks[k] for _, k in scored[:self.policy.max_tracked // 2]}
+        # Ranked (s, k) pairs are all different: which tracks stay never depends on their order
+        # here, and no two tracks are ever compared.
+        self.tracks = {k: tr for _, k, tr in scored[:self.policy.max_tracked // 2]}
         self.stats.evicted += len(tracks) - len(self.tracks)
         self._evict_at = max(self.policy.max_tracked, len(self.tracks) + self.policy.max_tracked // 2)
         for net in [n for n, m in self._members.items() if all(e <= now for e, _, _ in m.values())]:

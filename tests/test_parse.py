@@ -654,3 +654,23 @@ def test_postfix_maillog_file_lines_written_by_postlog_itself(tmp_path):
     assert int(written) - 1 <= o.time <= written + 1, (data, o.time, written)
     day = time.strftime("%b %d", time.localtime(o.time)).encode()
     assert data.startswith(day), data            # "Dec 02": the day zero-padded, not "Dec  2" as syslog writes it
+
+
+def test_matches_without_their_lines_give_the_same_offences_with_no_reply():
+    """A report's workers send matches without the lines (jobs.Pool, lines=False): the
+    stateful stage makes the same offences of them, of every kind of rule, and reads no reply."""
+    from pathlib import Path
+    logs = Path(__file__).parent.parent / "samples/logs"
+    data = (logs / "postfix/mail.log.1").read_bytes() + (logs / "sendmail/maillog").read_bytes()
+    data += b"".join(b"Nov 22 11:00:%02d mx postfix/smtpd[9]: connect from unknown[192.0.2.90]\n" % (i % 60)
+                     for i in range(40))
+    whole = parser().feed(data, 0)
+    p = parser()
+    hits, _ = p.match(data, 0)
+    bare = p.apply([(i, t, b"", found) for i, t, _, found in hits])
+    fields = lambda o: (o.time, o.ip, o.rule, o.kind, o.score, o.line, o.name)
+    assert [fields(o) for o in bare] == [fields(o) for o in whole]
+    assert {o.reply for o in whole} == {0, 4, 5} and {o.reply for o in bare} == {0}
+    used = [r for r in RULES.rules if r.id in {o.rule for o in whole}]
+    assert all(any(how(r) for r in used) for how in (
+        lambda r: r.rate_over, lambda r: r.session, lambda r: r.key and not r.has_ip))

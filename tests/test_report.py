@@ -68,3 +68,36 @@ def test_allow_filter_leaves_allow_listed_clients_out_of_the_summary():
     out = human(s, ParseStats(lines=7), 10)
     assert "Ignored: allow-listed 5 " in out and "127.0.0.1" not in out
     assert "Ignored" not in human(ScanSummary(files=["f"]), ParseStats(), 10)
+
+
+def test_allow_filter_asks_once_per_address_and_hands_back_a_batch_with_nobody_allowed():
+    from logban.allow import AllowList
+    from logban.report import AllowFilter
+    allow = AllowList(["198.51.100.0/24"], own=())
+    asked = []
+    real = allow.address_allowed
+    allow.address_allowed = lambda ip: (asked.append(ip), real(ip))[1]
+    keep = AllowFilter(allow)
+    offs = [Offence(1.0, ip, "postfix", "r", "dnsbl", 5.0, "f", i, b"", "x.mailout.example.com")
+            for i, ip in enumerate(["192.0.2.1", "198.51.100.9", "192.0.2.1", "198.51.100.9", "192.0.2.3"])]
+    assert [o.line for o in keep(offs)] == [0, 2, 4] and keep.allow_listed == 2
+    assert sorted(asked) == ["192.0.2.1", "192.0.2.3", "198.51.100.9"]
+    # No name patterns: a name never leaves an offence out; nobody allowed: the batch as it came.
+    clean = offs[::2]
+    assert keep(clean) is clean and keep.allow_listed == 2
+    named = AllowFilter(AllowList([], ["*.mailout.example.com"], own=()))
+    assert named(clean) == [] and named.allow_listed == 3
+
+
+def test_a_client_counts_each_kind_and_its_first_and_last_offence_in_any_order():
+    s = ScanSummary()
+    s.add([Offence(t, "192.0.2.7", "postfix", "r", kind, 5.0, "f", 1, b"")
+           for t, kind in [(5.0, "dnsbl"), (3.0, "dnsbl"), (9.0, "bad_helo"), (1.0, "dnsbl"), (7.0, "bad_helo")]])
+    s.add([Offence(0.5, "192.0.2.7", "postfix", "r", "pregreet", 5.0, "f", 1, b""),
+           Offence(2.0, "192.0.2.8", "postfix", "r", "dnsbl", 5.0, "f", 1, b""),
+           Offence(4.0, "192.0.2.8", "postfix", "r", "dnsbl", 5.0, "f", 1, b"")])
+    c = s.clients["192.0.2.7"]
+    assert (c.count, c.first, c.last) == (6, 0.5, 9.0)
+    assert c.kind_counts() == [("dnsbl", 3), ("bad_helo", 2), ("pregreet", 1)]
+    one = s.clients["192.0.2.8"]
+    assert (one.count, one.first, one.last, one.kind_counts()) == (2, 2.0, 4.0, [("dnsbl", 2)])
