@@ -55,7 +55,8 @@ class Pool:
         _parser = parser
         self.jobs, self.part, self.lines = jobs, part, lines
         self._in_flight = 0     # tasks handed out and not yet applied, over every log being read
-        self._ex = ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_worker_start)
+        self._ex = ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_worker_start,
+                                       initargs=(os.getpid(),))
         _widen(self._ex)
 
     def close(self) -> None:
@@ -172,9 +173,25 @@ def _widen(ex: ProcessPoolExecutor) -> None:
         pass
 
 
-def _worker_start() -> None:
+def _worker_start(parent: int) -> None:
     # Ctrl-C is the main process's to handle: it stops handing out parts and ends the scan.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    end_with_parent(parent)
+
+
+def end_with_parent(parent: int) -> None:
+    """Killed with the process that forked this one, `parent` (Linux): the processes it
+    forked hold its ends of their pipes too, so after a `kill -9` of it no read here would
+    ever end, and a worker or writer would wait forever. A batch a writer had begun is
+    rolled back whole; the next `scan --apply` goes on from the positions saved with the
+    last one written."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))        # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(0)                 # it died before the line above
 
 
 def _edges(path: Path, part: int) -> list[int]:

@@ -218,3 +218,58 @@ def test_edges_of_a_file_without_newlines(tmp_path, part):
     log = tmp_path / "one-line.log"
     log.write_bytes(b"x" * 1000)
     assert _edges(log, part) == [0]
+
+
+def _children(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except FileNotFoundError:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    """Running, not gone nor a zombie waiting for a parent that may never reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("apply", [False, True])
+def test_workers_and_writer_end_with_a_scan_killed_by_sigkill(tmp_path, apply):
+    """A `kill -9` of a scan leaves no process behind: its workers (and, for --apply, its
+    store's writer) wait on pipes its other children hold open too, so only the kernel's
+    parent-death signal ends them (they waited forever before)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+    extra = ["--db", f"sqlite:///{tmp_path}/s.db", "scan", "--apply"] if apply else ["scan"]
+    p = subprocess.Popen([sys.executable, "-m", "logban", "--backend", "none", *extra, "--jobs", "2", "--no-progress", "-"],
+                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    kids: set[int] = set()
+    try:
+        line = b"Nov 21 09:00:00 mx postfix/smtpd[1]: connect from unknown[192.0.2.7]\n"
+        p.stdin.write(line * 60_000)        # chunks enough that some go to the workers
+        p.stdin.flush()                     # and standard input stays open: the scan waits for more
+        deadline = time.monotonic() + 30
+        while len(kids := _children(p.pid)) < (3 if apply else 2) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(kids) >= 2, f"the scan forked {kids}"
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait(10)
+        deadline = time.monotonic() + 10
+        while any(map(_alive, kids)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not [k for k in kids if _alive(k)], "processes of the killed scan still run"
+    finally:
+        if p.poll() is None:
+            p.kill()
+        for k in kids:                      # the processes a failure left behind
+            if _alive(k):
+                os.kill(k, signal.SIGKILL)

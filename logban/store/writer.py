@@ -24,6 +24,7 @@ from multiprocessing import get_context
 import sqlalchemy as sa
 
 from ..errors import StoreError
+from ..jobs import end_with_parent
 from .base import Base
 from .sql import short_error
 
@@ -116,24 +117,10 @@ def _portable(e: BaseException) -> BaseException:
     return StoreError(f"{Base.last_opened}: {short_error(e)}")
 
 
-def _end_with_parent(parent: int) -> None:
-    """Killed with the scoring process (Linux): processes it forked after this one hold its
-    end of the pipe too, so a `kill -9` of it would leave this one waiting. A batch cut short
-    is rolled back whole; the next `scan --apply` goes on from the positions saved with the
-    last one written."""
-    try:
-        import ctypes
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))        # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:
-        os._exit(0)                 # it died before the line above
-
-
 def _serve(conn, url: str, fn: Callable, cache_mib: int | None, parent: int) -> None:
     # Ctrl-C is the scoring process's to handle; this one ends when its pipe does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _end_with_parent(parent)
+    end_with_parent(parent)
     from . import Store
     store = None
     results: list = []
