@@ -158,3 +158,20 @@ def test_a_writers_error_crosses_while_batches_are_still_sent(tmp_path):
     finally:
         signal.alarm(0)
         w.close()
+
+
+def test_a_batch_cut_off_mid_send_ends_the_writer_at_close_not_a_hang(tmp_path):
+    """Ctrl-C while a batch is half through the pipe (the writer busy, the pipe full): the
+    "stop" that follows is read as the rest of that batch, so the writer must see the pipe
+    end, which it never does while it holds this process's end of it too."""
+    db = f"sqlite:///{tmp_path}/t.db"
+    Store(db).close()
+    w = Writer(db, write_packed)
+    os.write(w._conn.fileno(), (1 << 20).to_bytes(4, "big") + b"x" * 1000)     # a header and some of its bytes
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail("close waits forever for the writer"))
+    signal.alarm(20)
+    try:
+        w.close()
+    finally:
+        signal.alarm(0)
+    assert w._proc.exitcode is not None

@@ -38,7 +38,7 @@ class Writer:
         ctx = get_context("fork")
         self.url = url
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, url, fn, cache_mib, os.getpid()),
+        self._proc = ctx.Process(target=_serve, args=(child, self._conn, url, fn, cache_mib, os.getpid()),
                                  name="logban-writer")
         self._proc.start()
         child.close()
@@ -117,9 +117,12 @@ def _portable(e: BaseException) -> BaseException:
     return StoreError(f"{Base.last_opened}: {short_error(e)}")
 
 
-def _serve(conn, url: str, fn: Callable, cache_mib: int | None, parent: int) -> None:
+def _serve(conn, theirs, url: str, fn: Callable, cache_mib: int | None, parent: int) -> None:
     # Ctrl-C is the scoring process's to handle; this one ends when its pipe does.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Their end, forked with this process, closed: else the pipe never ends here. A batch Ctrl-C
+    # cut off mid-send reads the "stop" after it as its own bytes and would wait for the rest.
+    theirs.close()
     end_with_parent(parent)
     from . import Store
     store = None
