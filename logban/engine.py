@@ -246,17 +246,7 @@ class Engine:
         """Offences and decisions to the store in one transaction, with the read positions
         they come up to (with a writer: sent to it, in the database once `wait` returns)."""
         now = time.time()
-        if not self._offences and not self._pending and not self.scorer.new_partners:
-            if positions:
-                if self.writer is not None:
-                    self.writer.send([], [], [], {}, positions, self.node, self.dry_run, now)
-                    return
-                try:
-                    self.store.save_positions(self.node, positions, now)
-                except UNREACHABLE:
-                    raise
-                except sa.exc.StatementError as e:
-                    log.error("read positions not recorded: %s", short_error(e))
+        if not self._offences and not self._pending and not self.scorer.new_partners and not positions:
             return
         sc = self.scorer
         # Each target's score as of its last offence in the batch.
@@ -307,6 +297,14 @@ def record_batch(store: Store, offences: list[tuple[Offence, str]], decisions: l
     refuses (a value out of its range, text it cannot hold) must not keep the rest out, nor
     stop the daemon, nor every restart."""
     kw = {"node": node, "dry_run": dry_run, "now": now}
+    if not offences and not decisions and not partners:
+        try:
+            store.save_positions(node, positions, now)
+        except UNREACHABLE:
+            raise
+        except sa.exc.StatementError as e:
+            log.error("read positions not recorded: %s", short_error(e))
+        return 0
     try:
         store.record(offences, decisions, scores=scores, positions=positions, partners=partners, **kw)
         return 0
@@ -362,13 +360,5 @@ def write_packed(store: Store, packed: list[tuple], decisions: list[Decision], p
                  scores: dict[str, float], positions: list[dict], node: str, dry_run: bool, now: float) -> int:
     """In a writer (`Writer(url, write_packed)`): a batch `Engine.flush` sent, as `flush`
     records it in this process. Offences left out."""
-    if not packed and not decisions and not partners:
-        try:
-            store.save_positions(node, positions, now)
-        except UNREACHABLE:
-            raise
-        except sa.exc.StatementError as e:
-            log.error("read positions not recorded: %s", short_error(e))
-        return 0
     return record_batch(store, [(Offence(*f), t) for f, t in packed], decisions, partners, scores, positions,
                         node=node, dry_run=dry_run, now=now)

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import sqlalchemy as sa
+from conftest import touch_now
 
 from logban.allow import AllowList
 from logban.cli import main
@@ -23,6 +24,7 @@ def _log(tmp_path, n: int = 3):
     log = tmp_path / "mail.log"
     log.write_text("".join(f"{stamp} mx postfix/smtpd[7]: warning: unknown[198.51.100.{i}]: SASL LOGIN "
                            "authentication failed: UGFzc3dvcmQ6\n" for i in range(1, n + 1)))
+    touch_now(log)          # the year of the stamps comes from the file's mtime (see conftest)
     cfg = tmp_path / "logban.toml"
     cfg.write_text("")
     return log, cfg
