@@ -381,6 +381,16 @@ def _how(r: Rule) -> int:
     return _RATE if r.rate_over else _OWN
 
 
+def file_label(name: str) -> str:
+    """A file's name as its offences carry it: a name that is no UTF-8 (os.fsdecode's
+    surrogates) written with \\x escapes, which any database and JSON take."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class Parser:
     """Turns chunks of log lines into offences, keeping the state correlation needs."""
 
@@ -401,7 +411,7 @@ class Parser:
         self._guarded = False       # this parser's matches are bounded by the timer (GUARD) now
         self.any_program = any_program          # --mta: the user named the pack
         self.stats = ParseStats()
-        self.file = "-"
+        self._file = "-"
         self.suspicious: list[tuple[str, int, bytes]] = []
         self._suspicious_max = collect_suspicious
         # Bounded tables, oldest first. OrderedDict, not dict: popping a dict's first entry
@@ -552,6 +562,15 @@ class Parser:
     # it may run in another process on another part of the file. `apply` keeps the state
     # that spans lines (links, waiting offences, rate windows) and runs in line order, in
     # one process, so a file read in parts gives what it gives read whole.
+    @property
+    def file(self) -> str:
+        """The name of the file being read, as offences carry it."""
+        return self._file
+
+    @file.setter
+    def file(self, name: str) -> None:
+        self._file = file_label(name)
+
     def feed(self, chunk: bytes, lines_before: int) -> list[Offence]:
         """Offences in `chunk` (whole lines); `lines_before` lines of the file precede it."""
         hits, matched = self.match(chunk, lines_before)
@@ -616,7 +635,7 @@ class Parser:
         `lines_before`: lines before the part `hits` were numbered in."""
         out: list[Offence] = []
         emit = out.append
-        how, stats, file = self._how, self.stats, self.file
+        how, stats, file = self._how, self.stats, self._file
         over_rate, repeated = self._over_rate, self._repeated
         # The main process runs this for every match the workers found (a third of them
         # `connect from` lines for a rate rule): the offences of the address on their own
@@ -804,7 +823,7 @@ class Parser:
             self.stats.unresolved += 1      # no key (see `_found`): no link can name the client
             return
         ip, name = self._links.get(key, (None, None))
-        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self.file, lineno, line, name,
+        o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self._file, lineno, line, name,
                     reply_class(line, start) if line else 0)
         if ip == "":
             self.stats.not_target += 1
@@ -881,7 +900,7 @@ class Parser:
             lineno += chunk.count(b"\n", pos, ls)
             pos = ls
             le = chunk.find(b"\n", ls)
-            self.suspicious.append((self.file, lineno + 1, chunk[ls:le if le >= 0 else len(chunk)][:self.max_line]))
+            self.suspicious.append((self._file, lineno + 1, chunk[ls:le if le >= 0 else len(chunk)][:self.max_line]))
 
     def try_line(self, line: bytes) -> list[tuple[Rule, str | None, str | None]]:
         """Every rule that takes `line`, pre-filter included, with the address and key it read."""

@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from .parse import Offence, ParseStats, iso
+from .parse import Offence, ParseStats, file_label, iso
 
 _KIND = attrgetter("kind")
 _IP = attrgetter("ip")
@@ -126,8 +126,8 @@ class ScanSummary:
 def as_json(s: ScanSummary, stats: ParseStats, top: int) -> dict:
     total = sum(s.by_kind.values())
     return {
-        "files": s.files,
-        "failed": s.failed,
+        "files": [file_label(f) for f in s.files],         # JSON takes no lone surrogate
+        "failed": [file_label(f) for f in s.failed],
         "lines": stats.lines,
         "offences": total,
         "addresses": len(s.clients),

@@ -177,3 +177,25 @@ def test_a_batch_cut_off_mid_send_ends_the_writer_at_close_not_a_hang(tmp_path):
     finally:
         signal.alarm(0)
     assert w._proc.exitcode is not None
+
+
+@pytest.mark.parametrize("jobs", [2, 1])
+def test_a_log_whose_name_is_no_utf8_is_applied_once_and_named_with_escapes(tmp_path, capsys, jobs):
+    """A file name that is no UTF-8 stopped `scan --apply` at its first save (no database takes
+    os.fsdecode's surrogates): its position is kept as its bytes and read back, so a second
+    scan applies nothing again; its offences name it with \\x escapes."""
+    log, cfg = _log(tmp_path)
+    odd = os.path.join(os.fsencode(tmp_path), b"mail\xff.log")
+    os.rename(log, odd)
+    db = f"sqlite:///{tmp_path}/t.db"
+    args = ["-c", str(cfg), "--db", db, "--backend", "none", "scan", "--apply", "--json", "--no-progress",
+            "--jobs", str(jobs), os.fsdecode(odd)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["applied"]["offences"] == 3
+    assert json.loads(out)["files"] == [f"{tmp_path}/mail\\xff.log"] and out.isascii()
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["applied"]["offences"] == 0
+    with sqlite3.connect(tmp_path / "t.db") as c:
+        assert c.execute("SELECT DISTINCT file FROM offences").fetchall() == [(f"{tmp_path}/mail\\xff.log",)]
+        assert c.execute("SELECT lines FROM positions").fetchall() == [(3,)]

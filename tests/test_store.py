@@ -580,3 +580,13 @@ def test_offences_stamped_at_infinity_count_in_no_hour(tmp_path):
         (h - 1, "mx1", "postfix", "rule-auth_failed", "auth_failed", 1),
         (h, "mx1", "postfix", "rule-auth_failed", "auth_failed", 2)]
     s.close()
+
+
+@pytest.mark.parametrize("name", ["/var/log/mail.log", "/var/log/ma\u00efl.log", "/var/log/mail\udcff.log",
+                                  "fsbytes:", "fsbytes:zz", "fsbytes:2f", "relative/m\udc80\udcfe"])
+def test_a_positions_path_is_kept_as_text_any_database_takes_and_read_back_the_same(name):
+    from logban.store.sql import path_of, path_text
+    kept = path_text(name)
+    kept.encode("utf-8")
+    assert path_of(kept) == name
+    assert (kept == name) == (not name.startswith("fsbytes:") and not any("\udc80" <= c <= "\udcff" for c in name))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..config import Config
 from ..errors import UsageError
 from ..jobs import Pool, available_cores
-from ..parse import Offence
+from ..parse import Offence, file_label
 from ..report import (
     AllowFilter,
     ScanSummary,
@@ -261,7 +261,7 @@ class Applied:
         self.engine, self.node, self.again = engine, node, again
         self.saved = engine.store.positions(node)
         self.now: dict[str, dict] = {}          # path -> position read up to in this run
-        self.done: dict[str, int] = {}          # source name -> its first lines, applied before
+        self.done: dict[str, int] = {}          # file label -> its first lines, applied before
         self.skipped = 0
         self.applied_to: dict[str, int] = {}   # journal source -> time (µs) of the newest entry applied before
         self.skipped_entries = 0
@@ -274,10 +274,11 @@ class Applied:
         from ..follow import FP_LEN, head_matches
         if src.journal is not None:
             # A journal has no first bytes that stay: what was applied is known by time.
-            old = None if self.again else self.saved.get(src.name)
-            self.applied_to[src.name] = int(old.offset) if old is not None else -1
-            self.now[src.name] = {"node": self.node, "path": src.name, "dev": 0, "inode": 0, "fingerprint": "",
-                                  "fp_len": 0, "offset": max(0, self.applied_to[src.name]), "lines": 0}
+            name = file_label(src.name)                 # as its offences name it
+            old = None if self.again else self.saved.get(name)
+            self.applied_to[name] = int(old.offset) if old is not None else -1
+            self.now[name] = {"node": self.node, "path": name, "dev": 0, "inode": 0, "fingerprint": "",
+                              "fp_len": 0, "offset": max(0, self.applied_to[name]), "lines": 0}
             return 0
         if src.path is None:
             return 0
@@ -298,7 +299,7 @@ class Applied:
                           "fingerprint": hashlib.sha256(head).hexdigest(), "fp_len": len(head), "offset": 0,
                           "lines": lines}
         self.skipped += lines
-        self.done[src.name] = lines
+        self.done[file_label(src.name)] = lines       # as its offences name it
         return lines
 
     def new(self, offs: list[Offence]) -> list[Offence]:

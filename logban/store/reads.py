@@ -26,6 +26,7 @@ from .sql import (
     _clean,
     _number,
     _sane,
+    path_of,
 )
 
 
@@ -69,7 +70,7 @@ class Reads(Base):
 
     def positions(self, node: str) -> dict[str, sa.Row]:
         with self.read() as conn:
-            return {r.path: r for r in conn.execute(sa.select(POSITIONS).where(POSITIONS.c.node == node))}
+            return {path_of(r.path): r for r in conn.execute(sa.select(POSITIONS).where(POSITIONS.c.node == node))}
 
     def release_reasons(self, targets: list[str]) -> dict[str, str]:
         """Why each target's latest ban ended (unban, expiry, allow-list, ...)."""

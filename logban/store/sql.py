@@ -9,6 +9,8 @@ every view has its model's columns, in order, of the same SQL types. A view carr
 column defaults: an insert through one names every column it writes."""
 from __future__ import annotations
 
+import os
+
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -116,6 +118,32 @@ BAN_READ = tuple(_number(c) if c.name in ("score", "created", "expires", "durati
 def _clean(text: str | None) -> str | None:
     """Log text as the database keeps it: PostgreSQL text holds no NUL byte."""
     return None if text is None else text.replace("\x00", "\\x00")
+
+
+# A log file name that is no UTF-8 (os.fsdecode's surrogates) is kept as its bytes in hex
+# after this prefix: no database takes the surrogates, and `scan --apply` stopped at its
+# first save. Any name that begins with the prefix is kept the same way, so both read back.
+_PATH_BYTES = "fsbytes:"
+
+
+def path_text(path: str) -> str:
+    """A file name as the positions table keeps it (`path_of` reads it back)."""
+    if not path.startswith(_PATH_BYTES):
+        try:
+            path.encode("utf-8")
+            return path
+        except UnicodeEncodeError:
+            pass
+    return _PATH_BYTES + os.fsencode(path).hex()
+
+
+def path_of(text: str) -> str:
+    if text.startswith(_PATH_BYTES):
+        try:
+            return os.fsdecode(bytes.fromhex(text[len(_PATH_BYTES):]))
+        except ValueError:
+            pass                    # not written by path_text: a name like any other
+    return text
 
 
 def _text(raw: bytes) -> str:

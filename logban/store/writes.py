@@ -27,6 +27,7 @@ from .sql import (
     OFFENCE_COLS,
     OFFENDER_COLS,
     PRUNE_CHUNK,
+    path_text,
     _clean,
     _insert_sql,
     _mark,
@@ -159,7 +160,7 @@ class Writes(Base):
 
     def _save_positions(self, conn: Connection, node: str, positions: list[dict], now: float) -> None:
         """A position may name its own node (`scan --apply` keeps its own beside the daemon's)."""
-        rows = [{"node": node} | p | {"updated": now} for p in positions]
+        rows = [{"node": node} | p | {"path": path_text(p["path"]), "updated": now} for p in positions]
         keys = [(r["node"], r["path"]) for r in rows]
         conn.execute(sa.delete(POSITIONS).where(sa.tuple_(POSITIONS.c.node, POSITIONS.c.path).in_(keys)))
         conn.execute(sa.insert(POSITIONS), rows)
