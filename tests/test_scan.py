@@ -2,6 +2,7 @@
 import json
 import os
 import signal
+import socket
 import sqlite3
 import time
 
@@ -199,3 +200,40 @@ def test_a_log_whose_name_is_no_utf8_is_applied_once_and_named_with_escapes(tmp_
     with sqlite3.connect(tmp_path / "t.db") as c:
         assert c.execute("SELECT DISTINCT file FROM offences").fetchall() == [(f"{tmp_path}/mail\\xff.log",)]
         assert c.execute("SELECT lines FROM positions").fetchall() == [(3,)]
+
+
+@pytest.mark.parametrize("url", ["sqlite", "postgresql"])
+def test_a_second_scan_apply_waits_for_the_first_and_applies_nothing_twice(tmp_path, request, url):
+    """Two `scan --apply` at once both applied every line neither had saved yet. The second
+    now waits for the first's lock (named on stderr), then finds the lines applied."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    db = f"sqlite:///{tmp_path}/t.db" if url == "sqlite" else request.getfixturevalue("pg_url")
+    log, cfg = _log(tmp_path)
+    args = ["-c", str(cfg), "--db", db, "--backend", "none", "scan", "--apply", "--json", "--no-progress", str(log)]
+    store = Store(db)
+    held = store.scan_lock(f"scan:{socket.gethostname()}", wait=None)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "logban", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, text=True)
+        deadline = time.monotonic() + 60
+        line = ""
+        while "waiting for" not in line and time.monotonic() < deadline:
+            line = p.stderr.readline()
+        assert f"waiting for logban scan pid {os.getpid()}" in line
+        time.sleep(0.5)
+        assert p.poll() is None
+        with store.read() as c:
+            assert c.exec_driver_sql("SELECT count(*) FROM offences").scalar() == 0
+    finally:
+        held.release()
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and json.loads(out)["applied"]["offences"] == 3
+    again = subprocess.run([sys.executable, "-m", "logban", *args], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT)
+    assert again.returncode == 0 and json.loads(again.stdout)["applied"]["offences"] == 0
+    with store.read() as c:
+        assert c.exec_driver_sql("SELECT count(*) FROM offences").scalar() == 3
+    store.close()

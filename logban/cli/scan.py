@@ -92,6 +92,8 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
         check_rule_durations(cfg, rules)
         _check_backend(args, cfg, dry_run=args.dry_run)     # before anything is recorded
         from ..store import BULK_CACHE_MIB
+        # Entered before the writer: the scan's lock is let go once the writer has ended.
+        locks = closing.enter_context(contextlib.ExitStack())
         writer = None
         if jobs > 1:
             # Forked first: no database connection may cross a fork. The batches are
@@ -100,7 +102,12 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
         store = _store(args, cfg, cache_mib=None if writer else BULK_CACHE_MIB)
         engine = _engine(args, cfg, store, _allow(cfg, store))
         engine.writer = writer
-        applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
+        node = f"scan:{_node(args, cfg)}"
+        # Before the positions are read: what another scan applies meanwhile is then saved.
+        lock = store.scan_lock(node, lambda holder: print(f"logban: waiting for {holder} to end", file=sys.stderr,
+                                                          flush=True))
+        locks.callback(lock.release)
+        applied = Applied(engine, node, again=args.reapply)
         for src in sources:
             applied.skip(src)
         # First: with [allow] resolve, the engine fills in the verified name of a client about

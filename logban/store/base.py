@@ -140,6 +140,12 @@ class Base:
         when another has it (two daemons would count every line twice)."""
         return RunLock(self, node)
 
+    def scan_lock(self, node: str, wait) -> RunLock:
+        """Held by the one `scan --apply` of this store (and node, on PostgreSQL) that runs:
+        two at once would both apply the lines neither had saved as applied. Waited for;
+        `wait(holder)` is called first."""
+        return RunLock(self, node, command="scan", wait=wait)
+
     def listen_dsn(self) -> str | None:
         """A libpq connection string for LISTEN (PostgreSQL only)."""
         if not self.shared:
