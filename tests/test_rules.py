@@ -446,3 +446,15 @@ def test_a_rules_pattern_survives_copy_and_pickle_compiled_or_not():
             assert type(twin) is type(r.regex), r.id
             assert twin.pattern == r.regex.pattern and twin.groups == r.regex.groups
             assert twin.match(line) == r.regex.match(line) is None
+
+
+def test_test_rules_says_a_line_gave_no_client_address_not_key_none(tmp_path):
+    from conftest import OPTIONAL_GROUPS_PACK, run_logban
+    (tmp_path / "packs").mkdir()
+    (tmp_path / "packs" / "opt.toml").write_text(OPTIONAL_GROUPS_PACK)
+    cfg = tmp_path / "logban.toml"
+    cfg.write_text(f'[rules]\ndirs = ["{tmp_path / "packs"}"]\n')
+    r = run_logban("-c", str(cfg), "test-rules", "--line", "Nov 20 10:00:00 mx optd[1]: queue user unknown")
+    out = r.stdout.decode()
+    assert r.returncode == 0, r.stderr
+    assert "taken by opt-key: no client address" in out and "None" not in out

@@ -78,6 +78,12 @@ def _given_lines(texts: list[str]) -> list[bytes]:
     return out
 
 
+def _who(t) -> str:
+    if t.ip:
+        return f"client {t.ip}"
+    return "no client address" if t.key is None else f"client from key {safe(repr(t.key))}"
+
+
 def _test_lines(args, parser: Parser) -> int:
     verdicts = [explain(parser, line) for line in _given_lines(args.line)]
     if args.json:
@@ -89,7 +95,7 @@ def _test_lines(args, parser: Parser) -> int:
             print("  no rule: the header (syslog stamp, host, program, or a multilog stamp) is not understood")
         elif v.taken:
             t = v.taken
-            who = f"client {t.ip}" if t.ip else f"client from key {t.key!r}"
+            who = _who(t)
             print(f"  taken by {t.rule}: {who}, kind {t.kind}, score {t.score:g}")
             if t.note:
                 print(f"    note: {t.note}")
@@ -97,7 +103,7 @@ def _test_lines(args, parser: Parser) -> int:
             print(f"  no rule took it (program {v.program or '(none)'!r})")
         for t in v.also:
             what = "link" if not t.kind else f"kind {t.kind}, score {t.score:g} (lower or later: not counted)"
-            print(f"  also matched {t.rule}: {t.ip or t.key}, {what}")
+            print(f"  also matched {t.rule}: {_who(t)}, {what}")
         for c in v.close:
             print(f"  close: {c.rule}: {safe(c.why)}")
     return 0
