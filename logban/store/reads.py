@@ -44,12 +44,11 @@ def _in_force(now: float, targets: Collection[str] | None = None) -> list[sa.Col
 
 
 class Enforced(NamedTuple):
-    """A ban the firewall must hold (`Store.enforced`)."""
+    """A ban the firewall must hold (`Store.enforced`): never a dry-run one."""
     target: str
     expires: float | None
-    dry_run: bool
-    node: str
     name: str | None
+    dry_run = False             # not a column: what `wanted` reads of any ban
 
 
 class Reads(Base):
@@ -122,18 +121,17 @@ class Reads(Base):
             return list(conn.execute(sa.select(BANS.c.target).where(*_in_force(now))).scalars())
 
     def enforced(self, now: float, names: bool = True, targets: Collection[str] | None = None) -> list[Enforced]:
-        """What the firewall must hold: (target, expires, dry_run, node, name) of the active
-        bans that are not dry-run (of `targets` only, when given); `name`: the client's last
-        verified name, for an allow-list with name patterns (`names`; without them the join
-        is work for nothing, and `name` is None). Read from the driver's cursor as plain
-        tuples: a sync reads every active ban, and SQLAlchemy's rows cost more than the
-        query."""
+        """What the firewall must hold: (target, expires, name) of the active bans that are
+        not dry-run (of `targets` only, when given); `name`: the client's last verified name,
+        for an allow-list with name patterns (`names`; without them the join is work for
+        nothing, and `name` is None). Read from the driver's cursor, no more columns than
+        that: a sync reads every active ban, and SQLAlchemy's rows cost more than the query."""
         with self.read() as conn:
-            cols = [BANS.c.target, _number(BANS.c.expires), BANS.c.node]
+            cols = [BANS.c.target, _number(BANS.c.expires)]
             q = (sa.select(*cols, OFFENDERS.c.name).join(OFFENDERS, OFFENDERS.c.target == BANS.c.target, isouter=True)
                  if names else sa.select(*cols, sa.null().label("name")))
             q = q.where(BANS.c.dry_run.is_(False), *_in_force(now, targets))
-            return [Enforced(t, e, False, n, name) for t, e, n, name in conn.execute(q).cursor.fetchall()]
+            return list(map(Enforced._make, conn.execute(q).cursor.fetchall()))
 
     def bans(self, *, target: str | None = None) -> list[sa.Row]:
         with self.read() as conn:
