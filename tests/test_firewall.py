@@ -14,10 +14,12 @@ import time
 
 import pytest
 from conftest import bsd_stamp, touch_now
+from hypothesis import given
+from hypothesis import strategies as st
 from netlab import OTHER_PORT, Lab, need_netns, need_tools
 
 from logban.allow import AllowList
-from logban.firewall.nftables import SETS, SHARDS, set_of
+from logban.firewall.nftables import SETS, SHARDS, _bits, set_of
 
 
 def test_bad_firewall_config_exits_2(tmp_path, logban):
@@ -81,6 +83,18 @@ def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
     assert p.unknown == ["203.0.113.9"] and kernel.removed == ["203.0.113.9"]
     assert kernel.held == {"192.0.2.2": 3600, "198.51.100.7": 3600}
     store.close()
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**128 - 1))
+def test_an_address_its_network_and_its_packets_go_to_one_shard(n4: int, n6: int):
+    """An address and its /24 or /64 are held in the same shard, the one whose chain the
+    verdict map sends the address's packets to (the address masked, as the kernel does)."""
+    for addr, plen in ((ipaddress.IPv4Address(n4), 24), (ipaddress.IPv6Address(n6), 64)):
+        net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
+        shards = {set_of(str(addr))[0].rsplit("_", 1)[1], set_of(str(net))[0].rsplit("_", 1)[1]}
+        assert len(shards) == 1
+        key = type(addr)(int(addr) & int(type(addr)(_bits(addr.version, SHARDS - 1))))
+        assert str(key) == _bits(addr.version, int(shards.pop()))
 
 
 # ---- the real kernel ------------------------------------------------------------------
@@ -337,6 +351,7 @@ def test_nftables_every_shard_drops_its_bans_on_both_hooks(lab, tmp_path):
     st = json.loads(server("-c", str(cfg), "firewall", "status", "--json").stdout)
     assert st["drift"] == {"missing": 0, "unknown": 0, "stale": 0}
     assert st["elements"] == {"ipv4": len(bans) // 2, "ipv6": len(bans) // 2}
+    assert f"ban6_64_{{0..{SHARDS - 1}}}" in st["sets"] and "net6" in st["sets"]
     assert {h: c["packets_blocked"] >= len(banned) for h, c in st["chains"].items()} == {"input": True, "forward": True}
 
     server("-c", str(cfg), "unban", *banned)                  # the networks that hold them too
