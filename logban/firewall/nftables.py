@@ -145,9 +145,10 @@ class Nftables(Backend):
     def _kernel(self) -> list[dict]:
         """logban's table as the kernel holds it, without set elements: its sets, chains and
         rules (nft JSON objects; none without the table). `nft -t list ruleset` reads no
-        element (nftables 1.0.6); a listing of the table, a chain or the sets reads them all
-        first: seconds at 100,000. An error is raised, never taken for an empty table: a
-        setup that missed an older layout's sets would stop enforcing their bans."""
+        element (--terse; nftables 1.0.6 reads every element for a terse listing of a
+        table, and for any listing of a chain or the sets: seconds at 100,000). An error is
+        raised, never taken for an empty table: a setup that missed an older layout's sets
+        would stop enforcing their bans."""
         table = self.TABLE.split()[1]
         return [o for o in json.loads(_run(["nft", "-t", "-j", "list", "ruleset", "inet"])).get("nftables", [])
                 if any(isinstance(x, dict) and x.get("table") == table for x in o.values())]
