@@ -45,6 +45,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
 
 
 def stamp() -> str:
@@ -165,7 +166,6 @@ def pct(xs: list[float], q: float) -> float:
 
 def fill_past(db: Path, n: int) -> None:
     """`n` released bans of distinct /64s over the last three weeks, written straight into the file."""
-    sys.path.insert(0, str(ROOT))
     from logban.store import Store
     Store(f"sqlite:///{db}").close()
     now = time.time()
@@ -186,6 +186,7 @@ def fill_past(db: Path, n: int) -> None:
 
 def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: float = 0.0,
             journal: bool = False) -> None:
+    from logban.firewall.nftables import set_of
     kernel = not store_only and os.geteuid() == 0 and shutil.which("nft") is not None and shutil.which("ip") is not None
     ns = f"lbdb{uuid.uuid4().hex[:6]}" if kernel else None
     if ns:
@@ -211,6 +212,7 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
         for i in range(n):
             net = f"2001:db8:{0x4000 + (i >> 16):x}:{i & 0xffff:x}"
             target = str(ipaddress.ip_network(f"{net}::/64"))
+            held = set_of(target)[0]
             t0 = time.perf_counter()
             if writer:
                 writer.write(writer.entry(writer.fields(dnsbl(f"{net}::1"))))
@@ -220,8 +222,8 @@ def latency(n: int, tmp: Path, past: int = 0, store_only: bool = False, gap: flo
             deadline = t0 + 10
             while True:
                 if kernel:
-                    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "get", "element", "inet", "logban", "ban6_64",
-                                          f"{{ {net}:: }}"], capture_output=True).returncode == 0
+                    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "get", "element", "inet", "logban",
+                                          held, f"{{ {net}:: }}"], capture_output=True).returncode == 0
                 else:
                     out = bool(d.query("SELECT 1 FROM bans WHERE target = ?", target))
                 if out:

@@ -168,12 +168,13 @@ def one_by_one(name: str, n: int) -> float:
     b = backend_of(name)
     b.teardown()
     b.setup()
+    from logban.firewall.nftables import set_of
     ts = targets(n)
     t0 = time.perf_counter()
     for t in ts:
         if name == "nftables":
-            subprocess.run(["nft", "add", "element", "inet", "logban", "ban6_64",
-                            f"{{ {t.partition('/')[0]} timeout 86400s }}"], check=True)
+            s, el = set_of(t)
+            subprocess.run(["nft", "add", "element", "inet", "logban", s, f"{{ {el} timeout 86400s }}"], check=True)
         else:
             subprocess.run(["ipset", "add", "logban6", t, "timeout", "86400"], check=True)
     secs = time.perf_counter() - t0

@@ -69,7 +69,7 @@ def main() -> None:
             print(f"unban --all of {got['count']:,} bans: {took:.2f} s wall, peak RSS {max(rss, before) / 1024:.0f} MB;"
                   f" {got['firewall']}")
             if ns:
-                r = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "set", "inet", "logban", "ban6"],
+                r = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "inet", "logban"],
                                    capture_output=True, text=True)
                 print(f"elements left in the kernel: {r.stdout.count('2001:db8')}")
         finally:

@@ -33,6 +33,9 @@ IP = shutil.which("ip") or "ip"     # by path: a test may give logban a PATH of 
 OTHER_PORT = 2525       # a second listener, for `firewall.ports`: not a mail port logban guards
 ROUTES = {"server": ("192.0.2.0/24", "198.51.100.0/24", "2001:db8:1::/64", "2001:db8:2::/64"),
           "client": ("203.0.113.0/24", "2001:db8:ff::/64")}
+# A host behind the server (`Lab.add_behind`), which the server routes to: what the client
+# sends there crosses the server's forward hook. The server's end of that link, and the host.
+BEHIND = {4: ("10.99.0.1", "10.99.0.2"), 6: ("fd00:99::1", "fd00:99::2")}
 
 
 def need_netns() -> None:
@@ -86,6 +89,8 @@ class Lab:
         tag = uuid.uuid4().hex[:6]
         self.srv, self.cli = f"lbS{tag}", f"lbC{tag}"
         self.tmp = tmp
+        self.behind: str | None = None
+        self.listeners: list[socket.socket] = []
         ip("netns", "add", self.srv)
         ip("netns", "add", self.cli)
         try:
@@ -109,9 +114,9 @@ class Lab:
             self.close()
             raise
 
-    def _listen(self) -> None:
-        """The server's listeners: the mail port 25 and OTHER_PORT, a port that `firewall.ports`
-        leaves open."""
+    def _listen(self, ns: str | None = None) -> None:
+        """The listeners of the server (or of namespace `ns`): the mail port 25 and OTHER_PORT,
+        a port that `firewall.ports` leaves open."""
         def make(port: int):
             def sock() -> socket.socket:
                 s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
@@ -121,7 +126,8 @@ class Lab:
                 s.listen(512)
                 return s
             return sock
-        self.listeners = [in_netns(self.srv, make(port)) for port in (25, OTHER_PORT)]
+        new = [in_netns(ns or self.srv, make(port)) for port in (25, OTHER_PORT)]
+        self.listeners += new
         self.listener = self.listeners[0]
 
         def serve(listener) -> None:
@@ -131,22 +137,53 @@ class Lab:
                 except OSError:
                     return
                 c.close()
-        for listener in self.listeners:
+        for listener in new:
             threading.Thread(target=serve, args=(listener,), daemon=True).start()
 
-    def _warm(self) -> None:
-        """Wait until every client address reaches the server: the first SYNs of a fresh
-        link can be lost while neighbour discovery runs."""
-        srcs = [a.split("/")[0] for a in sorted(CLIENT)]
+    def _warm(self, srcs: list[str] | None = None, behind: bool = False) -> None:
+        """Wait until every client address (or `srcs`) reaches the server (or the host
+        behind it): the first SYNs of a fresh link can be lost while neighbour discovery runs."""
+        srcs = srcs or [a.split("/")[0] for a in sorted(CLIENT)]
         deadline = time.monotonic() + 15
-        while not all(self.reachable(*srcs).values()):
+        while not all(self.reachable(*srcs, behind=behind).values()):
             if time.monotonic() > deadline:
                 raise RuntimeError("the namespaces' veth link did not come up within 15 s")
             time.sleep(0.2)
 
-    def connects(self, src: str, timeout: float = 0.6, port: int = 25) -> bool:
-        """Whether a TCP connection from client address `src` to the server's `port` succeeds."""
-        dst = "2001:db8:ff::1" if ":" in src else "203.0.113.1"
+    def add_clients(self, *addrs: str) -> None:
+        """More client addresses, each routed from the server (and from the host behind it,
+        through the server); reachable when this returns."""
+        for a in addrs:
+            ip("-n", self.cli, "addr", "add", f"{a}/{128 if ':' in a else 32}", "dev", "vc", *(["nodad"] if ":" in a else []))
+            ip("-n", self.srv, "route", "add", a, "dev", "vs")
+        self._warm(list(addrs))
+        if self.behind:
+            self._warm(list(addrs), behind=True)
+
+    def add_behind(self) -> None:
+        """A host behind the server (BEHIND), listening as the server does, with the server
+        forwarding between it and the client: a mail server in a container."""
+        self.behind = f"lbB{self.srv[3:]}"
+        ip("netns", "add", self.behind)
+        ip("-n", self.srv, "link", "add", "vb", "type", "veth", "peer", "name", "vh", "netns", self.behind)
+        for dev in ("lo", "vh"):
+            ip("-n", self.behind, "link", "set", dev, "up")
+        ip("-n", self.srv, "link", "set", "vb", "up")
+        for v, (gw, host) in BEHIND.items():
+            plen = 64 if v == 6 else 24
+            ip("-n", self.srv, "addr", "add", f"{gw}/{plen}", "dev", "vb", *(["nodad"] if v == 6 else []))
+            ip("-n", self.behind, "addr", "add", f"{host}/{plen}", "dev", "vh", *(["nodad"] if v == 6 else []))
+            ip("-n", self.behind, "route", "add", "default", "via", gw)
+            ip("-n", self.cli, "route", "add", host, "via", "2001:db8:ff::1" if v == 6 else "203.0.113.1")
+        for key in ("net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"):
+            subprocess.run([IP, "netns", "exec", self.srv, "sysctl", "-qw", f"{key}=1"], check=True, capture_output=True)
+        self._listen(self.behind)
+        self._warm(behind=True)
+
+    def connects(self, src: str, timeout: float = 0.6, port: int = 25, behind: bool = False) -> bool:
+        """Whether a TCP connection from client address `src` to the server's `port` (or to
+        the host behind it, through the server) succeeds."""
+        dst = BEHIND[6 if ":" in src else 4][1] if behind else "2001:db8:ff::1" if ":" in src else "203.0.113.1"
 
         def make() -> socket.socket:
             return socket.socket(socket.AF_INET6 if ":" in src else socket.AF_INET, socket.SOCK_STREAM)
@@ -161,9 +198,9 @@ class Lab:
         finally:
             s.close()
 
-    def reachable(self, *srcs: str) -> dict[str, bool]:
+    def reachable(self, *srcs: str, behind: bool = False, port: int = 25) -> dict[str, bool]:
         with ThreadPoolExecutor(len(srcs)) as ex:
-            return dict(zip(srcs, ex.map(self.connects, srcs)))
+            return dict(zip(srcs, ex.map(lambda s: self.connects(s, port=port, behind=behind), srcs)))
 
     def run(self, ns: str, *cmd: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([IP, "netns", "exec", ns, *cmd], capture_output=True, text=True,
@@ -181,5 +218,6 @@ class Lab:
     def close(self) -> None:
         for listener in getattr(self, "listeners", ()):
             listener.close()
-        for ns in (self.srv, self.cli):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        for ns in (self.srv, self.cli, self.behind):
+            if ns:
+                subprocess.run(["ip", "netns", "del", ns], capture_output=True)

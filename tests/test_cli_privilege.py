@@ -16,6 +16,8 @@ from conftest import ROOT, SAMPLES, as_nobody, run_logban, skip_or_fail
 from daemonproc import Daemon
 from netlab import need_netns, need_tools
 
+from logban.firewall.nftables import set_of
+
 
 def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     assert r.returncode == 0, r.stderr
@@ -113,7 +115,8 @@ def test_unban_and_dry_run_ban_leave_the_kernel_alone(tmp_path, netns):
     assert "inet logban" in logban_tables(netns)    # the check above can fail
 
     def elements() -> str:
-        return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "inet", "logban", "ban4_32"],
+        held = set_of("198.51.100.9")[0]
+        return subprocess.run(["ip", "netns", "exec", netns, "nft", "list", "set", "inet", "logban", held],
                               capture_output=True, text=True).stdout
 
     assert "198.51.100.9" in elements()

@@ -9,6 +9,8 @@ import pytest
 from daemonproc import NET, Daemon, append, dnsbl, sasl
 from test_status import wait_status
 
+from logban.firewall.nftables import set_of
+
 
 @pytest.fixture
 def nodes(tmp_path, pg_url):
@@ -69,8 +71,8 @@ def test_a_ban_on_one_node_reaches_the_others_kernel(nodes, tmp_path, pg_url, pg
         t0 = time.monotonic()
         # 198.51.100.x: a CI host may own an address in 192.0.2.0/24 (never banned: its own)
         append(log_a, dnsbl("198.51.100.2"))         # seen by mx1 only
-        wait_for(lambda: "198.51.100.2" in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4_32").stdout,
-                 5, "mx1's ban in mx2's kernel")
+        held = ["nft", "list", "set", "inet", "logban", set_of("198.51.100.2")[0]]
+        wait_for(lambda: "198.51.100.2" in lab.run(lab.srv, *held).stdout, 5, "mx1's ban in mx2's kernel")
         assert time.monotonic() - t0 < 5
         assert not lab.connects("198.51.100.2") and lab.connects("198.51.100.3")
         # mx2 enforces it either as mx1's ban or by counting mx1's offence itself: one ban either way.
@@ -78,8 +80,7 @@ def test_a_ban_on_one_node_reaches_the_others_kernel(nodes, tmp_path, pg_url, pg
         # An unban anywhere lifts it everywhere.
         from conftest import run_logban
         assert run_logban("--db", a.url, "unban", "198.51.100.2").returncode == 0
-        wait_for(lambda: "198.51.100.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4_32").stdout,
-                 5, "the unban in mx2's kernel")
+        wait_for(lambda: "198.51.100.2" not in lab.run(lab.srv, *held).stdout, 5, "the unban in mx2's kernel")
         assert lab.connects("198.51.100.2")
     finally:
         lab.close()

@@ -12,6 +12,8 @@ import pytest
 from conftest import ROOT
 from daemonproc import NET, Daemon, append, dnsbl, sasl, stamp
 
+from logban.firewall.nftables import set_of
+
 
 @pytest.fixture
 def log(tmp_path):
@@ -257,9 +259,10 @@ def test_daemon_enforces_in_the_kernel_and_keeps_bans_when_stopped(tmp_path, log
         daemons.append(d)
         d.start(prefix=["ip", "netns", "exec", lab.srv])
         assert lab.reachable("192.0.2.2", "192.0.2.3") == {"192.0.2.2": True, "192.0.2.3": True}
+        held = ["nft", "list", "set", "inet", "logban", set_of("192.0.2.2")[0]]
         t0 = time.monotonic()
         append(log, dnsbl("192.0.2.2"))
-        while "192.0.2.2" not in lab.run(lab.srv, "nft", "list", "set", "inet", "logban", "ban4_32").stdout:
+        while "192.0.2.2" not in lab.run(lab.srv, *held).stdout:
             assert time.monotonic() - t0 < 5, "the ban did not reach the kernel within 5 s"
             time.sleep(0.02)
         assert time.monotonic() - t0 < 1.5

@@ -14,6 +14,8 @@ from conftest import ROOT
 from daemonproc import NET, Daemon, append, dnsbl, sasl, stamp
 from netlab import Lab, need_netns, need_tools
 
+from logban.firewall.nftables import SETS, set_of
+
 ATTACKER, OTHER = "198.51.100.2", "198.51.100.3"     # client addresses of the namespaces (netlab)
 
 
@@ -27,20 +29,20 @@ def lab(tmp_path):
 
 
 def nft_elements(lab: Lab) -> set[str] | None:
-    """logban's IPv4 elements in the server namespace (its sets ban4_32, ban4_24 of /24
-    networks, net4); None: no logban table at all."""
+    """logban's IPv4 elements in the server namespace (its sets of addresses, of /24
+    networks, and net4); None: no logban table at all."""
     r = lab.run(lab.srv, "nft", "-j", "list", "table", "inet", "logban")
     if r.returncode != 0:
         return None
     out = set()
     for obj in json.loads(r.stdout)["nftables"]:
-        name = obj.get("set", {}).get("name", "")
-        if name not in ("ban4_32", "ban4_24", "net4"):
+        version, plen = SETS.get(obj.get("set", {}).get("name", ""), (6, None))
+        if version != 4:
             continue
         for e in obj["set"].get("elem", []):
             e = e["elem"]["val"] if isinstance(e, dict) and "elem" in e else e
             e = e if isinstance(e, str) else f"{e['prefix']['addr']}/{e['prefix']['len']}"
-            out.add(f"{e}/24" if name == "ban4_24" else e)
+            out.add(f"{e}/24" if plen == 24 else e)
     return out
 
 
@@ -130,8 +132,10 @@ def test_a_dry_run_lifts_from_the_kernel_unban_sync_and_teardown(tmp_path, lab):
     assert nft_elements(lab) == {OTHER}
     assert lab.connects(ATTACKER)
     # An element the store does not know goes in a dry-run sync; a ban missing is not added.
-    assert lab.run(lab.srv, "nft", "add", "element", "inet", "logban", "ban4_32", "{ 198.51.100.9 }").returncode == 0
-    assert lab.run(lab.srv, "nft", "delete", "element", "inet", "logban", "ban4_32", "{ %s }" % OTHER).returncode == 0
+    assert lab.run(lab.srv, "nft", "add", "element", "inet", "logban", set_of("198.51.100.9")[0],
+                   "{ 198.51.100.9 }").returncode == 0
+    assert lab.run(lab.srv, "nft", "delete", "element", "inet", "logban", set_of(OTHER)[0],
+                   "{ %s }" % OTHER).returncode == 0
     out = run("firewall", "sync", dry=True).stdout
     assert "1 unknown removed" in out and "dry run" in out
     assert nft_elements(lab) == set()

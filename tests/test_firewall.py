@@ -14,9 +14,12 @@ import time
 
 import pytest
 from conftest import bsd_stamp, touch_now
+from hypothesis import given
+from hypothesis import strategies as st
 from netlab import OTHER_PORT, Lab, need_netns, need_tools
 
 from logban.allow import AllowList
+from logban.firewall.nftables import SETS, SHARDS, _bits, set_of
 
 
 def test_bad_firewall_config_exits_2(tmp_path, logban):
@@ -80,6 +83,18 @@ def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
     assert p.unknown == ["203.0.113.9"] and kernel.removed == ["203.0.113.9"]
     assert kernel.held == {"192.0.2.2": 3600, "198.51.100.7": 3600}
     store.close()
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 2**128 - 1))
+def test_an_address_its_network_and_its_packets_go_to_one_shard(n4: int, n6: int):
+    """An address and its /24 or /64 are held in the same shard, the one whose chain the
+    verdict map sends the address's packets to (the address masked, as the kernel does)."""
+    for addr, plen in ((ipaddress.IPv4Address(n4), 24), (ipaddress.IPv6Address(n6), 64)):
+        net = ipaddress.ip_network(f"{addr}/{plen}", strict=False)
+        shards = {set_of(str(addr))[0].rsplit("_", 1)[1], set_of(str(net))[0].rsplit("_", 1)[1]}
+        assert len(shards) == 1
+        key = type(addr)(int(addr) & int(type(addr)(_bits(addr.version, SHARDS - 1))))
+        assert str(key) == _bits(addr.version, int(shards.pop()))
 
 
 # ---- the real kernel ------------------------------------------------------------------
@@ -289,6 +304,64 @@ def test_options_reject_ports_and_forward_in_the_kernel(lab, tmp_path):
     assert lab.run(lab.srv, "nft", "list", "ruleset").stdout.strip() == ""
 
 
+def _record(db: str, targets, secs: float | None = 86400.0) -> None:
+    """Bans of these targets in the store, as another process would record them."""
+    from logban.score import Decision
+    from logban.store import Store
+    store, now = Store(db), time.time()
+    store.record([], [Decision(t, "dnsbl", "r", 5.0, now, secs, 1, False, "") for t in targets],
+                 node="n", dry_run=False, now=now)
+    store.close()
+
+
+def _shard_clients() -> tuple[list[str], list[str], list[str]]:
+    """(bans, clients they cover, clients they do not) for every nftables set: per shard and
+    IP version an address banned beside a free one of its /24 or /64 and a client of a banned
+    /24 or /64; a client of a network in each interval set."""
+    bans, banned, free = ["100.64.0.0/16", "2001:db8:5::/48"], ["100.64.9.2", "2001:db8:5:9::2"], []
+    for k in range(SHARDS):
+        bans += [f"198.18.{k}.2", f"198.19.{k}.0/24", f"2001:db8:3:{k:x}::2", f"2001:db8:4:{k:x}::/64"]
+        banned += [f"198.18.{k}.2", f"198.19.{k}.2", f"2001:db8:3:{k:x}::2", f"2001:db8:4:{k:x}::2"]
+        free += [f"198.18.{k}.3", f"2001:db8:3:{k:x}::3"]
+    canon = [[str(ipaddress.ip_interface(t).network if "/" in t else ipaddress.ip_address(t)) for t in ts]
+             for ts in (bans, banned, free)]
+    return canon[0], canon[1], canon[2]
+
+
+def test_nftables_every_shard_drops_its_bans_on_both_hooks(lab, tmp_path):
+    """The hash sets are split into shards, reached through a verdict map per family: a ban
+    in every set of every shard, and in both interval sets, drops its clients (ports and
+    forward on: the mail port, on the input hook and through the forward hook to a host
+    behind) and nobody else; each hook counts its packets, the shards' chains included; a
+    ban or unban of one target (written without listing) reaches its shard."""
+    need_tools("nft")
+    bans, banned, free = _shard_clients()
+    assert {set_of(t)[0] for t in bans} == set(SETS)        # every set, every shard
+    lab.add_behind()
+    lab.add_clients(*banned, *free)
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[firewall]\nports = [25]\nforward = true\n')
+    server = Server(lab, tmp_path, "nftables")
+    _record(server.db, bans)
+    assert "0 unknown removed" in server("-c", str(cfg), "firewall", "sync").stdout
+    for behind in (False, True):
+        got = lab.reachable(*banned, *free, behind=behind)
+        assert [c for c, ok in got.items() if not ok] == banned, f"behind={behind}"
+    assert all(lab.reachable(*banned, port=OTHER_PORT).values())      # only the mail port is closed
+    st = json.loads(server("-c", str(cfg), "firewall", "status", "--json").stdout)
+    assert st["drift"] == {"missing": 0, "unknown": 0, "stale": 0}
+    assert st["elements"] == {"ipv4": len(bans) // 2, "ipv6": len(bans) // 2}
+    assert f"ban6_64_{{0..{SHARDS - 1}}}" in st["sets"] and "net6" in st["sets"]
+    assert {h: c["packets_blocked"] >= len(banned) for h, c in st["chains"].items()} == {"input": True, "forward": True}
+
+    server("-c", str(cfg), "unban", *banned)                  # the networks that hold them too
+    assert all(lab.reachable(*banned, *free).values())
+    server("-c", str(cfg), "ban", free[-1])
+    server("-c", str(cfg), "ban", "198.19.5.0/24")
+    assert [c for c, ok in lab.reachable(*banned, *free).items() if not ok] == ["198.19.5.2", free[-1]]
+    server("firewall", "teardown")
+
+
 def _forward_rules(lab: Lab, server: Server) -> list[str]:
     """logban's rules in the server's forward hook, as the kernel shows them."""
     if server.backend == "nftables":
@@ -496,10 +569,82 @@ def test_nftables_moves_an_older_layouts_bans_in_one_transaction(lab, tmp_path):
     server("ban", "192.0.2.2")
     assert {c for c, ok in lab.reachable(*CLIENTS).items() if not ok} == blocked | {"192.0.2.2"}
     sets = lab.run(lab.srv, "nft", "list", "sets", "inet").stdout
-    assert "set ban4 " not in sets and "set ban6 " not in sets and "set ban4_24 " in sets
+    assert "set ban4 " not in sets and "set ban6 " not in sets and f"set {set_of('198.51.100.0/24')[0]} " in sets
     st = server.status()
     assert st["elements"] == {"ipv4": 3, "ipv6": 1}
     assert st["drift"]["unknown"] == 3          # moved as they were: the store never knew them
+    server("firewall", "teardown")
+
+
+# The layout before the shards (one hash set per prefix length), with a forward hook, and
+# beside it what a layout of more shards would have left: a set and a chain beyond SHARDS.
+UNSHARDED = """add table inet logban
+add set inet logban ban4_32 { type ipv4_addr; flags timeout; }
+add set inet logban ban4_24 { type ipv4_addr; flags timeout; }
+add set inet logban net4 { type ipv4_addr; flags interval, timeout; }
+add set inet logban ban6_128 { type ipv6_addr; flags timeout; }
+add set inet logban ban6_64 { type ipv6_addr; flags timeout; }
+add set inet logban net6 { type ipv6_addr; flags interval, timeout; }
+add set inet logban ban6_64_99 { type ipv6_addr; flags timeout; }
+add chain inet logban input4_99
+add rule inet logban input4_99 ip saddr @ban4_32 counter drop
+"""
+for _hook in ("input", "forward"):
+    UNSHARDED += (f"add chain inet logban {_hook} {{ type filter hook {_hook} priority filter - 10; policy accept; }}\n"
+                  + "".join(f"add rule inet logban {_hook} {m} counter drop\n" for m in (
+                      "ip saddr @ban4_32", "ip saddr & 255.255.255.0 @ban4_24", "ip saddr @net4", "ip6 saddr @ban6_128",
+                      "ip6 saddr & ffff:ffff:ffff:ffff:: @ban6_64", "ip6 saddr @net6", "ip6 saddr & ffff:ffff:ffff:ffff:: @ban6_64_99")))
+UNSHARDED += """add element inet logban ban4_32 { 192.0.2.3 timeout 3600s, 198.51.100.2 timeout 600s }
+add element inet logban ban4_24 { 198.51.100.0 }
+add element inet logban ban6_128 { 2001:db8:2::3 timeout 600s }
+add element inet logban ban6_64 { 2001:db8:2:: timeout 7200s }
+add element inet logban ban6_64_99 { 2001:db8:7:: timeout 3600s }
+"""
+
+
+def test_nftables_moves_the_unsharded_layout_into_the_shards_in_one_transaction(lab, tmp_path):
+    """The layout before the shards, in use: the first command that sets up (a ban here) moves
+    every element into its shard with the time it had left, in the `nft -f` transaction that
+    rewrites the rules (no moment without the bans), and deletes the older sets and chains;
+    the clients they dropped are still dropped, the others still connect."""
+    server = Server(lab, tmp_path, "nftables")
+    r = subprocess.run(["ip", "netns", "exec", lab.srv, "nft", "-f", "-"], input=UNSHARDED, text=True, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    blocked = {"192.0.2.3", "198.51.100.2", "198.51.100.3", "2001:db8:2::2", "2001:db8:2::3"}
+    assert {c for c, ok in lab.reachable(*CLIENTS).items() if not ok} == blocked
+    log, wrap = tmp_path / "scripts.log", tmp_path / "wrap"
+    wrap.mkdir()
+    (wrap / "nft").write_text(f'#!/bin/sh\nif [ "$1" = -f ]; then tee -a {log} | {shutil.which("nft")} "$@"; exit; fi\n'
+                              f'exec {shutil.which("nft")} "$@"\n')
+    (wrap / "nft").chmod(0o755)
+    r = lab.run(lab.srv, *lab.logban_cmd(server.db, "nftables", "ban", "192.0.2.2", "--for", "1h"),
+                env=lab.env() | {"PATH": f"{wrap}:{lab.env()['PATH']}"})
+    assert r.returncode == 0, r.stderr
+    assert {c for c, ok in lab.reachable(*CLIENTS).items() if not ok} == blocked | {"192.0.2.2"}
+
+    setup = next(x for x in log.read_text().split("add table inet logban\n") if "delete set" in x)
+    assert f"add element inet logban {set_of('192.0.2.3')[0]} {{ 192.0.2.3 timeout " in setup
+    assert "flush chain inet logban input\n" in setup and "delete chain inet logban forward\n" in setup
+    assert {ln for ln in setup.splitlines() if ln.startswith("delete set")} == {
+        f"delete set inet logban {s}" for s in ("ban4_32", "ban4_24", "ban6_128", "ban6_64", "ban6_64_99")}
+    r = lab.run(lab.srv, "nft", "-j", "list", "ruleset", env=lab.env())
+    objs = json.loads(r.stdout)["nftables"]
+    assert {o["set"]["name"] for o in objs if "set" in o} == set(SETS)
+    assert {o["chain"]["name"] for o in objs if "chain" in o} == {"input"} | {
+        f"input{v}_{k}" for v in (4, 6) for k in range(SHARDS)}
+    r = lab.run(lab.srv, sys.executable, "-c", "import json; from logban.firewall import Nftables, FirewallOptions; "
+                "print(json.dumps(Nftables(FirewallOptions()).elements()))", env=lab.env())
+    have = json.loads(r.stdout)
+    assert have.keys() == {"192.0.2.2", "192.0.2.3", "198.51.100.2", "198.51.100.0/24", "2001:db8:2::3",
+                           "2001:db8:2::/64", "2001:db8:7::/64"}
+    assert have["198.51.100.0/24"] is None              # permanent, as it was
+    for target, left in {"192.0.2.2": 3600, "192.0.2.3": 3600, "198.51.100.2": 600,
+                         "2001:db8:2::3": 600, "2001:db8:2::/64": 7200, "2001:db8:7::/64": 3600}.items():
+        assert left - 60 < have[target] <= left, (target, have[target])
+    st = server.status()
+    assert st["drift"] == {"missing": 0, "unknown": 6, "stale": 0}     # moved as they were: the store never knew them
+    server("firewall", "sync")
+    assert {c for c, ok in lab.reachable(*CLIENTS).items() if not ok} == {"192.0.2.2"}
     server("firewall", "teardown")
 
 
@@ -531,10 +676,13 @@ def test_an_unban_that_moves_an_older_layout_lifts_its_target(lab, tmp_path):
 # 192.0.2.2 lost; 192.0.2.3 given 30 s of its hour; the permanent /64 given a timeout; two
 # elements logban never wrote, one permanent (an element without a timeout reads apart).
 DRIFT = {
-    "nftables": ["nft delete element inet logban ban4_32 { 192.0.2.2, 192.0.2.3 }",
-                 "nft add element inet logban ban4_32 { 192.0.2.3 timeout 30s, 198.51.100.2 timeout 1h, 198.51.100.3 }",
-                 "nft delete element inet logban ban6_64 { 2001:db8:2:: }",
-                 "nft add element inet logban ban6_64 { 2001:db8:2:: timeout 1h }"],
+    "nftables": [f"nft delete element inet logban {set_of('192.0.2.2')[0]} {{ 192.0.2.2 }}",
+                 f"nft delete element inet logban {set_of('192.0.2.3')[0]} {{ 192.0.2.3 }}",
+                 f"nft add element inet logban {set_of('192.0.2.3')[0]} {{ 192.0.2.3 timeout 30s }}",
+                 f"nft add element inet logban {set_of('198.51.100.2')[0]} {{ 198.51.100.2 timeout 1h }}",
+                 f"nft add element inet logban {set_of('198.51.100.3')[0]} {{ 198.51.100.3 }}",
+                 f"nft delete element inet logban {set_of('2001:db8:2::/64')[0]} {{ 2001:db8:2:: }}",
+                 f"nft add element inet logban {set_of('2001:db8:2::/64')[0]} {{ 2001:db8:2:: timeout 1h }}"],
     "ipset": ["ipset del logban4 192.0.2.2", "ipset add logban4 192.0.2.3 timeout 30 -exist",
               "ipset add logban6 2001:db8:2::/64 timeout 3600 -exist",
               "ipset add logban4 198.51.100.2 timeout 3600", "ipset add logban4 198.51.100.3 timeout 0"],

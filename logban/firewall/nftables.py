@@ -1,9 +1,10 @@
 """The nftables backend: a table of logban's own."""
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import socket
-import subprocess
 from collections.abc import Iterable, Iterator, Mapping
 
 from ..errors import FirewallError
@@ -11,36 +12,47 @@ from . import netlink
 from .backend import Backend, _run
 from .plan import prefix
 
-# Prefix lengths with a hash set of their own, looked up through a mask: every ban a
+# Prefix lengths with hash sets of their own, looked up through a mask: every ban a
 # policy decides (an address, or its /24 or /64). `nft` reads every element of every
 # interval set before it changes one element of any set (nftables 1.0.6): at 100,000
 # elements that is seconds per ban, while a hash set's element is added or deleted at
 # once. Other lengths (a hand-made /16) share one interval set per family, kept small.
 HASHED = {4: (32, 24), 6: (128, 64)}
 MASK = {24: "255.255.255.0", 64: "ffff:ffff:ffff:ffff::"}
-LEGACY_SETS = ("ban4", "ban6")          # interval sets that held every ban (logban before the hash sets)
+# Each hash set is split into SHARDS sets, `ban4_32_0` ... The kernel dumps a set in
+# messages of 32 KiB and walks the set from its first element again for each message
+# (nft_rhash_walk), so listing a set costs the square of its size: 0.4 s of kernel time
+# for 100,000 elements in one set, a tenth of that in eight. The shard is read from the
+# address byte SHARD_BYTE (IPv4: the third octet; IPv6: the low byte of the fourth group),
+# inside the /24 or /64: an address and its network share a shard. A packet reaches its
+# shard's chain through one verdict map per family (see `_layout`), as many lookups as
+# one set per prefix length needs.
+SHARDS = 8                              # a power of two: the map's key is a bit mask
+SHARD_BYTE = {4: 2, 6: 7}
+FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+PAYLOAD = {4: "ip", 6: "ip6"}            # nft's name of the packet's header
+HOOKS = ("input", "forward")
+# The names logban gives its sets and chains, in this version or an older one: a set of
+# logban's that this layout has not (`ban4`, `ban4_32`, a shard beyond SHARDS) is an older
+# layout's, moved in by `setup`. A set: kind, IP version, prefix length of a hash set's
+# elements. A chain: hook, and for a shard's chain IP version and shard.
+SET_NAME = re.compile(r"(ban|net)([46])(?:_(\d+))?(?:_\d+)?")
+CHAIN_NAME = re.compile(r"(input|forward)(?:[46]_\d+)?")
 
 
-def set_of(target: str) -> tuple[str, str]:
-    """(set, element) where the target is held: hash sets hold the network's address."""
-    v, plen = prefix(target)
-    if plen in HASHED[v]:
-        return f"ban{v}_{plen}", target.partition("/")[0]
-    return f"net{v}", target
+def _held(name: str) -> tuple[int, int | None]:
+    """(IP version, prefix length of its elements; None: an interval set, which holds
+    each one's own) of a set named by logban, of any version (see SET_NAME)."""
+    m = SET_NAME.fullmatch(name)
+    assert m is not None, name
+    return int(m[2]), int(m[3]) if m[1] == "ban" and m[3] else None
 
 
-def _placed(targets: Iterable[str]) -> Iterator[tuple[str, str, str]]:
-    """(target, set, element) of each target (see `set_of`), the set found once per kind of
-    text (IP version, what follows "/"): a sync may write 100,000 of them."""
-    kinds: dict[tuple[bool, str], tuple[str, bool]] = {}
-    for target in targets:
-        addr, _, pl = target.partition("/")
-        kind = (":" in addr, pl)
-        got = kinds.get(kind)
-        if got is None:
-            s, el = set_of(target)
-            got = kinds[kind] = (s, el == target)
-        yield target, got[0], target if got[1] else addr
+def _bits(v: int, value: int) -> str:
+    """The address of IP version v with `value` in its shard byte and zeros elsewhere."""
+    b = bytearray(16 if v == 6 else 4)
+    b[SHARD_BYTE[v]] = value
+    return str(ipaddress.ip_address(bytes(b)))
 
 
 def _sets() -> dict[str, tuple[int, int | None]]:
@@ -48,7 +60,7 @@ def _sets() -> dict[str, tuple[int, int | None]]:
     out: dict[str, tuple[int, int | None]] = {}
     for v, lens in HASHED.items():
         for plen in lens:
-            out[f"ban{v}_{plen}"] = (v, plen)
+            out.update({f"ban{v}_{plen}_{k}": (v, plen) for k in range(SHARDS)})
         out[f"net{v}"] = (v, None)
     return out
 
@@ -56,11 +68,37 @@ def _sets() -> dict[str, tuple[int, int | None]]:
 SETS = _sets()
 
 
+def _placed(targets: Iterable[str]) -> Iterator[tuple[str, str, str]]:
+    """(target, set, element) of each target: hash sets hold the network's address, in the
+    shard its shard byte names. What depends on the kind of text (IP version, what follows
+    "/") is found once per kind: a sync may write 100,000 targets."""
+    kinds: dict[tuple[bool, str], tuple[int, int, list[str]] | str] = {}
+    pton, last = socket.inet_pton, SHARDS - 1
+    for target in targets:
+        addr, _, pl = target.partition("/")
+        kind = (":" in addr, pl)
+        got = kinds.get(kind)
+        if got is None:
+            v, plen = prefix(target)
+            got = kinds[kind] = ((FAMILY[v], SHARD_BYTE[v], [f"ban{v}_{plen}_{k}" for k in range(SHARDS)])
+                                 if plen in HASHED[v] else f"net{v}")
+        if isinstance(got, str):
+            yield target, got, target
+        else:
+            fam, byte, names = got
+            yield target, names[pton(fam, addr)[byte] & last], addr
+
+
+def set_of(target: str) -> tuple[str, str]:
+    """(set, element) where the target is held (see `_placed`)."""
+    return next(_placed([target]))[1:]
+
+
 class Nftables(Backend):
     """A table of logban's own, `inet logban`: per family hash sets of addresses and of
-    /24 or /64 networks, and an interval set for networks of other lengths, all with
-    timeouts; and a chain on the input hook that runs before the host's filter chains.
-    Other tables (firewalld, ufw, docker) are not touched."""
+    /24 or /64 networks, each split into shards, and an interval set for networks of other
+    lengths, all with timeouts; and a chain on the input hook that runs before the host's
+    filter chains. Other tables (firewalld, ufw, docker) are not touched."""
 
     name = "nftables"
     TABLE = "inet logban"
@@ -70,78 +108,89 @@ class Nftables(Backend):
     def _nft(self, script: str) -> None:
         _run(["nft", "-f", "-"], script)
 
-    def _matches(self) -> list[str]:
-        out = []
-        for s, (v, plen) in SETS.items():
-            fam = "ip6" if v == 6 else "ip"
-            out.append(f"{fam} saddr {'& ' + MASK[plen] + ' ' if plen in MASK else ''}@{s}")
-        return out
-
-    def _rules(self) -> list[str]:
+    def _verdicts(self, match: str) -> list[str]:
+        """The rules that act on the packets `match` finds, as the options say."""
         o = self.opts
-        out = []
-        for m in self._matches():
-            if o.ports:
-                m += f" tcp dport {{ {', '.join(map(str, o.ports))} }}"
-                out.append(f"{m} counter {'drop' if o.action == 'drop' else 'reject with tcp reset'}")
-            elif o.action == "drop":
-                out.append(f"{m} counter drop")
-            else:
-                out += [f"{m} meta l4proto tcp counter reject with tcp reset",
-                        f"{m} counter reject with icmpx admin-prohibited"]
+        if o.ports:
+            return [f"{match} tcp dport {{ {', '.join(map(str, o.ports))} }} counter "
+                    f"{'drop' if o.action == 'drop' else 'reject with tcp reset'}"]
+        if o.action == "drop":
+            return [f"{match} counter drop"]
+        return [f"{match} meta l4proto tcp counter reject with tcp reset",
+                f"{match} counter reject with icmpx admin-prohibited"]
+
+    def _rules(self, s: str) -> list[str]:
+        """The rules that act on the packets from what set `s` holds."""
+        v, plen = SETS[s]
+        return self._verdicts(f"{PAYLOAD[v]} saddr {'& ' + MASK[plen] + ' ' if plen in MASK else ''}@{s}")
+
+    def _layout(self) -> dict[str, list[str]]:
+        """chain -> its rules. Per hook, a chain on the hook that sends each packet through
+        one verdict map per family to the chain of its shard (`{hook}{version}_{shard}`),
+        which matches the shard's hash sets, and then matches the interval sets. Shard
+        chains of their own per hook: `describe` counts each hook's packets."""
+        out: dict[str, list[str]] = {}
+        for hook in HOOKS[:2 if self.opts.forward else 1]:
+            rules = []
+            for v, lens in HASHED.items():
+                jumps = []
+                for k in range(SHARDS):
+                    chain = f"{hook}{v}_{k}"
+                    out[chain] = [r for plen in lens for r in self._rules(f"ban{v}_{plen}_{k}")]
+                    jumps.append(f"{_bits(v, k)} : jump {chain}")
+                rules.append(f"{PAYLOAD[v]} saddr & {_bits(v, SHARDS - 1)} vmap {{ {', '.join(jumps)} }}")
+            out[hook] = rules + [r for v in HASHED for r in self._rules(f"net{v}")]
         return out
 
-    def _chains(self) -> set[str]:
-        """logban's chains. Listing a chain or table makes nft read every set element
-        first (seconds at 100,000 bans); listing the family's chains does not."""
-        r = subprocess.run(["nft", "-j", "list", "chains", "inet"], capture_output=True, text=True)
-        if r.returncode != 0:
-            return set()
-        return {o["chain"]["name"] for o in json.loads(r.stdout).get("nftables", [])
-                if "chain" in o and o["chain"].get("table") == self.TABLE.split()[1]}
+    def _kernel(self) -> list[dict]:
+        """logban's table as the kernel holds it, without set elements: its sets, chains and
+        rules (nft JSON objects; none without the table). `nft -t list ruleset` reads no
+        element (--terse; nftables 1.0.6 reads every element for a terse listing of a
+        table, and for any listing of a chain or the sets: seconds at 100,000). An error is
+        raised, never taken for an empty table: a setup that missed an older layout's sets
+        would stop enforcing their bans."""
+        table = self.TABLE.split()[1]
+        return [o for o in json.loads(_run(["nft", "-t", "-j", "list", "ruleset", "inet"])).get("nftables", [])
+                if any(isinstance(x, dict) and x.get("table") == table for x in o.values())]
+
+    @staticmethod
+    def _names(kernel: list[dict], kind: str, pattern: re.Pattern[str]) -> list[str]:
+        """The names of the kernel's sets or chains (`kind`) that logban gives."""
+        return [o[kind]["name"] for o in kernel if kind in o and pattern.fullmatch(o[kind]["name"])]
 
     def setup(self) -> None:
         t = self.TABLE
+        kernel = self._kernel()
+        layout = self._layout()
         lines = [f"add table {t}"]
         for s, (v, plen) in SETS.items():
-            flags = "timeout" if plen else "interval, timeout"
-            lines.append(f"add set {t} {s} {{ type ipv{v}_addr; flags {flags}; }}")
-        hooks = ["input"] + (["forward"] if self.opts.forward else [])
-        for hook in hooks:
-            # Flushed and written again in the same transaction: options may have changed.
-            lines.append(f"add chain {t} {hook} {{ type filter hook {hook} priority {self.PRIORITY}; policy accept; }}")
-            lines.append(f"flush chain {t} {hook}")
-            lines += [f"add rule {t} {hook} {r}" for r in self._rules()]
-        present = self._chains()
-        if not self.opts.forward and "forward" in present:
-            lines.append(f"delete chain {t} forward")
-        if present:
-            lines += self._from_legacy()
+            lines.append(f"add set {t} {s} {{ type ipv{v}_addr; flags {'timeout' if plen else 'interval, timeout'}; }}")
+        for c in layout:
+            base = f" {{ type filter hook {c} priority {self.PRIORITY}; policy accept; }}" if c in HOOKS else ""
+            lines.append(f"add chain {t} {c}{base}")
+        # Flushed and written again in the same transaction: options may have changed.
+        lines += [f"flush chain {t} {c}" for c in layout]
+        lines += [f"add rule {t} {c} {r}" for c, rules in layout.items() for r in rules]
+        # An older layout's chains (a forward hook no longer wanted, shards of another
+        # number), the hooks first: they jump to the others.
+        old = sorted(set(self._names(kernel, "chain", CHAIN_NAME)) - layout.keys(), key=lambda c: c not in HOOKS)
+        lines += [f"{cmd} chain {t} {c}" for c in old for cmd in ("flush", "delete")]
+        lines += self._moved(s for s in self._names(kernel, "set", SET_NAME) if s not in SETS)
         self._nft("\n".join(lines) + "\n")
 
-    def _from_legacy(self) -> list[str]:
-        """An older logban's sets: their elements moved into this layout, and the sets
-        deleted, in the transaction that rewrites the rules (no moment without them)."""
+    def _moved(self, old: Iterable[str]) -> list[str]:
+        """An older layout's sets (logban before the hash sets: `ban4`, `ban6`; before the
+        shards: `ban4_32` ...): their elements moved into this layout with the time they
+        had left, and the sets deleted, in the transaction that rewrites the rules (no
+        moment without them)."""
         lines = []
-        for s in LEGACY_SETS:
-            if self._exists(s):
-                lines += self._adds({t: None if left is None else max(1, left)
-                                     for t, left in self._read(s, None).items()})
-                lines.append(f"delete set {self.TABLE} {s}")
+        for s in old:
+            lines += self._adds({t: None if left is None else max(1, left) for t, left in self._read(s).items()})
+            lines.append(f"delete set {self.TABLE} {s}")
         return lines
 
     def outdated(self) -> bool:
-        return any(map(self._exists, LEGACY_SETS))
-
-    def _exists(self, s: str) -> bool:
-        try:
-            netlink.set_elements(*self.TABLE.split(), s)      # at once when absent, as it is but once
-            return True
-        except netlink.Absent:
-            return False
-        except OSError:
-            r = subprocess.run(["nft", "-t", "list", "set", *self.TABLE.split(), s], capture_output=True, text=True)
-            return r.returncode == 0
+        return any(s not in SETS for s in self._names(self._kernel(), "set", SET_NAME))
 
     def _adds(self, add: Mapping[str, int | None]) -> list[str]:
         by_set: dict[str, list[str]] = {}
@@ -164,7 +213,7 @@ class Nftables(Backend):
             if not ranged or "element does not exist" not in str(e):
                 raise
             for s, els in ranged.items():
-                have = self._read(s, None)
+                have = self._read(s)
                 ranged[s] = [el for el in els if el in have]
             self._apply(add, hashed, ranged)
 
@@ -183,10 +232,11 @@ class Nftables(Backend):
         if lines:
             self._nft("\n".join(lines) + "\n")
 
-    def _read(self, s: str, plen: int | None) -> dict[str, int | None]:
+    def _read(self, s: str) -> dict[str, int | None]:
         """Set `s`'s elements as targets -> kernel seconds left (hash sets of networks hold
-        the network's address: `plen` puts the length back). A hash set is read over
+        the network's address: the set's prefix length is put back). A hash set is read over
         netlink (see netlink.py), nft where that cannot be done."""
+        v, plen = _held(s)
         suffix = f"/{plen}" if plen in MASK else ""
         if plen is not None:
             try:
@@ -196,8 +246,7 @@ class Nftables(Backend):
             except OSError:
                 pass
             else:
-                fam = socket.AF_INET6 if SETS[s][0] == 6 else socket.AF_INET
-                ntop = socket.inet_ntop
+                fam, ntop = FAMILY[v], socket.inet_ntop
                 return {f"{ntop(fam, k)}{suffix}": left for k, left in got.items()}
         try:
             out = _run(["nft", "-j", "list", "set", *self.TABLE.split(), s])
@@ -219,21 +268,26 @@ class Nftables(Backend):
 
     def elements(self) -> dict[str, int | None]:
         have: dict[str, int | None] = {}
-        for s, (_, plen) in SETS.items():
-            have.update(self._read(s, plen))
+        for s in SETS:
+            have.update(self._read(s))
         return have
 
     def describe(self) -> dict:
-        present = self._chains()
-        if not present:
+        kernel = self._kernel()
+        hooks = [c for c in HOOKS if c in self._names(kernel, "chain", CHAIN_NAME)]
+        if not hooks:
             return {"table": f"{self.TABLE} (absent: made with the first ban to enforce)", "sets": [], "chains": {}}
-        chains = {}
-        for hook in sorted(present & {"input", "forward"}):
-            data = json.loads(_run(["nft", "-j", "list", "chain", *self.TABLE.split(), hook]))
-            packets = sum(x["counter"]["packets"] for obj in data.get("nftables", []) if "rule" in obj
-                          for x in obj["rule"]["expr"] if isinstance(x, dict) and "counter" in x)
-            chains[hook] = {"priority": self.PRIORITY, "packets_blocked": packets}
-        return {"table": self.TABLE, "sets": list(SETS), "chains": chains}
+        # A hook's packets: those its own chain and its shards' chains counted.
+        packets = dict.fromkeys(hooks, 0)
+        for o in kernel:
+            m = CHAIN_NAME.fullmatch(o["rule"]["chain"]) if "rule" in o else None
+            if m and m[1] in packets:
+                packets[m[1]] += sum(x["counter"]["packets"] for x in o["rule"]["expr"]
+                                     if isinstance(x, dict) and "counter" in x)
+        # The shards of a set as one name in the shell's brace form, ban4_32_{0..7}: 34 names said in 6.
+        sets = list(dict.fromkeys(re.sub(r"_\d+$", f"_{{0..{SHARDS - 1}}}", s) if SETS[s][1] else s for s in SETS))
+        return {"table": self.TABLE, "sets": sets,
+                "chains": {h: {"priority": self.PRIORITY, "packets_blocked": n} for h, n in sorted(packets.items())}}
 
     def teardown(self) -> None:
         try:
