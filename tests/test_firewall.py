@@ -648,12 +648,16 @@ def test_nftables_moves_the_unsharded_layout_into_the_shards_in_one_transaction(
     server("firewall", "teardown")
 
 
-def test_an_unban_that_moves_an_older_layout_lifts_its_target(lab, tmp_path):
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_an_unban_that_moves_an_older_layout_lifts_its_target(lab, tmp_path, dry_run):
     """The first command after an upgrade may be an `unban` of a client the older layout
     drops: the sync that moves the old sets moves its element too, and the unban still
-    lifts it (it said "lifted" while the kernel went on dropping the client)."""
+    lifts it (it said "lifted" while the kernel went on dropping the client). So does a
+    logban set to dry run since: moving adds no ban, and lifting is what a dry run does."""
     server = Server(lab, tmp_path, "nftables")
-    r = lab.run(lab.srv, *lab.logban_cmd(server.db, "none", "ban", "192.0.2.3"), env=lab.env())
+    (tmp_path / "logban.toml").write_text(f"dry_run = {str(dry_run).lower()}\n")
+    conf = ("-c", str(tmp_path / "logban.toml"))
+    r = lab.run(lab.srv, *lab.logban_cmd(server.db, "none", "ban", "192.0.2.3"), env=lab.env())   # before the upgrade
     assert r.returncode == 0, r.stderr
     old = ("add table inet logban\n"
            "add set inet logban ban4 { type ipv4_addr; flags interval, timeout; }\n"
@@ -662,11 +666,11 @@ def test_an_unban_that_moves_an_older_layout_lifts_its_target(lab, tmp_path):
            "add element inet logban ban4 { 192.0.2.3 timeout 3600s, 198.51.100.0/24 }\n")
     r = subprocess.run(["ip", "netns", "exec", lab.srv, "nft", "-f", "-"], input=old, text=True, capture_output=True)
     assert r.returncode == 0, r.stderr
-    server("unban", "192.0.2.3")
+    server(*conf, "unban", "192.0.2.3")
     blocked = {c for c, ok in lab.reachable("192.0.2.3", "198.51.100.2").items() if not ok}
     assert blocked == {"198.51.100.2"}          # the rest moved as it was
     assert server.status()["drift"]["unknown"] == 1
-    server("firewall", "sync")                  # the store holds no ban: nothing is dropped
+    server(*conf, "firewall", "sync")           # the store holds no ban: nothing is dropped
     assert all(lab.reachable("192.0.2.3", "198.51.100.2").values())
     server("firewall", "teardown")
 

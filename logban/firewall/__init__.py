@@ -201,9 +201,10 @@ class Firewall:
                 p = Plan(remove=list(p.unknown), unknown=p.unknown)
                 want = {t: have[t] for t in want if t in have}
             try:
-                if p.add or (not self.dry_run and (have or self.backend.outdated())):
-                    # Made only when there is something to hold, or an older layout's sets
-                    # (they drop clients too, and only a set-up moves them where a sync sees them).
+                if p.add or (have and not self.dry_run) or self.backend.outdated():
+                    # Made only when there is something to hold, or an older layout's sets,
+                    # dry run or not: they drop clients too, and only a set-up moves them where
+                    # a sync sees them and an unban lifts them (it adds no ban).
                     self._setup()
                 if p.add or p.remove:
                     self.backend.apply(p.add, p.remove)
