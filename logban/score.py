@@ -261,6 +261,11 @@ class Scorer:
         got = self._where(ip)
         return got[0], got[1]
 
+    def allowed_lately(self, ip: str) -> bool | None:
+        """Whether the allow-list covers an address scored lately (None: not known here)."""
+        got = self._target.get(ip)
+        return None if got is None else got[3]
+
     def _where(self, ip: str) -> tuple[str, str | None, bool, bool]:
         got = self._target.get(ip)
         if got is None:

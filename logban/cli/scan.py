@@ -100,6 +100,10 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
         store = _store(args, cfg, cache_mib=None if writer else BULK_CACHE_MIB)
         engine = _engine(args, cfg, store, _allow(cfg, store))
         engine.writer = writer
+        if engine.allow.networks == allow.networks:
+            # The report's allow-list by address is the scorer's (no live entry by address):
+            # the scorer, first to see each offence, tells it whether an address is covered.
+            keep.lately = engine.scorer.allowed_lately
         applied = Applied(engine, f"scan:{_node(args, cfg)}", again=args.reapply)
         for src in sources:
             applied.skip(src)
