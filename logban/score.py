@@ -251,6 +251,7 @@ class Scorer:
         self._burst_span = policy.burst
         self._window = policy.window is not None
         self._target.clear()                 # prefix lengths and the allow-list may have changed
+        self._cover: dict[tuple[int, int], tuple] = {}      # (version, prefix) -> `AllowList.cover_tests`
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
                       else f"decaying, half-life {format_duration(policy.half_life)}")
@@ -275,9 +276,10 @@ class Scorer:
                 net = self._network(v, num, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
             else:
                 net = self._network(v, num, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
-            # A network that holds no special address proves its member is none either.
+            # A network that holds no special address proves its member is none either; one
+            # the allow-list does not cover, that its member is not allowed.
             ok = net is not None or not special(v, num, 32 if v == 4 else 128)
-            allowed = self.allow.num_allowed(v, num)
+            allowed = net is None and self.allow.num_allowed(v, num)
             got = (net or ip, None, ok, allowed) if v == 6 else (ip, net, ok, allowed)
             if len(self._target) > 50_000:
                 # A cache of the clients seen lately (the engine asks again right after `add`):
@@ -295,8 +297,14 @@ class Scorer:
         if net in self._partners:
             return None
         # Numbers, not a cache: as cheap as a lookup, and nothing to bound.
-        if special(version, num, prefix) or self.allow.covers(version, num, prefix):
+        if special(version, num, prefix):
             return None
+        tests = self._cover.get((version, prefix))
+        if tests is None:
+            tests = self._cover[(version, prefix)] = self.allow.cover_tests(version, prefix)
+        for shift, nums in tests:
+            if num >> shift in nums:
+                return None
         return net
 
     def rate_key(self, ip: str, name: str | None, t: float = 0.0) -> str | None:
