@@ -295,6 +295,20 @@ class AllowList:
         i = bisect.bisect_left(starts, num)
         return i < len(starts) and starts[i] < num + (1 << (bits - plen))
 
+    def cover_tests(self, version: int, plen: int) -> tuple[tuple[int, frozenset[int]], ...]:
+        """`covers` for networks of one prefix length, as set look-ups (the scorer asks it of
+        every new client's network): a network's number (host bits zero) is covered when,
+        shifted right by one of the shifts, it is in that shift's set. An allowed network as
+        long as it or shorter holds it; a longer one starts inside it."""
+        bits = 32 if version == 4 else 128
+        tests: dict[int, set[int]] = {}
+        for q, nums in self._by_len[version].items():
+            if q <= plen:
+                tests.setdefault(bits - q, set()).update(x >> (bits - q) for x in nums)
+        if plen < bits:
+            tests.setdefault(bits - plen, set()).update(x >> (bits - plen) for x in self._starts[version])
+        return tuple((shift, frozenset(nums)) for shift, nums in sorted(tests.items()))
+
     def name_allowed(self, name: str | None) -> bool:
         # Not text: a value some writer put in the store (SQLite keeps a BLOB as bytes), no name.
         if not name or not self.names or not isinstance(name, str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from operator import attrgetter
 
@@ -42,15 +43,25 @@ class AllowFilter:
     """Leaves out the offences of clients the allow-list covers (loopback, this host's own
     addresses, [allow] addresses and verified host names): never offenders in a report."""
 
-    def __init__(self, allow) -> None:
+    def __init__(self, allow, lately: Callable[[str], bool | None] | None = None) -> None:
+        """`lately(ip)`: whether the same allow-list covers an address, when that is known
+        already (`Scorer.allowed_lately`, scan --apply: the scorer has just read every
+        address), else None."""
         self.allow = allow
+        self.lately = lately
         self.allow_listed = 0
 
     def __call__(self, offences: list[Offence]) -> list[Offence]:
         """`offences` without those of allowed clients (the same list when there are none)."""
         allow = self.allow
         # Each address once per batch: a batch holds the same few clients again and again.
-        out = set(filter(allow.address_allowed, set(map(_IP, offences))))
+        ips = set(map(_IP, offences))
+        if self.lately is None:
+            out = set(filter(allow.address_allowed, ips))
+        else:
+            # A distributed attack brings a new address on nearly every line: each read once, not twice.
+            lately, allowed = self.lately, allow.address_allowed
+            out = {ip for ip in ips if (k := lately(ip)) or (k is None and allowed(ip))}
         if allow.names:
             name = allow.name_allowed
             # Most offences come with no name: no call to find that out.

@@ -249,7 +249,9 @@ class Scorer:
         self._least = min((h.threshold for h in policy.horizons), default=math.inf)
         self._keep = policy.horizon          # how long an offence may count anywhere
         self._burst_span = policy.burst
+        self._window = policy.window is not None
         self._target.clear()                 # prefix lengths and the allow-list may have changed
+        self._cover: dict[tuple[int, int], tuple] = {}      # (version, prefix) -> `AllowList.cover_tests`
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
         self._span = (f"in {format_duration(policy.window)}" if policy.window is not None
                       else f"decaying, half-life {format_duration(policy.half_life)}")
@@ -260,6 +262,11 @@ class Scorer:
         got = self._where(ip)
         return got[0], got[1]
 
+    def allowed_lately(self, ip: str) -> bool | None:
+        """Whether the allow-list covers an address scored lately (None: not known here)."""
+        got = self._target.get(ip)
+        return None if got is None else got[3]
+
     def _where(self, ip: str) -> tuple[str, str | None, bool, bool]:
         got = self._target.get(ip)
         if got is None:
@@ -269,9 +276,10 @@ class Scorer:
                 net = self._network(v, num, p.ipv6_prefix) if p.ipv6_prefix < 128 else None
             else:
                 net = self._network(v, num, p.ipv4_prefix) if p.subnet_bans and p.ipv4_prefix < 32 else None
-            # A network that holds no special address proves its member is none either.
+            # A network that holds no special address proves its member is none either; one
+            # the allow-list does not cover, that its member is not allowed.
             ok = net is not None or not special(v, num, 32 if v == 4 else 128)
-            allowed = self.allow.num_allowed(v, num)
+            allowed = net is None and self.allow.num_allowed(v, num)
             got = (net or ip, None, ok, allowed) if v == 6 else (ip, net, ok, allowed)
             if len(self._target) > 50_000:
                 # A cache of the clients seen lately (the engine asks again right after `add`):
@@ -289,8 +297,14 @@ class Scorer:
         if net in self._partners:
             return None
         # Numbers, not a cache: as cheap as a lookup, and nothing to bound.
-        if special(version, num, prefix) or self.allow.covers(version, num, prefix):
+        if special(version, num, prefix):
             return None
+        tests = self._cover.get((version, prefix))
+        if tests is None:
+            tests = self._cover[(version, prefix)] = self.allow.cover_tests(version, prefix)
+        for shift, nums in tests:
+            if num >> shift in nums:
+                return None
         return net
 
     def rate_key(self, ip: str, name: str | None, t: float = 0.0) -> str | None:
@@ -409,6 +423,17 @@ class Scorer:
                 agg[base + 1 + k % BUCKETS] += w
 
     def _burst(self, tr: Track, now: float) -> float:
+        ev = tr.ev
+        if len(ev) == 1 and tr.agg is None and self._window:
+            # A one-offence client (nearly every one of a distributed attack, asked two or
+            # three times each): what `_prune` and the sum below come to when nothing is
+            # pruned, without their calls.
+            e = ev[0]
+            t = e[0]
+            if t > now:
+                now = t
+            if t > now - self._keep:
+                return 0 + e[1] * self._bw[e[2]] if t > now - self._burst_span else 0
         now = self._prune(tr, now)
         p, bw = self.policy, self._bw
         cut = now - self._burst_span
@@ -446,9 +471,14 @@ class Scorer:
                more: Offence | None = None) -> tuple[Horizon | None, float] | None:
         """The first horizon whose threshold the track reaches (None: the burst one) and its
         total, with `more` counted too when given; else None."""
-        p = self.policy
         cls = evidence(more) if more is not None else -1
         b = self._burst(tr, now) + (more.score * self._bw[cls] if more is not None else 0.0)
+        return self._reach_from(tr, target, now, b, more, cls)
+
+    def _reach_from(self, tr: Track, target: str, now: float, b: float, more: Offence | None = None,
+                    cls: int = -1) -> tuple[Horizon | None, float] | None:
+        """`_reach` once the burst score `b` (`more` in it) is known."""
+        p = self.policy
         if b >= p.threshold:
             return None, b
         now = max(now, tr.ev[-1][0]) if tr.ev else now
@@ -539,7 +569,12 @@ class Scorer:
             st.big_senders += 1
             return target, []
         tr = self._track(target, o)
-        got = self._reach(tr, target, t)
+        # `_reach` without `more`, its usual answer (below every threshold, too few offences
+        # ever for a long horizon) found without its call.
+        b = self._burst(tr, t) + 0.0
+        if b < self.policy.threshold and len(tr.ev) + tr.folded + 1 < self._least:
+            return target, []
+        got = self._reach_from(tr, target, t, b)
         if got is None:
             return target, []
         del self.tracks[target]            # the ban uses the scores up: after it, start from zero

@@ -135,6 +135,7 @@ def test_covers_agrees_with_ipaddress(allowed, num, plen):
     q = ipaddress.ip_network((num, plen), strict=False)
     want = any(q.overlaps(ipaddress.ip_network(n)) for n in [*nets, "127.0.0.0/8"])
     assert a.covers(4, int(q.network_address), plen) == want
+    assert any(int(q.network_address) >> shift in s for shift, s in a.cover_tests(4, plen)) == want
 
 
 def test_this_hosts_own_addresses_are_allowed():
@@ -505,3 +506,27 @@ def test_resolver_lookup_never_waits_for_a_hung_lookup():
     finally:
         hung.set()
         r.close()
+
+
+def test_cover_tests_answer_as_covers_does_for_every_network_of_their_prefix_length():
+    import random
+    rnd = random.Random(7)
+    for version, bits in ((4, 32), (6, 128)):
+        # Allowed networks of every length, some nested, some apart; asked about networks
+        # around them (inside, holding them, next to them) and anywhere.
+        base = rnd.getrandbits(bits)
+        nets = []
+        for _ in range(40):
+            plen = rnd.choice([8, 16, 23, 24, 25, 48, 63, 64, 65, 96, 127, 128] if version == 6 else [8, 16, 23, 24, 25, 31, 32])
+            num = (base ^ rnd.getrandbits(bits - rnd.randrange(1, 24))) >> (bits - plen) << (bits - plen)
+            nets.append(str(ipaddress.ip_network((num, plen))))
+        allow = AllowList(nets, own=())
+        for plen in ((24, 32) if version == 4 else (48, 64, 128)):
+            tests = allow.cover_tests(version, plen)
+            seen = set()
+            for _ in range(3000):
+                num = (base ^ rnd.getrandbits(bits - rnd.randrange(1, 28))) >> (bits - plen) << (bits - plen)
+                got = any(num >> shift in s for shift, s in tests)
+                assert got == allow.covers(version, num, plen), (ipaddress.ip_network((num, plen)), nets)
+                seen.add(got)
+            assert seen == {True, False}

@@ -89,6 +89,25 @@ def test_allow_filter_asks_once_per_address_and_hands_back_a_batch_with_nobody_a
     assert named(clean) == [] and named.allow_listed == 3
 
 
+def test_allow_filter_takes_the_scorers_word_for_an_address_it_scored_and_asks_only_for_the_others():
+    from logban.allow import AllowList
+    from logban.report import AllowFilter
+    from logban.score import Policy, Scorer
+    allow = AllowList(["198.51.100.0/24"], own=())
+    asked = []
+    real = allow.address_allowed
+    allow.address_allowed = lambda ip: (asked.append(ip), real(ip))[1]
+    scorer = Scorer(Policy(), allow)
+    offs = [Offence(1.0, ip, "postfix", "r", "dnsbl", 1.0, "f", i, b"")
+            for i, ip in enumerate(["192.0.2.1", "198.51.100.9", "192.0.2.3", "198.51.100.7"])]
+    for o in offs[:2]:
+        scorer.count(o)
+    assert [scorer.allowed_lately(o.ip) for o in offs] == [False, True, None, None]
+    keep = AllowFilter(allow, scorer.allowed_lately)
+    assert [o.line for o in keep(offs)] == [0, 2] and keep.allow_listed == 2
+    assert sorted(asked) == ["192.0.2.3", "198.51.100.7"]
+
+
 def test_a_client_counts_each_kind_and_its_first_and_last_offence_in_any_order():
     s = ScanSummary()
     s.add([Offence(t, "192.0.2.7", "postfix", "r", kind, 5.0, "f", 1, b"")

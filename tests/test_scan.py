@@ -237,3 +237,24 @@ def test_a_second_scan_apply_waits_for_the_first_and_applies_nothing_twice(tmp_p
     with store.read() as c:
         assert c.exec_driver_sql("SELECT count(*) FROM offences").scalar() == 3
     store.close()
+
+
+@pytest.mark.parametrize("jobs", [2, 1])
+@pytest.mark.parametrize("live", [[], ["198.51.100.2"]])
+def test_scan_apply_reports_by_the_configs_allow_list_and_records_by_the_live_one_too(tmp_path, capsys, jobs, live):
+    # The report leaves out the clients the config allows; one the live allow-list allows
+    # too is not recorded, yet the report still shows it, as a plain scan would.
+    log, cfg = _log(tmp_path, 4)
+    cfg.write_text('[allow]\naddresses = ["198.51.100.1"]\n')
+    db = f"sqlite:///{tmp_path / 'x.db'}"
+    for target in live:
+        assert main(["-c", str(cfg), "--db", db, "allow", "add", target]) == 0
+    capsys.readouterr()
+    assert main(["-c", str(cfg), "--db", db, "--backend", "none", "scan", "--apply", "--json", "--no-progress",
+                 "--jobs", str(jobs), str(log)]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert sorted(t["ip"] for t in rep["top"]) == ["198.51.100.2", "198.51.100.3", "198.51.100.4"]
+    assert rep["ignored"] == {"allow_listed": 1} and rep["applied"]["allowed"] == 1 + len(live)
+    with sqlite3.connect(tmp_path / "x.db") as c:
+        got = sorted({r[0] for r in c.execute("SELECT ip FROM offences")})
+    assert got == [ip for ip in ("198.51.100.2", "198.51.100.3", "198.51.100.4") if ip not in live]

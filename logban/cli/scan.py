@@ -102,6 +102,10 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
         store = _store(args, cfg, cache_mib=None if writer else BULK_CACHE_MIB)
         engine = _engine(args, cfg, store, _allow(cfg, store))
         engine.writer = writer
+        if engine.allow.networks == allow.networks:
+            # The report's allow-list by address is the scorer's (no live entry by address):
+            # the scorer, first to see each offence, tells it whether an address is covered.
+            keep.lately = engine.scorer.allowed_lately
         node = f"scan:{_node(args, cfg)}"
         # Before the positions are read: what another scan applies meanwhile is then saved.
         lock = store.scan_lock(node, lambda holder: print(f"logban: waiting for {holder} to end", file=sys.stderr,
