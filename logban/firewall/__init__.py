@@ -194,6 +194,11 @@ class Firewall:
             self.want(now)              # the refusals, for the caller to report
             return Plan()
         for attempt in range(self.ATTEMPTS):
+            if not self.ready and self.backend.outdated():
+                # An older layout's sets drop clients too, and only a set-up moves them where
+                # the kernel is listed and an unban lifts them: moved first (dry run or not:
+                # moving adds no ban), so that this sync lifts those the store does not ban.
+                self._setup()
             want, have = self.want_and_have(now)
             p = plan(want, have)
             if self.dry_run:
@@ -201,11 +206,8 @@ class Firewall:
                 p = Plan(remove=list(p.unknown), unknown=p.unknown)
                 want = {t: have[t] for t in want if t in have}
             try:
-                if p.add or (have and not self.dry_run) or self.backend.outdated():
-                    # Made only when there is something to hold, or an older layout's sets,
-                    # dry run or not: they drop clients too, and only a set-up moves them where
-                    # a sync sees them and an unban lifts them (it adds no ban).
-                    self._setup()
+                if p.add or (have and not self.dry_run):
+                    self._setup()               # made only when there is something to hold
                 if p.add or p.remove:
                     self.backend.apply(p.add, p.remove)
                 self.wanted = want
