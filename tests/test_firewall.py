@@ -85,6 +85,38 @@ def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
     store.close()
 
 
+def test_a_sync_whose_move_of_an_older_layout_another_logban_beat_retries(tmp_path):
+    """Two logban processes after an upgrade (the daemon starting, a `ban`) both move the
+    older layout: the second one's transaction deletes sets the first one deleted already
+    and is refused. The sync lists again and goes on, as after any refused batch."""
+    from logban.errors import FirewallError
+    from logban.firewall import Backend, Firewall, FirewallOptions
+    from logban.store import Store
+
+    class Kernel(Backend):
+        name = "fake"
+        old = True                  # an older layout's sets, moved by the other process first
+
+        def outdated(self) -> bool:
+            return self.old
+
+        def setup(self) -> None:
+            if self.old:
+                self.old = False
+                raise FirewallError("nft -f -: Error: Could not process rule: No such file or directory")
+
+        def elements(self) -> dict[str, int | None]:
+            return {"192.0.2.9": 60}
+
+        def apply(self, add, remove) -> None:
+            self.removed = list(remove)
+
+    store, kernel = Store(f"sqlite:///{tmp_path}/s.db"), Kernel(FirewallOptions())
+    p = Firewall(kernel, store, AllowList(own=())).sync()
+    assert p.unknown == kernel.removed == ["192.0.2.9"]
+    store.close()
+
+
 @given(st.integers(0, 2**32 - 1), st.integers(0, 2**128 - 1))
 def test_an_address_its_network_and_its_packets_go_to_one_shard(n4: int, n6: int):
     """An address and its /24 or /64 are held in the same shard, the one whose chain the

@@ -194,18 +194,18 @@ class Firewall:
             self.want(now)              # the refusals, for the caller to report
             return Plan()
         for attempt in range(self.ATTEMPTS):
-            if not self.ready and self.backend.outdated():
-                # An older layout's sets drop clients too, and only a set-up moves them where
-                # the kernel is listed and an unban lifts them: moved first (dry run or not:
-                # moving adds no ban), so that this sync lifts those the store does not ban.
-                self._setup()
-            want, have = self.want_and_have(now)
-            p = plan(want, have)
-            if self.dry_run:
-                # Lift what must go; what is there and still banned stays, nothing is added.
-                p = Plan(remove=list(p.unknown), unknown=p.unknown)
-                want = {t: have[t] for t in want if t in have}
             try:
+                if not self.ready and self.backend.outdated():
+                    # An older layout's sets drop clients too, and only a set-up moves them where
+                    # the kernel is listed and an unban lifts them: moved first (dry run or not:
+                    # moving adds no ban), so that this sync lifts those the store does not ban.
+                    self._setup()
+                want, have = self.want_and_have(now)
+                p = plan(want, have)
+                if self.dry_run:
+                    # Lift what must go; what is there and still banned stays, nothing is added.
+                    p = Plan(remove=list(p.unknown), unknown=p.unknown)
+                    want = {t: have[t] for t in want if t in have}
                 if p.add or (have and not self.dry_run):
                     self._setup()               # made only when there is something to hold
                 if p.add or p.remove:
@@ -214,7 +214,8 @@ class Firewall:
                 return p
             except FirewallError:
                 # A kernel timeout ran out between listing and applying (nft refuses to
-                # delete what is gone): list again and retry.
+                # delete what is gone), or another logban moved the older layout first (its
+                # sets are gone when this one deletes them): list again and retry.
                 if attempt == self.ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")
