@@ -155,12 +155,9 @@ class Firewall:
                 self.backend.apply(p.add, [*p.remove, *p.add])
         except FirewallError:
             self.ready = False
-            done = self.sync(now)
-            if p.remove and self.ready:
-                # That sync set up, which moves an older layout's elements in as they were:
-                # the lifted ones among them go too.
-                self.backend.apply({}, p.remove)
-            return done
+            # A full sync, which moves an older layout in before it lists the kernel: the
+            # lifted ones among its elements go too.
+            return self.sync(now)
         return p
 
     def want_and_have(self, now: float | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
