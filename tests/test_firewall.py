@@ -700,6 +700,38 @@ def test_the_first_sync_after_an_upgrade_lifts_what_the_older_layout_held_unbann
     server("firewall", "teardown")
 
 
+def _fewer_shards_layout(monkeypatch, bans: dict[str, int | None]) -> str:
+    """The script of this layout with half the shards, holding `bans` where it put them."""
+    from logban.firewall import FirewallOptions, Nftables
+    from logban.firewall import nftables as nft
+    with monkeypatch.context() as m:
+        m.setattr(nft, "SHARDS", SHARDS // 2)
+        m.setattr(nft, "SETS", nft._sets())
+        backend, scripts = Nftables(FirewallOptions()), []
+        m.setattr(backend, "_kernel", lambda: [])
+        m.setattr(backend, "_nft", scripts.append)
+        backend.setup()
+        return scripts[0] + "".join(line + "\n" for line in backend._adds(bans))
+
+
+def test_nftables_moves_the_elements_of_a_layout_of_fewer_shards_to_their_shard(lab, tmp_path, monkeypatch):
+    """A layout of fewer shards keeps sets of this one's names (ban4_32_0 ...), so they are
+    not moved as an older layout's; yet an address whose shard bits differ under the two
+    masks (198.51.100.2: 100 & 3 = 0, 100 & 7 = 4) stayed in a set whose chain its packets
+    never reach: recorded, listed as held (no drift), and not dropped."""
+    server = Server(lab, tmp_path, "nftables")
+    bans = {"192.0.2.3": 3600, "198.51.100.2": 3600, "2001:db8:2::3": 3600}
+    _record(server.db, list(bans), 3600.0)
+    r = subprocess.run(["ip", "netns", "exec", lab.srv, "nft", "-f", "-"], input=_fewer_shards_layout(monkeypatch, bans),
+                       text=True, capture_output=True)
+    assert r.returncode == 0, r.stderr
+    assert {c for c, ok in lab.reachable(*CLIENTS).items() if not ok} == set(bans)
+    server("firewall", "sync")                  # sets up: this layout's rules
+    assert {c for c, ok in lab.reachable(*CLIENTS).items() if not ok} == set(bans)
+    assert server.status()["drift"] == {"missing": 0, "unknown": 0, "stale": 0}
+    server("firewall", "teardown")
+
+
 @pytest.mark.parametrize("dry_run", [False, True])
 def test_an_unban_that_moves_an_older_layout_lifts_its_target(lab, tmp_path, dry_run):
     """The first command after an upgrade may be an `unban` of a client the older layout
