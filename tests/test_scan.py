@@ -258,3 +258,43 @@ def test_scan_apply_reports_by_the_configs_allow_list_and_records_by_the_live_on
     with sqlite3.connect(tmp_path / "x.db") as c:
         got = sorted({r[0] for r in c.execute("SELECT ip FROM offences")})
     assert got == [ip for ip in ("198.51.100.2", "198.51.100.3", "198.51.100.4") if ip not in live]
+
+
+def test_a_scan_that_waited_scores_on_what_the_first_one_recorded(tmp_path):
+    """The second `scan --apply` builds its scorer (the recent offences, the bans) from the
+    store: read before it waits, it knew nothing of what the first one recorded meanwhile,
+    and three offences there and three here of one client (threshold 5) banned nobody."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    db = f"sqlite:///{tmp_path}/t.db"
+    now = time.time()
+    stamp = time.strftime("%b %e %H:%M:%S", time.localtime(now - 60))
+    log = tmp_path / "mail.log"
+    log.write_text("".join(f"{stamp} mx postfix/smtpd[7]: warning: unknown[198.51.100.7]: SASL LOGIN "
+                           "authentication failed: UGFzc3dvcmQ6\n" for _ in range(3)))
+    touch_now(log)
+    cfg = tmp_path / "logban.toml"
+    cfg.write_text("")
+    store = Store(db)
+    held = store.scan_lock(f"scan:{socket.gethostname()}", wait=None)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "logban", "-c", str(cfg), "--db", db, "--backend", "none", "scan",
+                              "--apply", "--json", "--no-progress", str(log)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)), cwd=ROOT, text=True)
+        deadline = time.monotonic() + 60
+        line = ""
+        while "waiting for" not in line and time.monotonic() < deadline:
+            line = p.stderr.readline()
+        assert "waiting for" in line
+        # What the first scan records of another log while the second one waits.
+        first = [(Offence(now - 120 + i, "198.51.100.7", "postfix", "postfix-auth", "auth_failed", 1.0,
+                          "/var/log/other.log", i + 1, b"x"), "198.51.100.7") for i in range(3)]
+        store.record(first, [], node="scan:other", dry_run=False, now=now)
+    finally:
+        held.release()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert json.loads(out)["applied"]["bans"] == 1
+    store.close()

@@ -100,17 +100,18 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
             # written there while this process scores on.
             writer = closing.enter_context(_writer(args, cfg))
         store = _store(args, cfg, cache_mib=None if writer else BULK_CACHE_MIB)
+        node = f"scan:{_node(args, cfg)}"
+        # Before the engine reads its scorer's state (recent offences, bans) and the positions
+        # are read: what another scan records meanwhile is then counted, and its lines saved.
+        lock = store.scan_lock(node, lambda holder: print(f"logban: waiting for {holder} to end", file=sys.stderr,
+                                                          flush=True))
+        locks.callback(lock.release)
         engine = _engine(args, cfg, store, _allow(cfg, store))
         engine.writer = writer
         if engine.allow.networks == allow.networks:
             # The report's allow-list by address is the scorer's (no live entry by address):
             # the scorer, first to see each offence, tells it whether an address is covered.
             keep.lately = engine.scorer.allowed_lately
-        node = f"scan:{_node(args, cfg)}"
-        # Before the positions are read: what another scan applies meanwhile is then saved.
-        lock = store.scan_lock(node, lambda holder: print(f"logban: waiting for {holder} to end", file=sys.stderr,
-                                                          flush=True))
-        locks.callback(lock.release)
         applied = Applied(engine, node, again=args.reapply)
         for src in sources:
             applied.skip(src)

@@ -155,12 +155,9 @@ class Firewall:
                 self.backend.apply(p.add, [*p.remove, *p.add])
         except FirewallError:
             self.ready = False
-            done = self.sync(now)
-            if p.remove and self.ready:
-                # That sync set up, which moves an older layout's elements in as they were:
-                # the lifted ones among them go too.
-                self.backend.apply({}, p.remove)
-            return done
+            # A full sync, which moves an older layout in before it lists the kernel: the
+            # lifted ones among its elements go too.
+            return self.sync(now)
         return p
 
     def want_and_have(self, now: float | None) -> tuple[dict[str, int | None], dict[str, int | None]]:
@@ -194,25 +191,28 @@ class Firewall:
             self.want(now)              # the refusals, for the caller to report
             return Plan()
         for attempt in range(self.ATTEMPTS):
-            want, have = self.want_and_have(now)
-            p = plan(want, have)
-            if self.dry_run:
-                # Lift what must go; what is there and still banned stays, nothing is added.
-                p = Plan(remove=list(p.unknown), unknown=p.unknown)
-                want = {t: have[t] for t in want if t in have}
             try:
-                if p.add or (have and not self.dry_run) or self.backend.outdated():
-                    # Made only when there is something to hold, or an older layout's sets,
-                    # dry run or not: they drop clients too, and only a set-up moves them where
-                    # a sync sees them and an unban lifts them (it adds no ban).
+                if not self.ready and self.backend.outdated():
+                    # An older layout's sets drop clients too, and only a set-up moves them where
+                    # the kernel is listed and an unban lifts them: moved first (dry run or not:
+                    # moving adds no ban), so that this sync lifts those the store does not ban.
                     self._setup()
+                want, have = self.want_and_have(now)
+                p = plan(want, have)
+                if self.dry_run:
+                    # Lift what must go; what is there and still banned stays, nothing is added.
+                    p = Plan(remove=list(p.unknown), unknown=p.unknown)
+                    want = {t: have[t] for t in want if t in have}
+                if p.add or (have and not self.dry_run):
+                    self._setup()               # made only when there is something to hold
                 if p.add or p.remove:
                     self.backend.apply(p.add, p.remove)
                 self.wanted = want
                 return p
             except FirewallError:
                 # A kernel timeout ran out between listing and applying (nft refuses to
-                # delete what is gone): list again and retry.
+                # delete what is gone), or another logban moved the older layout first (its
+                # sets are gone when this one deletes them): list again and retry.
                 if attempt == self.ATTEMPTS - 1:
                     raise
         raise AssertionError("unreachable")

@@ -89,6 +89,12 @@ def _placed(targets: Iterable[str]) -> Iterator[tuple[str, str, str]]:
             yield target, names[pton(fam, addr)[byte] & last], addr
 
 
+def _left(have: Mapping[str, int | None]) -> dict[str, int | None]:
+    """Elements read from the kernel as elements to add with the time they had left (one
+    second at least: one about to expire)."""
+    return {t: None if left is None else max(1, left) for t, left in have.items()}
+
+
 def set_of(target: str) -> tuple[str, str]:
     """(set, element) where the target is held (see `_placed`)."""
     return next(_placed([target]))[1:]
@@ -173,9 +179,16 @@ class Nftables(Backend):
         lines += [f"add rule {t} {c} {r}" for c, rules in layout.items() for r in rules]
         # An older layout's chains (a forward hook no longer wanted, shards of another
         # number), the hooks first: they jump to the others.
-        old = sorted(set(self._names(kernel, "chain", CHAIN_NAME)) - layout.keys(), key=lambda c: c not in HOOKS)
+        chains = set(self._names(kernel, "chain", CHAIN_NAME))
+        old = sorted(chains - layout.keys(), key=lambda c: c not in HOOKS)
         lines += [f"{cmd} chain {t} {c}" for c in old for cmd in ("flush", "delete")]
-        lines += self._moved(s for s in self._names(kernel, "set", SET_NAME) if s not in SETS)
+        sets = self._names(kernel, "set", SET_NAME)
+        lines += self._moved(s for s in sets if s not in SETS)
+        # A layout of another number of shards has sets of this one's names too (fewer: all
+        # of its sets), holding elements that this layout's mask sends to another shard.
+        shards = {c for c in chains if c.startswith("input") and c not in HOOKS}
+        if shards and shards != {c for c in layout if c.startswith("input") and c not in HOOKS}:
+            lines += self._resharded(s for s in sets if s in SETS and SETS[s][1])
         self._nft("\n".join(lines) + "\n")
 
     def _moved(self, old: Iterable[str]) -> list[str]:
@@ -185,8 +198,20 @@ class Nftables(Backend):
         moment without them)."""
         lines = []
         for s in old:
-            lines += self._adds({t: None if left is None else max(1, left) for t, left in self._read(s).items()})
+            lines += self._adds(_left(self._read(s)))
             lines.append(f"delete set {self.TABLE} {s}")
+        return lines
+
+    def _resharded(self, sets: Iterable[str]) -> list[str]:
+        """The elements of these shards (of a layout of another number of shards) that
+        belong in another shard: moved there with the time they had left."""
+        lines = []
+        for s in sets:
+            have = self._read(s)
+            wrong = [(target, el) for target, to, el in _placed(have) if to != s]
+            if wrong:
+                lines += self._adds(_left({target: have[target] for target, _ in wrong}))
+                lines.append(f"delete element {self.TABLE} {s} {{ {', '.join(el for _, el in wrong)} }}")
         return lines
 
     def outdated(self) -> bool:
