@@ -26,7 +26,7 @@ declare -A SRC=(
 declare -A TESTS=(
     [score]="tests/test_score.py"
     [allow]="tests/test_allow.py tests/test_score.py"
-    [parse]="tests/test_parse.py tests/test_rules.py tests/test_rules_adversarial.py"
+    [parse]="tests/test_parse.py tests/test_rules.py tests/test_patterns.py tests/test_rules_adversarial.py"
     [follow]="tests/test_follow.py"
     [plan]="tests/test_plan.py"
 )

@@ -10,10 +10,11 @@ from ..config import Config
 from ..errors import UsageError
 from ..explain import explain
 from ..parse import Clock, Offence, Parser
+from ..patterns import lint_notes, lint_pattern
 from ..report import (
     safe,
 )
-from ..rules import RuleSet, lint_notes, lint_pattern
+from ..rules import RuleSet
 from ..score import Scorer
 from ..sources import expand
 from .common import _allow, _parser, _ruleset, _text, feed_sources
