@@ -250,6 +250,7 @@ class Scorer:
         self._keep = policy.horizon          # how long an offence may count anywhere
         self._burst_span = policy.burst
         self._window = policy.window is not None
+        self._burst = self._burster()
         self._target.clear()                 # prefix lengths and the allow-list may have changed
         self._cover: dict[tuple[int, int], tuple] = {}      # (version, prefix) -> `AllowList.cover_tests`
         self._evict_at = max(policy.max_tracked, len(self.tracks) + policy.max_tracked // 2)
@@ -422,31 +423,37 @@ class Scorer:
                     continue                 # older than the horizon
                 agg[base + 1 + k % BUCKETS] += w
 
-    def _burst(self, tr: Track, now: float) -> float:
-        ev = tr.ev
-        if len(ev) == 1 and tr.agg is None and self._window:
-            # A one-offence client (nearly every one of a distributed attack, asked two or
-            # three times each): what `_prune` and the sum below come to when nothing is
-            # pruned, without their calls.
-            e = ev[0]
-            t = e[0]
-            if t > now:
-                now = t
-            if t > now - self._keep:
-                return 0 + e[1] * self._bw[e[2]] if t > now - self._burst_span else 0
-        now = self._prune(tr, now)
-        p, bw = self.policy, self._bw
-        cut = now - self._burst_span
-        ev = tr.ev
-        if len(ev) == 1 and p.window is not None:
-            # Most clients of a distributed attack: one offence, summed without a generator
-            # (`0 +`, as sum() starts, so the result is the same to the bit).
-            t, score, cls = ev[0][:3]
-            return 0 + score * bw[cls] if t > cut else 0
-        if p.window is not None:
-            return sum(e[1] * bw[e[2]] for e in ev if e[0] > cut)
-        h = p.half_life
-        return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / h) for e in ev if e[0] > cut)
+    def _burster(self) -> Callable[[Track, float], float]:
+        """`_burst`: a track's burst score at `now`. Asked of every client at each eviction
+        (100k of them, 18 times over at a million distinct offenders) and of each offence's
+        client by `count` and `scores`: it reads the policy from its closure's cells, not from
+        the scorer's attributes, on every call."""
+        keep, span, bw, window, half, prune = (self._keep, self._burst_span, self._bw, self._window,
+                                               self.policy.half_life, self._prune)
+
+        def burst(tr: Track, now: float) -> float:
+            ev = tr.ev
+            if len(ev) == 1 and tr.agg is None and window:
+                # A one-offence client (nearly every one of a distributed attack, asked by
+                # `count`, `scores` and each eviction): what `_prune` and the sum below come to
+                # when nothing is pruned, without their calls.
+                e = ev[0]
+                t = e[0]
+                if t > now:
+                    now = t
+                if t > now - keep:
+                    return 0 + e[1] * bw[e[2]] if t > now - span else 0
+            now = prune(tr, now)          # in place: `ev` is still the track's
+            cut = now - span
+            if len(ev) == 1 and window:
+                # Most clients of a distributed attack: one offence, summed without a generator
+                # (`0 +`, as sum() starts, so the result is the same to the bit).
+                t, score, cls = ev[0][:3]
+                return 0 + score * bw[cls] if t > cut else 0
+            if window:
+                return sum(e[1] * bw[e[2]] for e in ev if e[0] > cut)
+            return sum(e[1] * bw[e[2]] * 0.5 ** ((now - e[0]) / half) for e in ev if e[0] > cut)
+        return burst
 
     def _long(self, tr: Track, i: int, h: Horizon, now: float) -> float:
         """Offences (weighted) within the horizon: the whole buckets that reach into it."""
@@ -493,34 +500,16 @@ class Scorer:
                 return h, n
         return None
 
-    def _rank(self, tr: Track, now: float) -> float:
-        """How near its nearest threshold a client is, about: what eviction keeps."""
-        return self._ranker(now)(tr)
-
-    def _ranker(self, now: float) -> Callable[[Track], float]:
-        """`_rank` at `now`, of a track alone: eviction ranks every client each time (100k of
-        them, 18 times over at a million distinct offenders), so what is the same for all is
-        read once."""
-        # The long horizons by the offences kept at all (within the longest one): cheap, and
-        # a client that came back often this week stays ahead of a flood of one-offence ones.
-        threshold, least, burst = self.policy.threshold, self._least, self._burst
-        bw, keep, span, window = self._bw, self._keep, self._burst_span, self.policy.window is not None
-
-        def rank(tr: Track) -> float:
-            ev = tr.ev
-            at = now
-            if window and len(ev) == 1 and tr.agg is None:
-                # A one-offence client (most of them in a distributed attack), within every
-                # horizon, is `_burst` with nothing to prune.
-                e = ev[0]
-                t = e[0]
-                if t > at:
-                    at = t
-                if t > at - keep:
-                    b = 0 + e[1] * bw[e[2]] if t > at - span else 0
-                    return max(b / threshold, (1 + tr.folded) / least)
-            return max(burst(tr, at) / threshold, (len(ev) + tr.folded) / least)
-        return rank
+    def _ranked(self, now: float, floor: float) -> list[tuple[float, str, Track]]:
+        """The clients ranked above `floor` by how near their nearest threshold they are at
+        `now`, about: what eviction keeps. The long horizons by the offences kept at all
+        (within the longest one): cheap, and a client that came back often this week stays
+        ahead of a flood of one-offence ones. Eviction ranks every client each time (100k of
+        them, 18 times over at a million distinct offenders): one call a client (`_burst`,
+        whose one-offence shortcut serves most of them), what is the same for all read once."""
+        burst, threshold, least = self._burst, self.policy.threshold, self._least
+        return [(s, k, tr) for k, tr in self.tracks.items()
+                if (s := max(burst(tr, now) / threshold, (len(tr.ev) + tr.folded) / least)) > floor]
 
     # ---- offences ------------------------------------------------------------------
     def would_ban(self, o: Offence) -> bool:
@@ -738,8 +727,8 @@ class Scorer:
     def _evict(self, now: float) -> None:
         """Keep the higher half of the clients, by how near a threshold they are (and nothing
         that has decayed away): a patient attacker's day outweighs a flood of one-offence clients."""
-        rank, tracks = self._ranker(now), self.tracks
-        scored = [(s, k, tr) for k, tr in tracks.items() if (s := rank(tr)) > 0.002]
+        tracks = self.tracks
+        scored = self._ranked(now, 0.002)
         scored.sort(reverse=True)
         # Ranked (s, k) pairs are all different: which tracks stay never depends on their order
         # here, and no two tracks are ever compared.
