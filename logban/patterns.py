@@ -7,6 +7,7 @@ client wrote choose the address is a problem it reports.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import regex
@@ -158,19 +159,31 @@ _WIDE_REPEAT = regex.compile(
     r"(?P<q>[*+]|\{\d*,(?P<max>\d*)\})")
 
 
+def _tokens(src: str, i: int = 0) -> Iterator[tuple[int, int]]:
+    """The pattern text from `i` on as (start, end) of each token: an escape ("\\d", "\\(") and a
+    character class ("[^]x]") are one token each, so that nothing in them is read as syntax;
+    any other character is one. The last `end` can pass the end of the text (a lone
+    backslash, a class left open), as far as the token would reach."""
+    n = len(src)
+    while i < n:
+        c = src[i]
+        j = i + 2 if c == "\\" else _class_end(src, i) if c == "[" else i + 1
+        yield i, j
+        i = j
+
+
 def _group_end(src: str, i: int) -> int:
     """Index just after the group that opens at src[i] == "("."""
-    depth, j, n = 1, i + 1, len(src)
-    while j < n and depth:
-        if src[j] == "\\":
-            j += 2
-            continue
-        if src[j] == "[":
-            j = _class_end(src, j)
-            continue
-        depth += {"(": 1, ")": -1}.get(src[j], 0)
-        j += 1
-    return j
+    depth, end = 0, i + 1
+    for start, end in _tokens(src, i):
+        c = src[start]
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if not depth:
+                break
+    return end
 
 
 def _atoms(src: str) -> list[tuple[str, str]] | None:
@@ -198,15 +211,9 @@ def _atoms(src: str) -> list[tuple[str, str]] | None:
 
 def _alternatives(body: str) -> list[str]:
     """`body` split at its top-level "|"."""
-    alts, depth, start, i, n = [], 0, 0, 0, len(body)
-    while i < n:
+    alts, depth, start = [], 0, 0
+    for i, _ in _tokens(body):
         c = body[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "[":
-            i = _class_end(body, i)
-            continue
         if c == "(":
             depth += 1
         elif c == ")":
@@ -214,7 +221,6 @@ def _alternatives(body: str) -> list[str]:
         elif c == "|" and depth == 0:
             alts.append(body[start:i])
             start = i + 1
-        i += 1
     alts.append(body[start:])
     return alts
 
@@ -373,22 +379,14 @@ def tail_reason(src: str) -> str | None:
     (a guard that no longer sees the cut-off text, a `$` that meets the cut), so
     the parser never applies it to a cut line.
     """
-    i, n = 0, len(src)
-    while i < n:
+    for i, _ in _tokens(src):
         c = src[i]
-        if c == "\\":
-            if src[i + 1:i + 2] in ("Z", "z", "b", "B"):
-                return f"\\{src[i + 1]}"
-            i += 2
-            continue
-        if c == "[":
-            i = _class_end(src, i)
-            continue
+        if c == "\\" and src[i + 1:i + 2] in ("Z", "z", "b", "B"):
+            return f"\\{src[i + 1]}"
         if c == "$":
             return "$"
-        if src.startswith("(?=", i) or src.startswith("(?!", i):
+        if c == "(" and (src.startswith("(?=", i) or src.startswith("(?!", i)):
             return "a look-ahead"
-        i += 1
     return None
 
 
