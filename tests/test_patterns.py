@@ -1,7 +1,16 @@
 """Pattern text read before it is compiled: literal hints, line-end reads and the linter."""
 import pytest
 
-from logban.patterns import _client_fields_before_ip, derive_hint, lint_notes, lint_pattern, literal_runs, tail_reason
+from logban.patterns import (
+    _alternatives,
+    _client_fields_before_ip,
+    _group_end,
+    derive_hint,
+    lint_notes,
+    lint_pattern,
+    literal_runs,
+    tail_reason,
+)
 from logban.rules import expand, load_rules
 
 
@@ -102,3 +111,11 @@ def test_rules_that_read_the_line_end_are_marked_and_named():
     assert "client-written" in notes[0]
     assert lint_notes(rules.by_id("postfix-relay-denied")) == []
     assert tail_reason(r"a\$b[$]") is None and tail_reason(r"a(?=b)") and tail_reason(r"a\Z") and tail_reason("a$")
+
+
+def test_the_pattern_walker_reads_nothing_in_escapes_and_classes_as_syntax():
+    src = r"(a\)[)|(]b)c|(d|e)\|f"
+    assert _group_end(src, 0) == 11 and src[:11] == r"(a\)[)|(]b)"
+    assert _alternatives(src) == [r"(a\)[)|(]b)c", r"(d|e)\|f"]
+    assert tail_reason(r"x[$(?=]\$") is None and tail_reason(r"x[$](?!y)") == "a look-ahead"
+    assert _group_end("(ab", 0) == 3 and _group_end("(a\\", 0) == 4     # left open: as far as it reaches
