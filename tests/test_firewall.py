@@ -69,7 +69,7 @@ def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
             self.held["198.51.100.7"] = 3600
             return dict(self.held)
 
-        def apply(self, add, remove) -> None:
+        def apply(self, add, remove, *, fresh=False) -> None:
             self.removed += remove
             self.held = {t: s for t, s in self.held.items() if t not in remove} | dict(add)
 
@@ -108,7 +108,7 @@ def test_a_sync_whose_move_of_an_older_layout_another_logban_beat_retries(tmp_pa
         def elements(self) -> dict[str, int | None]:
             return {"192.0.2.9": 60}
 
-        def apply(self, add, remove) -> None:
+        def apply(self, add, remove, *, fresh=False) -> None:
             self.removed = list(remove)
 
     store, kernel = Store(f"sqlite:///{tmp_path}/s.db"), Kernel(FirewallOptions())
@@ -836,5 +836,24 @@ def test_a_sync_leaves_the_hook_rules_in_place(lab, tmp_path, kind):
         server("firewall", "sync")
         assert not lab.connects("192.0.2.2")
         assert len(dropped()) == 1
+    finally:
+        server("firewall", "teardown", check=False)
+
+
+@pytest.mark.parametrize("kind", ["ipset", "ipset-legacy"])
+def test_a_ban_after_the_sets_went_is_enforced_by_rules_made_again(lab, tmp_path, kind):
+    """A batch that follows a set-up names the sets' creation again (`ipset restore` then
+    sends its elements a page at a time); a `ban` does not set up, so its batch must not: the
+    sets would be made anew with no hook rule to match them, and the ban recorded, not
+    enforced. Refused, it takes a full sync, which makes the rules too."""
+    server = Server(lab, tmp_path, kind)
+    try:
+        server("ban", "192.0.2.2")
+        assert not lab.connects("192.0.2.2")
+        server("firewall", "teardown")          # rules and sets gone, as after a firewall reload
+        assert lab.connects("192.0.2.2")
+        server("ban", "192.0.2.3")
+        assert lab.reachable("192.0.2.2", "192.0.2.3", "198.51.100.2") == {
+            "192.0.2.2": False, "192.0.2.3": False, "198.51.100.2": True}
     finally:
         server("firewall", "teardown", check=False)
