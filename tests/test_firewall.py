@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import signal
@@ -38,6 +39,37 @@ def test_without_root_or_with_dry_run_nothing_is_enforced(tmp_path, logban):
     r = logban("-c", str(cfg), "--db", f"sqlite:///{tmp_path}/x.db", "firewall", "status", "--json")
     st = json.loads(r.stdout)
     assert st["backend"] == "none" and st["enforcing"] is False and st["bans_active"] == 1
+
+
+def test_python_iptables_loads_its_libraries_from_one_ldconfig_listing(tmp_path):
+    """Loading python-iptables (the ipset and iptables backends' hook rules) ran ldconfig a
+    dozen times and gcc and ld for each library ldconfig did not list: 0.1 s of every sync.
+    The same libraries are found with one listing, and no compiler is run."""
+    pytest.importorskip("iptc")
+    import ctypes.util
+
+    from logban.firewall.hooks import _ld_cache
+    names = ["c", "m", "xtables", "ip4tc", "no-such-library-here"]
+    want, real_find = [ctypes.util.find_library(n) for n in names], ctypes.util.find_library
+    runs = []
+    real_run = subprocess.run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "run", lambda *a, **k: runs.append(a[0]) or real_run(*a, **k))
+        with _ld_cache():
+            assert [ctypes.util.find_library(n) for n in names] == want
+    assert runs == [["/sbin/ldconfig", "-p"]]
+    assert ctypes.util.find_library is real_find and want[-1] is None
+    # A compiler on PATH that notes each run: loading python-iptables calls none.
+    log, bin_ = tmp_path / "ran", tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("gcc", "cc", "ld", "objdump"):
+        (bin_ / tool).write_text(f'#!/bin/sh\necho {tool} >> {log}\nexit 1\n')
+        (bin_ / tool).chmod(0o755)
+    code = "from logban.firewall.hooks import _iptc; print(_iptc().Table.__name__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"})
+    assert r.returncode == 0 and r.stdout.strip() == "Table", r.stderr
+    assert not log.exists(), log.read_text()
 
 
 def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
