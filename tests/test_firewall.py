@@ -70,6 +70,20 @@ def test_python_iptables_loads_its_libraries_from_one_ldconfig_listing(tmp_path)
                        env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"})
     assert r.returncode == 0 and r.stdout.strip() == "Table", r.stderr
     assert not log.exists(), log.read_text()
+    # Where the listing knows none of them, ctypes' own search still finds them.
+    code = ("import contextlib, ctypes.util\n"
+            "from logban.firewall import hooks\n"
+            "@contextlib.contextmanager\n"
+            "def knows_nothing():\n"
+            "    real, ctypes.util.find_library = ctypes.util.find_library, lambda name: None\n"
+            "    try:\n"
+            "        yield\n"
+            "    finally:\n"
+            "        ctypes.util.find_library = real\n"
+            "hooks._ld_cache = knows_nothing\n"
+            "print(hooks._iptc().Table.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "Table", r.stderr
 
 
 def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
