@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import re
 import shutil
 import signal
@@ -40,6 +41,51 @@ def test_without_root_or_with_dry_run_nothing_is_enforced(tmp_path, logban):
     assert st["backend"] == "none" and st["enforcing"] is False and st["bans_active"] == 1
 
 
+def test_python_iptables_loads_its_libraries_from_one_ldconfig_listing(tmp_path):
+    """Loading python-iptables (the ipset and iptables backends' hook rules) ran ldconfig a
+    dozen times and gcc and ld for each library ldconfig did not list: 0.1 s of every sync.
+    The same libraries are found with one listing, and no compiler is run."""
+    pytest.importorskip("iptc")
+    import ctypes.util
+
+    from logban.firewall.hooks import _ld_cache
+    names = ["c", "m", "xtables", "ip4tc", "no-such-library-here"]
+    want, real_find = [ctypes.util.find_library(n) for n in names], ctypes.util.find_library
+    runs = []
+    real_run = subprocess.run
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(subprocess, "run", lambda *a, **k: runs.append(a[0]) or real_run(*a, **k))
+        with _ld_cache():
+            assert [ctypes.util.find_library(n) for n in names] == want
+    assert runs == [["/sbin/ldconfig", "-p"]]
+    assert ctypes.util.find_library is real_find and want[-1] is None
+    # A compiler on PATH that notes each run: loading python-iptables calls none.
+    log, bin_ = tmp_path / "ran", tmp_path / "bin"
+    bin_.mkdir()
+    for tool in ("gcc", "cc", "ld", "objdump"):
+        (bin_ / tool).write_text(f'#!/bin/sh\necho {tool} >> {log}\nexit 1\n')
+        (bin_ / tool).chmod(0o755)
+    code = "from logban.firewall.hooks import _iptc; print(_iptc().Table.__name__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "PATH": f"{bin_}:{os.environ['PATH']}"})
+    assert r.returncode == 0 and r.stdout.strip() == "Table", r.stderr
+    assert not log.exists(), log.read_text()
+    # Where the listing knows none of them, ctypes' own search still finds them.
+    code = ("import contextlib, ctypes.util\n"
+            "from logban.firewall import hooks\n"
+            "@contextlib.contextmanager\n"
+            "def knows_nothing():\n"
+            "    real, ctypes.util.find_library = ctypes.util.find_library, lambda name: None\n"
+            "    try:\n"
+            "        yield\n"
+            "    finally:\n"
+            "        ctypes.util.find_library = real\n"
+            "hooks._ld_cache = knows_nothing\n"
+            "print(hooks._iptc().Table.__name__)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "Table", r.stderr
+
+
 def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
     """A ban is recorded, then enforced (the daemon, `logban ban`). A sync that read the
     store before the record and listed the kernel after the element went in took the
@@ -69,7 +115,7 @@ def test_sync_never_lifts_a_ban_recorded_while_it_listed_the_kernel(tmp_path):
             self.held["198.51.100.7"] = 3600
             return dict(self.held)
 
-        def apply(self, add, remove) -> None:
+        def apply(self, add, remove, *, fresh=False) -> None:
             self.removed += remove
             self.held = {t: s for t, s in self.held.items() if t not in remove} | dict(add)
 
@@ -108,7 +154,7 @@ def test_a_sync_whose_move_of_an_older_layout_another_logban_beat_retries(tmp_pa
         def elements(self) -> dict[str, int | None]:
             return {"192.0.2.9": 60}
 
-        def apply(self, add, remove) -> None:
+        def apply(self, add, remove, *, fresh=False) -> None:
             self.removed = list(remove)
 
     store, kernel = Store(f"sqlite:///{tmp_path}/s.db"), Kernel(FirewallOptions())
@@ -836,5 +882,24 @@ def test_a_sync_leaves_the_hook_rules_in_place(lab, tmp_path, kind):
         server("firewall", "sync")
         assert not lab.connects("192.0.2.2")
         assert len(dropped()) == 1
+    finally:
+        server("firewall", "teardown", check=False)
+
+
+@pytest.mark.parametrize("kind", ["ipset", "ipset-legacy"])
+def test_a_ban_after_the_sets_went_is_enforced_by_rules_made_again(lab, tmp_path, kind):
+    """A batch that follows a set-up names the sets' creation again (`ipset restore` then
+    sends its elements a page at a time); a `ban` does not set up, so its batch must not: the
+    sets would be made anew with no hook rule to match them, and the ban recorded, not
+    enforced. Refused, it takes a full sync, which makes the rules too."""
+    server = Server(lab, tmp_path, kind)
+    try:
+        server("ban", "192.0.2.2")
+        assert not lab.connects("192.0.2.2")
+        server("firewall", "teardown")          # rules and sets gone, as after a firewall reload
+        assert lab.connects("192.0.2.2")
+        server("ban", "192.0.2.3")
+        assert lab.reachable("192.0.2.2", "192.0.2.3", "198.51.100.2") == {
+            "192.0.2.2": False, "192.0.2.3": False, "198.51.100.2": True}
     finally:
         server("firewall", "teardown", check=False)

@@ -129,10 +129,11 @@ class Firewall:
             return {}
         if self.dry_run:
             add = {}
-        if add and not self.ready:
+        fresh = bool(add) and not self.ready
+        if fresh:
             self._setup()
         if add or remove:
-            self.backend.apply(add, remove)
+            self.backend.apply(add, remove, fresh=fresh)
         return dict(add)
 
     def update(self, targets: Collection[str], now: float | None = None) -> Plan:
@@ -203,10 +204,11 @@ class Firewall:
                     # Lift what must go; what is there and still banned stays, nothing is added.
                     p = Plan(remove=list(p.unknown), unknown=p.unknown)
                     want = {t: have[t] for t in want if t in have}
-                if p.add or (have and not self.dry_run):
+                fresh = bool(p.add or (have and not self.dry_run))
+                if fresh:
                     self._setup()               # made only when there is something to hold
                 if p.add or p.remove:
-                    self.backend.apply(p.add, p.remove)
+                    self.backend.apply(p.add, p.remove, fresh=fresh)
                 self.wanted = want
                 return p
             except FirewallError:

@@ -59,10 +59,11 @@ class Backend:
     def setup(self) -> None:
         pass
 
-    def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
+    def apply(self, add: Mapping[str, int | None], remove: Iterable[str], *, fresh: bool = False) -> None:
         """One batch: `remove` taken out whether the kernel holds it or not (nothing is listed
         first: a ban or unban at 100,000 elements touches its own only), then `add` put in
-        with these timeouts; a target in both is written afresh."""
+        with these timeouts; a target in both is written afresh. `fresh`: `setup` ran just
+        before, in this process (a sync), so what it makes is there as it made it."""
 
 
     def elements(self) -> dict[str, int | None]:

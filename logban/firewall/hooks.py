@@ -1,13 +1,18 @@
 """logban's rules in the iptables INPUT/FORWARD chains, shared by the ipset and iptables backends."""
 from __future__ import annotations
 
+import contextlib
+import ctypes.util
 import glob
 import ipaddress
 import os
+import re
 import shlex
 import shutil
+import subprocess
 import sys
 import warnings
+from collections.abc import Iterator
 
 from ..errors import FirewallError
 from .backend import _run
@@ -33,17 +38,58 @@ def _import_iptc():
     setuptools' distutils shim (its `distutils-precedence.pth`) answers by importing all of
     setuptools: 0.1 s of every sync. The shim is set aside for this one import: the
     standard library's distutils answers (Python 3.11), or, where there is none,
-    python-iptables falls back to sysconfig itself."""
+    python-iptables falls back to sysconfig itself. Its libraries are looked up in one
+    `ldconfig -p` listing (`_ld_cache`); should that fail to load them, ctypes' own search
+    is tried as before."""
     shims = [f for f in sys.meta_path if type(f).__module__ == "_distutils_hack"]
     for f in shims:
         sys.meta_path.remove(f)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)       # the standard distutils' own
-            import iptc
+            try:
+                with _ld_cache():
+                    import iptc
+            except Exception:
+                for name in [m for m in sys.modules if m == "iptc" or m.startswith("iptc.")]:
+                    del sys.modules[name]
+                import iptc
     finally:
         sys.meta_path[0:0] = shims
     return iptc
+
+
+# ldconfig's ABI tag of this machine's libraries, as ctypes.util reads it (64-bit hosts).
+_LD_ABI = {"x86_64": "libc6,x86-64", "ppc64": "libc6,64bit", "sparc64": "libc6,64bit", "s390x": "libc6,64bit",
+           "ia64": "libc6,IA-64"}
+
+
+@contextlib.contextmanager
+def _ld_cache() -> Iterator[None]:
+    """`ctypes.util.find_library` answered from one `ldconfig -p` listing. Importing
+    python-iptables asks it for a dozen names (libc, libxtables, libip4tc, libip6tc, and its
+    own libxtwrapper in four spellings), and ctypes runs ldconfig for each, then gcc and ld
+    for each ldconfig does not know (libxtwrapper, which python-iptables then finds beside
+    itself): twenty processes, 0.1 s of every sync of the ipset and iptables backends."""
+    real, listing = ctypes.util.find_library, None
+    abi = _LD_ABI.get(os.uname().machine, "libc6") if sys.maxsize > 2**32 else "libc6"
+
+    def find(name: str) -> str | None:
+        nonlocal listing
+        if listing is None:
+            try:
+                listing = subprocess.run(["/sbin/ldconfig", "-p"], capture_output=True, timeout=10,
+                                         env={"LC_ALL": "C", "LANG": "C"}).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                listing = b""
+        got = re.search(rb"\s(lib%s\.\S+)\s+\(%s" % (re.escape(os.fsencode(name)), re.escape(abi.encode())), listing)
+        return os.fsdecode(got.group(1)) if got else None
+
+    ctypes.util.find_library = find
+    try:
+        yield
+    finally:
+        ctypes.util.find_library = real
 
 
 def _filter_table(v6: bool):

@@ -26,17 +26,27 @@ class Ipset(Backend):
         if lines:
             _run(["ipset", "restore", "-exist"], "\n".join(lines) + "\n")
 
+    def _creates(self) -> list[str]:
+        return [f"create {s} hash:net family {'inet6' if v6 else 'inet'} timeout 0 maxelem {self.MAXELEM}"
+                for v6, s in self.SETS.items()]
+
     def setup(self) -> None:
-        self._restore([f"create {s} hash:net family {'inet6' if v6 else 'inet'} timeout 0 maxelem {self.MAXELEM}"
-                       for v6, s in self.SETS.items()])
+        self._restore(self._creates())
         jump = "DROP" if self.opts.action == "drop" else "REJECT"
         self.hooks.install({v6: self.hooks.specs(self.opts, v6, ["-m", "set", "--match-set", s, "src"], jump)
                             for v6, s in self.SETS.items()})
 
-    def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
+    def apply(self, add: Mapping[str, int | None], remove: Iterable[str], *, fresh: bool = False) -> None:
         # -exist: deleting what a kernel timeout already took is not an error, and an add updates the timeout.
         lines = [f"del {self.SETS[':' in t]} {t}" for t in remove]
         lines += [f"add {self.SETS[':' in t]} {t} timeout {add[t] or 0}" for t in add]
+        if lines and fresh:
+            # The sets' creation said again, a no-op under -exist for sets just made so: `ipset
+            # restore` then knows their type, where otherwise it asks the kernel for it before
+            # each line and sends each element in a message of its own (100,000: 1.1 s, not 0.5).
+            # Only after `setup`: a batch with no set to go to is refused, and not answered
+            # with sets that no hook rule matches.
+            lines[:0] = self._creates()
         self._restore(lines)
 
     def elements(self) -> dict[str, int | None]:

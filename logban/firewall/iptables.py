@@ -57,7 +57,7 @@ class Iptables(Backend):
                 tg.reject_with = "tcp-reset"
         return r
 
-    def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
+    def apply(self, add: Mapping[str, int | None], remove: Iterable[str], *, fresh: bool = False) -> None:
         self._check()
         iptc = _iptc()
         now = time.time()

@@ -224,7 +224,7 @@ class Nftables(Backend):
             by_set.setdefault(s, []).append(el if secs is None else f"{el} timeout {secs}s")
         return [f"add element {self.TABLE} {s} {{ {', '.join(els)} }}" for s, els in by_set.items()]
 
-    def apply(self, add: Mapping[str, int | None], remove: Iterable[str]) -> None:
+    def apply(self, add: Mapping[str, int | None], remove: Iterable[str], *, fresh: bool = False) -> None:
         hashed: dict[str, list[str]] = {}
         ranged: dict[str, list[str]] = {}
         for _, s, el in _placed(remove):
