@@ -32,7 +32,6 @@ from .sources import READ_ERRORS, Source, chunks, open_source
 PART = 1 << 20          # bytes per part: its result is held in memory until applied; a part costs a millisecond
 _SCAN = 64 << 10
 PIPE = 1 << 20          # bytes a pipe to or from the workers holds: the most Linux grants to anyone (pipe-max-size)
-PREFETCH = 4            # parts per worker `prefetch` hands out
 _parser: Parser | None = None           # in a worker: the parser it was forked with
 
 
@@ -56,7 +55,6 @@ class Pool:
         _parser = parser
         self.jobs, self.part, self.lines = jobs, part, lines
         self._in_flight = 0     # tasks handed out and not yet applied, over every log being read
-        self._early: tuple | None = None        # (path, reference, part edges, futures) of `prefetch`
         self._ex = ProcessPoolExecutor(jobs, mp_context=get_context("fork"), initializer=_worker_start,
                                        initargs=(os.getpid(),))
         _widen(self._ex)
@@ -84,45 +82,18 @@ class Pool:
             return False            # read the ordinary way, which reports the error
         return not head.startswith((b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00"))
 
-    def prefetch(self, src: Source, reference: float) -> None:
-        """The first parts of `src` handed to the workers now, while this process has more to
-        do before it applies anything (scan --apply opens its store: a third of a second the
-        cores sat idle). `read` takes them up if it reads `src` with the same reference;
-        reading anything else first drops them."""
-        if not self.takes(src):
-            return
-        edges = _edges(src.path, self.part)
-        futs = [self._ex.submit(_match_part, str(src.path), a, b, reference, self.lines)
-                for a, b in list(zip(edges, edges[1:] + [None]))[:PREFETCH * self.jobs]]
-        self._in_flight += len(futs)
-        self._early = (src.path, reference, edges, futs)
-
-    def _take_early(self, src: Source | None, reference: float | None) -> tuple[list[int], list[Future]] | None:
-        """The part edges and futures `prefetch` made for this read, if it made them; else they are dropped."""
-        early, self._early = self._early, None
-        if early is None:
-            return None
-        path, ref, edges, futs = early
-        if src is not None and path == src.path and ref == reference:
-            return edges, futs
-        self._in_flight -= len(futs)
-        for fut in futs:
-            fut.cancel()
-        return None
-
     def read(self, src: Source, parser: Parser, reference: float) -> Iterator[tuple[list[Offence], int]]:
         """(offences, lines read so far) per part of `src`, as `read_source` gives per chunk."""
         assert src.path is not None
-        edges, early = self._take_early(src, reference) or (_edges(src.path, self.part), [])
+        edges = _edges(src.path, self.part)
         yield from self._in_order(
             ((_match_part, (str(src.path), a, b, reference, self.lines), partial(_again, src, a, b, parser))
-             for a, b in zip(edges, edges[1:] + [None])), parser, early)
+             for a, b in zip(edges, edges[1:] + [None])), parser)
 
     def stream(self, pieces: Iterator[bytes], parser: Parser, reference: float) -> Iterator[tuple[list[Offence], int]]:
         """(offences, lines read so far) per chunk of a log read here (`pieces`: its chunks of
         whole lines), the chunks matched by the workers. A log of one chunk is parsed here:
         handing it over costs more than it saves (and the workers are forked only when needed)."""
-        self._take_early(None, None)
         first = next(pieces, None)
         if first is None:
             return
@@ -139,21 +110,19 @@ class Pool:
              for chunk in itertools.chain((first, second), pieces)), parser)
 
     def _in_order(self, tasks: Iterator[tuple[Callable, tuple, Callable[[int], tuple[list[Offence], int]]]],
-                  parser: Parser, early: list[Future] = ()) -> Iterator[tuple[list[Offence], int]]:
+                  parser: Parser) -> Iterator[tuple[list[Offence], int]]:
         """Each task's (offences, lines read so far), applied in order: a task is (what a worker
         runs, its arguments, how the main process reads the same lines again in order, given
         the lines before them). A bounded number of tasks is in flight, over all the logs that
         `scan --apply` reads side by side too (each has one at least): memory stays flat. A
         read error (a truncated .gz) ends the reading, and is raised once what was read before
-        it has been applied, as one process would. `early`: the futures of the first tasks,
-        handed out already (`prefetch`)."""
+        it has been applied, as one process would."""
         pending: deque[tuple[Future, Callable]] = deque()
-        early = deque(early)
         error: BaseException | None = None
 
         def fill() -> None:
             nonlocal error
-            while error is None and (early or not pending or self._in_flight < 2 * self.jobs):
+            while error is None and (not pending or self._in_flight < 2 * self.jobs):
                 try:
                     task = next(tasks, None)
                 except READ_ERRORS as e:
@@ -162,9 +131,6 @@ class Pool:
                 if task is None:
                     return
                 fn, args, again = task
-                if early:
-                    pending.append((early.popleft(), again))       # counted in flight when handed out
-                    continue
                 pending.append((self._ex.submit(fn, *args), again))
                 self._in_flight += 1
 

@@ -433,7 +433,7 @@ class Parser:
         if not 0 <= rate_prefix6 <= 128:
             raise ValueError(f"rate_prefix6 must be 0..128, not {rate_prefix6}")
         self.rate_prefix6 = rate_prefix6
-        self.rate_key = rate_key
+        self._rate_key = rate_key
         # (rule, scoring target) -> [window start, count], oldest first: a flood of new
         # keys evicts the oldest windows, never the whole table.
         self._rates: OrderedDict[tuple[str, str], list[float]] = OrderedDict()
@@ -804,7 +804,7 @@ class Parser:
 
     def _over_rate(self, r: Rule, ip: str, name: str | None, t: float) -> bool:
         """Count one match of a rate rule; True once per window when the count passes `rate_over`."""
-        target = self._rate_target(ip) if self.rate_key is None else self.rate_key(ip, name, t)
+        target = self._rate_target(ip) if self._rate_key is None else self._rate_key(ip, name, t)
         if target is None:
             return False
         k = (r.id, target)

@@ -11,7 +11,7 @@ import pytest
 from conftest import SAMPLES
 
 from logban.cli.common import read_source
-from logban.jobs import PREFETCH, Pool, _edges
+from logban.jobs import Pool, _edges
 from logban.parse import Clock, Parser
 from logban.rules import load_rules
 from logban.sources import READ_ERRORS, Source
@@ -86,28 +86,6 @@ def test_parts_give_what_one_process_gives(tmp_path):
     assert len(one) == len(many)
     # Every count but the pre-filter's work, which depends on how the input is cut (a chunk
     # holding an RFC 5424 line is searched more widely), not on what it finds.
-    one_stats.pop("candidates"), many_stats.pop("candidates")
-    assert one_stats == many_stats
-
-
-def test_parts_handed_out_ahead_are_taken_up_by_the_read_of_their_log_and_dropped_by_any_other(tmp_path):
-    """scan --apply hands out a log's first parts before its store is open (`Pool.prefetch`):
-    the read of that log gives what one process gives; a read of another log first drops them."""
-    log, other = tmp_path / "mail.log", tmp_path / "other.log"
-    log.write_bytes(_mixed_log(60))
-    other.write_bytes(_mixed_log(20))
-    for f in (log, other):
-        os.utime(f, (REF, REF))
-    one, one_stats = _read(log, None)
-    with Pool(_parser(), 2, part=4096) as pool:
-        pool.prefetch(Source(str(log), log), REF)
-        assert pool._in_flight == 2 * PREFETCH
-        many, many_stats = _read(log, pool)
-        assert pool._in_flight == 0
-        pool.prefetch(Source(str(log), log), REF)
-        assert _read(other, pool)[0] == _read(other, None)[0]
-        assert pool._in_flight == 0 and pool._early is None
-    assert many == one and len(one) > 1000
     one_stats.pop("candidates"), many_stats.pop("candidates")
     assert one_stats == many_stats
 

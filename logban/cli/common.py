@@ -31,12 +31,11 @@ def _ruleset(cfg: Config, mta: list[str] | None = None, extra: list[Path] = ()) 
                       disable_key=f"{cfg.path or 'config'}: rules.disable")
 
 
-def _parser(cfg: Config, rules: RuleSet, mta: list[str] | None, scorer: Scorer | None, **kw) -> Parser:
-    """Rate rules count per the scorer's target, never for an allow-listed client (None: the
-    scorer is not made yet; its `rate_key` is set on the parser before anything is applied)."""
+def _parser(cfg: Config, rules: RuleSet, mta: list[str] | None, scorer: Scorer, **kw) -> Parser:
+    """Rate rules count per the scorer's target, never for an allow-listed client."""
     return Parser(rules, clock=Clock(cfg.parse.timezone), max_line=cfg.parse.max_line,
                   match_timeout=cfg.parse.match_timeout, any_program=bool(mta),
-                  rate_key=scorer and scorer.rate_key, **kw)
+                  rate_key=scorer.rate_key, **kw)
 
 
 class _Progress:

@@ -86,7 +86,7 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
         sinks.append(lambda offs: write("".join(event(o) + "\n" for o in keep(offs))))
     else:
         sinks.append(lambda offs: summary.add(keep(offs)))
-    engine = applied = parser = pool = None
+    engine = applied = None
     jobs = args.jobs or available_cores()
     if args.apply:
         check_rule_durations(cfg, rules)
@@ -99,12 +99,6 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
             # Forked first: no database connection may cross a fork. The batches are
             # written there while this process scores on.
             writer = closing.enter_context(_writer(args, cfg))
-            # The workers too, and they read the first log's first parts while the store opens
-            # (the scorer's rate key is the parser's before anything is applied).
-            parser = _parser(cfg, rules, args.mta, None)
-            pool = closing.enter_context(Pool(parser, jobs, lines=True))
-            if sources and (reference := sources[0].mtime()):
-                pool.prefetch(sources[0], reference)
         store = _store(args, cfg, cache_mib=None if writer else BULK_CACHE_MIB)
         node = f"scan:{_node(args, cfg)}"
         # Before the engine reads its scorer's state (recent offences, bans) and the positions
@@ -126,10 +120,7 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
         # Lines an earlier scan --apply applied are read (the report shows them) but not applied.
         sinks.insert(0, lambda offs: engine.add(applied.new(offs)))
     scorer = engine.scorer if engine is not None else Scorer(cfg.policy, allow)
-    if parser is None:
-        parser = _parser(cfg, rules, args.mta, scorer)
-    else:
-        parser.rate_key = scorer.rate_key
+    parser = _parser(cfg, rules, args.mta, scorer)
     sink = sinks[0] if len(sinks) == 1 else (lambda offs: [f(offs) for f in sinks])
     if since is not None or until is not None:
         lo, hi, inner = -math.inf if since is None else since, math.inf if until is None else until, sink
@@ -138,8 +129,7 @@ def _scan(args, cfg: Config, closing: contextlib.ExitStack) -> int:
     progress = _Progress(not args.no_progress and not args.events)
     streams = _streams(sources)
     with contextlib.ExitStack() as stack:
-        if pool is None and jobs > 1:
-            pool = stack.enter_context(Pool(parser, jobs, lines=engine is not None))
+        pool = stack.enter_context(Pool(parser, jobs, lines=engine is not None)) if jobs > 1 else None
         if applied is not None and len(streams) > 1:
             # Decisions depend on what came before in time: the logs are applied as one, by time.
             parsers = [parser] + [_parser(cfg, rules, args.mta, scorer) for _ in streams[1:]]
