@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ from .allow import PENDING, AllowList, Resolver, valid_target
 from .parse import Clock, Offence, parse_header, reply_class
 from .score import Decision, Policy, Scorer
 from .store import UNREACHABLE, Store, short_error
+from .store.writes import OffenceRows, pack
 
 if TYPE_CHECKING:
     from .store.writer import Writer        # scan --apply's: the daemon loads no multiprocessing
@@ -252,11 +253,12 @@ class Engine:
         # Each target's score as of its last offence in the batch.
         scores = sc.scores({t: o.time for o, t in self._offences})
         if self.writer is not None:
-            self.writer.send(_pack(self._offences), self._pending, sc.new_partners, scores, positions,
+            self.writer.send(pack(self._offences), self._pending, sc.new_partners, scores, positions,
                              self.node, self.dry_run, now)
         else:
-            self.stats.dropped += record_batch(self.store, self._offences, self._pending, sc.new_partners, scores,
-                                               positions, node=self.node, dry_run=self.dry_run, now=now)
+            self.stats.dropped += record_batch(self.store, OffenceRows.of(self._offences, self.node), self._pending,
+                                               sc.new_partners, scores, positions, node=self.node,
+                                               dry_run=self.dry_run, now=now)
         sc.new_partners = []
         self.stats.offences += len(self._offences)
         self.stats.bans += len(self._pending)
@@ -290,7 +292,7 @@ class Engine:
             self.resolver.close()
 
 
-def record_batch(store: Store, offences: list[tuple[Offence, str]], decisions: list[Decision],
+def record_batch(store: Store, offences: OffenceRows, decisions: list[Decision],
                  partners: list[tuple[str, str, float]], scores: dict[str, float], positions: list[dict], *,
                  node: str, dry_run: bool, now: float) -> int:
     """A batch in one transaction; returns the offences left out (logged): a row the database
@@ -315,7 +317,7 @@ def record_batch(store: Store, offences: list[tuple[Offence, str]], decisions: l
     return _record_apart(store, offences, decisions, partners, scores, positions, kw)
 
 
-def _record_apart(store: Store, offences: list[tuple[Offence, str]], decisions: list[Decision],
+def _record_apart(store: Store, offences: OffenceRows, decisions: list[Decision],
                   partners: list[tuple[str, str, float]], scores: dict[str, float], positions: list[dict],
                   kw: dict) -> int:
     """The batch in parts: offences in halves down to the one the database refuses (left
@@ -326,16 +328,16 @@ def _record_apart(store: Store, offences: list[tuple[Offence, str]], decisions: 
     while parts:
         part = parts.pop()
         try:
-            rec(part, [], scores={t: scores.get(t, 0.0) for _, t in part}, **kw)
+            rec(part, [], scores={r[1]: scores.get(r[1], 0.0) for r in part}, **kw)
         except UNREACHABLE:
             raise
         except sa.exc.StatementError as e:
             if len(part) > 1:
-                parts += [part[len(part) // 2:], part[:len(part) // 2]]
+                parts += [OffenceRows(part[len(part) // 2:]), OffenceRows(part[:len(part) // 2])]
                 continue
-            o = part[0][0]
+            _, _, ip, *_, file, line, _, _ = part[0]         # OFFENCE_COLS
             dropped += 1
-            log.error("offence not recorded: %s line %d (%s): %s", o.file, o.line, o.ip, short_error(e))
+            log.error("offence not recorded: %s line %d (%s): %s", file, line, ip, short_error(e))
     for pos, what in ((positions, "with"), ((), "without")):
         try:
             rec([], decisions, positions=pos, partners=partners, **kw)
@@ -347,18 +349,10 @@ def _record_apart(store: Store, offences: list[tuple[Offence, str]], decisions: 
     return dropped
 
 
-# An offence's fields as a tuple: a writer gets its batches through a pipe, and a tuple of
-# them pickles in a fraction of the time the dataclass does.
-_FIELDS = attrgetter(*(f.name for f in fields(Offence)))
-
-
-def _pack(offences: list[tuple[Offence, str]]) -> list[tuple]:
-    return [(_FIELDS(o), t) for o, t in offences]
-
-
-def write_packed(store: Store, packed: list[tuple], decisions: list[Decision], partners: list[tuple[str, str, float]],
-                 scores: dict[str, float], positions: list[dict], node: str, dry_run: bool, now: float) -> int:
-    """In a writer (`Writer(url, write_packed)`): a batch `Engine.flush` sent, as `flush`
-    records it in this process. Offences left out."""
-    return record_batch(store, [(Offence(*f), t) for f, t in packed], decisions, partners, scores, positions,
+def write_packed(store: Store, packed: tuple[list[tuple], list[tuple]], decisions: list[Decision],
+                 partners: list[tuple[str, str, float]], scores: dict[str, float], positions: list[dict], node: str,
+                 dry_run: bool, now: float) -> int:
+    """In a writer (`Writer(url, write_packed)`): a batch `Engine.flush` sent (`pack`), as
+    `flush` records it in this process. Offences left out."""
+    return record_batch(store, OffenceRows.unpack(packed, node), decisions, partners, scores, positions,
                         node=node, dry_run=dry_run, now=now)

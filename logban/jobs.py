@@ -252,6 +252,7 @@ def _match(pieces: Iterable[bytes], reference: float, lines: bool) -> tuple:
     p.clock.set_reference(reference)
     p.clock.last = None
     p.clock.ambiguous = False
+    p.replies = lines
     hits: list[tuple] = []
     n = 0
     for chunk in pieces:

@@ -409,6 +409,9 @@ class Parser:
         self.max_line = max_line
         self.timeout = match_timeout
         self._guarded = False       # this parser's matches are bounded by the timer (GUARD) now
+        # The stateless stage reads the reply class of the offences it finds (see `_line`); off
+        # in a report's workers, whose matches go without their lines and so without a reply.
+        self.replies = True
         self.any_program = any_program          # --mta: the user named the pack
         self.stats = ParseStats()
         self._file = "-"
@@ -580,8 +583,8 @@ class Parser:
 
     def match(self, chunk: bytes, lines_before: int) -> tuple[list[tuple], set[int]]:
         """The stateless stage: (line number, time, line, matches) for each line a rule took,
-        `matches` being (rule order, address, key, name, message start) of its links in rule order, then of
-        its best offence rule; and the starts of those lines."""
+        `matches` being (rule order, address, key, name, message start, reply class or None) of
+        its links in rule order, then of its best offence rule; and the starts of those lines."""
         stats = self.stats
         cand = self._hits(chunk)
         stats.candidates += len(cand)
@@ -641,7 +644,7 @@ class Parser:
         # `connect from` lines for a rate rule): the offences of the address on their own
         # line, nearly all of them, are made here, without a call per match.
         for lineno, t, line, found in hits:
-            for order, ip, key, name, start in found:
+            for order, ip, key, name, start, reply in found:
                 r, mode = how[order]
                 if mode >= _OWN:
                     if not ip:
@@ -658,11 +661,11 @@ class Parser:
                             continue
                     # Without its line (a report's matches come without them) there is no reply to read.
                     emit(Offence(t, ip, r.pack, r.id, r.kind, r.score, file, lineno + lines_before, line, name,
-                                 reply_class(line, start) if line else 0))
+                                 (reply_class(line, start) if reply is None else reply) if line else 0))
                 elif mode == _LINK:
                     self._link(r, ip, key, name, out)
                 else:
-                    self._keyed(r, key, start, t, line, lineno + lines_before, out)
+                    self._keyed(r, key, start, reply, t, line, lineno + lines_before, out)
         stats.offences += len(out)
         return out
 
@@ -716,13 +719,18 @@ class Parser:
                 continue
             self.stats.hits[r.id] += 1
             if link:
-                found.append(self._found(r, m, gi, host, pid, start))
+                found.append(self._found(r, m, gi, host, pid, start, None))
             elif best is None or score > best.score:
                 best, best_m, best_gi = r, m, gi
         if skipped:
             self.stats.truncated_skipped += 1
         if best is not None:
-            found.append(self._found(best, best_m, best_gi, host, pid, start))
+            # The reply is read here, where the lines are matched (in the workers of scan --apply,
+            # not the main process, which applies every match in turn): for a rule whose
+            # matches nearly all become offences. A rate rule's is read by `apply`, for the
+            # few matches it emits.
+            reply = reply_class(line, start) if self.replies and not best.rate_over else None
+            found.append(self._found(best, best_m, best_gi, host, pid, start, reply))
         return (t, found) if found else None
 
     def _plan(self, hints: int | tuple[int, ...], program: str) -> list[tuple]:
@@ -736,10 +744,12 @@ class Parser:
         self._plans[hints, program] = plan
         return plan
 
-    def _found(self, r: Rule, m, gi: tuple[int, int, int, int], host: bytes, pid: bytes, start: int) -> tuple:
-        """(rule order, address, key, name, message start) of a match: plain data, for the
-        stateful stage (which reads the MTA's reply at the message start only for an
-        offence it emits: most rate-rule lines never become one). `gi`: `_groups(r)`."""
+    def _found(self, r: Rule, m, gi: tuple[int, int, int, int], host: bytes, pid: bytes, start: int,
+               reply: int | None) -> tuple:
+        """(rule order, address, key, name, message start, reply class) of a match: plain
+        data, for the stateful stage. `reply` None: not read yet (the stateful stage reads it
+        at the message start for an offence it emits: most rate-rule lines never become
+        one). `gi`: `_groups(r)`."""
         ip_i, name_i, forged_i, key_i = gi
         ip = name = None
         if ip_i:
@@ -761,7 +771,7 @@ class Parser:
             key = (host, r.pack, pid)       # the session a summary line repeats
         else:
             key = None
-        return (r.order, ip, key, name, start)
+        return (r.order, ip, key, name, start, reply)
 
     def _ip(self, raw: bytes | None) -> str | None:
         """The canonical address, "" when it can never be a ban target, None when it is no address
@@ -815,8 +825,8 @@ class Parser:
             return True
         return False
 
-    def _keyed(self, r: Rule, key: tuple | None, start: int, t: float, line: bytes, lineno: int,
-               out: list[Offence]) -> None:
+    def _keyed(self, r: Rule, key: tuple | None, start: int, reply: int | None, t: float, line: bytes,
+               lineno: int, out: list[Offence]) -> None:
         """An offence of a rule whose line names a queue id or pid, not the client: the
         client its key was linked to, or it waits for a link to come (or is given up)."""
         if key is None:
@@ -824,7 +834,7 @@ class Parser:
             return
         ip, name = self._links.get(key, (None, None))
         o = Offence(t, ip or "", r.pack, r.id, r.kind, r.score, self._file, lineno, line, name,
-                    reply_class(line, start) if line else 0)
+                    (reply_class(line, start) if reply is None else reply) if line else 0)
         if ip == "":
             self.stats.not_target += 1
         elif ip is not None:

@@ -27,12 +27,16 @@ def _die() -> None:
 
 
 def _crash_hooks(point: str, line: int) -> None:
-    from logban.store import Store
+    from logban.store import OFFENCE_COLS, Store
+    from logban.store.writes import OffenceRows
 
     record = Store.record
+    at = OFFENCE_COLS.index("line")
 
     def hooked(self, offences, decisions, **kw):
-        if not any(o.line > line for o, _ in offences):
+        # The engine records its offences as rows (OffenceRows); a caller may give (offence, target) pairs.
+        rows = offences if isinstance(offences, OffenceRows) else OffenceRows.of(offences, "")
+        if not any(r[at] > line for r in rows):
             return record(self, offences, decisions, **kw)
         if point == "after-commit":
             record(self, offences, decisions, **kw)

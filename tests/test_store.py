@@ -558,13 +558,14 @@ def test_a_bulk_writers_page_cache_is_its_own_and_no_readers(tmp_path):
 def test_offence_rows_are_those_of_the_line_cut_decoded_and_cleaned():
     """The rows `record` builds at once: as `_text` and `_clean` make them one by one, NUL
     bytes around broken UTF-8 and at the cut included."""
-    from logban.store.sql import TEXT_MAX, _clean, _offence_rows, _text
+    from logban.store.sql import TEXT_MAX, _clean, _text
+    from logban.store.writes import OffenceRows
     raws = [b"", b"plain", b"\x00", b"\xe2\x82\x00x", b"\xf0\x9f\x00\x98", b"a\x00" * 400,
             b"\xc3" + b"\x00" * (TEXT_MAX + 5), b"x" * (TEXT_MAX - 1) + b"\xe2\x82\xac\x00", b"\xff\xfe\x00\xff"]
     names = [None, "", "n\x00me", "mx.example"]
     offs = [(Offence(float(i), "192.0.2.1", "postfix", "r", "k", 1.0, "f", i, raw, names[i % len(names)]), "t")
             for i, raw in enumerate(raws)]
-    assert _offence_rows(offs, "mx1") == [
+    assert OffenceRows.of(offs, "mx1") == [
         (o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, "mx1", o.file, o.line, _text(o.raw), _clean(o.name))
         for o, t in offs]
 

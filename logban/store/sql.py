@@ -150,16 +150,6 @@ def _text(raw: bytes) -> str:
     return _clean(raw[:TEXT_MAX].decode("utf-8", "replace"))
 
 
-def _offence_rows(offences: list[tuple], node: str) -> list[tuple]:
-    """Rows in OFFENCE_COLS' order for (offence, target) pairs. `_text` and `_clean` inlined:
-    two calls a row were a third of the building. The NUL of a line (PostgreSQL text holds
-    none) is replaced in the bytes: ASCII for ASCII, it decodes as the text's replace would."""
-    cut = TEXT_MAX
-    return [(o.time, t, o.ip, o.mta, o.rule, o.kind, o.score, node, o.file, o.line,
-             o.raw[:cut].replace(b"\x00", b"\\x00").decode("utf-8", "replace"),
-             o.name and o.name.replace("\x00", "\\x00")) for o, t in offences]
-
-
 def kind_names(bits: int) -> list[str]:
     return [k for k, b in _KIND_BIT.items() if bits & b]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Iterable
+from operator import itemgetter
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -27,24 +28,72 @@ from .sql import (
     OFFENCE_COLS,
     OFFENDER_COLS,
     PRUNE_CHUNK,
+    TEXT_MAX,
     path_text,
     _clean,
     _insert_sql,
     _mark,
-    _offence_rows,
     _text,
 )
 
 
+# time, target, kind and name of an offence row (OFFENCE_COLS)
+_OFFENDER_FIELDS = itemgetter(0, 1, 5, 11)
+
+
+class _Index(dict):
+    """Each key's number, in the order the keys came."""
+
+    def __missing__(self, key) -> int:
+        n = self[key] = len(self)
+        return n
+
+
+def pack(offences: list[tuple[Offence, str]]) -> tuple[list[tuple], list[tuple]]:
+    """(offence, target) pairs as plain data, fit for the pipe to a writer process: what
+    offences share (pack, rule, kind, score, file) once in a table, and per offence (time,
+    target, address, its row of that table, line number, log line, name). A batch of a
+    distributed attack pickled with those strings over again cost the scoring process,
+    at its busiest, twice as long, and the writer unpickled each one again."""
+    shared = _Index()
+    rows = [(o.time, t, o.ip, shared[o.mta, o.rule, o.kind, o.score, o.file], o.line, o.raw, o.name)
+            for o, t in offences]
+    return list(shared), rows
+
+
+class OffenceRows(list):
+    """A batch of offences as rows in OFFENCE_COLS' order, what the database is given: made
+    at once of a packed batch (`pack`), with no offence object in between."""
+
+    @classmethod
+    def of(cls, offences: list[tuple[Offence, str]], node: str) -> OffenceRows:
+        """The rows of (offence, target) pairs, recorded by `node`."""
+        return cls.unpack(pack(offences), node)
+
+    @classmethod
+    def unpack(cls, packed: tuple[list[tuple], list[tuple]], node: str) -> OffenceRows:
+        """The rows of a packed batch. `_text` and `_clean` inlined: two calls a row were a
+        third of the building. The NUL of a line (PostgreSQL text holds none) is replaced in
+        the bytes: ASCII for ASCII, it decodes as the text's replace would."""
+        shared, offences = packed
+        cut = TEXT_MAX
+        common = [(mta, rule, kind, score, node, file) for mta, rule, kind, score, file in shared]
+        return cls([(t, target, ip) + common[i] + (
+            line, raw[:cut].replace(b"\x00", b"\\x00").decode("utf-8", "replace"), name and name.replace("\x00", "\\x00"))
+            for t, target, ip, i, line, raw, name in offences])
+
+
 class Writes(Base):
     # ---- writing --------------------------------------------------------------------------
-    def record(self, offences: list[tuple[Offence, str]], decisions: list[Decision], *,
+    def record(self, offences: list[tuple[Offence, str]] | OffenceRows, decisions: list[Decision], *,
                node: str, dry_run: bool, now: float, scores: dict[str, float] | None = None,
                positions: list[dict] = (), partners: list[tuple[str, str, float]] = ()) -> None:
-        """One transaction: offences (with their scored target), new bans, the read
+        """One transaction: offences (with their scored target, or as `OffenceRows` of `node`), new bans, the read
         positions they were read up to (so a crash can neither lose nor repeat a line), and
         clients allowed by their verified name (ip, name, time): remembered, without an
         offence, so no node and no restart forgets that their networks are never banned."""
+        if offences and not isinstance(offences, OffenceRows):
+            offences = OffenceRows.of(offences, node)
         self._retrying(lambda: self._record(offences, decisions, node=node, dry_run=dry_run, now=now,
                                             scores=scores, positions=positions, partners=partners))
 
@@ -59,7 +108,7 @@ class Writes(Base):
                     (ip, t, t, 0, 0, _clean(name), 0.0, t, 0.0) for ip, name, t in {
                         ip: (ip, name, t) for ip, name, t in partners}.values()))
             if offences:
-                conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), _offence_rows(offences, node))
+                conn.exec_driver_sql(_insert_sql(conn, OFFENCE_COLS), offences)
             # A ban resets its target's score: for targets in this batch that rides on the upsert.
             resets = {d.target: (d.expires if d.expires is not None and d.expires <= now else d.time)
                       for d in decisions}
@@ -69,10 +118,10 @@ class Writes(Base):
             self._insert_bans(conn, decisions, node=node, dry_run=dry_run, now=now, source="auto", reset_done=folded)
 
     @staticmethod
-    def _count_hours(conn: Connection, offences: list[tuple[Offence, str]], node: str) -> None:
+    def _count_hours(conn: Connection, offences: OffenceRows, node: str) -> None:
         # Counted by Counter's C loop; a time that is no number (a row no logban wrote) has
         # no hour: its key is NaN and is left out.
-        counts = Counter([(o.time // 3600, o.mta, o.rule, o.kind) for o, _ in offences])
+        counts = Counter([(r[0] // 3600, r[3], r[4], r[5]) for r in offences])
         mark = _mark(conn)
         # In key order: two nodes adding to the same hours lock them in the same order.
         conn.exec_driver_sql(
@@ -80,7 +129,7 @@ class Writes(Base):
             "ON CONFLICT (hour, node, mta, rule, kind) DO UPDATE SET count = offence_hours.count + excluded.count",
             sorted((int(h), node, m, r, k, n) for (h, m, r, k), n in counts.items() if math.isfinite(h)))
 
-    def _upsert_offenders(self, conn: Connection, offences: list[tuple[Offence, str]],
+    def _upsert_offenders(self, conn: Connection, offences: OffenceRows,
                           scores: dict[str, float], resets: dict[str, float]) -> set[str]:
         """Offender rows for this batch; returns the targets whose reset went in with them."""
         # Per target [first seen, last seen, offences, kinds, name]: a list, not a dict, as a
@@ -88,24 +137,23 @@ class Writes(Base):
         # moved with last_seen: it is last_seen.
         agg: dict[str, list] = {}
         bit = _KIND_BIT.get
-        for o, t in offences:
+        for ot, t, kind, name in map(_OFFENDER_FIELDS, offences):
             a = agg.get(t)
-            ot = o.time
             if a is None:
-                agg[t] = [ot, ot, 1, bit(o.kind, 0), o.name]
+                agg[t] = [ot, ot, 1, bit(kind, 0), name]
             else:
                 a[2] += 1
-                a[3] |= bit(o.kind, 0)
+                a[3] |= bit(kind, 0)
                 if ot < a[0]:
                     a[0] = ot
                 if ot >= a[1]:
                     a[1] = ot
-                    a[4] = o.name or a[4]
+                    a[4] = name or a[4]
         score, reset = scores.get, resets.get
         # In target order: two nodes upserting the same offenders lock them in the same order.
-        # Rows in OFFENDER_COLS' order; a name is rarely there, so cleaned only when it is.
+        # Rows in OFFENDER_COLS' order (the names cleaned in the offence rows already).
         conn.exec_driver_sql(_insert_sql(conn, OFFENDER_COLS) + _OFFENDER_MERGE,
-                             [(t, a[0], a[1], a[2], a[3], a[4] and _clean(a[4]), score(t, 0.0), a[1], reset(t, 0.0))
+                             [(t, a[0], a[1], a[2], a[3], a[4], score(t, 0.0), a[1], reset(t, 0.0))
                               for t, a in sorted(agg.items())])
         return {t for t in resets if t in agg}
 
