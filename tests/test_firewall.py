@@ -45,7 +45,6 @@ def test_python_iptables_loads_its_libraries_from_one_ldconfig_listing(tmp_path)
     """Loading python-iptables (the ipset and iptables backends' hook rules) ran ldconfig a
     dozen times and gcc and ld for each library ldconfig did not list: 0.1 s of every sync.
     The same libraries are found with one listing, and no compiler is run."""
-    pytest.importorskip("iptc")
     import ctypes.util
 
     from logban.firewall.hooks import _ld_cache
