@@ -166,10 +166,15 @@ def _tokens(src: str, i: int = 0) -> Iterator[tuple[int, int]]:
     backslash, a class left open), as far as the token would reach."""
     n = len(src)
     while i < n:
-        c = src[i]
-        j = i + 2 if c == "\\" else _class_end(src, i) if c == "[" else i + 1
+        j = _token_end(src, i)
         yield i, j
         i = j
+
+
+def _token_end(src: str, i: int) -> int:
+    """Index just after the token that starts at src[i] (see `_tokens`)."""
+    c = src[i]
+    return i + 2 if c == "\\" else _class_end(src, i) if c == "[" else i + 1
 
 
 def _group_end(src: str, i: int) -> int:
@@ -194,14 +199,7 @@ def _atoms(src: str) -> list[tuple[str, str]] | None:
         c = src[i]
         if c == "|":
             return None
-        if c == "(":
-            j = _group_end(src, i)
-        elif c == "[":
-            j = _class_end(src, i)
-        elif c == "\\":
-            j = i + 2
-        else:
-            j = i + 1
+        j = _group_end(src, i) if c == "(" else _token_end(src, i)
         q = _QUANT.match(src, j)
         qe = q.end() if q else j
         out.append((src[i:j], src[j:qe]))
